@@ -1,0 +1,8 @@
+"""Benchmarks: run with `pytest bench/`; numbers go to the terminal and bench/results/."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -1,0 +1,194 @@
+"""Plain-Python model of the compiled core (``timefast._core``).
+
+It states what the core must do in the simplest code we can write; the tests
+drive both with the same operations and demand identical answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from timefast.errors import DuplicateOutpoint, IllegalTransition, LockConflict, UnknownOutpoint
+
+STATES = ("Unspent", "Locked", "SpentPending", "SpentFinalized", "Confirmed")
+
+ALLOWED = {
+    ("Unspent", "Locked"),
+    ("Locked", "SpentPending"),
+    ("Locked", "Unspent"),
+    ("SpentPending", "SpentPending"),
+    ("SpentPending", "SpentFinalized"),
+    ("SpentPending", "Unspent"),
+    ("SpentFinalized", "Confirmed"),
+}
+
+
+def allowed(from_state: str, to_state: str) -> bool:
+    for s in (from_state, to_state):
+        if s not in STATES:
+            raise ValueError(f"unknown UTXO state {s!r}")
+    return (from_state, to_state) in ALLOWED
+
+
+@dataclass
+class _Utxo:
+    address: str
+    amount: int
+    state: str = "Unspent"
+    spending_txid: str | None = None
+    votes: int = 0
+    block_height: int | None = None
+
+
+class UtxoTable:
+    def __init__(self) -> None:
+        self._utxos: dict[tuple[str, int], _Utxo] = {}
+
+    def __len__(self) -> int:
+        return len(self._utxos)
+
+    def __contains__(self, outpoint: object) -> bool:
+        return outpoint in self._utxos
+
+    def _find(self, txid: str, vout: int) -> _Utxo:
+        try:
+            return self._utxos[(txid, vout)]
+        except KeyError:
+            raise UnknownOutpoint(txid, vout) from None
+
+    def add(self, txid: str, vout: int, address: str, amount: int, state: str = "Unspent",
+            spending_txid: str | None = None, votes: int = 0,
+            block_height: int | None = None) -> None:
+        if (txid, vout) in self._utxos:
+            raise DuplicateOutpoint(txid, vout)
+        if amount <= 0:
+            raise ValueError("amount must be positive")
+        allowed(state, state)
+        self._utxos[(txid, vout)] = _Utxo(address, amount, state, spending_txid, votes,
+                                          block_height)
+
+    def get(self, txid: str, vout: int) -> tuple:
+        u = self._find(txid, vout)
+        return (u.address, u.amount, u.state, u.spending_txid, u.votes, u.block_height)
+
+    def state(self, txid: str, vout: int) -> str:
+        return self._find(txid, vout).state
+
+    def check_lock(self, txid: str, outpoints: list) -> int:
+        seen = set()
+        for op in outpoints:
+            if op in seen:
+                raise DuplicateOutpoint(*op)
+            seen.add(op)
+            u = self._find(*op)
+            if u.state != "Unspent":
+                raise LockConflict(op[0], op[1], u.state, u.spending_txid)
+        return 0
+
+    def lock(self, txid: str, outpoints: list) -> int:
+        self.check_lock(txid, outpoints)
+        for op in outpoints:
+            u = self._utxos[op]
+            u.state = "Locked"
+            u.spending_txid = txid
+        return 0
+
+    def check(self, txid: str, vout: int, new_state: str) -> None:
+        u = self._find(txid, vout)
+        if not allowed(u.state, new_state):
+            raise IllegalTransition(txid, vout, u.state, new_state)
+
+    def transition(self, txid: str, vout: int, new_state: str, votes: int | None = None,
+                   block_height: int | None = None) -> str:
+        u = self._find(txid, vout)
+        prev = u.state
+        if not allowed(prev, new_state):
+            raise IllegalTransition(txid, vout, prev, new_state)
+        u.state = new_state
+        if new_state == "Unspent":
+            u.spending_txid = None
+            u.votes = 0
+        if votes is not None:
+            u.votes = votes
+        if block_height is not None:
+            u.block_height = block_height
+        return prev
+
+    def by_address(self, address: str) -> list:
+        return [op for op, u in self._utxos.items() if u.address == address]
+
+    def balance(self, address: str) -> int:
+        return sum(u.amount for u in self._utxos.values()
+                   if u.address == address and u.state == "Unspent")
+
+
+class SubscriberIndex:
+    def __init__(self) -> None:
+        self._subs: dict[str, dict[int, None]] = {}
+        self._addrs: dict[int, dict[str, None]] = {}
+
+    def subscribe(self, sub: int, addresses) -> int:
+        added = 0
+        for a in addresses:
+            if not isinstance(a, str):
+                raise TypeError("addresses must be str")
+            subs = self._subs.setdefault(a, {})
+            if sub in subs:
+                continue
+            subs[sub] = None
+            self._addrs.setdefault(sub, {})[a] = None
+            added += 1
+        return added
+
+    def unsubscribe(self, sub: int, addresses) -> int:
+        removed = 0
+        held = self._addrs.get(sub, {})
+        for a in addresses:
+            if a in held:
+                del held[a]
+                del self._subs[a][sub]
+                if not self._subs[a]:
+                    del self._subs[a]
+                removed += 1
+        if not held:
+            self._addrs.pop(sub, None)
+        return removed
+
+    def drop(self, sub: int) -> int:
+        held = self._addrs.pop(sub, {})
+        for a in held:
+            del self._subs[a][sub]
+            if not self._subs[a]:
+                del self._subs[a]
+        return len(held)
+
+    def route(self, addresses) -> list:
+        out: dict[int, None] = {}
+        for a in addresses:
+            for s in self._subs.get(a, ()):
+                out[s] = None
+        return list(out)
+
+    def addresses_of(self, sub: int) -> list:
+        return list(self._addrs.get(sub, ()))
+
+    def subscribers_of(self, address: str) -> list:
+        return list(self._subs.get(address, ()))
+
+    def holds(self, sub: int, address: str) -> bool:
+        return address in self._addrs.get(sub, ())
+
+    def count_of(self, sub: int) -> int:
+        return len(self._addrs.get(sub, ()))
+
+    @property
+    def address_count(self) -> int:
+        return len(self._subs)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._addrs)
+
+    @property
+    def subscription_count(self) -> int:
+        return sum(len(v) for v in self._addrs.values())

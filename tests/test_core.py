@@ -1,0 +1,354 @@
+"""The compiled core against its plain-Python model (tests/core_model.py)."""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import os
+import resource
+import socket
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from tests import core_model
+from timefast import _core
+from timefast.errors import DuplicateOutpoint, IllegalTransition, LockConflict, UnknownOutpoint
+
+STATES = core_model.STATES
+ALLOWED = sorted(core_model.ALLOWED)
+REFUSED = sorted(set(itertools.product(STATES, STATES)) - core_model.ALLOWED)
+
+
+def test_compiled_module_is_an_extension():
+    assert _core.__file__.endswith((".so", ".pyd"))
+
+
+def test_state_names_match():
+    assert _core.STATES == core_model.STATES
+
+
+@pytest.mark.parametrize(("src", "dst"), ALLOWED)
+def test_allowed_transition(impl, src, dst):
+    t = impl.UtxoTable()
+    t.add("aa", 0, "A", 5, state=src, spending_txid=None if src == "Unspent" else "tx")
+    assert impl.allowed(src, dst)
+    assert t.transition("aa", 0, dst) == src
+    assert t.state("aa", 0) == dst
+
+
+@pytest.mark.parametrize(("src", "dst"), REFUSED)
+def test_refused_transition(impl, src, dst):
+    t = impl.UtxoTable()
+    t.add("aa", 0, "A", 5, state=src)
+    assert not impl.allowed(src, dst)
+    with pytest.raises(IllegalTransition) as e:
+        t.transition("aa", 0, dst)
+    assert (e.value.from_state, e.value.to_state) == (src, dst)
+    assert src in str(e.value) and dst in str(e.value)
+    assert t.state("aa", 0) == src
+
+
+def test_unknown_state_name_is_refused(impl):
+    t = impl.UtxoTable()
+    t.add("aa", 0, "A", 5)
+    with pytest.raises(ValueError):
+        t.transition("aa", 0, "Spent")
+
+
+def test_unknown_outpoint(impl):
+    t = impl.UtxoTable()
+    with pytest.raises(UnknownOutpoint):
+        t.get("ff", 1)
+    with pytest.raises(UnknownOutpoint):
+        t.transition("ff", 1, "Locked")
+    with pytest.raises(UnknownOutpoint):
+        t.lock("tx", [("ff", 1)])
+
+
+def test_lock_is_all_or_nothing_and_first_wins(impl):
+    t = impl.UtxoTable()
+    t.add("a", 0, "A", 10)
+    t.add("a", 1, "A", 20)
+    t.add("b", 0, "B", 30)
+    t.lock("tx1", [("a", 0), ("b", 0)])
+    with pytest.raises(LockConflict) as e:
+        t.lock("tx2", [("a", 1), ("b", 0)])
+    assert (e.value.txid, e.value.vout) == ("b", 0)
+    assert e.value.spending_txid == "tx1"
+    assert e.value.state == "Locked"
+    # The loser's other input was not touched.
+    assert t.state("a", 1) == "Unspent"
+    assert t.get("a", 0)[3] == "tx1"
+    with pytest.raises(DuplicateOutpoint):
+        t.lock("tx3", [("a", 1), ("a", 1)])
+    assert t.state("a", 1) == "Unspent"
+
+
+def test_rejection_clears_spender_and_votes(impl):
+    t = impl.UtxoTable()
+    t.add("a", 0, "A", 10)
+    t.lock("tx", [("a", 0)])
+    t.transition("a", 0, "SpentPending", votes=2)
+    assert t.get("a", 0)[3:5] == ("tx", 2)
+    t.transition("a", 0, "Unspent")
+    assert t.get("a", 0) == ("A", 10, "Unspent", None, 0, None)
+
+
+def test_balance_and_listing(impl):
+    t = impl.UtxoTable()
+    t.add("a", 0, "A", 10)
+    t.add("a", 1, "B", 20)
+    t.add("b", 0, "A", 30)
+    t.lock("tx", [("b", 0)])
+    assert t.balance("A") == 10
+    assert t.balance("nobody") == 0
+    assert t.by_address("A") == [("a", 0), ("b", 0)]
+    assert t.by_address("nobody") == []
+    with pytest.raises(DuplicateOutpoint):
+        t.add("a", 0, "A", 1)
+    with pytest.raises(ValueError):
+        t.add("c", 0, "A", 0)
+
+
+def test_route_returns_each_subscriber_once(impl):
+    ix = impl.SubscriberIndex()
+    assert ix.subscribe(1, ["A", "B", "A"]) == 2
+    ix.subscribe(2, ["B"])
+    ix.subscribe(3, ["C"])
+    assert sorted(ix.route(["A", "B", "C", "Z"])) == [1, 2, 3]
+    assert sorted(ix.route(["A", "B"])) == [1, 2]
+    assert list(ix.route(["Z"])) == []
+    assert ix.subscription_count == 4
+    assert ix.unsubscribe(1, ["A", "Q"]) == 1
+    assert ix.drop(2) == 1
+    assert sorted(ix.route(["A", "B", "C"])) == [1, 3]
+    assert ix.address_count == 2
+    assert ix.subscriber_count == 2
+
+
+# --------------------------------------------------------------------------- model check
+
+ADDRESSES = [f"A{i}" for i in range(6)]
+TXIDS = ["t0", "t1", "t2"]
+OUTPOINTS = [(t, v) for t in TXIDS for v in range(2)]
+
+
+def _outcome(fn, *args, **kwargs):
+    """Result or (exception class, its args) so two implementations compare equal."""
+    try:
+        return ("ok", fn(*args, **kwargs))
+    except Exception as e:
+        return ("err", type(e), str(e))
+
+
+class CoreVsModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c_tab, self.m_tab = _core.UtxoTable(), core_model.UtxoTable()
+        self.c_ix, self.m_ix = _core.SubscriberIndex(), core_model.SubscriberIndex()
+
+    def both(self, name, obj_c, obj_m, *args, **kwargs):
+        rc = _outcome(getattr(obj_c, name), *args, **kwargs)
+        rm = _outcome(getattr(obj_m, name), *args, **kwargs)
+        assert rc == rm, (name, args, rc, rm)
+        return rc
+
+    @rule(op=st.sampled_from(OUTPOINTS), address=st.sampled_from(ADDRESSES),
+          amount=st.integers(min_value=-1, max_value=10**15))
+    def add(self, op, address, amount):
+        self.both("add", self.c_tab, self.m_tab, op[0], op[1], address, amount)
+
+    @rule(txid=st.sampled_from(["s1", "s2"]),
+          ops=st.lists(st.sampled_from(OUTPOINTS), min_size=1, max_size=3))
+    def lock(self, txid, ops):
+        self.both("lock", self.c_tab, self.m_tab, txid, ops)
+
+    @rule(op=st.sampled_from(OUTPOINTS), state=st.sampled_from(STATES),
+          votes=st.none() | st.integers(0, 5), height=st.none() | st.integers(0, 9))
+    def transition(self, op, state, votes, height):
+        self.both("check", self.c_tab, self.m_tab, op[0], op[1], state)
+        self.both("transition", self.c_tab, self.m_tab, op[0], op[1], state,
+                  votes=votes, block_height=height)
+
+    @rule(sub=st.integers(0, 5), addrs=st.lists(st.sampled_from(ADDRESSES), max_size=4))
+    def subscribe(self, sub, addrs):
+        self.both("subscribe", self.c_ix, self.m_ix, sub, addrs)
+
+    @rule(sub=st.integers(0, 5), addrs=st.lists(st.sampled_from(ADDRESSES), max_size=4))
+    def unsubscribe(self, sub, addrs):
+        self.both("unsubscribe", self.c_ix, self.m_ix, sub, addrs)
+
+    @rule(sub=st.integers(0, 5))
+    def drop(self, sub):
+        self.both("drop", self.c_ix, self.m_ix, sub)
+
+    @rule(addrs=st.lists(st.sampled_from([*ADDRESSES, "nobody"]), max_size=6))
+    def route(self, addrs):
+        got = self.c_ix.route(addrs)
+        assert len(got) == len(set(got)), "a subscriber was routed twice"
+        assert set(got) == set(self.m_ix.route(addrs))
+
+    @precondition(lambda self: True)
+    @invariant()
+    def same_state(self):
+        for op in OUTPOINTS:
+            assert _outcome(self.c_tab.get, *op) == _outcome(self.m_tab.get, *op)
+        for a in ADDRESSES:
+            assert self.c_tab.balance(a) == self.m_tab.balance(a)
+            assert self.c_tab.by_address(a) == self.m_tab.by_address(a)
+            assert sorted(self.c_ix.subscribers_of(a)) == sorted(self.m_ix.subscribers_of(a))
+        for s in range(6):
+            assert sorted(self.c_ix.addresses_of(s)) == sorted(self.m_ix.addresses_of(s))
+            assert self.c_ix.count_of(s) == self.m_ix.count_of(s)
+        assert len(self.c_tab) == len(self.m_tab)
+        assert self.c_ix.address_count == self.m_ix.address_count
+        assert self.c_ix.subscriber_count == self.m_ix.subscriber_count
+        assert self.c_ix.subscription_count == self.m_ix.subscription_count
+        # A Locked or spent-pending UTXO always names its spender; Unspent never does.
+        for op in OUTPOINTS:
+            r = _outcome(self.c_tab.get, *op)
+            if r[0] == "ok" and r[1][2] == "Unspent":
+                assert r[1][3] is None
+
+
+CoreVsModel.TestCase.settings = settings(max_examples=300, stateful_step_count=40,
+                                         deadline=None)
+TestCoreVsModel = CoreVsModel.TestCase
+
+
+# --------------------------------------------------------------------------- memory
+
+def _rss_kb() -> int:
+    with open(f"/proc/{os.getpid()}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def test_million_subscribe_drop_cycles_keep_memory_flat():
+    ix = _core.SubscriberIndex()
+    addrs = [f"TIME0{i:040x}" for i in range(1000)]
+
+    def cycles(n):
+        for i in range(n):
+            sub = i % 1000
+            ix.subscribe(sub, (addrs[i % 1000], addrs[(i * 7) % 1000]))
+            ix.drop(sub)
+
+    cycles(100_000)  # warm up allocator pools
+    gc.collect()
+    before = _rss_kb()
+    cycles(1_000_000)
+    gc.collect()
+    after = _rss_kb()
+    assert ix.subscription_count == 0 and ix.address_count == 0
+    assert after - before < 2048, f"RSS grew by {after - before} KiB"
+
+
+# --------------------------------------------------------------------------- fan-out
+
+class _Writer:
+    """Stands in for a transport: records writes and a buffer size."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.buffered = 0
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+def test_frame_text_lengths():
+    for n in (0, 125, 126, 65535, 65536):
+        f = _core.frame_text(b"x" * n)
+        assert f[0] == 0x81
+        if n < 126:
+            assert f[1] == n and len(f) == n + 2
+        elif n < 65536:
+            assert f[1] == 126 and int.from_bytes(f[2:4], "big") == n
+        else:
+            assert f[1] == 127 and int.from_bytes(f[2:10], "big") == n
+
+
+def test_publish_coalesces_and_sends_once_per_connection():
+    fan = _core.Fanout(limit=1 << 20)
+    w1, w2, w3 = _Writer(), _Writer(), _Writer()
+    s1, s2, _s3 = fan.open(w1), fan.open(w2), fan.open(w3)
+    fan.index.subscribe(s1, ["A", "B"])
+    fan.index.subscribe(s2, ["B"])
+    assert fan.publish(b"one", ["A", "B"], 1) == 2
+    assert fan.publish(b"two", ["B"], 2) == 2
+    assert fan.broadcast(b"blk", 3) == 3
+    assert fan.flush() == 3
+    assert w1.chunks == [b"onetwoblk"]
+    assert w2.chunks == [b"onetwoblk"]
+    assert w3.chunks == [b"blk"]
+    assert fan.flush() == 0
+    assert fan.last_seq_flushed(s1) == 3
+
+
+def test_direct_socket_send_and_close():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    fan = _core.Fanout()
+    w = _Writer()
+    slot = fan.open(w, a.fileno())
+    fan.index.subscribe(slot, ["A"])
+    fan.publish(b"hello ", ["A"], 7)
+    fan.send(slot, b"world")
+    fan.flush()
+    assert b.recv(100) == b"hello world"
+    assert w.chunks == []
+    fan.close(slot)
+    assert fan.publish(b"x", ["A"], 8) == 0
+    assert fan.connections == 0
+    a.close()
+    b.close()
+
+
+def test_partial_write_spills_to_transport_in_order():
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    a.setblocking(False)
+    fan = _core.Fanout(limit=1 << 24)
+    w = _Writer()
+    slot = fan.open(w, a.fileno())
+    big = b"x" * 1_000_000
+    fan.send(slot, big)
+    fan.flush()
+    assert len(w.chunks) == 1 and 0 < len(w.chunks[0]) < len(big)
+    w.buffered = len(w.chunks[0])
+    fan.send(slot, b"tail")
+    fan.flush()
+    # The transport still holds bytes, so the tail queues behind them.
+    assert w.chunks[-1] == b"tail"
+    a.close()
+    b.close()
+
+
+def test_slow_connection_is_lagged_and_others_unaffected():
+    fan = _core.Fanout(limit=100)
+    slow, fast = _Writer(), _Writer()
+    s_slow, _s_fast = fan.open(slow), fan.open(fast)
+    fan.pause(s_slow)
+    for seq in range(1, 21):
+        fan.broadcast(b"0123456789", seq)
+        if seq == 5:
+            fan.flush()
+            fan.resume(s_slow)
+            fan.flush()
+            fan.pause(s_slow)
+        fan.flush()
+    assert fan.is_lagged(s_slow)
+    assert fan.take_lagged() == [(s_slow, 5)]
+    assert fan.take_lagged() == []
+    assert b"".join(fast.chunks) == b"0123456789" * 20
+    assert fan.pending(s_slow) == 0
+    assert fan.lag_closes == 1

@@ -1,0 +1,3 @@
+"""timefast: a TIME Coin masternode that tells wallets of UTXO changes in real time."""
+
+__version__ = "0.1.0"

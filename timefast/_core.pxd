@@ -1,0 +1,73 @@
+# cython: language_level=3
+# Declarations of the compiled core, so that other Cython modules (and readers)
+# see the C layout of each class without reading its implementation.
+
+from libc.stdint cimport uint32_t, uint64_t, int64_t
+from libcpp.vector cimport vector
+from libcpp.unordered_set cimport unordered_set
+
+
+cdef class _Utxo:
+    cdef readonly str address
+    cdef readonly int64_t amount
+    cdef int state
+    cdef object spending_txid
+    cdef int votes
+    cdef int64_t block_height
+
+
+cdef class UtxoTable:
+    cdef dict _utxos            # (txid, vout) -> _Utxo
+    cdef dict _by_address       # address -> {(txid, vout): None}, insertion ordered
+    cdef _Utxo _find(self, str txid, long vout)
+    cpdef int check_lock(self, str txid, list outpoints) except -1
+    cpdef int lock(self, str txid, list outpoints) except -1
+
+
+cdef class SubscriberIndex:
+    cdef dict _rows                         # address -> row id
+    cdef list _row_address                  # row id -> address, None when free
+    cdef vector[vector[uint32_t]] _subs_of_row
+    cdef vector[vector[uint32_t]] _rows_of_sub
+    cdef vector[uint32_t] _free_rows
+    cdef unordered_set[uint64_t] _pairs     # (row << 32) | subscriber
+    cdef vector[uint64_t] _stamp            # per subscriber: last route generation
+    cdef uint64_t _generation
+    cdef Py_ssize_t _subscriber_count
+    cdef int _route_into(self, object addresses, vector[uint32_t]* out) except -1
+    cdef void _remove_from_row(self, uint32_t row, uint32_t sub) noexcept
+    cdef void _release_row(self, uint32_t row)
+    cdef void _ensure_sub(self, uint32_t sub) noexcept
+
+
+cdef struct OutBuf:
+    char* data
+    Py_ssize_t length
+    Py_ssize_t capacity
+    int fd
+    bint active
+    bint paused
+    bint lagged
+    bint dirty
+    bint spilled
+    int64_t last_seq_queued
+    int64_t last_seq_flushed
+
+
+cdef class Fanout:
+    cdef readonly SubscriberIndex index
+    cdef OutBuf* _bufs
+    cdef Py_ssize_t _nbufs
+    cdef list _writers
+    cdef vector[uint32_t] _dirty
+    cdef vector[uint32_t] _lagged
+    cdef vector[uint32_t] _free_slots
+    cdef vector[uint32_t] _targets
+    cdef Py_ssize_t _limit
+    cdef Py_ssize_t _open_count
+    cdef readonly uint64_t frames_queued
+    cdef readonly uint64_t bytes_sent
+    cdef readonly uint64_t writes
+    cdef readonly uint64_t lag_closes
+    cdef bint _append(self, uint32_t slot, const char* data, Py_ssize_t n, int64_t seq) noexcept
+    cdef int _flush_one(self, uint32_t slot) except -1
