@@ -1,0 +1,204 @@
+"""``time-cli``: call the node's JSON-RPC, make keys, build and send transactions."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+from timefast import transaction
+from timefast.crypto import (
+    KeyFormatError,
+    address_of,
+    format_private_key,
+    is_public_key_hex,
+    new_key,
+    parse_private_key,
+    public_key_hex,
+)
+from timefast.transaction import COIN
+
+
+class CliError(Exception):
+    """Something the user should read; printed without a traceback."""
+
+
+def to_units(text: str) -> int:
+    """TIME (``12.5``) to integer units of 10^-8 TIME."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise CliError(f"{text!r} is not an amount of TIME") from None
+    units = value * COIN
+    if units != units.to_integral_value() or units <= 0:
+        raise CliError(f"{text} TIME is not a positive multiple of 0.00000001")
+    return int(units)
+
+
+class Rpc:
+    """A JSON-RPC 2.0 client over HTTP POST."""
+
+    def __init__(self, addr: str, user: str | None = None, password: str | None = None,
+                 timeout: float = 30.0) -> None:
+        self.url = addr if addr.startswith(("http://", "https://")) else f"http://{addr}/"
+        self.auth = None
+        if user:
+            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+            self.auth = f"Basic {token}"
+        self.timeout = timeout
+        self.next_id = 0
+
+    def call(self, method: str, *params: Any) -> Any:
+        self.next_id += 1
+        body = orjson.dumps({"jsonrpc": "2.0", "id": self.next_id, "method": method,
+                             "params": list(params)})
+        req = urllib.request.Request(self.url, data=body,
+                                     headers={"Content-Type": "application/json"})
+        if self.auth:
+            req.add_header("Authorization", self.auth)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                reply = orjson.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            raise CliError(f"RPC refused: HTTP {e.code} {e.reason}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise CliError(f"cannot reach the node at {self.url}: {e}") from None
+        if "error" in reply:
+            err = reply["error"]
+            raise CliError(f"error {err.get('code')}: {err.get('message')}")
+        return reply["result"]
+
+
+def _arg(text: str) -> Any:
+    """A CLI argument as JSON when it parses (numbers, objects), else as a string."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+def _print(value: Any) -> None:
+    if isinstance(value, str | int):
+        print(value)
+    else:
+        print(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+def cmd_keygen(args: argparse.Namespace, rpc: Rpc) -> Any:
+    key = new_key()
+    pub = public_key_hex(key)
+    return {"private_key": format_private_key(key), "public_key": pub,
+            "address": address_of(pub, args.network)}
+
+
+def cmd_address(args: argparse.Namespace, rpc: Rpc) -> Any:
+    text = args.key
+    if is_public_key_hex(text):
+        return address_of(text.lower(), args.network)
+    return address_of(public_key_hex(parse_private_key(text)), args.network)
+
+
+def cmd_send(args: argparse.Namespace, rpc: Rpc) -> Any:
+    key = parse_private_key(args.key)
+    amount = to_units(args.amount)
+    fee = to_units(args.fee) if args.fee not in (None, "0") else 0
+    network = rpc.call("getinfo")["network"]
+    source = address_of(public_key_hex(key), network)
+    coins = sorted((u for u in rpc.call("listunspent", source) if u["state"] == "Unspent"),
+                   key=lambda u: -u["amount"])
+    picked, total = [], 0
+    for u in coins:
+        picked.append((u["txid"], u["vout"], key))
+        total += u["amount"]
+        if total >= amount + fee:
+            break
+    if total < amount + fee:
+        raise CliError(f"{source} has {total} spendable units; {amount + fee} needed")
+    outputs = [(args.to, amount)]
+    if total > amount + fee:
+        outputs.append((source, total - amount - fee))
+    tx = transaction.build(picked, outputs, timestamp=int(time.time()))
+    if args.dry_run:
+        return tx.to_json()
+    return rpc.call("sendrawtransaction", tx.to_json())
+
+
+def cmd_faucet(args: argparse.Namespace, rpc: Rpc) -> Any:
+    if args.amount is not None:
+        amount = to_units(args.amount)
+    elif args.units is not None:
+        amount = int(args.units)
+    else:
+        raise CliError("faucet needs --amount TIME (or an amount in units)")
+    return rpc.call("faucet", args.address, amount)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="time-cli",
+        description="Talk to a timefast node. Any RPC method: time-cli METHOD ARGS... "
+                    "(arguments are parsed as JSON when they can be). Amounts given with "
+                    "--amount are in TIME (12.5); RPC amounts are integer units of 10^-8.")
+    p.add_argument("--rpc-addr", default=os.environ.get("RPC_ADDR", "127.0.0.1:8766"),
+                   help="node RPC address (default: $RPC_ADDR or 127.0.0.1:8766)")
+    p.add_argument("--rpc-user", default=os.environ.get("RPC_USER"))
+    p.add_argument("--rpc-password", default=os.environ.get("RPC_PASSWORD"))
+    p.add_argument("--network", default=os.environ.get("NETWORK", "regtest"),
+                   choices=["regtest", "testnet", "mainnet"],
+                   help="address format for keygen and address (default: regtest)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("keygen", help="make a new key, its public key and address")
+    a = sub.add_parser("address", help="the address of a key (MN... or public key hex)")
+    a.add_argument("key")
+    s = sub.add_parser("send", help="build, sign and send a payment")
+    s.add_argument("--key", required=True, help="the sender's MN... private key")
+    s.add_argument("--to", required=True, help="recipient address")
+    s.add_argument("--amount", required=True, help="amount in TIME, like 12.5")
+    s.add_argument("--fee", default="0", help="fee in TIME (default 0)")
+    s.add_argument("--dry-run", action="store_true", help="print the signed tx, do not send")
+    f = sub.add_parser("faucet", help="regtest: pay from the faucet")
+    f.add_argument("address")
+    f.add_argument("units", nargs="?", help="amount in units of 10^-8 TIME")
+    f.add_argument("--amount", help="amount in TIME, like 12.5")
+    return p
+
+
+COMMANDS = {"keygen": cmd_keygen, "address": cmd_address, "send": cmd_send,
+            "faucet": cmd_faucet}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``time-cli``."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    # Any word that is not one of our commands is an RPC method name.
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    generic = first is not None and argv[first] not in COMMANDS
+    if generic and first is not None:
+        args = parser.parse_args(argv[:first])
+        method, params = argv[first], [_arg(x) for x in argv[first + 1:]]
+    else:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+    rpc = Rpc(args.rpc_addr, args.rpc_user, args.rpc_password)
+    try:
+        result = rpc.call(method, *params) if generic else COMMANDS[args.command](args, rpc)
+    except (CliError, KeyFormatError) as e:
+        print(f"time-cli: {e}", file=sys.stderr)
+        return 1
+    _print(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

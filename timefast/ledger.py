@@ -1,0 +1,647 @@
+"""The ledger: transactions, the UTXO state protocol, votes, blocks and events (SPEC 4).
+
+Plain Python around the compiled ``UtxoTable``.  Every change is one *step*: the
+step stages UTXO moves (checked against the transition table), writes every row it
+changes inside one SQLite transaction, and only after the commit applies the moves
+to the core, updates the in-memory state and hands the events to listeners.  A step
+that fails (a rule, a full disk) leaves the core, the database and the listeners as
+they were: durable before announced (DEVELOPERS rule 4).
+
+The ledger never touches a socket; it serializes each event once, to the bytes that
+are stored in the event log and sent to wallets.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from nacl.signing import SigningKey
+
+from timefast import _core
+from timefast.crypto import address_of, public_key_hex, sha3, sign_vote, verify, vote_bytes
+from timefast.errors import IllegalTransition, LockConflict, UnknownOutpoint
+from timefast.storage import StorageError, Store
+from timefast.transaction import (
+    COIN,
+    Transaction,
+    TxFormatError,
+    TxOutput,
+    build,
+    parse,
+)
+
+GENESIS_TIMESTAMP = 1764150000
+GENESIS_SUPPLY = 21_000_000 * COIN
+ZERO_HASH = "0" * 64
+# The regtest faucet's key is fixed so that anyone can spend from it on a private
+# network: seed = SHA3-256(b"timefast regtest faucet").
+FAUCET_SEED = sha3(b"timefast regtest faucet")
+FAUCET_KEY = SigningKey(FAUCET_SEED)
+
+NETWORK_PREFIX = {"mainnet": "TIME1", "testnet": "TIME0", "regtest": "TIME0"}
+_WIRE_ADDRESS = re.compile(r"TIME[01][0-9a-f]{40}")
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_HEX128 = re.compile(r"[0-9a-fA-F]{128}")
+_TXID = re.compile(r"[0-9a-f]{64}")
+SPENDABLE_OR_PENDING = ("Unspent", "Locked", "SpentPending")
+
+
+class LedgerError(Exception):
+    """A request the ledger refuses; ``code`` is one of SPEC 3.4's error codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One pushed event: ``payload`` is the exact JSON message wallets receive."""
+
+    seq: int
+    type: str
+    addresses: tuple[str, ...] | None  # None: every connection (NewBlock)
+    payload: bytes
+
+
+@dataclass(slots=True)
+class _Pending:
+    tx: Transaction
+    raw: dict[str, Any]
+    accepted_at: float
+    addresses: tuple[str, ...]
+    approvals: set[str] = field(default_factory=set)
+    rejections: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Final:
+    tx: Transaction
+    raw: dict[str, Any]
+    addresses: tuple[str, ...]
+
+
+def block_hash(height: int, prev_hash: str, timestamp: int, txids: list[str],
+               producer: str) -> str:
+    """hex SHA3-256 of the header: height u64 LE, prev_hash ASCII, timestamp i64 LE,
+    txid count u32 LE, each txid ASCII, producer ASCII."""
+    parts = [struct.pack("<Q", height), prev_hash.encode("ascii"),
+             struct.pack("<qI", timestamp, len(txids))]
+    parts.extend(t.encode("ascii") for t in txids)
+    parts.append(producer.encode("ascii"))
+    return sha3(b"".join(parts)).hex()
+
+
+def genesis_transaction(network: str) -> Transaction | None:
+    """Regtest's genesis pays the whole supply to the faucet; other networks have none."""
+    if network != "regtest":
+        return None
+    faucet = address_of(public_key_hex(FAUCET_KEY), network)
+    tx = Transaction("", 1, (), (TxOutput(GENESIS_SUPPLY, faucet),), 0, GENESIS_TIMESTAMP)
+    return Transaction(tx.compute_txid(), 1, (), tx.outputs, 0, GENESIS_TIMESTAMP)
+
+
+class _Step:
+    """Staged changes of one atomic ledger step (see the module docstring)."""
+
+    def __init__(self, ledger: Ledger, db: Any) -> None:
+        self.ledger = ledger
+        self.db = db
+        self.seq = ledger.seq
+        self.events: list[Event] = []
+        self.core_ops: list[Callable[[], Any]] = []
+        self.after: list[Callable[[], None]] = []
+        self.staged: dict[tuple[str, int], list[Any]] = {}
+
+    def utxo(self, op: tuple[str, int]) -> list[Any]:
+        rec = self.staged.get(op)
+        if rec is None:
+            rec = list(self.ledger.utxos.get(*op))
+            self.staged[op] = rec
+        return rec
+
+    def event(self, type_: str, data: dict[str, Any],
+              addresses: tuple[str, ...] | None) -> None:
+        self.seq += 1
+        data["seq"] = self.seq
+        payload = orjson.dumps({"type": type_, "data": data})
+        self.db.execute(
+            "INSERT INTO events (seq, type, addresses, payload) VALUES (?,?,?,?)",
+            (self.seq, type_, None if addresses is None else orjson.dumps(addresses), payload),
+        )
+        self.events.append(Event(self.seq, type_, addresses, payload))
+
+    def _utxo_event(self, op: tuple[str, int], rec: list[Any], prev: str | None,
+                    tx: dict[str, Any] | None) -> None:
+        self.event("UtxoStateChange", {
+            "outpoint": {"txid": op[0], "vout": op[1]},
+            "address": rec[0], "amount": rec[1], "state": rec[2], "prev_state": prev,
+            "spending_txid": rec[3], "votes": rec[4], "quorum": self.ledger.quorum,
+            "block_height": rec[5], "transaction": tx,
+        }, (rec[0],))
+
+    def lock(self, txid: str, ops: list[tuple[str, int]], tx: dict[str, Any]) -> None:
+        self.ledger.utxos.check_lock(txid, ops)
+        for op in ops:
+            rec = self.utxo(op)
+            rec[2], rec[3] = "Locked", txid
+            self._write_utxo(op, rec)
+            self._utxo_event(op, rec, "Unspent", tx)
+        self.core_ops.append(lambda: self.ledger.utxos.lock(txid, ops))
+
+    def move(self, op: tuple[str, int], state: str, tx: dict[str, Any] | None,
+             votes: int | None = None, height: int | None = None) -> None:
+        rec = self.utxo(op)
+        prev = rec[2]
+        if not _core.allowed(prev, state):
+            raise IllegalTransition(op[0], op[1], prev, state)
+        rec[2] = state
+        if state == "Unspent":
+            rec[3], rec[4] = None, 0
+        if votes is not None:
+            rec[4] = votes
+        if height is not None:
+            rec[5] = height
+        self._write_utxo(op, rec)
+        self._utxo_event(op, rec, prev, tx)
+        self.core_ops.append(
+            lambda: self.ledger.utxos.transition(op[0], op[1], state, votes, height))
+
+    def create(self, op: tuple[str, int], address: str, amount: int,
+               tx: dict[str, Any] | None, height: int | None = None) -> None:
+        rec = [address, amount, "Unspent", None, 0, height]
+        self.staged[op] = rec
+        self.db.execute(
+            "INSERT INTO utxos (txid, vout, address, amount, state, spending_txid, votes,"
+            " block_height) VALUES (?,?,?,?,?,?,?,?)", (op[0], op[1], *rec))
+        if tx is not None:
+            self._utxo_event(op, rec, None, tx)
+        self.core_ops.append(
+            lambda: self.ledger.utxos.add(op[0], op[1], address, amount, block_height=height))
+
+    def _write_utxo(self, op: tuple[str, int], rec: list[Any]) -> None:
+        self.db.execute(
+            "UPDATE utxos SET state=?, spending_txid=?, votes=?, block_height=?"
+            " WHERE txid=? AND vout=?", (rec[2], rec[3], rec[4], rec[5], op[0], op[1]))
+
+
+class Ledger:
+    """The node's state: UTXOs (in the core), transactions, votes, blocks, events."""
+
+    def __init__(self, store: Store, network: str, key: SigningKey,
+                 masternodes: Iterable[str] | None = None, finality_timeout: float = 10.0,
+                 replay_events: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+        if network not in NETWORK_PREFIX:
+            raise ValueError(f"unknown network {network!r}")
+        self.store = store
+        self.network = network
+        self.key = key
+        self.public_key = public_key_hex(key)
+        self.address = address_of(self.public_key, network)
+        voters = [m.lower() for m in (masternodes or [self.public_key])]
+        for m in voters:
+            if not _HEX64.fullmatch(m):
+                raise ValueError(f"masternode key {m!r} is not 64 hex characters")
+        self.masternodes: tuple[str, ...] = tuple(dict.fromkeys(voters))
+        self.quorum = math.ceil(2 * len(self.masternodes) / 3)
+        self.finality_timeout = finality_timeout
+        self.replay_events = replay_events
+        self.clock = clock
+        self.utxos = _core.UtxoTable()
+        self.pending: dict[str, _Pending] = {}
+        self.unconfirmed: dict[str, _Final] = {}
+        self.seq = 0
+        self.height = -1
+        self.tip = ZERO_HASH
+        self.tip_timestamp = 0
+        self.recent: deque[Event] = deque(maxlen=max(1, replay_events))
+        self.listeners: list[Callable[[list[Event]], None]] = []
+        self.outcomes = {"accepted": 0, "finalized": 0, "confirmed": 0, "rejected": 0,
+                         "invalid": 0, "conflict": 0}
+        self._load()
+
+    # -- start-up ----------------------------------------------------------------
+
+    def _load(self) -> None:
+        s = self.store
+        if s.one("SELECT 1 FROM blocks LIMIT 1") is None:
+            self._genesis()
+        self.seq = int(s.meta("seq") or 0)
+        height, tip, ts = s.one("SELECT height, hash, timestamp FROM blocks"
+                                " ORDER BY height DESC LIMIT 1")
+        self.height, self.tip, self.tip_timestamp = height, tip, ts
+        for row in s.query("SELECT txid, vout, address, amount, state, spending_txid, votes,"
+                           " block_height FROM utxos"):
+            self.utxos.add(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
+        votes: dict[str, list[tuple[str, int]]] = {}
+        for txid, voter, approve in s.query(
+                "SELECT v.txid, v.voter, v.approve FROM votes v JOIN txs t ON t.txid=v.txid"
+                " WHERE t.status='pending'"):
+            votes.setdefault(txid, []).append((voter, approve))
+        for txid, raw, accepted_at, addrs in s.query(
+                "SELECT txid, raw, accepted_at, addresses FROM txs WHERE status='pending'"):
+            obj = orjson.loads(raw)
+            p = _Pending(parse(obj), obj, accepted_at, tuple(orjson.loads(addrs)))
+            for voter, approve in votes.get(txid, []):
+                (p.approvals if approve else p.rejections).add(voter)
+            self.pending[txid] = p
+        for txid, raw, addrs in s.query(
+                "SELECT txid, raw, addresses FROM txs WHERE status='finalized'"
+                " ORDER BY finalized_seq"):
+            obj = orjson.loads(raw)
+            self.unconfirmed[txid] = _Final(parse(obj), obj, tuple(orjson.loads(addrs)))
+        rows = s.query("SELECT seq, type, addresses, payload FROM events WHERE seq > ?"
+                       " ORDER BY seq", (self.seq - self.replay_events,))
+        for seq, type_, addrs, payload in rows:
+            self.recent.append(Event(seq, type_, None if addrs is None
+                                     else tuple(orjson.loads(addrs)), bytes(payload)))
+
+    def _genesis(self) -> None:
+        gtx = genesis_transaction(self.network)
+        txids = [gtx.txid] if gtx else []
+        h = block_hash(0, ZERO_HASH, GENESIS_TIMESTAMP, txids, "")
+        with self.store.transaction() as db:
+            db.execute("INSERT INTO blocks VALUES (?,?,?,?,?,?)",
+                       (0, h, ZERO_HASH, GENESIS_TIMESTAMP, orjson.dumps(txids), ""))
+            if gtx is not None:
+                raw = gtx.to_json()
+                db.execute("INSERT INTO txs (txid, raw, status, accepted_at, block_height,"
+                           " addresses) VALUES (?,?,?,?,?,?)",
+                           (gtx.txid, orjson.dumps(raw), "confirmed", GENESIS_TIMESTAMP, 0,
+                            orjson.dumps(gtx.addresses())))
+                for vout, o in enumerate(gtx.outputs):
+                    db.execute("INSERT INTO utxos VALUES (?,?,?,?,?,?,?,?)",
+                               (gtx.txid, vout, o.address, o.amount, "Unspent", None, 0, 0))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('network', ?)", (self.network,))
+
+    # -- the step machinery --------------------------------------------------------
+
+    def _run(self, fn: Callable[[_Step], Any]) -> Any:
+        with self.store.transaction() as db:
+            step = _Step(self, db)
+            result = fn(step)
+            if step.seq != self.seq:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(step.seq),))
+                if step.seq // 1024 != self.seq // 1024:
+                    db.execute("DELETE FROM events WHERE seq <= ?",
+                               (step.seq - self.replay_events,))
+        # Committed: now, and only now, the core, memory and listeners learn of it.
+        self.seq = step.seq
+        for op in step.core_ops:
+            op()
+        for f in step.after:
+            f()
+        if step.events:
+            self.recent.extend(step.events)
+            for listener in self.listeners:
+                listener(step.events)
+        return result
+
+    # -- transactions ----------------------------------------------------------------
+
+    def _refuse(self, code: str, message: str) -> LedgerError:
+        self.outcomes["conflict" if code == "TX_CONFLICT" else "invalid"] += 1
+        return LedgerError(code, message)
+
+    def check_address(self, address: object, what: str = "address") -> str:
+        """An output address of this network, or ``LedgerError(INVALID_ADDRESS)``."""
+        if not isinstance(address, str) or not _WIRE_ADDRESS.fullmatch(address):
+            raise LedgerError("INVALID_ADDRESS", f"{what} must be TIME0 or TIME1 + 40 hex")
+        if not address.startswith(NETWORK_PREFIX[self.network]):
+            raise LedgerError("INVALID_ADDRESS",
+                              f"{what} {address} is not a {self.network} address")
+        return address
+
+    def submit(self, obj: Any) -> str:
+        """Validate and accept a transaction; returns its txid (idempotent).
+
+        Raises ``LedgerError`` with ``TX_INVALID`` or ``TX_CONFLICT``, or
+        ``StorageError`` when it could not be stored (nothing is then accepted).
+        """
+        try:
+            tx = parse(obj)
+        except TxFormatError as e:
+            raise self._refuse("TX_INVALID", str(e)) from None
+        if tx.compute_txid() != tx.txid:
+            raise self._refuse("TX_INVALID", "txid does not match the transaction's contents")
+        if tx.txid in self.pending or tx.txid in self.unconfirmed:
+            return tx.txid
+        row = self.store.one("SELECT status FROM txs WHERE txid=?", (tx.txid,))
+        if row is not None and row[0] != "rejected":
+            return tx.txid
+        ops = tx.outpoints()
+        if len(set(ops)) != len(ops):
+            raise self._refuse("TX_INVALID", "the same outpoint is spent twice")
+        for o in tx.outputs:
+            try:
+                self.check_address(o.address, "output address")
+            except LedgerError as e:
+                raise self._refuse("TX_INVALID", e.message) from None
+        msg = tx.signing_bytes()
+        total_in = 0
+        in_addresses = []
+        for n, inp in enumerate(tx.inputs):
+            try:
+                address, amount, state, spender, _, _ = self.utxos.get(inp.prev_txid, inp.vout)
+            except UnknownOutpoint:
+                raise self._refuse("TX_INVALID", f"input {n} spends unknown outpoint "
+                                   f"{inp.prev_txid}:{inp.vout}") from None
+            if state != "Unspent":
+                raise self._refuse("TX_CONFLICT", f"TX_CONFLICT: input {n} "
+                                   f"{inp.prev_txid}:{inp.vout} is already {state}"
+                                   + (f" by {spender}" if spender else ""))
+            if address_of(inp.public_key, self.network) != address:
+                raise self._refuse("TX_INVALID", f"input {n}: public key does not own {address}")
+            if not verify(bytes.fromhex(inp.public_key), msg, bytes.fromhex(inp.signature)):
+                raise self._refuse("TX_INVALID", f"input {n}: bad signature")
+            total_in += amount
+            in_addresses.append(address)
+        total_out = sum(o.amount for o in tx.outputs)
+        if total_out > total_in:
+            raise self._refuse("TX_INVALID",
+                               f"outputs ({total_out}) exceed inputs ({total_in})")
+        addresses = tuple(dict.fromkeys([*in_addresses, *tx.addresses()]))
+        raw = tx.to_json()
+        now = self.clock()
+
+        def step(s: _Step) -> str:
+            try:
+                s.lock(tx.txid, ops, raw)
+            except LockConflict as e:
+                raise self._refuse("TX_CONFLICT", f"TX_CONFLICT: {e}") from None
+            # A transaction rejected earlier may be tried again: its old votes go.
+            s.db.execute("DELETE FROM votes WHERE txid=?", (tx.txid,))
+            s.db.execute("INSERT OR REPLACE INTO txs (txid, raw, status, accepted_at,"
+                         " addresses) VALUES (?,?,?,?,?)",
+                         (tx.txid, orjson.dumps(raw), "pending", now, orjson.dumps(addresses)))
+            s.event("TransactionPending", {"tx": raw}, addresses)
+            p = _Pending(tx, raw, now, addresses)
+            s.after.append(lambda: self.pending.__setitem__(tx.txid, p))
+            s.after.append(lambda: self.outcomes.__setitem__(
+                "accepted", self.outcomes["accepted"] + 1))
+            if self.public_key in self.masternodes:
+                vote = sign_vote(self.key, tx.txid, True)
+                self._record_vote(s, p, vote)
+            return tx.txid
+
+        return str(self._run(step))
+
+    def _record_vote(self, s: _Step, p: _Pending | None, vote: dict[str, Any]) -> None:
+        s.db.execute("INSERT INTO votes VALUES (?,?,?,?)",
+                     (vote["txid"], vote["voter"], int(bool(vote["approve"])),
+                      vote["signature"]))
+        if p is None:
+            return
+        (p.approvals if vote["approve"] else p.rejections).add(vote["voter"])
+        self._tally(s, p, bool(vote["approve"]))
+
+    def _tally(self, s: _Step, p: _Pending, approved: bool) -> None:
+        votes = len(p.approvals)
+        if votes >= self.quorum:
+            self._finalize(s, p)
+        elif len(p.rejections) > len(self.masternodes) - self.quorum:
+            self._reject(s, p, "quorum against")
+        elif approved:
+            for op in p.tx.outpoints():
+                s.move(op, "SpentPending", p.raw, votes=votes)
+
+    def _finalize(self, s: _Step, p: _Pending) -> None:
+        votes = len(p.approvals)
+        txid = p.tx.txid
+        for op in p.tx.outpoints():
+            if s.utxo(op)[2] == "Locked":
+                s.move(op, "SpentPending", p.raw, votes=votes)
+            s.move(op, "SpentFinalized", p.raw, votes=votes)
+        for vout, o in enumerate(p.tx.outputs):
+            s.create((txid, vout), o.address, o.amount, p.raw)
+        s.event("TransactionFinalized", {"txid": txid, "block_height": None, "votes": votes,
+                                         "quorum": self.quorum}, p.addresses)
+        s.db.execute("UPDATE txs SET status='finalized', finalized_seq=? WHERE txid=?",
+                     (s.seq, txid))
+        final = _Final(p.tx, p.raw, p.addresses)
+
+        def done() -> None:
+            self.pending.pop(txid, None)
+            self.unconfirmed[txid] = final
+            self.outcomes["finalized"] += 1
+        s.after.append(done)
+
+    def _reject(self, s: _Step, p: _Pending, reason: str) -> None:
+        txid = p.tx.txid
+        for op in p.tx.outpoints():
+            s.move(op, "Unspent", p.raw)
+        s.event("TransactionRejected", {"txid": txid, "reason": reason}, p.addresses)
+        s.db.execute("UPDATE txs SET status='rejected', reason=? WHERE txid=?", (reason, txid))
+
+        def done() -> None:
+            self.pending.pop(txid, None)
+            self.outcomes["rejected"] += 1
+        s.after.append(done)
+
+    # -- votes ------------------------------------------------------------------------
+
+    def submit_vote(self, vote: Any) -> dict[str, Any]:
+        """Take a masternode's signed vote; returns the transaction's status after it."""
+        if not isinstance(vote, dict):
+            raise LedgerError("BAD_REQUEST", "vote must be an object")
+        txid, voter, approve, sig = (vote.get("txid"), vote.get("voter"),
+                                     vote.get("approve"), vote.get("signature"))
+        if not isinstance(txid, str) or not _TXID.fullmatch(txid):
+            raise LedgerError("BAD_REQUEST", "vote.txid must be 64 lowercase hex characters")
+        if not isinstance(voter, str) or not _HEX64.fullmatch(voter):
+            raise LedgerError("BAD_REQUEST", "vote.voter must be 64 hex characters")
+        if not isinstance(approve, bool):
+            raise LedgerError("BAD_REQUEST", "vote.approve must be true or false")
+        if not isinstance(sig, str) or not _HEX128.fullmatch(sig):
+            raise LedgerError("BAD_REQUEST", "vote.signature must be 128 hex characters")
+        voter = voter.lower()
+        if voter not in self.masternodes:
+            raise LedgerError("BAD_REQUEST", f"voter {voter} is not in the masternode set")
+        if not verify(bytes.fromhex(voter), vote_bytes(txid, approve), bytes.fromhex(sig)):
+            raise LedgerError("BAD_REQUEST", "bad vote signature")
+        p = self.pending.get(txid)
+        if p is None:
+            row = self.store.one("SELECT status FROM txs WHERE txid=?", (txid,))
+            if row is None:
+                raise LedgerError("NOT_FOUND", f"unknown transaction {txid}")
+        if self.store.one("SELECT 1 FROM votes WHERE txid=? AND voter=?",
+                          (txid, voter)) is not None:
+            raise LedgerError("BAD_REQUEST", f"duplicate vote by {voter} on {txid}")
+        clean = {"txid": txid, "voter": voter, "approve": approve, "signature": sig.lower()}
+        self._run(lambda s: self._record_vote(s, p, clean))
+        return {"txid": txid, "status": self.status_of(txid)}
+
+    # -- time -------------------------------------------------------------------------
+
+    def expire(self, now: float | None = None) -> int:
+        """Reject every transaction that waited past FINALITY_TIMEOUT; returns how many."""
+        now = self.clock() if now is None else now
+        late = [p for p in self.pending.values()
+                if p.accepted_at + self.finality_timeout <= now]
+        if not late:
+            return 0
+
+        def step(s: _Step) -> None:
+            for p in late:
+                self._reject(s, p, "finality timeout")
+        self._run(step)
+        return len(late)
+
+    def make_block(self) -> dict[str, Any]:
+        """Confirm every finalized transaction in a new block; returns the block."""
+        final = list(self.unconfirmed.values())
+        txids = [f.tx.txid for f in final]
+        height = self.height + 1
+        ts = max(int(self.clock()), self.tip_timestamp)
+        prev = self.tip
+        h = block_hash(height, prev, ts, txids, self.public_key)
+        block = {"height": height, "hash": h, "prev_hash": prev, "timestamp": ts,
+                 "txids": txids, "producer": self.public_key}
+
+        def step(s: _Step) -> None:
+            s.db.execute("INSERT INTO blocks VALUES (?,?,?,?,?,?)",
+                         (height, h, prev, ts, orjson.dumps(txids), self.public_key))
+            for f in final:
+                for op in f.tx.outpoints():
+                    s.move(op, "Confirmed", f.raw, height=height)
+                s.db.execute("UPDATE txs SET status='confirmed', block_height=? WHERE txid=?",
+                             (height, f.tx.txid))
+                s.event("TransactionConfirmed", {"txid": f.tx.txid, "block_height": height,
+                                                 "block_hash": h}, f.addresses)
+            s.event("NewBlock", {"height": height, "hash": h, "prev_hash": prev,
+                                 "timestamp": ts, "tx_count": len(txids)}, None)
+
+            def done() -> None:
+                for t in txids:
+                    self.unconfirmed.pop(t, None)
+                self.height, self.tip, self.tip_timestamp = height, h, ts
+                self.outcomes["confirmed"] += len(txids)
+            s.after.append(done)
+
+        self._run(step)
+        return block
+
+    # -- reads ------------------------------------------------------------------------
+
+    def status_of(self, txid: str) -> str | None:
+        """pending, finalized, confirmed, rejected, or None for an unknown txid."""
+        if txid in self.pending:
+            return "pending"
+        if txid in self.unconfirmed:
+            return "finalized"
+        row = self.store.one("SELECT status FROM txs WHERE txid=?", (txid,))
+        return None if row is None else str(row[0])
+
+    def get_transaction(self, txid: Any) -> dict[str, Any]:
+        """``{txid, status, votes, quorum, block_height, tx}``; raises NOT_FOUND."""
+        if not isinstance(txid, str) or not _TXID.fullmatch(txid):
+            raise LedgerError("BAD_REQUEST", "txid must be 64 lowercase hex characters")
+        row = self.store.one("SELECT raw, status, block_height, reason FROM txs WHERE txid=?",
+                             (txid,))
+        if row is None:
+            raise LedgerError("NOT_FOUND", f"unknown transaction {txid}")
+        (votes,) = self.store.one("SELECT COUNT(*) FROM votes WHERE txid=? AND approve=1",
+                                  (txid,))
+        out = {"txid": txid, "status": row[1], "votes": votes, "quorum": self.quorum,
+               "block_height": row[2], "tx": orjson.loads(row[0])}
+        if row[3]:
+            out["reason"] = row[3]
+        return out
+
+    def get_txout(self, txid: str, vout: int) -> dict[str, Any] | None:
+        """One UTXO's record, or None when the outpoint is unknown."""
+        try:
+            address, amount, state, spender, votes, height = self.utxos.get(txid, vout)
+        except UnknownOutpoint:
+            return None
+        return {"txid": txid, "vout": vout, "address": address, "amount": amount,
+                "state": state, "spending_txid": spender, "votes": votes,
+                "block_height": height}
+
+    def list_unspent(self, address: str) -> list[dict[str, Any]]:
+        """The address's UTXOs that are not yet spent-final."""
+        out = []
+        for txid, vout in self.utxos.by_address(address):
+            _, amount, state, _, _, _ = self.utxos.get(txid, vout)
+            if state in SPENDABLE_OR_PENDING:
+                out.append({"txid": txid, "vout": vout, "address": address,
+                            "amount": amount, "state": state})
+        return out
+
+    def balance(self, address: str) -> int:
+        """Sum of the address's Unspent UTXOs."""
+        return self.utxos.balance(address)
+
+    def snapshot(self, address: str) -> dict[str, Any]:
+        """``{balance, utxos}`` with every UTXO the address owns and its state."""
+        utxos = []
+        for txid, vout in self.utxos.by_address(address):
+            _, amount, state, spender, votes, height = self.utxos.get(txid, vout)
+            utxos.append({"txid": txid, "vout": vout, "amount": amount, "state": state,
+                          "spending_txid": spender, "votes": votes, "block_height": height})
+        return {"balance": self.utxos.balance(address), "utxos": utxos}
+
+    def get_block(self, ref: int | str) -> dict[str, Any]:
+        """A block by height or hash; raises NOT_FOUND."""
+        if isinstance(ref, bool) or not isinstance(ref, int | str):
+            raise LedgerError("BAD_REQUEST", "block reference must be a height or a hash")
+        if isinstance(ref, int):
+            row = self.store.one("SELECT * FROM blocks WHERE height=?", (ref,))
+        elif ref.isdigit():
+            row = self.store.one("SELECT * FROM blocks WHERE height=?", (int(ref),))
+        else:
+            row = self.store.one("SELECT * FROM blocks WHERE hash=?", (ref.lower(),))
+        if row is None:
+            raise LedgerError("NOT_FOUND", f"no block {ref}")
+        return {"height": row[0], "hash": row[1], "prev_hash": row[2], "timestamp": row[3],
+                "txids": orjson.loads(row[4]), "producer": row[5]}
+
+    def events_after(self, seq: int) -> tuple[bool, list[Event]]:
+        """Kept events with ``seq`` above the argument; False if some were dropped."""
+        if seq >= self.seq:
+            return True, []
+        if not self.recent or self.recent[0].seq > seq + 1:
+            return False, []
+        start = seq + 1 - self.recent[0].seq
+        return True, [self.recent[i] for i in range(start, len(self.recent))]
+
+    # -- regtest ----------------------------------------------------------------------
+
+    def faucet(self, address: str, amount: int) -> str:
+        """Regtest only: pay ``amount`` from the faucet to ``address``; returns the txid."""
+        if self.network != "regtest":
+            raise LedgerError("BAD_REQUEST", "the faucet exists only on regtest")
+        self.check_address(address)
+        if type(amount) is not int or amount <= 0:
+            raise LedgerError("BAD_REQUEST", "amount must be a positive integer")
+        faucet = address_of(public_key_hex(FAUCET_KEY), self.network)
+        picked: list[tuple[str, int, SigningKey]] = []
+        total = 0
+        coins = sorted(((self.utxos.get(t, v)[1], t, v)
+                        for t, v in self.utxos.by_address(faucet)
+                        if self.utxos.state(t, v) == "Unspent"), reverse=True)
+        for value, t, v in coins:
+            picked.append((t, v, FAUCET_KEY))
+            total += value
+            if total >= amount:
+                break
+        if total < amount:
+            raise LedgerError("BAD_REQUEST", "the faucet has no unspent coins for that amount"
+                              " now (its change returns once its last payment finalizes)")
+        outputs = [(address, amount)]
+        if total > amount:
+            outputs.append((faucet, total - amount))
+        tx = build(picked, outputs, timestamp=int(self.clock()))
+        return self.submit(tx.to_json())
+
+
+__all__ = ["Event", "Ledger", "LedgerError", "StorageError", "block_hash"]

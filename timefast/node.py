@@ -1,0 +1,123 @@
+"""The assembled node: storage, ledger, wallet server, RPC and timers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from typing import Any, cast
+
+from timefast import __version__
+from timefast.crypto import load_or_create_key
+from timefast.ledger import Ledger
+from timefast.rpc import RpcDispatcher, serve_rpc
+from timefast.server import WalletServer
+from timefast.session import Limits
+from timefast.settings import Settings
+from timefast.storage import StorageError, Store
+
+log = logging.getLogger("timefast")
+
+EXPIRY_CHECK = 0.25  # seconds between FINALITY_TIMEOUT checks
+
+
+class Node:
+    """A running masternode; ``start`` binds its ports, ``stop`` closes everything."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: Store | None = None
+        self.ledger: Ledger | None = None
+        self.wallets: WalletServer | None = None
+        self.rpc_server: asyncio.AbstractServer | None = None
+        self.ws_addresses: list[tuple[str, int]] = []
+        self.rpc_addresses: list[tuple[str, int]] = []
+        self._timers: list[asyncio.TimerHandle] = []
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        key = load_or_create_key(s.data_dir, s.masternode_key)
+        self.store = Store(s.data_dir / "timefast.db")
+        self.ledger = Ledger(self.store, s.network, key, s.masternodes, s.finality_timeout,
+                             s.replay_events)
+        limits = Limits(s.max_subscriptions, s.max_message_bytes, s.send_buffer_bytes,
+                        s.replay_events)
+        origins: list[str | None] | None = list(s.allowed_origins) if s.allowed_origins else None
+        self.wallets = WalletServer(self.ledger, limits, max_connections=s.max_connections,
+                                    max_connections_per_ip=s.max_connections_per_ip,
+                                    heartbeat_interval=s.heartbeat_interval, origins=origins)
+        ctx = None
+        if s.tls_cert and s.tls_key:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(s.tls_cert, s.tls_key)
+        self.ws_addresses = await self.wallets.listen(*s.ws_addr, ssl_context=ctx)
+        auth = (s.rpc_user, s.rpc_password or "") if s.rpc_user else None
+        dispatcher = RpcDispatcher(self.ledger, extra_info=self._extra_info)
+        self.rpc_server = await serve_rpc(dispatcher, *s.rpc_addr, auth=auth)
+        self.rpc_addresses = [sock.getsockname()[:2]
+                              for sock in cast(asyncio.Server, self.rpc_server).sockets]
+        loop = asyncio.get_running_loop()
+        self._timers.append(loop.call_later(EXPIRY_CHECK, self._expire))
+        if s.block_interval > 0:
+            self._timers.append(loop.call_later(s.block_interval, self._block))
+        scheme = "wss" if ctx else "ws"
+        led = self.ledger
+        log.info("⏱  timefast %s on %s: wallets %s://%s:%d, RPC http://%s:%d, masternode %s "
+                 "(%d in the voting set, quorum %d), height %d, seq %d", __version__,
+                 led.network, scheme, *self.ws_addresses[0], *self.rpc_addresses[0],
+                 led.address, len(led.masternodes), led.quorum, led.height, led.seq)
+
+    def _extra_info(self) -> dict[str, Any]:
+        w = self.wallets
+        assert w is not None
+        return {"connections": w.open_count,
+                "subscriptions": w.fanout.index.subscription_count,
+                "events_published": w.events_published}
+
+    def _expire(self) -> None:
+        assert self.ledger is not None
+        try:
+            n = self.ledger.expire()
+            if n:
+                log.info("%d transaction(s) rejected: finality timeout", n)
+        except StorageError as e:
+            log.error("could not expire transactions: %s", e)
+        self._timers[0] = asyncio.get_running_loop().call_later(EXPIRY_CHECK, self._expire)
+
+    def _block(self) -> None:
+        assert self.ledger is not None
+        try:
+            b = self.ledger.make_block()
+            log.info("⛏  block %d %s with %d transaction(s)", b["height"], b["hash"],
+                     len(b["txids"]))
+        except StorageError as e:
+            log.error("could not make a block: %s", e)
+        self._timers[1] = asyncio.get_running_loop().call_later(self.settings.block_interval,
+                                                                self._block)
+
+    async def stop(self) -> None:
+        """Stop accepting, close wallets with 1001, flush the database."""
+        for t in self._timers:
+            t.cancel()
+        if self.rpc_server is not None:
+            self.rpc_server.close()
+        if self.wallets is not None:
+            await self.wallets.shutdown(1001, "going away")
+        if self.store is not None:
+            self.store.close()
+        self._stopped.set()
+        log.info("stopped")
+
+    async def run(self) -> None:
+        """Start, then serve until SIGINT or SIGTERM."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("signal received: shutting down")
+        await self.stop()

@@ -1,0 +1,267 @@
+"""One wallet's conversation (SPEC 3.1-3.5), without any I/O.
+
+A ``WalletSession`` takes the text of each message a wallet sends and queues its
+replies as WebSocket frames on the wallet's fan-out slot.  It never reads or writes
+a socket, so it is tested with a plain ``Fanout`` and a ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from timefast import _core
+from timefast.ledger import Event, Ledger, LedgerError
+from timefast.storage import StorageError
+from timefast.transaction import ADDRESS_RE
+
+PROTOCOL_VERSION = "1.0"
+# Messages a wallet may send per second (sustained) and in one burst.
+RATE_PER_SECOND = 200.0
+RATE_BURST = 400.0
+
+log = logging.getLogger("timefast.wallet")
+
+_PONG = orjson.dumps({"type": "Pong"})
+
+
+class Limits:
+    """The per-connection limits a session enforces and ``Hello`` reports."""
+
+    __slots__ = ("max_message_bytes", "max_subscriptions", "replay_events",
+                 "send_buffer_bytes")
+
+    def __init__(self, max_subscriptions: int = 10_000, max_message_bytes: int = 1 << 20,
+                 send_buffer_bytes: int = 1 << 20, replay_events: int = 100_000) -> None:
+        self.max_subscriptions = max_subscriptions
+        self.max_message_bytes = max_message_bytes
+        self.send_buffer_bytes = send_buffer_bytes
+        self.replay_events = replay_events
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class ProtocolError(Exception):
+    """A request the node answers with ``Error``; the connection stays open."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _addresses(data: dict[str, Any], limit: int) -> list[str]:
+    addrs = data.get("addresses")
+    if not isinstance(addrs, list) or not addrs:
+        raise ProtocolError("BAD_REQUEST", "data.addresses must be a non-empty array")
+    if len(addrs) > limit:
+        raise ProtocolError("TOO_MANY_SUBSCRIPTIONS",
+                            f"at most {limit} addresses per connection")
+    for a in addrs:
+        if not isinstance(a, str) or not ADDRESS_RE.fullmatch(a):
+            raise ProtocolError("INVALID_ADDRESS",
+                                f"{a!r} is not 1 to 128 characters of [A-Za-z0-9_]")
+    return list(dict.fromkeys(addrs))
+
+
+class WalletSession:
+    """Message handling for one wallet connection on fan-out slot ``slot``."""
+
+    __slots__ = (
+        "client_id",
+        "clock",
+        "connected_seq",
+        "fanout",
+        "ledger",
+        "limits",
+        "peer",
+        "slot",
+        "subscribed_at",
+        "tokens",
+        "tokens_at",
+    )
+
+    def __init__(self, ledger: Ledger, fanout: _core.Fanout, slot: int, limits: Limits,
+                 client_id: str = "", peer: str = "",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ledger = ledger
+        self.fanout = fanout
+        self.slot = slot
+        self.limits = limits
+        self.client_id = client_id
+        self.peer = peer
+        self.clock = clock
+        self.connected_seq = ledger.seq
+        # address -> seq at which it was subscribed: tells which kept events this
+        # connection already had live, so a replay never repeats one.
+        self.subscribed_at: dict[str, int] = {}
+        self.tokens = RATE_BURST
+        self.tokens_at = clock()
+
+    # -- output ----------------------------------------------------------------------
+
+    def send(self, payload: bytes) -> None:
+        """Queue one JSON message for this wallet."""
+        self.fanout.send(self.slot, _core.frame_text(payload))
+
+    def reply(self, type_: str, data: dict[str, Any] | None, msg_id: Any) -> None:
+        obj: dict[str, Any] = {"type": type_}
+        if msg_id is not None:
+            obj["id"] = msg_id
+        if data is not None:
+            obj["data"] = data
+        self.send(orjson.dumps(obj))
+
+    def error(self, code: str, message: str, msg_id: Any = None) -> None:
+        self.reply("Error", {"code": code, "message": message}, msg_id)
+
+    # -- input -----------------------------------------------------------------------
+
+    def _take_token(self) -> bool:
+        now = self.clock()
+        self.tokens = min(RATE_BURST, self.tokens + (now - self.tokens_at) * RATE_PER_SECOND)
+        self.tokens_at = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+    def handle_text(self, text: str | bytes) -> None:
+        """Answer one text message from the wallet."""
+        if not self._take_token():
+            self.error("RATE_LIMITED", f"more than {int(RATE_PER_SECOND)} messages a second")
+            return
+        try:
+            msg = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            self.error("BAD_JSON", "message is not valid JSON")
+            return
+        if not isinstance(msg, dict):
+            self.error("BAD_REQUEST", "message must be a JSON object")
+            return
+        msg_id = msg.get("id")
+        if msg_id is not None and (isinstance(msg_id, bool)
+                                   or not isinstance(msg_id, str | int)):
+            self.error("BAD_REQUEST", "id must be a string or an integer")
+            return
+        type_ = msg.get("type")
+        if not isinstance(type_, str):
+            self.error("BAD_REQUEST", "message needs a string 'type'", msg_id)
+            return
+        if type_ == "Ping":
+            if msg_id is None:
+                self.send(_PONG)
+            else:
+                self.reply("Pong", None, msg_id)
+            return
+        handler = _HANDLERS.get(type_)
+        if handler is None:
+            self.error("UNKNOWN_TYPE", f"unknown message type {type_!r}", msg_id)
+            return
+        data = msg.get("data", {})
+        if not isinstance(data, dict):
+            self.error("BAD_REQUEST", "data must be an object", msg_id)
+            return
+        try:
+            handler(self, data, msg_id)
+        except ProtocolError as e:
+            self.error(e.code, e.message, msg_id)
+        except LedgerError as e:
+            self.error(e.code, e.message, msg_id)
+        except StorageError as e:
+            self.error("UNAVAILABLE", f"the node cannot store anything now: {e}", msg_id)
+
+    # -- messages --------------------------------------------------------------------
+
+    def on_subscribe(self, data: dict[str, Any], msg_id: Any) -> None:
+        index = self.fanout.index
+        addrs = _addresses(data, self.limits.max_subscriptions)
+        new = [a for a in addrs if not index.holds(self.slot, a)]
+        if index.count_of(self.slot) + len(new) > self.limits.max_subscriptions:
+            raise ProtocolError("TOO_MANY_SUBSCRIPTIONS",
+                                f"at most {self.limits.max_subscriptions} addresses per "
+                                "connection")
+        since = data.get("since_seq")
+        if since is not None and (type(since) is not int or since < 0):
+            raise ProtocolError("BAD_REQUEST", "since_seq must be a non-negative integer")
+        want_snapshot = data.get("snapshot", True)
+        if not isinstance(want_snapshot, bool):
+            raise ProtocolError("BAD_REQUEST", "snapshot must be true or false")
+        replay: list[Event] = []
+        resync = False
+        if since is not None:
+            ok, replay = self.ledger.events_after(since)
+            resync = not ok
+        out: dict[str, Any] = {"addresses": addrs, "seq": self.ledger.seq}
+        if want_snapshot or resync:
+            out["snapshot"] = {a: self.ledger.snapshot(a) for a in addrs}
+        if resync:
+            out["resync"] = True
+        self.reply("Subscribed", out, msg_id)
+        if replay:
+            self._replay(replay, set(addrs))
+        # Replayed and subscribed in the same call: no live event can fall between.
+        index.subscribe(self.slot, new)
+        now = self.ledger.seq
+        for a in new:
+            self.subscribed_at[a] = now
+        if new:
+            log.info("📢 Client %s subscribed to %d addresses", self.client_id, len(new))
+
+    def _replay(self, events: list[Event], wanted: set[str]) -> None:
+        connected = self.connected_seq
+        held = self.subscribed_at
+        for e in events:
+            if e.addresses is None:
+                # Broadcasts since this connection opened were delivered live.
+                if e.seq <= connected:
+                    self.fanout.send(self.slot, _core.frame_text(e.payload), e.seq)
+                continue
+            if not any(a in wanted for a in e.addresses):
+                continue
+            if any(held.get(a, math.inf) < e.seq for a in e.addresses):
+                continue
+            self.fanout.send(self.slot, _core.frame_text(e.payload), e.seq)
+
+    def on_unsubscribe(self, data: dict[str, Any], msg_id: Any) -> None:
+        addrs = _addresses(data, self.limits.max_subscriptions)
+        self.fanout.index.unsubscribe(self.slot, addrs)
+        for a in addrs:
+            self.subscribed_at.pop(a, None)
+        self.reply("Unsubscribed", {"addresses": addrs}, msg_id)
+
+    def on_hello(self, data: dict[str, Any], msg_id: Any) -> None:
+        led = self.ledger
+        self.reply("Hello", {"protocol": PROTOCOL_VERSION, "network": led.network,
+                             "node": led.public_key, "address": led.address,
+                             "height": led.height, "seq": led.seq,
+                             "limits": self.limits.as_dict()}, msg_id)
+
+    def on_get_utxos(self, data: dict[str, Any], msg_id: Any) -> None:
+        addrs = _addresses(data, self.limits.max_subscriptions)
+        self.reply("Utxos", {a: self.ledger.snapshot(a) for a in addrs}, msg_id)
+
+    def on_get_transaction(self, data: dict[str, Any], msg_id: Any) -> None:
+        self.reply("Transaction", self.ledger.get_transaction(data.get("txid")), msg_id)
+
+    def on_submit(self, data: dict[str, Any], msg_id: Any) -> None:
+        if "tx" not in data:
+            raise ProtocolError("BAD_REQUEST", "data.tx is required")
+        txid = self.ledger.submit(data["tx"])
+        self.reply("TransactionAccepted", {"txid": txid}, msg_id)
+
+
+_HANDLERS: dict[str, Callable[[WalletSession, dict[str, Any], Any], None]] = {
+    "Subscribe": WalletSession.on_subscribe,
+    "Unsubscribe": WalletSession.on_unsubscribe,
+    "Hello": WalletSession.on_hello,
+    "GetUtxos": WalletSession.on_get_utxos,
+    "GetTransaction": WalletSession.on_get_transaction,
+    "SubmitTransaction": WalletSession.on_submit,
+}

@@ -1,0 +1,198 @@
+"""The node's settings (SPEC 2): environment variables, overridden by CLI flags.
+
+``SETTINGS`` is the single list of every setting; ``--help``, the README's table
+(checked by a test) and ``load`` all come from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting with a value the node cannot use."""
+
+
+def parse_addr(text: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) to a host and a port."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SettingsError(f"{text!r} is not HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def _int(lo: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise SettingsError(f"{text!r} is not an integer") from None
+        if v < lo:
+            raise SettingsError(f"{v} is below {lo}")
+        return v
+    return parse
+
+
+def _float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise SettingsError(f"{text!r} is not a number") from None
+    if v < 0:
+        raise SettingsError(f"{v} is negative")
+    return v
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in options:
+            raise SettingsError(f"{text!r} is not one of {', '.join(options)}")
+        return text
+    return parse
+
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _str(text: str) -> str:
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting: its variable, its default as text, what it means, its parser."""
+
+    name: str
+    default: str | None
+    meaning: str
+    parse: Callable[[str], Any]
+    shown_default: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.lower().replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("WS_ADDR", "0.0.0.0:8765", "wallet WebSocket (and /health, /metrics)", parse_addr),
+    Setting("RPC_ADDR", "127.0.0.1:8766", "node JSON-RPC (HTTP POST and WebSocket)",
+            parse_addr),
+    Setting("DATA_DIR", "~/.timefast", "SQLite database, node key", _str),
+    Setting("NETWORK", "regtest",
+            "`regtest` (standalone, faucet and `generate`), `testnet`, `mainnet`",
+            _choice("regtest", "testnet", "mainnet")),
+    Setting("BLOCK_INTERVAL", "600", "seconds between blocks; `0`: blocks only on `generate`",
+            _float),
+    Setting("MASTERNODE_KEY", None, "`MN` + 64 hex (ed25519 private key)", _str,
+            "generated once, kept in `DATA_DIR` (mode 0600)"),
+    Setting("MASTERNODES", None, "comma-separated ed25519 public keys (hex) of the voting set",
+            _list, "this node alone"),
+    Setting("FINALITY_TIMEOUT", "10",
+            "seconds a transaction may wait for quorum before it is rejected", _float),
+    Setting("MAX_CONNECTIONS", "10000", "above it: HTTP 503", _int(1)),
+    Setting("MAX_CONNECTIONS_PER_IP", "128", "`0` = no limit", _int(0)),
+    Setting("MAX_SUBSCRIPTIONS", "10000", "addresses per connection", _int(1)),
+    Setting("MAX_MESSAGE_BYTES", "1048576", "larger inbound message: close 1009", _int(64)),
+    Setting("SEND_BUFFER_BYTES", "1048576",
+            "outbound bytes queued for one connection before it is treated as slow",
+            _int(1024)),
+    Setting("HEARTBEAT_INTERVAL", "30",
+            "seconds between server pings; no pong within two intervals: close", _float),
+    Setting("REPLAY_EVENTS", "100000", "events kept for resume", _int(1)),
+    Setting("TLS_CERT", None, "certificate (PEM); with `TLS_KEY`: wss:// on `WS_ADDR`", _str,
+            "unset"),
+    Setting("TLS_KEY", None, "private key (PEM) for `TLS_CERT`", _str, "unset"),
+    Setting("ALLOWED_ORIGINS", None, "comma-separated Origin allow-list", _list,
+            "unset (any)"),
+    Setting("RPC_USER", None, "HTTP basic auth user on the RPC", _str, "unset"),
+    Setting("RPC_PASSWORD", None, "HTTP basic auth password on the RPC", _str, "unset"),
+    Setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR",
+            _choice("DEBUG", "INFO", "WARNING", "ERROR")),
+    Setting("LOG_FORMAT", "text", "`text`, or `json` for one JSON object per line",
+            _choice("text", "json")),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Parsed settings; attribute names are the variables in lower case."""
+
+    ws_addr: tuple[str, int]
+    rpc_addr: tuple[str, int]
+    data_dir: Path
+    network: str
+    block_interval: float
+    masternode_key: str | None
+    masternodes: tuple[str, ...] | None
+    finality_timeout: float
+    max_connections: int
+    max_connections_per_ip: int
+    max_subscriptions: int
+    max_message_bytes: int
+    send_buffer_bytes: int
+    heartbeat_interval: float
+    replay_events: int
+    tls_cert: str | None
+    tls_key: str | None
+    allowed_origins: tuple[str, ...] | None
+    rpc_user: str | None
+    rpc_password: str | None
+    log_level: str
+    log_format: str
+
+
+def shown_default(s: Setting) -> str:
+    """The default as the docs show it."""
+    if s.shown_default is not None:
+        return s.shown_default
+    return f"`{s.default}`"
+
+
+def parser() -> argparse.ArgumentParser:
+    """The CLI of ``time-masternode``: one flag per setting."""
+    p = argparse.ArgumentParser(
+        prog="time-masternode",
+        description="TIME Coin masternode with real-time wallet notifications. Every "
+                    "setting is an environment variable; a flag of the same name "
+                    "overrides it.",
+    )
+    for s in SETTINGS:
+        default = s.shown_default or s.default
+        p.add_argument(s.flag, dest=s.name, metavar=s.name,
+                       help=f"{s.meaning.replace('`', '')} (default: {default})".replace("%",
+                                                                                        "%%"))
+    return p
+
+
+def load(argv: Sequence[str] | None = None,
+         environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``environ`` (default: the process's) overridden by ``argv``."""
+    env = os.environ if environ is None else environ
+    args = vars(parser().parse_args(argv if argv is not None else []))
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        raw = args.get(s.name)
+        if raw is None:
+            raw = env.get(s.name)
+        if raw is None or raw == "":
+            raw = s.default
+        if raw is None:
+            values[s.name.lower()] = None
+            continue
+        try:
+            values[s.name.lower()] = s.parse(raw)
+        except SettingsError as e:
+            raise SettingsError(f"{s.name}: {e}") from None
+    values["data_dir"] = Path(values["data_dir"]).expanduser()
+    if values["masternodes"] == ():
+        values["masternodes"] = None
+    if bool(values["tls_cert"]) != bool(values["tls_key"]):
+        raise SettingsError("TLS_CERT and TLS_KEY must be set together")
+    return Settings(**values)
