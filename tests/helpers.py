@@ -1,0 +1,169 @@
+"""Running nodes for tests: in a thread (to look inside) or as a process (to kill)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from timefast import crypto
+from timefast.node import Node
+from timefast.settings import load
+
+BANNER = re.compile(r"wallets wss?://([\d.]+):(\d+), RPC http://([\d.]+):(\d+)")
+
+
+def rpc(url: str, method: str, *params: Any, auth: str | None = None) -> Any:
+    """Call one JSON-RPC method; returns the whole reply object."""
+    req = urllib.request.Request(url, data=orjson.dumps(
+        {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}))
+    if auth:
+        req.add_header("Authorization", auth)
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return orjson.loads(r.read())
+
+
+def result(url: str, method: str, *params: Any) -> Any:
+    """Call one method and return its result, failing on an error."""
+    reply = rpc(url, method, *params)
+    assert "error" not in reply, reply
+    return reply["result"]
+
+
+def new_wallet(network: str = "regtest") -> tuple[Any, str]:
+    key = crypto.new_key()
+    return key, crypto.address_of(crypto.public_key_hex(key), network)
+
+
+def base_env(data_dir: Path, **extra: Any) -> dict[str, str]:
+    env = {"WS_ADDR": "127.0.0.1:0", "RPC_ADDR": "127.0.0.1:0", "DATA_DIR": str(data_dir),
+           "BLOCK_INTERVAL": "0", "HEARTBEAT_INTERVAL": "30", "LOG_LEVEL": "INFO"}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class NodeThread:
+    """A node on its own uvloop loop in a thread; ``call`` runs code on that loop."""
+
+    def __init__(self, data_dir: Path, **settings: Any) -> None:
+        self.settings = load([], base_env(data_dir, **settings))
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.node: Node | None = None
+        self._ready = threading.Event()
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        import uvloop
+        loop = uvloop.new_event_loop()
+        self.loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            self.node = Node(self.settings)
+            loop.run_until_complete(self.node.start())
+        except BaseException as e:
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        loop.run_forever()
+        loop.close()
+        self._done.set()
+
+    def start(self) -> NodeThread:
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the node's loop and return its result."""
+        assert self.loop is not None
+        fut = asyncio.run_coroutine_threadsafe(self._wrap(fn), self.loop)
+        return fut.result(60)
+
+    @staticmethod
+    async def _wrap(fn: Callable[[], Any]) -> Any:
+        return fn()
+
+    @property
+    def ws_url(self) -> str:
+        assert self.node is not None
+        host, port = self.node.ws_addresses[0]
+        return f"ws://{host}:{port}"
+
+    @property
+    def http_url(self) -> str:
+        return self.ws_url.replace("ws://", "http://")
+
+    @property
+    def rpc_url(self) -> str:
+        assert self.node is not None
+        host, port = self.node.rpc_addresses[0]
+        return f"http://{host}:{port}/"
+
+    def stop(self) -> None:
+        if self.loop is None or self.node is None or self._done.is_set():
+            return
+        node = self.node
+        asyncio.run_coroutine_threadsafe(node.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._done.wait(30)
+
+
+class NodeProcess:
+    """``time-masternode`` as a child process; the bound ports come from its banner."""
+
+    def __init__(self, data_dir: Path, **settings: Any) -> None:
+        self.data_dir = data_dir
+        self.env = {**os.environ, **base_env(data_dir, **settings)}
+        self.proc: subprocess.Popen[str] | None = None
+        self.log: list[str] = []
+        self.ws_url = self.rpc_url = ""
+
+    def start(self, timeout: float = 30) -> NodeProcess:
+        self.proc = subprocess.Popen([sys.executable, "-m", "timefast"], env=self.env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True)
+        deadline = time.time() + timeout
+        assert self.proc.stdout is not None
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("node exited:\n" + "".join(self.log))
+            self.log.append(line)
+            m = BANNER.search(line)
+            if m:
+                self.ws_url = f"ws://{m.group(1)}:{m.group(2)}"
+                self.rpc_url = f"http://{m.group(3)}:{m.group(4)}/"
+                threading.Thread(target=self._drain, daemon=True).start()
+                return self
+        raise RuntimeError("node did not start:\n" + "".join(self.log))
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.log.append(line)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)

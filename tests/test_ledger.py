@@ -1,0 +1,279 @@
+"""The ledger: validation, the UTXO state protocol, votes, blocks, storage (SPEC 4)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from timefast import crypto
+from timefast.ledger import FAUCET_KEY, GENESIS_SUPPLY, Ledger, LedgerError
+from timefast.storage import StorageError, Store
+from timefast.transaction import build
+
+from .helpers import new_wallet
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_ledger(path, key=None, masternodes=None, clock=None, **kw):
+    key = key or crypto.new_key()
+    led = Ledger(Store(path / "t.db"), "regtest", key, masternodes, clock=clock or Clock(),
+                 **kw)
+    events = []
+    led.listeners.append(events.extend)
+    return led, events
+
+
+def kinds(events):
+    out = []
+    for e in events:
+        d = orjson.loads(e.payload)["data"]
+        if e.type == "UtxoStateChange":
+            out.append((e.type, d["state"], d["prev_state"]))
+        else:
+            out.append((e.type,))
+    return out
+
+
+def test_genesis_funds_the_faucet(tmp_path):
+    led, _ = make_ledger(tmp_path)
+    faucet = crypto.address_of(crypto.public_key_hex(FAUCET_KEY), "regtest")
+    assert led.height == 0
+    assert led.balance(faucet) == GENESIS_SUPPLY
+    assert led.get_block(0)["txids"] == [led.list_unspent(faucet)[0]["txid"]]
+
+
+def test_payment_event_sequence_and_balances(tmp_path):
+    led, events = make_ledger(tmp_path)
+    ka, a = new_wallet()
+    _, b = new_wallet()
+    t1 = led.faucet(a, 10_0000_0000)
+    assert led.balance(a) == 10_0000_0000
+    events.clear()
+    utxo = led.list_unspent(a)[0]
+    tx = build([(utxo["txid"], utxo["vout"], ka)], [(b, 6_0000_0000), (a, 3_9999_0000)],
+               timestamp=1_800_000_000)
+    assert led.submit(tx.to_json()) == tx.txid
+    assert kinds(events) == [
+        ("UtxoStateChange", "Locked", "Unspent"),
+        ("TransactionPending",),
+        ("UtxoStateChange", "SpentPending", "Locked"),
+        ("UtxoStateChange", "SpentFinalized", "SpentPending"),
+        ("UtxoStateChange", "Unspent", None),
+        ("UtxoStateChange", "Unspent", None),
+        ("TransactionFinalized",),
+    ]
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    # Each event goes to the addresses it concerns.
+    assert events[0].addresses == (a,)
+    assert set(events[1].addresses) == {a, b}
+    assert led.balance(b) == 6_0000_0000 and led.balance(a) == 3_9999_0000
+    assert led.get_transaction(tx.txid)["status"] == "finalized"
+    events.clear()
+    block = led.make_block()
+    assert block["txids"] == [t1, tx.txid]
+    assert kinds(events)[-3:] == [("UtxoStateChange", "Confirmed", "SpentFinalized"),
+                                  ("TransactionConfirmed",), ("NewBlock",)]
+    assert events[-1].addresses is None
+    got = led.get_transaction(tx.txid)
+    assert (got["status"], got["block_height"], got["votes"], got["quorum"]) == (
+        "confirmed", 1, 1, 1)
+    assert led.get_block(block["hash"]) == led.get_block(1) == block
+    assert led.get_txout(utxo["txid"], utxo["vout"])["state"] == "Confirmed"
+    # Resubmitting an accepted transaction is idempotent.
+    before = len(events)
+    assert led.submit(tx.to_json()) == tx.txid
+    assert len(events) == before
+
+
+def test_validity_rules_each_refused_with_reason(tmp_path):
+    led, _ = make_ledger(tmp_path)
+    ka, a = new_wallet()
+    kb, b = new_wallet()
+    led.faucet(a, 5000)
+    u = led.list_unspent(a)[0]
+
+    def refused(tx_json, code, words):
+        with pytest.raises(LedgerError) as e:
+            led.submit(tx_json)
+        assert e.value.code == code
+        assert words in e.value.message
+
+    good = build([(u["txid"], u["vout"], ka)], [(b, 4000)], timestamp=1)
+    bad_txid = good.to_json() | {"txid": "0" * 64}
+    refused(bad_txid, "TX_INVALID", "txid does not match")
+    refused(build([(u["txid"], u["vout"], ka)] * 2, [(b, 1)], 1).to_json(), "TX_INVALID",
+            "spent twice")
+    refused(build([("ab" * 32, 0, ka)], [(b, 1)], 1).to_json(), "TX_INVALID", "unknown outpoint")
+    refused(build([(u["txid"], u["vout"], kb)], [(b, 1)], 1).to_json(), "TX_INVALID",
+            "does not own")
+    forged = good.to_json()
+    forged["inputs"][0]["signature"] = build([(u["txid"], u["vout"], ka)], [(b, 3)],
+                                             1).inputs[0].signature
+    refused(forged, "TX_INVALID", "bad signature")
+    refused(build([(u["txid"], u["vout"], ka)], [(b, 5001)], 1).to_json(), "TX_INVALID",
+            "exceed inputs")
+    mainnet = "TIME1" + b[5:]
+    refused(build([(u["txid"], u["vout"], ka)], [(mainnet, 1)], 1).to_json(), "TX_INVALID",
+            "not a regtest address")
+    refused({"txid": 5}, "TX_INVALID", "txid must be")
+    assert led.utxos.state(u["txid"], u["vout"]) == "Unspent"
+    led.submit(good.to_json())
+    refused(build([(u["txid"], u["vout"], ka)], [(b, 1)], 2).to_json(), "TX_CONFLICT",
+            "already SpentFinalized")
+
+
+def test_hundred_conflicting_spends_one_wins(tmp_path):
+    led, _ = make_ledger(tmp_path)
+    ka, a = new_wallet()
+    led.faucet(a, 1000)
+    u = led.list_unspent(a)[0]
+    outcomes = []
+    for i in range(100):
+        tx = build([(u["txid"], u["vout"], ka)], [(new_wallet()[1], 100 + i)], timestamp=i)
+        try:
+            led.submit(tx.to_json())
+            outcomes.append("ok")
+        except LedgerError as e:
+            outcomes.append(e.code)
+    assert outcomes.count("ok") == 1
+    assert outcomes.count("TX_CONFLICT") == 99
+
+
+def _four(tmp_path, clock=None):
+    keys = [crypto.new_key() for _ in range(4)]
+    pubs = [crypto.public_key_hex(k) for k in keys]
+    led, events = make_ledger(tmp_path, key=keys[0], masternodes=pubs, clock=clock)
+    ka, a = new_wallet()
+    # The faucet's own payment needs quorum too: vote it through.
+    t = led.faucet(a, 1000)
+    for k in keys[1:3]:
+        led.submit_vote(crypto.sign_vote(k, t, True))
+    assert led.balance(a) == 1000
+    u = led.list_unspent(a)[0]
+    tx = build([(u["txid"], u["vout"], ka)], [(new_wallet()[1], 900)], timestamp=5)
+    events.clear()
+    led.submit(tx.to_json())
+    return led, events, keys, tx, u
+
+
+def test_four_masternodes_three_approvals_finalize(tmp_path):
+    led, events, keys, tx, u = _four(tmp_path)
+    assert led.quorum == 3
+    assert led.status_of(tx.txid) == "pending"
+    assert led.utxos.get(u["txid"], u["vout"])[2:5] == ("SpentPending", tx.txid, 1)
+    r = led.submit_vote(crypto.sign_vote(keys[1], tx.txid, True))
+    assert r["status"] == "pending"
+    assert led.utxos.get(u["txid"], u["vout"])[4] == 2
+    r = led.submit_vote(crypto.sign_vote(keys[2], tx.txid, True))
+    assert r["status"] == "finalized"
+    assert [k[1] if len(k) > 1 else k[0] for k in kinds(events)] == [
+        "Locked", "TransactionPending", "SpentPending", "SpentPending", "SpentFinalized",
+        "Unspent", "TransactionFinalized"]
+    # A late vote is recorded but changes nothing.
+    assert led.submit_vote(crypto.sign_vote(keys[3], tx.txid, True))["status"] == "finalized"
+
+
+def test_four_masternodes_two_against_reject_and_unlock(tmp_path):
+    led, events, keys, tx, u = _four(tmp_path)
+    led.submit_vote(crypto.sign_vote(keys[1], tx.txid, False))
+    assert led.status_of(tx.txid) == "pending"
+    led.submit_vote(crypto.sign_vote(keys[2], tx.txid, False))
+    assert led.status_of(tx.txid) == "rejected"
+    assert led.utxos.get(u["txid"], u["vout"]) == (u["address"], 1000, "Unspent", None, 0, None)
+    assert kinds(events)[-2:] == [("UtxoStateChange", "Unspent", "SpentPending"),
+                                  ("TransactionRejected",)]
+    assert orjson.loads(events[-1].payload)["data"]["reason"] == "quorum against"
+
+
+def test_four_masternodes_silence_rejects_at_timeout(tmp_path):
+    clock = Clock()
+    led, events, _, tx, u = _four(tmp_path, clock)
+    clock.now += 9.9
+    assert led.expire() == 0
+    clock.now += 0.2
+    assert led.expire() == 1
+    assert led.status_of(tx.txid) == "rejected"
+    assert led.utxos.state(u["txid"], u["vout"]) == "Unspent"
+    assert orjson.loads(events[-1].payload)["data"]["reason"] == "finality timeout"
+    # The unlocked coin can be spent again, and the old tx may be retried.
+    assert led.submit(tx.to_json()) == tx.txid
+    assert led.status_of(tx.txid) == "pending"
+
+
+def test_votes_refused(tmp_path):
+    led, _, keys, tx, _ = _four(tmp_path)
+    outsider = crypto.new_key()
+    cases = [
+        (crypto.sign_vote(outsider, tx.txid, True), "BAD_REQUEST", "not in the masternode set"),
+        (crypto.sign_vote(keys[1], tx.txid, True) | {"approve": False}, "BAD_REQUEST",
+         "bad vote signature"),
+        (crypto.sign_vote(keys[0], tx.txid, True), "BAD_REQUEST", "duplicate vote"),
+        (crypto.sign_vote(keys[1], "ab" * 32, True), "NOT_FOUND", "unknown transaction"),
+        ({"txid": 1}, "BAD_REQUEST", "vote.txid"),
+        ("nope", "BAD_REQUEST", "must be an object"),
+    ]
+    for vote, code, words in cases:
+        with pytest.raises(LedgerError) as e:
+            led.submit_vote(vote)
+        assert (e.value.code, words in e.value.message) == (code, True), e.value.message
+
+
+def test_restart_rebuilds_everything(tmp_path):
+    keys = [crypto.new_key() for _ in range(4)]
+    pubs = [crypto.public_key_hex(k) for k in keys]
+    led, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs)
+    ka, a = new_wallet()
+    t = led.faucet(a, 1000)
+    led.submit_vote(crypto.sign_vote(keys[1], t, True))
+    seq_before = led.seq
+    led.store.db.close()
+    led2, events = make_ledger(tmp_path, key=keys[0], masternodes=pubs)
+    assert led2.seq == seq_before
+    assert led2.status_of(t) == "pending"
+    assert led2.pending[t].approvals == {pubs[0], pubs[1]}
+    # The restored pending transaction finalizes with one more vote, seq continues.
+    led2.submit_vote(crypto.sign_vote(keys[2], t, True))
+    assert led2.status_of(t) == "finalized"
+    assert events[0].seq == seq_before + 1
+    assert led2.balance(a) == 1000
+    ok, replay = led2.events_after(0)
+    assert ok and [e.seq for e in replay] == list(range(1, led2.seq + 1))
+
+
+def test_replay_window(tmp_path):
+    led, _ = make_ledger(tmp_path, replay_events=5)
+    _, a = new_wallet()
+    led.faucet(a, 10)
+    led.faucet(a, 11)
+    assert led.seq > 5
+    ok, evs = led.events_after(led.seq - 3)
+    assert ok and [e.seq for e in evs] == [led.seq - 2, led.seq - 1, led.seq]
+    ok, evs = led.events_after(0)
+    assert not ok and evs == []
+    assert led.events_after(led.seq) == (True, [])
+
+
+def test_storage_failure_refuses_and_changes_nothing(tmp_path):
+    led, events = make_ledger(tmp_path)
+    ka, a = new_wallet()
+    led.faucet(a, 1000)
+    u = led.list_unspent(a)[0]
+    seq = led.seq
+    tx = build([(u["txid"], u["vout"], ka)], [(new_wallet()[1], 900)], timestamp=5)
+    led.store.db.execute("PRAGMA query_only=ON")  # the database refuses every write
+    with pytest.raises(StorageError):
+        led.submit(tx.to_json())
+    assert led.seq == seq and led.utxos.state(u["txid"], u["vout"]) == "Unspent"
+    assert led.status_of(tx.txid) is None and tx.txid not in led.pending
+    led.store.db.execute("PRAGMA query_only=OFF")  # space is back
+    assert led.submit(tx.to_json()) == tx.txid
+    assert led.status_of(tx.txid) == "finalized"
+
