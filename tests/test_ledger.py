@@ -230,7 +230,7 @@ def test_restart_rebuilds_everything(tmp_path):
     keys = [crypto.new_key() for _ in range(4)]
     pubs = [crypto.public_key_hex(k) for k in keys]
     led, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs)
-    ka, a = new_wallet()
+    _ka, a = new_wallet()
     t = led.faucet(a, 1000)
     led.submit_vote(crypto.sign_vote(keys[1], t, True))
     seq_before = led.seq
@@ -262,7 +262,7 @@ def test_replay_window(tmp_path):
 
 
 def test_storage_failure_refuses_and_changes_nothing(tmp_path):
-    led, events = make_ledger(tmp_path)
+    led, _events = make_ledger(tmp_path)
     ka, a = new_wallet()
     led.faucet(a, 1000)
     u = led.list_unspent(a)[0]

@@ -11,9 +11,11 @@ once per loop turn.  There is no task per connection and none per message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
+import socket
 import ssl
 import time
 from typing import Any, cast
@@ -35,6 +37,10 @@ log = logging.getLogger("timefast.wallet")
 WS_PATHS = ("/", "/ws/utxo-protocol")
 OPEN_TIMEOUT = 10.0  # seconds a client has to finish its handshake
 CLOSE_TIMEOUT = 5.0  # seconds a closing peer has before the TCP connection is cut
+# Kernel send buffer of a wallet socket.  Fixed rather than autotuned (up to 4 MiB on
+# Linux) so that a wallet that stops reading is noticed by SEND_BUFFER_BYTES soon and
+# holds little kernel memory; notifications never need a large window.
+SOCKET_SEND_BUFFER = 128 * 1024
 
 
 def http_response(status: int, reason: str, body: bytes,
@@ -88,9 +94,12 @@ class WalletConnection(asyncio.Protocol):
         addr = transport.get_extra_info("peername") or ("?", 0)
         self.ip, self.peer = str(addr[0]), f"{addr[0]}:{addr[1]}"
         fd = -1
-        if srv.direct_writes:
-            sock = transport.get_extra_info("socket")
-            fd = sock.fileno() if sock is not None else -1
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
+            if srv.direct_writes:
+                fd = sock.fileno()
         self.slot = srv.fanout.open(self.transport, fd)
         srv.conns[self.slot] = self
         self.ws = ServerProtocol(origins=cast(Any, srv.origins),

@@ -1,0 +1,474 @@
+"""The wallet WebSocket server over real sockets (SPEC 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import orjson
+import pytest
+import websocket  # the seed's client: websocket-client
+from websockets.asyncio.client import connect as aconnect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from timefast import session
+from timefast.transaction import build
+
+from .helpers import NodeProcess, NodeThread, new_wallet, result
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    n = NodeThread(tmp_path_factory.mktemp("ws")).start()
+    yield n
+    n.stop()
+
+
+def send(ws, obj):
+    ws.send(orjson.dumps(obj).decode())
+
+
+def recv_until(ws, type_, limit=50, timeout=10):
+    """Messages up to and including the first of ``type_``."""
+    got = []
+    for _ in range(limit):
+        msg = orjson.loads(ws.recv(timeout=timeout))
+        got.append(msg)
+        if msg["type"] == type_:
+            return got
+    raise AssertionError(f"no {type_} in {got}")
+
+
+def _pay(node, payer_key, coin_txid, vout, to, amount, change_to):
+    tx = build([(coin_txid, vout, payer_key)], [(to, amount), (change_to, 1000 - amount)],
+               timestamp=int(time.time()))
+    result(node.rpc_url, "sendrawtransaction", tx.to_json())
+    return tx
+
+
+def test_seed_clients_receive_a_real_transaction_and_block(node):
+    ka, a = new_wallet()
+    _, b = new_wallet()
+    coin = result(node.rpc_url, "faucet", a, 1000)
+    result(node.rpc_url, "generate", 1)  # confirm the funding first: only our tx is left
+    # The seed's Python example, verbatim in spirit: websocket-client.
+    seed_ws = websocket.create_connection(node.ws_url)
+    seed_ws.settimeout(10)
+    seed_ws.send(json.dumps({"type": "Subscribe", "data": {"addresses": [a]}}))
+    assert json.loads(seed_ws.recv())["type"] == "Subscribed"
+    seed_ws.send(json.dumps({"type": "Ping"}))
+    assert seed_ws.recv() == '{"type":"Pong"}'
+    with connect(node.ws_url + "/ws/utxo-protocol") as ws, connect(node.ws_url) as other:
+        send(ws, {"type": "Subscribe", "data": {"addresses": [b]}, "id": 7})
+        sub = orjson.loads(ws.recv(timeout=10))
+        assert sub["type"] == "Subscribed" and sub["id"] == 7
+        assert sub["data"]["snapshot"] == {b: {"balance": 0, "utxos": []}}
+        send(other, {"type": "Subscribe", "data": {"addresses": ["time1test"]}})
+        other.recv(timeout=10)
+        tx = _pay(node, ka, coin, 0, b, 600, a)
+        result(node.rpc_url, "generate", 1)
+        got = recv_until(ws, "NewBlock")
+        types = [m["type"] for m in got]
+        assert types == ["TransactionPending", "UtxoStateChange", "TransactionFinalized",
+                         "TransactionConfirmed", "NewBlock"]
+        change = got[1]["data"]
+        assert change["state"] == "Unspent" and change["outpoint"] == {"txid": tx.txid,
+                                                                       "vout": 0}
+        assert change["transaction"]["txid"] == tx.txid
+        # A client watching other addresses gets only the block.
+        assert orjson.loads(other.recv(timeout=10))["type"] == "NewBlock"
+        with pytest.raises(TimeoutError):
+            other.recv(timeout=0.3)
+    seed_types = []
+    while True:
+        m = json.loads(seed_ws.recv())
+        seed_types.append((m["type"], m["data"].get("state")))
+        if m["type"] == "NewBlock":
+            break
+    assert seed_types == [
+        ("UtxoStateChange", "Locked"), ("TransactionPending", None),
+        ("UtxoStateChange", "SpentPending"), ("UtxoStateChange", "SpentFinalized"),
+        ("UtxoStateChange", "Unspent"), ("TransactionFinalized", None),
+        ("UtxoStateChange", "Confirmed"), ("TransactionConfirmed", None), ("NewBlock", None)]
+    seed_ws.close()
+
+
+def test_both_sides_subscribed_get_each_event_once(node):
+    ka, a = new_wallet()
+    _, b = new_wallet()
+    coin = result(node.rpc_url, "faucet", a, 1000)
+    with connect(node.ws_url) as ws:
+        send(ws, {"type": "Subscribe", "data": {"addresses": [a, b], "snapshot": False}})
+        assert "snapshot" not in orjson.loads(ws.recv(timeout=10))["data"]
+        _pay(node, ka, coin, 0, b, 300, a)
+        got = recv_until(ws, "TransactionFinalized")
+        seqs = [m["data"]["seq"] for m in got]
+        assert seqs == sorted(set(seqs))
+        assert [m["type"] for m in got].count("TransactionPending") == 1
+        assert len(got) == 7
+
+
+async def _collect(url, addrs, since=None, until_seq=None, stop_after=None, timeout=20,
+                   out=None):
+    """Events (seq, payload) one connection gets; stops at ``until_seq`` or after n."""
+    out = [] if out is None else out
+    data = {"addresses": addrs, "snapshot": False}
+    if since is not None:
+        data["since_seq"] = since
+    async with aconnect(url, max_queue=None) as ws:
+        await ws.send(orjson.dumps({"type": "Subscribe", "data": data}).decode())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = orjson.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
+            if msg["type"] == "Subscribed":
+                continue
+            out.append((msg["data"]["seq"], msg))
+            if stop_after is not None and len(out) >= stop_after:
+                return out
+            if until_seq is not None and msg["data"]["seq"] >= until_seq:
+                return out
+    return out
+
+
+def test_resume_by_seq_after_disconnect_misses_nothing(node):
+    _, a = new_wallet()
+    _, b = new_wallet()
+    start_seq = result(node.rpc_url, "getinfo")["seq"]
+    done = threading.Event()
+
+    def burst():
+        for i in range(200):
+            result(node.rpc_url, "faucet", a if i % 2 else b, 1000 + i)
+            if i % 50 == 49:
+                result(node.rpc_url, "generate", 1)
+        done.set()
+
+    online_out = []
+
+    async def scenario():
+        online = asyncio.create_task(_collect(node.ws_url, [a, b], timeout=120,
+                                              until_seq=10**12, out=online_out))
+        await asyncio.sleep(0.3)
+        loop = asyncio.get_running_loop()
+        burster = loop.run_in_executor(None, burst)
+        part1 = await _collect(node.ws_url, [a, b], since=start_seq, stop_after=150)
+        await asyncio.sleep(0.2)  # offline while the burst goes on
+        part2 = await _collect(node.ws_url, [a, b], since=part1[-1][0], stop_after=100)
+        await burster
+        end_seq = result(node.rpc_url, "getinfo")["seq"]
+        part3 = await _collect(node.ws_url, [a, b], since=part2[-1][0], until_seq=end_seq)
+        deadline = time.monotonic() + 30
+        while (not online_out or online_out[-1][0] < end_seq) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        online.cancel()
+        await asyncio.gather(online, return_exceptions=True)
+        return part1 + part2 + part3, end_seq
+
+    resumed, end_seq = asyncio.run(scenario())
+    assert done.is_set()
+    assert len(resumed) > 600
+    assert [s for s, _ in resumed] == [s for s, _ in online_out]
+    assert [m for _, m in resumed] == [m for _, m in online_out]
+    assert len({s for s, _ in resumed}) == len(resumed)
+    # A late wallet replaying from the same point sees the very same stream.
+    replayed = asyncio.run(_collect(node.ws_url, [a, b], since=start_seq, until_seq=end_seq))
+    assert replayed == online_out
+
+
+def test_resync_when_resume_point_is_out_of_window(tmp_path):
+    n = NodeThread(tmp_path, REPLAY_EVENTS=3).start()
+    try:
+        _, a = new_wallet()
+        result(n.rpc_url, "faucet", a, 500)
+        result(n.rpc_url, "faucet", a, 600)
+        with connect(n.ws_url) as ws:
+            send(ws, {"type": "Subscribe", "data": {"addresses": [a], "since_seq": 1,
+                                                   "snapshot": False}})
+            sub = orjson.loads(ws.recv(timeout=10))["data"]
+            assert sub["resync"] is True
+            assert sub["snapshot"][a]["balance"] == 1100
+    finally:
+        n.stop()
+
+
+async def _raw_ws(host, port, path="/", headers=""):
+    """A raw handshake; returns (reader, writer, status line)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  f"Sec-WebSocket-Version: 13\r\n{headers}\r\n").encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    return reader, writer, head.split(b"\r\n")[0].decode()
+
+
+def _masked(payload: bytes, opcode=1) -> bytes:
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_lagged_message_and_readers_complete(tmp_path):
+    n = NodeThread(tmp_path, SEND_BUFFER_BYTES=32768).start()
+    try:
+        _, a = new_wallet()
+        host, port = n.node.ws_addresses[0]
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall((f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                      "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        sock.sendall(_masked(orjson.dumps({"type": "Subscribe", "data": {"addresses": [a]}})))
+        start = result(n.rpc_url, "getinfo")["seq"]
+
+        got = [[] for _ in range(100)]
+
+        async def scenario():
+            tasks = [asyncio.create_task(_collect(n.ws_url, [a], since=start, timeout=120,
+                                                  until_seq=10**12, out=got[i]))
+                     for i in range(100)]
+            await asyncio.sleep(0.5)
+            await asyncio.get_running_loop().run_in_executor(None, lambda: [
+                result(n.rpc_url, "faucet", a, 1000 + i) for i in range(200)])
+            end = result(n.rpc_url, "getinfo")["seq"]
+            expected = n.call(lambda: [e.seq for e in n.node.ledger.recent if e.seq > start
+                                       and (e.addresses is None or a in e.addresses)])
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and any(len(g) < len(expected) for g in got):
+                await asyncio.sleep(0.05)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return end, expected
+
+        end, expected = asyncio.run(scenario())
+        assert len(expected) == 600
+        for g in got:
+            assert [s for s, _ in g] == expected
+        # Memory stays bounded: no connection holds more than SEND_BUFFER_BYTES in the
+        # core plus the transport's high-water mark.
+        held = n.call(lambda: [(n.node.wallets.fanout.pending(slot),
+                                c.transport.get_write_buffer_size())
+                               for slot, c in n.node.wallets.conns.items()])
+        assert all(p <= 32768 and t <= 256 * 1024 for p, t in held)
+        # Now read what the slow one was sent: events, then Lagged, then close 1013.
+        sock.settimeout(10)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        assert b'"type":"Lagged"' in data
+        m = re.search(rb'\{"type":"Lagged","data":\{"resume_from":(\d+)\}\}', data)
+        assert m is not None
+        resume_from = int(m.group(1))
+        assert start <= resume_from < end
+        close = data[data.rindex(b"\x88"):]
+        assert close[2:4] == (1013).to_bytes(2, "big")
+        assert n.call(lambda: n.node.wallets.fanout.lag_closes) == 1
+    finally:
+        n.stop()
+
+
+def test_every_bad_input_gets_its_answer_and_the_server_stays_up(node):
+    ka, a = new_wallet()
+    coin = result(node.rpc_url, "faucet", a, 1000)
+    tx1 = build([(coin, 0, ka)], [(new_wallet()[1], 10)], timestamp=1)
+    tx2 = build([(coin, 0, ka)], [(new_wallet()[1], 20)], timestamp=1)
+    with connect(node.ws_url) as ws:
+        def ask(raw, code):
+            ws.send(raw if isinstance(raw, str) else orjson.dumps(raw).decode())
+            msg = orjson.loads(ws.recv(timeout=10))
+            assert msg["type"] == "Error", msg
+            assert msg["data"]["code"] == code, msg
+            return msg
+
+        ask("{nope", "BAD_JSON")
+        ask("[1,2]", "BAD_REQUEST")
+        ask({"data": {}}, "BAD_REQUEST")
+        assert ask({"type": "Dance", "id": "d1"}, "UNKNOWN_TYPE")["id"] == "d1"
+        ask({"type": "Subscribe", "data": {"addresses": ["bad address"]}}, "INVALID_ADDRESS")
+        ask({"type": "Subscribe", "data": {"addresses": []}}, "BAD_REQUEST")
+        ask({"type": "Subscribe", "data": {"addresses": [f"a{i}" for i in range(10_001)]}},
+            "TOO_MANY_SUBSCRIPTIONS")
+        ask({"type": "Subscribe", "data": {"addresses": ["a"], "since_seq": -1}},
+            "BAD_REQUEST")
+        ask({"type": "SubmitTransaction", "data": {"tx": {"txid": "zz"}}}, "TX_INVALID")
+        send(ws, {"type": "SubmitTransaction", "data": {"tx": tx1.to_json()}, "id": 1})
+        accepted = [m for m in recv_until(ws, "TransactionAccepted") if
+                    m["type"] == "TransactionAccepted"]
+        assert accepted[0]["data"]["txid"] == tx1.txid and accepted[0]["id"] == 1
+        send(ws, {"type": "SubmitTransaction", "data": {"tx": tx1.to_json()}, "id": 2})
+        assert orjson.loads(ws.recv(timeout=10))["data"]["txid"] == tx1.txid  # idempotent
+        ask({"type": "SubmitTransaction", "data": {"tx": tx2.to_json()}}, "TX_CONFLICT")
+        ask({"type": "GetTransaction", "data": {"txid": "ab" * 32}}, "NOT_FOUND")
+        send(ws, {"type": "GetTransaction", "data": {"txid": tx1.txid}})
+        assert orjson.loads(ws.recv(timeout=10))["data"]["status"] == "finalized"
+        send(ws, {"type": "GetUtxos", "data": {"addresses": [a]}})
+        assert orjson.loads(ws.recv(timeout=10))["data"][a]["balance"] == 0
+        send(ws, {"type": "Unsubscribe", "data": {"addresses": ["x"]}, "id": 3})
+        assert orjson.loads(ws.recv(timeout=10)) == {"type": "Unsubscribed", "id": 3,
+                                                     "data": {"addresses": ["x"]}}
+        send(ws, {"type": "Hello"})
+        hello = orjson.loads(ws.recv(timeout=10))["data"]
+        assert hello["protocol"] == "1.0" and hello["network"] == "regtest"
+        ws.send(b"\x00binary")
+        assert orjson.loads(ws.recv(timeout=10))["data"]["code"] == "BAD_REQUEST"
+        # Past the rate limit: RATE_LIMITED, and the connection stays.
+        for _ in range(int(session.RATE_BURST) + 50):
+            ws.send('{"type":"Ping"}')
+        codes = set()
+        for _ in range(int(session.RATE_BURST) + 50):
+            codes.add(orjson.loads(ws.recv(timeout=10))["type"])
+        assert codes == {"Pong", "Error"}
+    # Still serving.
+    with connect(node.ws_url) as ws:
+        send(ws, {"type": "Ping"})
+        assert ws.recv(timeout=10) == '{"type":"Pong"}'
+
+
+def test_oversize_message_closes_1009(tmp_path):
+    n = NodeThread(tmp_path, MAX_MESSAGE_BYTES=1000).start()
+    try:
+        with connect(n.ws_url) as ws:
+            ws.send("x" * 2000)
+            with pytest.raises(ConnectionClosed) as e:
+                ws.recv(timeout=10)
+            assert e.value.rcvd.code == 1009
+    finally:
+        n.stop()
+
+
+def test_capacity_origin_and_http(tmp_path):
+    n = NodeThread(tmp_path, MAX_CONNECTIONS=2, MAX_CONNECTIONS_PER_IP=0,
+                   ALLOWED_ORIGINS="https://wallet.example").start()
+    try:
+        with pytest.raises(InvalidStatus) as e:
+            connect(n.ws_url, origin="https://evil.example")
+        assert e.value.response.status_code == 403
+        h = {"origin": "https://wallet.example"}
+        with connect(n.ws_url, **h), connect(n.ws_url, **h):
+            with pytest.raises(InvalidStatus) as e:
+                connect(n.ws_url, **h)
+            assert e.value.response.status_code == 503
+            body = orjson.loads(e.value.response.body)
+            assert body["error"] == "capacity" and body["message"]
+            health = orjson.loads(urllib.request.urlopen(n.http_url + "/health").read())
+            assert health == {"status": "ok", "height": 0, "connections": 2}
+        metrics = urllib.request.urlopen(n.http_url + "/metrics").read().decode()
+        for name in ("timefast_connections", "timefast_subscriptions",
+                     "timefast_events_total", "timefast_frames_sent_total",
+                     "timefast_bytes_sent_total", "timefast_slow_client_closes_total",
+                     'timefast_transactions_total{outcome="finalized"}',
+                     "timefast_fanout_latency_seconds_bucket"):
+            assert name in metrics
+        with pytest.raises(urllib.error.HTTPError) as he:
+            urllib.request.urlopen(n.http_url + "/nothing")
+        assert he.value.code == 404
+    finally:
+        n.stop()
+
+
+def test_per_ip_cap(tmp_path):
+    n = NodeThread(tmp_path, MAX_CONNECTIONS_PER_IP=1).start()
+    try:
+        with connect(n.ws_url):
+            with pytest.raises(InvalidStatus) as e:
+                connect(n.ws_url)
+            assert e.value.response.status_code == 503
+    finally:
+        n.stop()
+
+
+def test_heartbeat_drops_silent_peer_and_keeps_live_one(tmp_path):
+    n = NodeThread(tmp_path, HEARTBEAT_INTERVAL=0.2).start()
+    try:
+        host, port = n.node.ws_addresses[0]
+
+        async def scenario():
+            reader, writer, status = await _raw_ws(host, port)
+            assert "101" in status
+            async with aconnect(n.ws_url) as live:
+                # The raw peer never answers pings: closed within a few intervals.
+                data = await asyncio.wait_for(reader.read(), 5)
+                assert b"\x89" in data  # it was pinged
+                await live.send('{"type":"Ping"}')
+                assert await asyncio.wait_for(live.recv(), 5) == '{"type":"Pong"}'
+            writer.close()
+        asyncio.run(scenario())
+    finally:
+        n.stop()
+
+
+def test_handshake_timeout_closes_silent_socket(tmp_path, monkeypatch):
+    from timefast import server
+    monkeypatch.setattr(server, "OPEN_TIMEOUT", 0.3)
+    n = NodeThread(tmp_path).start()
+    try:
+        host, port = n.node.ws_addresses[0]
+        s = socket.create_connection((host, port))
+        s.settimeout(5)
+        assert s.recv(100) == b""
+        s.close()
+    finally:
+        n.stop()
+
+
+def test_tls(tmp_path):
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"],
+                   check=True, capture_output=True)
+    n = NodeThread(tmp_path / "d", TLS_CERT=cert, TLS_KEY=key).start()
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        ctx.check_hostname = False
+        url = n.ws_url.replace("ws://", "wss://")
+        with connect(url, ssl=ctx) as ws:
+            send(ws, {"type": "Ping"})
+            assert ws.recv(timeout=10) == '{"type":"Pong"}'
+            result(n.rpc_url, "generate", 1)
+            assert orjson.loads(ws.recv(timeout=10))["type"] == "NewBlock"
+    finally:
+        n.stop()
+
+
+def test_sigterm_closes_wallets_with_1001_and_exits_0(tmp_path):
+    node = NodeProcess(tmp_path).start()
+    try:
+        with connect(node.ws_url) as ws:
+            send(ws, {"type": "Ping"})
+            ws.recv(timeout=10)
+            rc_holder = []
+            t = threading.Thread(target=lambda: rc_holder.append(node.terminate()))
+            t.start()
+            with pytest.raises(ConnectionClosed) as e:
+                ws.recv(timeout=10)
+            assert e.value.rcvd.code == 1001
+            t.join(30)
+        assert rc_holder == [0]
+        log = "".join(node.log)
+        assert "📱 New WebSocket connection from: 127.0.0.1:" in log
+    finally:
+        node.kill()
