@@ -18,7 +18,8 @@ import re
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,10 +74,14 @@ class Event:
     payload: bytes
 
 
+# ``raw`` below is the transaction's JSON, serialized once and spliced into every
+# event that carries it (an orjson.Fragment).
+
+
 @dataclass(slots=True)
 class _Pending:
     tx: Transaction
-    raw: dict[str, Any]
+    raw: orjson.Fragment
     accepted_at: float
     addresses: tuple[str, ...]
     approvals: set[str] = field(default_factory=set)
@@ -86,7 +91,7 @@ class _Pending:
 @dataclass(slots=True)
 class _Final:
     tx: Transaction
-    raw: dict[str, Any]
+    raw: orjson.Fragment
     addresses: tuple[str, ...]
 
 
@@ -121,6 +126,38 @@ class _Step:
         self.core_ops: list[Callable[[], Any]] = []
         self.after: list[Callable[[], None]] = []
         self.staged: dict[tuple[str, int], list[Any]] = {}
+        # Rows are written once per step, in ``finish``: a UTXO that moves three
+        # times in one step costs one UPDATE, the step's events one executemany.
+        self.dirty: dict[tuple[str, int], bool] = {}  # outpoint -> is new
+        self.event_rows: list[tuple[int, str, bytes | None, bytes]] = []
+        self.tx_status: dict[str, tuple[str, int | None, str | None]] = {}
+        self.new_tx: tuple[str, bytes, float, bytes] | None = None
+
+    def finish(self) -> None:
+        """Write the step's rows."""
+        db = self.db
+        if self.new_tx is not None:
+            txid, raw, accepted_at, addrs = self.new_tx
+            status, fseq, reason = self.tx_status.pop(txid, ("pending", None, None))
+            db.execute("INSERT OR REPLACE INTO txs (txid, raw, status, accepted_at,"
+                       " finalized_seq, reason, addresses) VALUES (?,?,?,?,?,?,?)",
+                       (txid, raw, status, accepted_at, fseq, reason, addrs))
+        for txid, (status, fseq, reason) in self.tx_status.items():
+            db.execute("UPDATE txs SET status=?, finalized_seq=COALESCE(?, finalized_seq),"
+                       " reason=COALESCE(?, reason) WHERE txid=?", (status, fseq, reason, txid))
+        for op, new in self.dirty.items():
+            rec = self.staged[op]
+            if new:
+                db.execute("INSERT INTO utxos (txid, vout, address, amount, state,"
+                           " spending_txid, votes, block_height) VALUES (?,?,?,?,?,?,?,?)",
+                           (op[0], op[1], *rec))
+            else:
+                db.execute("UPDATE utxos SET state=?, spending_txid=?, votes=?, block_height=?"
+                           " WHERE txid=? AND vout=?",
+                           (rec[2], rec[3], rec[4], rec[5], op[0], op[1]))
+        if self.event_rows:
+            db.executemany("INSERT INTO events (seq, type, addresses, payload)"
+                           " VALUES (?,?,?,?)", self.event_rows)
 
     def utxo(self, op: tuple[str, int]) -> list[Any]:
         rec = self.staged.get(op)
@@ -134,14 +171,12 @@ class _Step:
         self.seq += 1
         data["seq"] = self.seq
         payload = orjson.dumps({"type": type_, "data": data})
-        self.db.execute(
-            "INSERT INTO events (seq, type, addresses, payload) VALUES (?,?,?,?)",
-            (self.seq, type_, None if addresses is None else orjson.dumps(addresses), payload),
-        )
+        self.event_rows.append(
+            (self.seq, type_, None if addresses is None else orjson.dumps(addresses), payload))
         self.events.append(Event(self.seq, type_, addresses, payload))
 
     def _utxo_event(self, op: tuple[str, int], rec: list[Any], prev: str | None,
-                    tx: dict[str, Any] | None) -> None:
+                    tx: orjson.Fragment | None) -> None:
         self.event("UtxoStateChange", {
             "outpoint": {"txid": op[0], "vout": op[1]},
             "address": rec[0], "amount": rec[1], "state": rec[2], "prev_state": prev,
@@ -149,7 +184,7 @@ class _Step:
             "block_height": rec[5], "transaction": tx,
         }, (rec[0],))
 
-    def lock(self, txid: str, ops: list[tuple[str, int]], tx: dict[str, Any]) -> None:
+    def lock(self, txid: str, ops: list[tuple[str, int]], tx: orjson.Fragment) -> None:
         self.ledger.utxos.check_lock(txid, ops)
         for op in ops:
             rec = self.utxo(op)
@@ -158,7 +193,7 @@ class _Step:
             self._utxo_event(op, rec, "Unspent", tx)
         self.core_ops.append(lambda: self.ledger.utxos.lock(txid, ops))
 
-    def move(self, op: tuple[str, int], state: str, tx: dict[str, Any] | None,
+    def move(self, op: tuple[str, int], state: str, tx: orjson.Fragment | None,
              votes: int | None = None, height: int | None = None) -> None:
         rec = self.utxo(op)
         prev = rec[2]
@@ -177,21 +212,17 @@ class _Step:
             lambda: self.ledger.utxos.transition(op[0], op[1], state, votes, height))
 
     def create(self, op: tuple[str, int], address: str, amount: int,
-               tx: dict[str, Any] | None, height: int | None = None) -> None:
+               tx: orjson.Fragment | None, height: int | None = None) -> None:
         rec = [address, amount, "Unspent", None, 0, height]
         self.staged[op] = rec
-        self.db.execute(
-            "INSERT INTO utxos (txid, vout, address, amount, state, spending_txid, votes,"
-            " block_height) VALUES (?,?,?,?,?,?,?,?)", (op[0], op[1], *rec))
+        self.dirty[op] = True
         if tx is not None:
             self._utxo_event(op, rec, None, tx)
         self.core_ops.append(
             lambda: self.ledger.utxos.add(op[0], op[1], address, amount, block_height=height))
 
     def _write_utxo(self, op: tuple[str, int], rec: list[Any]) -> None:
-        self.db.execute(
-            "UPDATE utxos SET state=?, spending_txid=?, votes=?, block_height=?"
-            " WHERE txid=? AND vout=?", (rec[2], rec[3], rec[4], rec[5], op[0], op[1]))
+        self.dirty.setdefault(op, False)
 
 
 class Ledger:
@@ -225,6 +256,8 @@ class Ledger:
         self.tip_timestamp = 0
         self.recent: deque[Event] = deque(maxlen=max(1, replay_events))
         self.listeners: list[Callable[[list[Event]], None]] = []
+        # Inside ``batch()``: events of committed-to-be steps, held until the commit.
+        self._held: list[Event] | None = None
         self.outcomes = {"accepted": 0, "finalized": 0, "confirmed": 0, "rejected": 0,
                          "invalid": 0, "conflict": 0}
         self._load()
@@ -233,6 +266,10 @@ class Ledger:
 
     def _load(self) -> None:
         s = self.store
+        self.utxos = _core.UtxoTable()
+        self.pending.clear()
+        self.unconfirmed.clear()
+        self.recent.clear()
         if s.one("SELECT 1 FROM blocks LIMIT 1") is None:
             self._genesis()
         self.seq = int(s.meta("seq") or 0)
@@ -249,16 +286,16 @@ class Ledger:
             votes.setdefault(txid, []).append((voter, approve))
         for txid, raw, accepted_at, addrs in s.query(
                 "SELECT txid, raw, accepted_at, addresses FROM txs WHERE status='pending'"):
-            obj = orjson.loads(raw)
-            p = _Pending(parse(obj), obj, accepted_at, tuple(orjson.loads(addrs)))
+            p = _Pending(parse(orjson.loads(raw)), orjson.Fragment(raw), accepted_at,
+                         tuple(orjson.loads(addrs)))
             for voter, approve in votes.get(txid, []):
                 (p.approvals if approve else p.rejections).add(voter)
             self.pending[txid] = p
         for txid, raw, addrs in s.query(
                 "SELECT txid, raw, addresses FROM txs WHERE status='finalized'"
                 " ORDER BY finalized_seq"):
-            obj = orjson.loads(raw)
-            self.unconfirmed[txid] = _Final(parse(obj), obj, tuple(orjson.loads(addrs)))
+            self.unconfirmed[txid] = _Final(parse(orjson.loads(raw)), orjson.Fragment(raw),
+                                            tuple(orjson.loads(addrs)))
         rows = s.query("SELECT seq, type, addresses, payload FROM events WHERE seq > ?"
                        " ORDER BY seq", (self.seq - self.replay_events,))
         for seq, type_, addrs, payload in rows:
@@ -285,26 +322,73 @@ class Ledger:
 
     # -- the step machinery --------------------------------------------------------
 
-    def _run(self, fn: Callable[[_Step], Any]) -> Any:
-        with self.store.transaction() as db:
-            step = _Step(self, db)
-            result = fn(step)
-            if step.seq != self.seq:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(step.seq),))
-                if step.seq // 1024 != self.seq // 1024:
-                    db.execute("DELETE FROM events WHERE seq <= ?",
-                               (step.seq - self.replay_events,))
-        # Committed: now, and only now, the core, memory and listeners learn of it.
+    def _write_step(self, db: Any, fn: Callable[[_Step], Any]) -> tuple[_Step, Any]:
+        step = _Step(self, db)
+        result = fn(step)
+        step.finish()
+        if self._held is None:
+            self._write_seq(db, self.seq, step.seq)
+        return step, result
+
+    def _write_seq(self, db: Any, old: int, new: int) -> None:
+        if new != old:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(new),))
+            if new // 1024 != old // 1024:
+                db.execute("DELETE FROM events WHERE seq <= ?", (new - self.replay_events,))
+
+    def _apply(self, step: _Step) -> None:
         self.seq = step.seq
         for op in step.core_ops:
             op()
         for f in step.after:
             f()
-        if step.events:
-            self.recent.extend(step.events)
+        self.recent.extend(step.events)
+
+    def _announce(self, events: list[Event]) -> None:
+        if events:
             for listener in self.listeners:
-                listener(step.events)
+                listener(events)
+
+    def _run(self, fn: Callable[[_Step], Any]) -> Any:
+        if self._held is not None:
+            # Inside a batch: the step is atomic on its own (a savepoint) and later
+            # steps see its effects, but nobody hears of it before the batch commits.
+            with self.store.savepoint() as db:
+                step, result = self._write_step(db, fn)
+            self._apply(step)
+            self._held.extend(step.events)
+            return result
+        with self.store.transaction() as db:
+            step, result = self._write_step(db, fn)
+        # Committed: now, and only now, the core, memory and listeners learn of it.
+        self._apply(step)
+        self._announce(step.events)
         return result
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Run several steps in one database commit (group commit).
+
+        Each step still succeeds or fails alone, and sees the steps before it, but
+        no event is announced (and no caller should acknowledge anything) until the
+        batch has committed.  If the commit fails, memory is rebuilt from the
+        database, which holds none of the batch, and ``StorageError`` is raised.
+        """
+        if self._held is not None:
+            yield
+            return
+        self._held = []
+        seq_before = self.seq
+        try:
+            with self.store.transaction() as db:
+                yield
+                self._write_seq(db, seq_before, self.seq)
+        except BaseException:
+            self._held = None
+            self._load()
+            raise
+        held, self._held = self._held, None
+        self._announce(held)
 
     # -- transactions ----------------------------------------------------------------
 
@@ -370,7 +454,8 @@ class Ledger:
             raise self._refuse("TX_INVALID",
                                f"outputs ({total_out}) exceed inputs ({total_in})")
         addresses = tuple(dict.fromkeys([*in_addresses, *tx.addresses()]))
-        raw = tx.to_json()
+        raw_bytes = orjson.dumps(tx.to_json())
+        raw = orjson.Fragment(raw_bytes)
         now = self.clock()
 
         def step(s: _Step) -> str:
@@ -378,11 +463,10 @@ class Ledger:
                 s.lock(tx.txid, ops, raw)
             except LockConflict as e:
                 raise self._refuse("TX_CONFLICT", f"TX_CONFLICT: {e}") from None
-            # A transaction rejected earlier may be tried again: its old votes go.
-            s.db.execute("DELETE FROM votes WHERE txid=?", (tx.txid,))
-            s.db.execute("INSERT OR REPLACE INTO txs (txid, raw, status, accepted_at,"
-                         " addresses) VALUES (?,?,?,?,?)",
-                         (tx.txid, orjson.dumps(raw), "pending", now, orjson.dumps(addresses)))
+            if row is not None:
+                # A transaction rejected earlier may be tried again: its old votes go.
+                s.db.execute("DELETE FROM votes WHERE txid=?", (tx.txid,))
+            s.new_tx = (tx.txid, raw_bytes, now, orjson.dumps(addresses))
             s.event("TransactionPending", {"tx": raw}, addresses)
             p = _Pending(tx, raw, now, addresses)
             s.after.append(lambda: self.pending.__setitem__(tx.txid, p))
@@ -425,8 +509,7 @@ class Ledger:
             s.create((txid, vout), o.address, o.amount, p.raw)
         s.event("TransactionFinalized", {"txid": txid, "block_height": None, "votes": votes,
                                          "quorum": self.quorum}, p.addresses)
-        s.db.execute("UPDATE txs SET status='finalized', finalized_seq=? WHERE txid=?",
-                     (s.seq, txid))
+        s.tx_status[txid] = ("finalized", s.seq, None)
         final = _Final(p.tx, p.raw, p.addresses)
 
         def done() -> None:
@@ -440,7 +523,7 @@ class Ledger:
         for op in p.tx.outpoints():
             s.move(op, "Unspent", p.raw)
         s.event("TransactionRejected", {"txid": txid, "reason": reason}, p.addresses)
-        s.db.execute("UPDATE txs SET status='rejected', reason=? WHERE txid=?", (reason, txid))
+        s.tx_status[txid] = ("rejected", None, reason)
 
         def done() -> None:
             self.pending.pop(txid, None)

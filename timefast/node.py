@@ -56,7 +56,8 @@ class Node:
         self.ws_addresses = await self.wallets.listen(*s.ws_addr, ssl_context=ctx)
         auth = (s.rpc_user, s.rpc_password or "") if s.rpc_user else None
         dispatcher = RpcDispatcher(self.ledger, extra_info=self._extra_info)
-        self.rpc_server = await serve_rpc(dispatcher, *s.rpc_addr, auth=auth)
+        self.rpc_server = await serve_rpc(dispatcher, *s.rpc_addr, auth=auth,
+                                          commits=self.wallets.commits)
         self.rpc_addresses = [sock.getsockname()[:2]
                               for sock in cast(asyncio.Server, self.rpc_server).sockets]
         loop = asyncio.get_running_loop()

@@ -21,6 +21,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from timefast.commits import GroupCommit
 from timefast.ledger import Ledger, LedgerError
 from timefast.storage import StorageError
 
@@ -193,18 +194,29 @@ def _error(rid: Any, e: RpcError) -> dict[str, Any]:
 
 
 class RpcConnection(asyncio.Protocol):
-    """HTTP/1.1 JSON-RPC with keep-alive, or JSON-RPC over WebSocket after an upgrade."""
+    """HTTP/1.1 JSON-RPC with keep-alive, or JSON-RPC over WebSocket after an upgrade.
 
-    def __init__(self, dispatcher: RpcDispatcher, auth: tuple[str, str] | None) -> None:
+    With a ``GroupCommit``, each request runs in the next batch and its reply is
+    written after that batch's commit; one HTTP request is in flight per connection
+    and WebSocket replies keep the order of their requests.
+    """
+
+    def __init__(self, dispatcher: RpcDispatcher, auth: tuple[str, str] | None,
+                 commits: GroupCommit | None = None) -> None:
         self.dispatcher = dispatcher
         self.auth = auth
+        self.commits = commits
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
         self.ws: ServerProtocol | None = None
+        self.busy = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
 
     def _authorized(self, headers: dict[str, str]) -> bool:
         if self.auth is None:
@@ -222,7 +234,8 @@ class RpcConnection(asyncio.Protocol):
 
     def _send(self, status: str, body: bytes, close: bool = False,
               extra: str = "") -> None:
-        assert self.transport is not None
+        if self.transport is None:
+            return
         head = (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n{extra}"
                 f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n")
@@ -230,12 +243,30 @@ class RpcConnection(asyncio.Protocol):
         if close:
             self.transport.close()
 
+    def _run(self, body: bytes, reply: Callable[[bytes | None], None]) -> None:
+        """Answer one JSON-RPC body, in the next group commit when there is one."""
+        if self.commits is None:
+            reply(self.dispatcher.handle_bytes(body))
+            return
+
+        def done(value: Any, err: BaseException | None) -> None:
+            if err is not None:
+                value = orjson.dumps(_error(None, RpcError(
+                    LEDGER_CODES["UNAVAILABLE"], f"the node cannot store anything now: {err}",
+                    "UNAVAILABLE")))
+            reply(value)
+
+        self.commits.submit(lambda: self.dispatcher.handle_bytes(body), done)
+
     def data_received(self, data: bytes) -> None:
         if self.ws is not None:
             self._ws_data(data)
             return
         self.buf += data
-        while self.transport is not None and not self.transport.is_closing():
+        self._process()
+
+    def _process(self) -> None:
+        while self.transport is not None and not self.transport.is_closing() and not self.busy:
             end = self.buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(self.buf) > 65536:
@@ -247,7 +278,7 @@ class RpcConnection(asyncio.Protocol):
             if len(parts) != 3:
                 self._send("400 Bad Request", b'{"error":"bad request line"}', close=True)
                 return
-            method, _path = parts[0], parts[1]
+            method = parts[0]
             headers: dict[str, str] = {}
             for line in head[1:]:
                 k, sep, v = line.partition(":")
@@ -279,20 +310,35 @@ class RpcConnection(asyncio.Protocol):
                 self._send("405 Method Not Allowed", b'{"error":"POST JSON-RPC to /"}',
                            close=True, extra="Allow: POST\r\n")
                 return
-            reply = self.dispatcher.handle_bytes(body)
-            self._send("200 OK", reply or b"", close=close)
+            self.busy = True
+
+            def reply(out: bytes | None, close: bool = close) -> None:
+                self.busy = False
+                self._send("200 OK", out or b"", close=close)
+                self._process()
+
+            self._run(body, reply)
 
     def _ws_data(self, data: bytes) -> None:
-        ws, transport = self.ws, self.transport
-        assert ws is not None and transport is not None
+        ws = self.ws
+        assert ws is not None
         ws.receive_data(data)
         for event in ws.events_received():
             if isinstance(event, Request):
                 ws.send_response(ws.accept(event))
             elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
-                reply = self.dispatcher.handle_bytes(bytes(event.data))
-                if reply is not None:
-                    ws.send_text(reply)
+                self._run(bytes(event.data), self._ws_reply)
+        self._ws_flush()
+
+    def _ws_reply(self, out: bytes | None) -> None:
+        if self.ws is not None and out is not None and self.ws.state is State.OPEN:
+            self.ws.send_text(out)
+            self._ws_flush()
+
+    def _ws_flush(self) -> None:
+        ws, transport = self.ws, self.transport
+        if ws is None or transport is None:
+            return
         for chunk in ws.data_to_send():
             if chunk:
                 transport.write(chunk)
@@ -308,8 +354,9 @@ class RpcConnection(asyncio.Protocol):
 
 
 async def serve_rpc(dispatcher: RpcDispatcher, host: str, port: int,
-                    auth: tuple[str, str] | None = None) -> asyncio.AbstractServer:
+                    auth: tuple[str, str] | None = None,
+                    commits: GroupCommit | None = None) -> asyncio.AbstractServer:
     """Start the RPC server on ``host:port``."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: RpcConnection(dispatcher, auth), host, port,
-                                    reuse_address=True)
+    return await loop.create_server(lambda: RpcConnection(dispatcher, auth, commits), host,
+                                    port, reuse_address=True)

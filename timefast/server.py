@@ -28,6 +28,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from timefast import _core
+from timefast.commits import GroupCommit
 from timefast.ledger import Event, Ledger
 from timefast.metrics import Histogram, render
 from timefast.session import Limits, WalletSession
@@ -140,6 +141,8 @@ class WalletConnection(asyncio.Protocol):
         if self.slot >= 0:
             srv.fanout.close(self.slot)
             srv.conns.pop(self.slot, None)
+        if self.session is not None:
+            self.session.closed = True
         if self.opened:
             srv.forget(self)
             log.info("👋 Client %s disconnected", self.client_id)
@@ -186,7 +189,7 @@ class WalletConnection(asyncio.Protocol):
             self.timer = None
         self.client_id = f"{secrets.token_hex(3)}-{next(srv.serial)}"
         self.session = WalletSession(srv.ledger, srv.fanout, self.slot, srv.limits,
-                                     self.client_id, self.peer)
+                                     self.client_id, self.peer, commits=srv.commits)
         srv.admit(self)
         log.info("📱 New WebSocket connection from: %s", self.peer)
 
@@ -281,6 +284,7 @@ class WalletServer:
         self.limits = limits
         self.loop = loop or asyncio.get_running_loop()
         self.fanout = _core.Fanout(limits.send_buffer_bytes)
+        self.commits = GroupCommit(ledger, self.loop)
         self.max_connections = max_connections
         self.max_per_ip = max_connections_per_ip
         self.heartbeat_interval = heartbeat_interval

@@ -16,14 +16,15 @@ from typing import Any
 import orjson
 
 from timefast import _core
+from timefast.commits import GroupCommit
 from timefast.ledger import Event, Ledger, LedgerError
 from timefast.storage import StorageError
 from timefast.transaction import ADDRESS_RE
 
 PROTOCOL_VERSION = "1.0"
 # Messages a wallet may send per second (sustained) and in one burst.
-RATE_PER_SECOND = 200.0
-RATE_BURST = 400.0
+RATE_PER_SECOND = 1000.0
+RATE_BURST = 2000.0
 
 log = logging.getLogger("timefast.wallet")
 
@@ -76,6 +77,8 @@ class WalletSession:
     __slots__ = (
         "client_id",
         "clock",
+        "closed",
+        "commits",
         "connected_seq",
         "fanout",
         "ledger",
@@ -89,8 +92,11 @@ class WalletSession:
 
     def __init__(self, ledger: Ledger, fanout: _core.Fanout, slot: int, limits: Limits,
                  client_id: str = "", peer: str = "",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 commits: GroupCommit | None = None) -> None:
         self.ledger = ledger
+        self.commits = commits
+        self.closed = False
         self.fanout = fanout
         self.slot = slot
         self.limits = limits
@@ -253,8 +259,26 @@ class WalletSession:
     def on_submit(self, data: dict[str, Any], msg_id: Any) -> None:
         if "tx" not in data:
             raise ProtocolError("BAD_REQUEST", "data.tx is required")
-        txid = self.ledger.submit(data["tx"])
-        self.reply("TransactionAccepted", {"txid": txid}, msg_id)
+        tx = data["tx"]
+        if self.commits is None:
+            txid = self.ledger.submit(tx)
+            self.reply("TransactionAccepted", {"txid": txid}, msg_id)
+            return
+
+        def done(txid: Any, err: BaseException | None) -> None:
+            # The slot may belong to another wallet by now: answer only our own.
+            if self.closed:
+                return
+            if isinstance(err, LedgerError):
+                self.error(err.code, err.message, msg_id)
+            elif isinstance(err, StorageError):
+                self.error("UNAVAILABLE", f"the node cannot store anything now: {err}", msg_id)
+            elif err is not None:
+                self.error("BAD_REQUEST", str(err), msg_id)
+            else:
+                self.reply("TransactionAccepted", {"txid": txid}, msg_id)
+
+        self.commits.submit(lambda: self.ledger.submit(tx), done)
 
 
 _HANDLERS: dict[str, Callable[[WalletSession, dict[str, Any], Any], None]] = {

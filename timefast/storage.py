@@ -51,6 +51,10 @@ class Store:
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        # Hot pages of the UTXO and transaction indexes stay in memory: random txid
+        # keys touch pages all over those B-trees.
+        self.db.execute("PRAGMA cache_size=-65536")
+        self.db.execute("PRAGMA mmap_size=268435456")
         self.db.execute("PRAGMA foreign_keys=OFF")
         self.db.executescript(SCHEMA)
 
@@ -80,6 +84,30 @@ class Store:
         except BaseException:
             self._rollback()
             raise
+
+    @contextmanager
+    def savepoint(self) -> Iterator[sqlite3.Connection]:
+        """A nested atomic write inside an open transaction (one step of a batch)."""
+        try:
+            self.db.execute("SAVEPOINT step")
+        except sqlite3.Error as e:
+            raise StorageError(f"database write failed: {e}") from e
+        try:
+            yield self.db
+            self.db.execute("RELEASE step")
+        except sqlite3.Error as e:
+            self._undo_savepoint()
+            raise StorageError(f"database write failed: {e}") from e
+        except BaseException:
+            self._undo_savepoint()
+            raise
+
+    def _undo_savepoint(self) -> None:
+        try:
+            self.db.execute("ROLLBACK TO step")
+            self.db.execute("RELEASE step")
+        except sqlite3.Error:
+            pass
 
     def _rollback(self) -> None:
         with suppress(sqlite3.Error):

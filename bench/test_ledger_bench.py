@@ -1,0 +1,111 @@
+"""Transactions per second from submission to finalized on one regtest node.
+
+A node runs as its own process; this process submits pre-signed transactions over
+the wallet WebSocket (``SubmitTransaction``, many in flight) and times each one
+from its send to the ``TransactionFinalized`` event the node pushes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+import orjson
+from websockets.asyncio.client import connect
+
+from tests.helpers import NodeProcess, new_wallet, result
+from timefast.transaction import build
+
+N_TX = 4000
+IN_FLIGHT = 256
+
+
+def _prepare(node, receivers: int = 16):
+    """Pre-signed transactions; transaction i pays receiver i % receivers."""
+    ka, a = new_wallet()
+    bs = [new_wallet()[1] for _ in range(receivers)]
+    splits = []
+    for _ in range(N_TX // 1000):
+        coin = result(node.rpc_url, "faucet", a, 1000 * 1000)
+        split = build([(coin, 0, ka)], [(a, 1000)] * 1000, timestamp=1)
+        result(node.rpc_url, "sendrawtransaction", split.to_json())
+        splits.append(split.txid)
+    txs = [build([(t, i, ka)], [(bs[(k * 1000 + i) % receivers], 600), (a, 400)], timestamp=i)
+           for k, t in enumerate(splits) for i in range(1000)]
+    return bs, txs
+
+
+async def _one_connection(url: str, b: str, txs, window_size: int,
+                          delays: list[float]) -> None:
+    sent: dict[str, float] = {}
+    window = asyncio.Semaphore(window_size)
+    finished = asyncio.get_running_loop().create_future()
+    async with connect(url, max_queue=None, max_size=None) as ws:
+        await ws.send(orjson.dumps({"type": "Subscribe",
+                                    "data": {"addresses": [b], "snapshot": False}}).decode())
+        mine = {tx.txid for tx in txs}
+        left = [len(txs)]
+
+        async def reader():
+            try:
+                async for raw in ws:
+                    msg = orjson.loads(raw)
+                    if msg["type"] == "TransactionFinalized":
+                        t0 = sent.pop(msg["data"]["txid"], None)
+                        if t0 is not None:
+                            delays.append(time.perf_counter() - t0)
+                            window.release()
+                            left[0] -= 1
+                            if not left[0]:
+                                finished.set_result(None)
+                                return
+                    elif msg["type"] == "Error":
+                        raise AssertionError(msg)
+            except BaseException as e:
+                if not finished.done():
+                    finished.set_exception(e)
+
+        task = asyncio.create_task(reader())
+        for tx in txs:
+            await window.acquire()
+            if finished.done():
+                break
+            sent[tx.txid] = time.perf_counter()
+            await ws.send(orjson.dumps({"type": "SubmitTransaction",
+                                        "data": {"tx": tx.to_json()}}).decode())
+        await asyncio.wait_for(finished, 120)
+        task.cancel()
+        assert not mine & set(sent)
+
+
+async def _drive(url: str, bs: list[str], txs) -> tuple[float, list[float]]:
+    """One connection per receiver, each submitting the transactions that pay it."""
+    delays: list[float] = []
+    n = len(bs)
+    start = time.perf_counter()
+    await asyncio.gather(*[
+        _one_connection(url, bs[i], txs[i::n], IN_FLIGHT // n, delays) for i in range(n)])
+    return time.perf_counter() - start, delays
+
+
+def test_submission_to_finalized(benchmark, tmp_path):
+    node = NodeProcess(tmp_path).start()
+    try:
+        b, txs = _prepare(node)
+        out: dict[str, float] = {}
+
+        def run():
+            elapsed, delays = asyncio.run(_drive(node.ws_url, b, txs))
+            delays.sort()
+            out.update(tx_per_s=len(delays) / elapsed,
+                       p50_ms=statistics.median(delays) * 1e3,
+                       p99_ms=delays[int(len(delays) * 0.99) - 1] * 1e3)
+
+        benchmark.pedantic(run, rounds=1, iterations=1)
+        benchmark.extra_info.update(out)
+        print(f"\nsubmission -> finalized: {out['tx_per_s']:.0f} tx/s, "
+              f"p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms "
+              f"({N_TX} tx, {IN_FLIGHT} in flight, one regtest node)")
+    finally:
+        node.terminate()

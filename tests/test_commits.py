@@ -1,0 +1,83 @@
+"""Group commit: many requests, one commit, nothing acknowledged before it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from timefast import crypto
+from timefast.commits import GroupCommit
+from timefast.ledger import Ledger, LedgerError
+from timefast.storage import StorageError, Store
+from timefast.transaction import build
+
+from .helpers import new_wallet
+
+
+def _setup(tmp_path):
+    led = Ledger(Store(tmp_path / "c.db"), "regtest", crypto.new_key())
+    ka, a = new_wallet()
+    coin = led.faucet(a, 10_000)
+    split = build([(coin, 0, ka)], [(a, 1000)] * 10, timestamp=1)
+    led.submit(split.to_json())
+    announced = []
+    led.listeners.append(announced.extend)
+    return led, ka, a, split, announced
+
+
+def test_one_commit_for_a_turn_and_conflicts_inside_it(tmp_path):
+    led, ka, a, split, announced = _setup(tmp_path)
+    loop = asyncio.new_event_loop()
+    gc = GroupCommit(led, loop)
+    outcomes = []
+    txs = [build([(split.txid, i, ka)], [(new_wallet()[1], 500)], timestamp=i) for i in range(5)]
+    loser = build([(split.txid, 0, ka)], [(new_wallet()[1], 700)], timestamp=99)
+    for tx in [*txs, loser]:
+        gc.submit(lambda tx=tx: led.submit(tx.to_json()),
+                  lambda v, e: outcomes.append((v, type(e).__name__ if e else None,
+                                                len(announced))))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    loop.close()
+    assert gc.batches == 1
+    assert [o[0] for o in outcomes[:5]] == [t.txid for t in txs]
+    assert outcomes[5][:2] == (None, "LedgerError")
+    # Every event was announced before the first result was handed back.
+    assert all(o[2] == len(announced) for o in outcomes)
+    assert all(led.status_of(t.txid) == "finalized" for t in txs)
+
+
+def test_failed_commit_refuses_all_and_forgets_the_batch(tmp_path, monkeypatch):
+    led, ka, a, split, announced = _setup(tmp_path)
+    seq, balance = led.seq, led.balance(a)
+    txs = [build([(split.txid, i, ka)], [(new_wallet()[1], 500)], timestamp=i) for i in range(3)]
+    real_commit = led.store.transaction
+
+    def failing_commit():
+        cm = real_commit()
+
+        class Wrapper:
+            def __enter__(self):
+                return cm.__enter__()
+
+            def __exit__(self, *exc):
+                if exc[0] is None:
+                    cm.__exit__(StorageError, StorageError("disk full"), None)
+                    raise StorageError("database write failed: disk full")
+                return cm.__exit__(*exc)
+        return Wrapper()
+
+    monkeypatch.setattr(led.store, "transaction", failing_commit)
+    with pytest.raises(StorageError), led.batch():
+        for tx in txs:
+            led.submit(tx.to_json())
+    monkeypatch.setattr(led.store, "transaction", real_commit)
+    assert announced == []
+    assert led.seq == seq and led.balance(a) == balance
+    assert all(led.status_of(t.txid) is None for t in txs)
+    assert all(led.utxos.state(split.txid, i) == "Unspent" for i in range(3))
+    # After the failure the node carries on.
+    assert led.submit(txs[0].to_json()) == txs[0].txid
+    with pytest.raises(LedgerError):
+        led.submit(build([(split.txid, 0, ka)], [(a, 1)], timestamp=7).to_json())
