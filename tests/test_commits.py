@@ -27,7 +27,7 @@ def _setup(tmp_path):
 
 
 def test_one_commit_for_a_turn_and_conflicts_inside_it(tmp_path):
-    led, ka, a, split, announced = _setup(tmp_path)
+    led, ka, _a, split, announced = _setup(tmp_path)
     loop = asyncio.new_event_loop()
     gc = GroupCommit(led, loop)
     outcomes = []

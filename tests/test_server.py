@@ -336,10 +336,10 @@ def test_every_bad_input_gets_its_answer_and_the_server_stays_up(node):
         ws.send(b"\x00binary")
         assert orjson.loads(ws.recv(timeout=10))["data"]["code"] == "BAD_REQUEST"
         # Past the rate limit: RATE_LIMITED, and the connection stays.
-        for _ in range(int(session.RATE_BURST) + 50):
+        for _ in range(int(session.RATE_BURST) * 2):
             ws.send('{"type":"Ping"}')
         codes = set()
-        for _ in range(int(session.RATE_BURST) + 50):
+        for _ in range(int(session.RATE_BURST) * 2):
             codes.add(orjson.loads(ws.recv(timeout=10))["type"])
         assert codes == {"Pong", "Error"}
     # Still serving.
