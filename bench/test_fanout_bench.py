@@ -1,0 +1,213 @@
+"""End-to-end fan-out: delivered messages per second, node against baselines.
+
+Every server is driven by the same compiled load client (bench/loadclient.c) over
+loopback, with events triggered through the server's RPC.  Results go to the
+terminal, to bench/results/fanout.json and to bench/results/REPORT.md (with a PNG
+plot when matplotlib is installed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BUILD = HERE / "build"
+RESULTS = HERE / "results"
+
+# (name, mode, clients, addresses, events, in flight)
+SCENARIOS = [
+    ("broadcast 1k x1", "broadcast", 1000, 1, 200, 1),
+    ("broadcast 1k x16", "broadcast", 1000, 1, 800, 16),
+    ("broadcast 10k x1", "broadcast", 10000, 1, 30, 1),
+    ("broadcast 10k x16", "broadcast", 10000, 1, 160, 16),
+    ("routed 10k/10k x16", "routed", 10000, 10000, 3000, 16),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _compile(src: str, out: str) -> Path:
+    BUILD.mkdir(exist_ok=True)
+    target = BUILD / out
+    if not target.exists() or target.stat().st_mtime < (HERE / src).stat().st_mtime:
+        subprocess.run(["cc", "-O2", "-Wall", "-o", str(target), str(HERE / src)], check=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def loadclient() -> Path:
+    """The compiled load client, built from bench/loadclient.c when it changed."""
+    return _compile("loadclient.c", "loadclient")
+
+
+class Server:
+    """A server under test in its own process, with its WS and RPC ports."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None,
+                 ws_port: int, rpc_port: int) -> None:
+        self.name, self.ws_port, self.rpc_port = name, ws_port, rpc_port
+        self.proc = subprocess.Popen(argv, env={**os.environ, **(env or {})},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                self.rpc("getblockcount")
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{name} did not start")
+
+    def rpc(self, method: str, *params: object) -> object:
+        body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
+                             "params": list(params)})
+        req = urllib.request.Request(f"http://127.0.0.1:{self.rpc_port}/", data=body)
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return orjson.loads(r.read())["result"]
+
+    def rss_kb(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def start_timefast(tmp: Path) -> Server:
+    ws, rpc = _free_port(), _free_port()
+    env = {"WS_ADDR": f"127.0.0.1:{ws}", "RPC_ADDR": f"127.0.0.1:{rpc}",
+           "DATA_DIR": str(tmp / "timefast"), "BLOCK_INTERVAL": "0",
+           "MAX_CONNECTIONS_PER_IP": "0", "MAX_CONNECTIONS": "20000", "LOG_LEVEL": "WARNING",
+           "HEARTBEAT_INTERVAL": "600"}
+    return Server("timefast", [sys.executable, "-m", "timefast"], env, ws, rpc)
+
+
+def start_websockets(tmp: Path) -> Server:
+    ws, rpc = _free_port(), _free_port()
+    return Server("websockets.broadcast",
+                  [sys.executable, str(HERE / "baseline_websockets.py"), str(ws), str(rpc)],
+                  None, ws, rpc)
+
+
+SERVERS = {"timefast": start_timefast, "websockets.broadcast": start_websockets}
+
+
+def run_client(client: Path, server: Server, mode: str, clients: int, addresses: int,
+               events: int, inflight: int) -> dict:
+    base = server.rpc("getblockcount")
+    out = subprocess.run(
+        [str(client), "--ws-port", str(server.ws_port), "--rpc-port", str(server.rpc_port),
+         "--conns", str(clients), "--addresses", str(addresses), "--mode", mode,
+         "--events", str(events), "--inflight", str(inflight), "--timeout", "120",
+         "--base-height", str(base)],
+        capture_output=True, text=True, timeout=300, check=True)
+    return orjson.loads(out.stdout.strip().splitlines()[-1])
+
+
+def idle_rss_per_connection(client: Path, server: Server, clients: int = 10000) -> float:
+    before = server.rss_kb()
+    proc = subprocess.Popen([str(client), "--ws-port", str(server.ws_port), "--rpc-port",
+                             str(server.rpc_port), "--conns", str(clients), "--events", "0",
+                             "--idle", "3", "--timeout", "120"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    ready = orjson.loads(proc.stdout.readline())
+    time.sleep(1.0)
+    after = server.rss_kb()
+    proc.wait(60)
+    assert ready["conn_failures"] == 0
+    return (after - before) * 1024 / clients
+
+
+def write_report(results: dict[str, dict[str, dict]], rss: dict[str, float]) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "fanout.json").write_bytes(orjson.dumps({"results": results, "rss": rss},
+                                                       option=orjson.OPT_INDENT_2))
+    servers = list(rss)
+    lines = ["# Fan-out benchmark report", "",
+             f"Generated by `pytest bench/` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+             f", {os.cpu_count()} cores; one run, same compiled load client for every server.",
+             "", "Delivered messages per second (higher is better), latency from trigger to "
+             "receipt, client CPU seconds (a client near its run time is saturated).", "",
+             "| scenario | server | msgs/s | p50 ms | p99 ms | client CPU s | vs websockets |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for scen, per_server in results.items():
+        base = per_server.get("websockets.broadcast", {}).get("msgs_per_s") or 0
+        for name in servers:
+            r = per_server.get(name)
+            if not r:
+                continue
+            ratio = f"{r['msgs_per_s'] / base:.2f}x" if base else "-"
+            lines.append(f"| {scen} | {name} | {r['msgs_per_s']:,.0f} | {r['p50_ms']:.1f} | "
+                         f"{r['p99_ms']:.1f} | {r['client_cpu_s']:.2f} | {ratio} |")
+    lines += ["", "Idle memory per connection (RSS growth with 10,000 idle connections):", "",
+              "| server | bytes per connection |", "|---|---:|"]
+    lines += [f"| {name} | {v:,.0f} |" for name, v in rss.items()]
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name in servers:
+            for flight, style in ((1, "o-"), (16, "s--")):
+                pts = [(per[name]["connections"], per[name]["msgs_per_s"])
+                       for scen, per in results.items()
+                       if scen.startswith("broadcast") and scen.endswith(f"x{flight}")
+                       and name in per]
+                if pts:
+                    xs, ys = zip(*sorted(pts), strict=True)
+                    ax.plot(xs, ys, style, label=f"{name}, {flight} in flight")
+        ax.set_xscale("log")
+        ax.set_xlabel("clients")
+        ax.set_ylabel("delivered messages/s")
+        ax.set_title("NewBlock broadcast fan-out")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(RESULTS / "fanout.png", dpi=100)
+        lines += ["", "![fan-out plot](fanout.png)"]
+    except ImportError:
+        lines += ["", "(install matplotlib for the plot)"]
+    (RESULTS / "REPORT.md").write_text("\n".join(lines) + "\n")
+
+
+def test_fanout(loadclient, tmp_path, benchmark):
+    results: dict[str, dict[str, dict]] = {s[0]: {} for s in SCENARIOS}
+    rss: dict[str, float] = {}
+    for name, start in SERVERS.items():
+        server = start(tmp_path)
+        try:
+            rss[name] = idle_rss_per_connection(loadclient, server)
+            for scen, mode, clients, addrs, events, flight in SCENARIOS:
+                r = run_client(loadclient, server, mode, clients, addrs, events, flight)
+                assert r["complete"], (name, scen, r)
+                results[scen][name] = r
+                print(f"\n{scen:22s} {name:22s} {r['msgs_per_s']:>12,.0f} msg/s "
+                      f"p50 {r['p50_ms']:7.1f} ms p99 {r['p99_ms']:7.1f} ms "
+                      f"client cpu {r['client_cpu_s']:.2f}s", flush=True)
+        finally:
+            server.stop()
+    benchmark.extra_info.update(results=results, rss=rss)
+    benchmark.pedantic(lambda: None, rounds=1)
+    write_report(results, rss)
+    shutil.copy(RESULTS / "REPORT.md", tmp_path / "REPORT.md")
