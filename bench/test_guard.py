@@ -10,10 +10,9 @@ from __future__ import annotations
 import random
 import timeit
 
+from bench.test_fanout_bench import loadclient, run_client, start_timefast, start_websockets
 from tests import core_model
 from timefast import _core
-
-from bench.test_fanout_bench import loadclient, run_client, start_timefast, start_websockets
 
 __all__ = ["loadclient"]  # the fixture, shared with the fan-out bench
 

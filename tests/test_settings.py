@@ -1,0 +1,60 @@
+"""Settings: environment, flags, defaults, and the README's table (SPEC 2)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from timefast.settings import SETTINGS, SettingsError, load, shown_default
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_table_matches_the_code():
+    rows = re.findall(r"^\| `([A-Z_]+)` \| (.*?) \| (.*?) \|$", README.read_text(), re.M)
+    assert [r[0] for r in rows] == [s.name for s in SETTINGS]
+    for (name, default, meaning), s in zip(rows, SETTINGS, strict=True):
+        assert default == shown_default(s), name
+        assert meaning == s.meaning, name
+
+
+def test_defaults():
+    s = load([], {})
+    assert s.ws_addr == ("0.0.0.0", 8765) and s.rpc_addr == ("127.0.0.1", 8766)
+    assert s.network == "regtest" and s.block_interval == 600
+    assert s.masternodes is None and s.max_connections_per_ip == 128
+    assert s.data_dir == Path("~/.timefast").expanduser()
+
+
+def test_flag_overrides_environment():
+    s = load(["--ws-addr", "127.0.0.1:9000"], {"WS_ADDR": "0.0.0.0:9001", "MASTERNODES": "a,b"})
+    assert s.ws_addr == ("127.0.0.1", 9000)
+    assert s.masternodes == ("a", "b")
+
+
+@pytest.mark.parametrize(("env", "words"), [
+    ({"WS_ADDR": "nonsense"}, "WS_ADDR"),
+    ({"NETWORK": "moon"}, "NETWORK"),
+    ({"MAX_CONNECTIONS": "lots"}, "MAX_CONNECTIONS"),
+    ({"TLS_CERT": "c.pem"}, "TLS_CERT and TLS_KEY"),
+])
+def test_bad_values_are_named(env, words):
+    with pytest.raises(SettingsError, match=words):
+        load([], env)
+
+
+def test_help_lists_every_setting():
+    out = subprocess.run([sys.executable, "-m", "timefast", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for s in SETTINGS:
+        assert s.flag in out
+
+
+def test_bad_setting_exits_2_with_a_message():
+    p = subprocess.run([sys.executable, "-m", "timefast", "--network", "moon"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "moon" in p.stderr
