@@ -150,3 +150,51 @@ def test_time_cli_keys_send_and_methods(node):
     bad = cli(node, "send", "--key", k["private_key"], "--to", b, "--amount", "1000")
     assert bad.returncode == 1 and "needed" in bad.stderr
     assert cli(node, "nosuchmethod").returncode == 1
+
+
+def test_time_cli_watch_shows_a_transaction_move_on_a_terminal(node):
+    import pty
+    import select
+    import time as _time
+
+    ka, a = new_wallet()
+    coin = result(node.rpc_url, "faucet", a, 1000)
+    result(node.rpc_url, "generate", 1)
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: time-cli watch on a real terminal
+        os.execvpe(sys.executable, [sys.executable, "-m", "timefast.cli", "watch", a,
+                                    "--ws-url", node.ws_url, "--max-events", "9"],
+                   {**os.environ, "TERM": "xterm"})
+    screen = b""
+
+    def read_until(needle: bytes, timeout: float = 20) -> None:
+        nonlocal screen
+        deadline = _time.time() + timeout
+        while needle not in screen and _time.time() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    screen += os.read(fd, 65536)
+                except OSError:
+                    break
+        assert needle in screen, screen.decode(errors="replace")
+
+    read_until(b"watching " + a.encode())
+    tx = build([(coin, 0, ka)], [(new_wallet()[1], 600), (a, 400)], timestamp=3)
+    result(node.rpc_url, "sendrawtransaction", tx.to_json())
+    result(node.rpc_url, "generate", 1)
+    read_until(b"block ")
+    os.waitpid(pid, 0)
+    text = screen.decode(errors="replace")
+    assert "\x1b[" in text  # colour on a terminal
+    plain = __import__("re").sub(r"\x1b\[[0-9;]*m", "", text)
+    locked = plain.index("-> Locked")
+    final = plain.index("-> SpentFinalized")
+    confirmed = plain.index("-> Confirmed")
+    assert locked < final < confirmed
+
+
+def test_time_cli_status(node):
+    out = cli(node, "status", "--interval", "0.2")
+    assert out.returncode == 0, out.stderr
+    for word in ("height", "connections", "subscriptions", "events/s"):
+        assert word in out.stdout

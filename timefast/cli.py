@@ -141,6 +141,111 @@ def cmd_faucet(args: argparse.Namespace, rpc: Rpc) -> Any:
     return rpc.call("faucet", args.address, amount)
 
 
+COLOURS = {"Locked": "33", "SpentPending": "33", "SpentFinalized": "32", "Confirmed": "36",
+           "Unspent": "32", "TransactionRejected": "31", "Lagged": "31", "NewBlock": "35"}
+
+
+def _paint(text: str, colour: str | None, tty: bool) -> str:
+    return f"\033[{colour}m{text}\033[0m" if tty and colour else text
+
+
+def describe(msg: dict[str, Any], tty: bool) -> str:
+    """One event as one line for ``watch``."""
+    t, d = msg.get("type", "?"), msg.get("data") or {}
+    seq = d.get("seq", "")
+    if t == "UtxoStateChange":
+        op = d["outpoint"]
+        amount = Decimal(d["amount"]) / COIN
+        state = _paint(d["state"], COLOURS.get(d["state"]), tty)
+        line = (f"{d['address']} {op['txid'][:12]}:{op['vout']} {amount} TIME "
+                f"{d.get('prev_state') or 'new'} -> {state} (votes {d['votes']}/{d['quorum']})")
+    elif t == "TransactionPending":
+        line = f"tx {d['tx']['txid'][:12]} pending"
+    elif t == "TransactionFinalized":
+        line = f"tx {d['txid'][:12]} {_paint('finalized', '32', tty)} ({d['votes']}/{d['quorum']})"
+    elif t == "TransactionConfirmed":
+        line = f"tx {d['txid'][:12]} {_paint('confirmed', '36', tty)} in block {d['block_height']}"
+    elif t == "TransactionRejected":
+        line = f"tx {d['txid'][:12]} {_paint('rejected', '31', tty)}: {d['reason']}"
+    elif t == "NewBlock":
+        line = _paint(f"block {d['height']} {d['hash'][:16]} ({d['tx_count']} tx)", "35", tty)
+    else:
+        line = orjson.dumps(msg).decode()
+    stamp = time.strftime("%H:%M:%S")
+    return f"{stamp} {_paint(f'#{seq}', '2', tty)} {_paint(t, '1', tty)} {line}"
+
+
+def watch(url: str, addresses: list[str], out: Any = None,
+          max_events: int | None = None) -> int:
+    """Show a wallet's events live; reconnect and resume by ``seq`` on any drop."""
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake
+    from websockets.sync.client import connect
+
+    out = out or sys.stdout
+    tty = out.isatty()
+    last_seq: int | None = None
+    shown = 0
+    delay = 0.5
+    while True:
+        try:
+            with connect(url, open_timeout=10) as ws:
+                data: dict[str, Any] = {"addresses": addresses, "snapshot": last_seq is None}
+                if last_seq is not None:
+                    data["since_seq"] = last_seq
+                ws.send(orjson.dumps({"type": "Subscribe", "data": data}).decode())
+                delay = 0.5
+                for raw in ws:
+                    msg = orjson.loads(raw)
+                    d = msg.get("data") or {}
+                    if msg["type"] == "Subscribed":
+                        if last_seq is None:
+                            last_seq = d["seq"]
+                            for a, snap in (d.get("snapshot") or {}).items():
+                                bal = Decimal(snap["balance"]) / COIN
+                                print(f"watching {a}: balance {bal} TIME, "
+                                      f"{len(snap['utxos'])} UTXO(s)", file=out, flush=True)
+                        continue
+                    if msg["type"] == "Error":
+                        print(f"error: {d.get('code')}: {d.get('message')}", file=out,
+                              flush=True)
+                        return 1
+                    if isinstance(d.get("seq"), int):
+                        last_seq = d["seq"]
+                    if msg["type"] == "Lagged":
+                        last_seq = d["resume_from"]
+                    print(describe(msg, tty), file=out, flush=True)
+                    shown += 1
+                    if max_events is not None and shown >= max_events:
+                        return 0
+        except (OSError, ConnectionClosed, InvalidHandshake) as e:
+            print(_paint(f"connection lost ({e}); reconnecting", "31", tty), file=out,
+                  flush=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 10)
+
+
+def cmd_watch(args: argparse.Namespace, rpc: Rpc) -> Any:
+    try:
+        return watch(args.ws_url, args.addresses, max_events=args.max_events)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_status(args: argparse.Namespace, rpc: Rpc) -> Any:
+    first = rpc.call("getinfo")
+    time.sleep(args.interval)
+    info = rpc.call("getinfo")
+    rate = (info.get("events_published", 0) - first.get("events_published", 0)) / args.interval
+    return (f"network      {info['network']}\n"
+            f"height       {info['height']} ({info['best_block_hash'][:16]})\n"
+            f"masternode   {info['address']} (quorum {info['quorum']} of "
+            f"{info['masternodes']})\n"
+            f"connections  {info.get('connections', 0)}\n"
+            f"subscriptions {info.get('subscriptions', 0)}\n"
+            f"events/s     {rate:.1f}\n"
+            f"pending tx   {info['pending']}, finalized unconfirmed {info['unconfirmed']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="time-cli",
@@ -164,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--amount", required=True, help="amount in TIME, like 12.5")
     s.add_argument("--fee", default="0", help="fee in TIME (default 0)")
     s.add_argument("--dry-run", action="store_true", help="print the signed tx, do not send")
+    w = sub.add_parser("watch", help="live view of addresses' events (resumes by seq)")
+    w.add_argument("addresses", nargs="+")
+    w.add_argument("--ws-url", default=os.environ.get("WS_URL", "ws://127.0.0.1:8765"),
+                   help="wallet WebSocket (default: $WS_URL or ws://127.0.0.1:8765)")
+    w.add_argument("--max-events", type=int, default=None, help="stop after N events")
+    st = sub.add_parser("status", help="height, connections, subscriptions, events/s")
+    st.add_argument("--interval", type=float, default=1.0, help="seconds to sample events/s")
     f = sub.add_parser("faucet", help="regtest: pay from the faucet")
     f.add_argument("address")
     f.add_argument("units", nargs="?", help="amount in units of 10^-8 TIME")
@@ -172,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"keygen": cmd_keygen, "address": cmd_address, "send": cmd_send,
-            "faucet": cmd_faucet}
+            "faucet": cmd_faucet, "watch": cmd_watch, "status": cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, KeyFormatError) as e:
         print(f"time-cli: {e}", file=sys.stderr)
         return 1
+    if args.command == "watch" and not generic:
+        return int(result)
     _print(result)
     return 0
 
