@@ -75,6 +75,9 @@ def test_publish(benchmark, loaded_index, touched):
             def get_write_buffer_size(self):
                 return 0
 
+            def is_closing(self):
+                return False
+
         for _ in range(N_SUBSCRIBERS):
             fan.open(W())
         for sub in range(N_SUBSCRIBERS):

@@ -264,6 +264,9 @@ class _Writer:
     def get_write_buffer_size(self) -> int:
         return self.buffered
 
+    def is_closing(self) -> bool:
+        return False
+
 
 def test_frame_text_lengths():
     for n in (0, 125, 126, 65535, 65536):
@@ -280,7 +283,11 @@ def test_frame_text_lengths():
 def test_publish_coalesces_and_sends_once_per_connection():
     fan = _core.Fanout(limit=1 << 20)
     w1, w2, w3 = _Writer(), _Writer(), _Writer()
-    s1, s2, _s3 = fan.open(w1), fan.open(w2), fan.open(w3)
+    s1, s2, s3 = fan.open(w1), fan.open(w2), fan.open(w3)
+    # A connection still in its handshake gets no broadcast.
+    assert fan.broadcast(b"early", 0) == 0
+    for s in (s1, s2, s3):
+        fan.set_live(s)
     fan.index.subscribe(s1, ["A", "B"])
     fan.index.subscribe(s2, ["B"])
     assert fan.publish(b"one", ["A", "B"], 1) == 2
@@ -336,7 +343,9 @@ def test_partial_write_spills_to_transport_in_order():
 def test_slow_connection_is_lagged_and_others_unaffected():
     fan = _core.Fanout(limit=100)
     slow, fast = _Writer(), _Writer()
-    s_slow, _s_fast = fan.open(slow), fan.open(fast)
+    s_slow, s_fast = fan.open(slow), fan.open(fast)
+    fan.set_live(s_slow)
+    fan.set_live(s_fast)
     fan.pause(s_slow)
     for seq in range(1, 21):
         fan.broadcast(b"0123456789", seq)

@@ -46,6 +46,7 @@ cdef struct OutBuf:
     Py_ssize_t capacity
     int fd
     bint active
+    bint live
     bint paused
     bint lagged
     bint dirty

@@ -447,8 +447,9 @@ cdef enum:
 cdef class Fanout:
     """Per-connection output buffers in C memory, filled once per event.
 
-    A connection is a *slot*.  ``open`` takes a writer (an asyncio transport) and,
-    when the socket may be written directly, its file descriptor.  ``send``,
+    A connection is a *slot*.  ``open`` takes a writer (an asyncio transport:
+    ``write``, ``get_write_buffer_size``, ``is_closing``) and, when the socket may be
+    written directly, its file descriptor.  ``send``,
     ``publish`` and ``broadcast`` append frame bytes to buffers; ``flush`` writes
     each dirty buffer once.  A buffer that would pass ``limit`` bytes marks its
     connection lagged: its bytes are dropped, it takes no more, and ``take_lagged``
@@ -504,6 +505,7 @@ cdef class Fanout:
         b.capacity = 0
         b.fd = fd
         b.active = True
+        b.live = False
         b.paused = False
         b.lagged = False
         b.dirty = False
@@ -524,6 +526,7 @@ cdef class Fanout:
         b.length = 0
         b.capacity = 0
         b.active = False
+        b.live = False
         self._writers[slot] = None
         self._free_slots.push_back(slot)
         self._open_count -= 1
@@ -589,14 +592,19 @@ cdef class Fanout:
                 taken += self._append(self._targets[i], p, n, seq)
         return taken
 
+    def set_live(self, uint32_t slot):
+        """The connection has finished its handshake: broadcasts now reach it."""
+        if slot < self._nbufs and self._bufs[slot].active:
+            self._bufs[slot].live = True
+
     def broadcast(self, bytes frame, int64_t seq=-1):
-        """Queue one frame for every open connection; returns how many took it."""
+        """Queue one frame for every live connection; returns how many took it."""
         cdef const char* p = PyBytes_AS_STRING(frame)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(frame)
         cdef Py_ssize_t i
         cdef int taken = 0
         for i in range(self._nbufs):
-            if self._bufs[i].active:
+            if self._bufs[i].live:
                 taken += self._append(<uint32_t>i, p, n, seq)
         return taken
 
@@ -624,6 +632,11 @@ cdef class Fanout:
             # must queue behind them until it has drained.
             if writer.get_write_buffer_size() == 0:
                 b.spilled = False
+        if b.fd >= 0 and not b.spilled and writer.is_closing():
+            # Once its transport closes, the descriptor number may already belong to
+            # a newer connection: never write to it again.
+            b.fd = -1
+            sent = b.length
         if b.fd >= 0 and not b.spilled:
             while sent < b.length:
                 n = c_send(b.fd, b.data + sent, b.length - sent, MSG_NOSIGNAL | MSG_DONTWAIT)

@@ -79,10 +79,10 @@ class WalletSession:
         "clock",
         "closed",
         "commits",
-        "connected_seq",
         "fanout",
         "ledger",
         "limits",
+        "live_since",
         "peer",
         "slot",
         "subscribed_at",
@@ -103,7 +103,9 @@ class WalletSession:
         self.client_id = client_id
         self.peer = peer
         self.clock = clock
-        self.connected_seq = ledger.seq
+        # Broadcasts (NewBlock) reach a connection from its first message on: a
+        # wallet resuming with since_seq gets its replay before any live event.
+        self.live_since: int | None = None
         # address -> seq at which it was subscribed: tells which kept events this
         # connection already had live, so a replay never repeats one.
         self.subscribed_at: dict[str, int] = {}
@@ -140,6 +142,12 @@ class WalletSession:
 
     def handle_text(self, text: str | bytes) -> None:
         """Answer one text message from the wallet."""
+        self._handle(text)
+        if self.live_since is None:
+            self.live_since = self.ledger.seq
+            self.fanout.set_live(self.slot)
+
+    def _handle(self, text: str | bytes) -> None:
         if not self._take_token():
             self.error("RATE_LIMITED", f"more than {int(RATE_PER_SECOND)} messages a second")
             return
@@ -221,12 +229,12 @@ class WalletSession:
             log.info("📢 Client %s subscribed to %d addresses", self.client_id, len(new))
 
     def _replay(self, events: list[Event], wanted: set[str]) -> None:
-        connected = self.connected_seq
+        live = self.live_since
         held = self.subscribed_at
         for e in events:
             if e.addresses is None:
-                # Broadcasts since this connection opened were delivered live.
-                if e.seq <= connected:
+                # Broadcasts since this connection went live were delivered live.
+                if live is None or e.seq <= live:
                     self.fanout.send(self.slot, _core.frame_text(e.payload), e.seq)
                 continue
             if not any(a in wanted for a in e.addresses):

@@ -57,6 +57,10 @@ class Store:
         self.db.execute("PRAGMA mmap_size=268435456")
         self.db.execute("PRAGMA foreign_keys=OFF")
         self.db.executescript(SCHEMA)
+        # The first write error of the open transaction: SQLite may roll the whole
+        # transaction back on it (a full disk does), and the COMMIT that follows
+        # should say why rather than "no transaction is active".
+        self.failure: str | None = None
 
     def close(self) -> None:
         """Checkpoint the WAL and close."""
@@ -71,6 +75,7 @@ class Store:
         sqlite3 errors come out as ``StorageError`` so that callers can tell a
         storage failure from a rule of the ledger.
         """
+        self.failure = None
         try:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
@@ -80,7 +85,7 @@ class Store:
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             self._rollback()
-            raise StorageError(f"database write failed: {e}") from e
+            raise StorageError(f"database write failed: {self.failure or e}") from e
         except BaseException:
             self._rollback()
             raise
@@ -96,6 +101,7 @@ class Store:
             yield self.db
             self.db.execute("RELEASE step")
         except sqlite3.Error as e:
+            self.failure = self.failure or str(e)
             self._undo_savepoint()
             raise StorageError(f"database write failed: {e}") from e
         except BaseException:

@@ -1,0 +1,235 @@
+"""Reliability: crashes, full disks, hostile input, churn (the CI-sized runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from websockets.asyncio.client import connect as aconnect
+from websockets.sync.client import connect
+
+from timefast import _core, crypto
+from timefast.ledger import Ledger
+from timefast.rpc import RpcDispatcher
+from timefast.session import Limits, WalletSession
+from timefast.storage import Store
+from timefast.transaction import build
+
+from . import crash_harness
+from .helpers import NodeThread, new_wallet, result, rpc
+
+ERROR_CODES = {"BAD_JSON", "BAD_REQUEST", "UNKNOWN_TYPE", "INVALID_ADDRESS",
+               "TOO_MANY_SUBSCRIPTIONS", "RATE_LIMITED", "TX_INVALID", "TX_CONFLICT",
+               "NOT_FOUND", "UNAVAILABLE"}
+REPLY_TYPES = {"Subscribed", "Unsubscribed", "Pong", "Hello", "Utxos", "Transaction",
+               "TransactionAccepted", "Error"}
+
+
+def test_sigkill_at_random_moments_loses_nothing(tmp_path):
+    rep = crash_harness.run(tmp_path, submissions=1000, kills=6, seed=7)
+    assert rep.problems == []
+    assert rep.kills >= 3 and rep.acknowledged > 0
+    assert rep.stored >= rep.acknowledged
+
+
+def test_full_disk_refuses_then_recovers(tmp_path):
+    n = NodeThread(tmp_path).start()
+    try:
+        ka, a = new_wallet()
+        coin = result(n.rpc_url, "faucet", a, 10_000)
+        db = n.node.store.db
+        pages = n.call(lambda: db.execute("PRAGMA page_count").fetchone()[0])
+        n.call(lambda: db.execute(f"PRAGMA max_page_count={pages}"))  # the disk is full
+        tx = build([(coin, 0, ka)], [(new_wallet()[1], 500)], timestamp=1)
+        err = rpc(n.rpc_url, "sendrawtransaction", tx.to_json())["error"]
+        assert err["data"]["code"] == "UNAVAILABLE" and "full" in err["message"]
+        with connect(n.ws_url) as ws:
+            ws.send(orjson.dumps({"type": "SubmitTransaction", "id": 1,
+                                  "data": {"tx": tx.to_json()}}).decode())
+            reply = orjson.loads(ws.recv(timeout=10))
+            assert reply["type"] == "Error" and reply["data"]["code"] == "UNAVAILABLE"
+        assert rpc(n.rpc_url, "gettransaction", tx.txid)["error"]["data"]["code"] == "NOT_FOUND"
+        assert result(n.rpc_url, "gettxout", coin, 0)["state"] == "Unspent"
+        n.call(lambda: db.execute("PRAGMA max_page_count=1073741823"))  # space is back
+        assert result(n.rpc_url, "sendrawtransaction", tx.to_json()) == tx.txid
+        assert result(n.rpc_url, "gettransaction", tx.txid)["status"] == "finalized"
+    finally:
+        n.stop()
+
+
+def test_compression_offer_is_declined(tmp_path):
+    n = NodeThread(tmp_path).start()
+    try:
+        with connect(n.ws_url, compression="deflate") as ws:
+            assert "Sec-WebSocket-Extensions" not in ws.response.headers
+            ws.send('{"type":"Ping"}')
+            assert ws.recv(timeout=10) == '{"type":"Pong"}'
+    finally:
+        n.stop()
+
+
+def test_churn_clients_resume_with_exactly_their_events(tmp_path):
+    n = NodeThread(tmp_path, MAX_CONNECTIONS_PER_IP=0).start()
+    clients = 200
+    try:
+        addrs = [new_wallet()[1] for _ in range(20)]
+        start = result(n.rpc_url, "getinfo")["seq"]
+
+        async def client(i: int, got: list, half: asyncio.Event, done: asyncio.Event):
+            mine = [addrs[i % 20], addrs[(i + 7) % 20]]
+            sub = {"type": "Subscribe", "data": {"addresses": mine, "snapshot": False,
+                                                 "since_seq": start}}
+            async with aconnect(n.ws_url) as ws:
+                await ws.send(orjson.dumps(sub).decode())
+                while not half.is_set() or not got:
+                    try:
+                        msg = orjson.loads(await asyncio.wait_for(ws.recv(), 0.5))
+                    except TimeoutError:
+                        continue
+                    if msg["type"] != "Subscribed":
+                        got.append(msg["data"]["seq"])
+            # Dropped mid-burst; back with the last seq it saw.
+            await asyncio.sleep(0.05 * (i % 5))
+            sub["data"]["since_seq"] = got[-1]
+            async with aconnect(n.ws_url) as ws:
+                await ws.send(orjson.dumps(sub).decode())
+                while True:
+                    try:
+                        msg = orjson.loads(await asyncio.wait_for(ws.recv(), 1.0))
+                    except TimeoutError:
+                        if done.is_set():
+                            return
+                        continue
+                    if msg["type"] != "Subscribed":
+                        got.append(msg["data"]["seq"])
+
+        async def scenario():
+            half, done = asyncio.Event(), asyncio.Event()
+            got = [[] for _ in range(clients)]
+            tasks = [asyncio.create_task(client(i, got[i], half, done)) for i in range(clients)]
+            await asyncio.sleep(1.0)
+            loop = asyncio.get_running_loop()
+            for k in range(120):
+                await loop.run_in_executor(None, result, n.rpc_url, "faucet",
+                                           addrs[k % 20], 1000 + k)
+                if k == 40:
+                    half.set()
+                if k % 30 == 29:
+                    await loop.run_in_executor(None, result, n.rpc_url, "generate", 1)
+            done.set()
+            await asyncio.gather(*tasks)
+            return got
+
+        got = asyncio.run(scenario())
+        events = n.call(lambda: [(e.seq, e.addresses) for e in n.node.ledger.recent
+                                 if e.seq > start])
+        for i in range(clients):
+            mine = {addrs[i % 20], addrs[(i + 7) % 20]}
+            want = [s for s, ad in events if ad is None or mine & set(ad)]
+            assert got[i] == want, f"client {i}"
+    finally:
+        n.stop()
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+class Capture:
+    """A writer that keeps what the fan-out writes."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def parse_frames(data: bytes) -> list[bytes]:
+    """Payloads of unmasked server frames."""
+    out, i = [], 0
+    while i < len(data):
+        n, h = data[i + 1] & 0x7F, 2
+        if n == 126:
+            n, h = int.from_bytes(data[i + 2:i + 4], "big"), 4
+        elif n == 127:
+            n, h = int.from_bytes(data[i + 2:i + 10], "big"), 10
+        out.append(bytes(data[i + h:i + h + n]))
+        i += h + n
+    return out
+
+
+@pytest.fixture(scope="module")
+def fuzz_target(tmp_path_factory):
+    led = Ledger(Store(tmp_path_factory.mktemp("fuzz") / "f.db"), "regtest", crypto.new_key())
+    fan = _core.Fanout(1 << 30)
+    cap = Capture()
+    slot = fan.open(cap)
+    # A clock that races ahead: the rate limit never trips, every message is parsed.
+    session = WalletSession(led, fan, slot, Limits(max_subscriptions=50),
+                            clock=lambda: time.monotonic() * 1e6)
+    return fan, cap, session, RpcDispatcher(led)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False)
+    | st.text(),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids,
+                                                               max_size=4),
+    max_leaves=12)
+MESSAGE_TYPES = st.sampled_from(["Subscribe", "Unsubscribe", "Ping", "Hello", "GetUtxos",
+                                 "GetTransaction", "SubmitTransaction", "Nope", ""])
+messages = st.one_of(
+    st.binary(max_size=64),
+    json_values.map(orjson.dumps),
+    st.builds(lambda t, d, i: orjson.dumps({"type": t, "data": d, "id": i}),
+              MESSAGE_TYPES, json_values,
+              st.none() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=4)),
+    st.builds(lambda t, a: orjson.dumps({"type": t, "data": {"addresses": a}}),
+              MESSAGE_TYPES, st.lists(st.text(max_size=10), max_size=60)),
+)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=messages)
+def test_fuzz_wallet_messages_get_specified_replies(fuzz_target, raw):
+    fan, cap, session, _ = fuzz_target
+    cap.data.clear()
+    session.handle_text(raw)
+    fan.flush()
+    replies = [orjson.loads(p) for p in parse_frames(bytes(cap.data))]
+    assert replies, raw  # every message is answered
+    for r in replies:
+        assert r["type"] in REPLY_TYPES, r
+        if r["type"] == "Error":
+            assert r["data"]["code"] in ERROR_CODES and r["data"]["message"], r
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.one_of(st.binary(max_size=64), json_values.map(orjson.dumps),
+                      st.builds(lambda m, p: orjson.dumps({"jsonrpc": "2.0", "id": 1,
+                                                           "method": m, "params": p}),
+                                st.sampled_from(["getinfo", "getblock", "gettxout",
+                                                 "sendrawtransaction", "submitvote",
+                                                 "listunspent", "faucet", "generate",
+                                                 "nope"]), json_values)))
+def test_fuzz_rpc_gets_results_or_jsonrpc_errors(fuzz_target, body):
+    dispatcher = fuzz_target[3]
+    reply = dispatcher.handle_bytes(body)
+    if reply is None:
+        return
+    obj = orjson.loads(reply)
+    for r in obj if isinstance(obj, list) else [obj]:
+        assert r["jsonrpc"] == "2.0"
+        assert ("result" in r) != ("error" in r)
+        if "error" in r:
+            assert isinstance(r["error"]["code"], int) and r["error"]["message"]
+            assert r["error"]["message"] != "internal error", body
