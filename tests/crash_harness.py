@@ -76,7 +76,7 @@ def run(data_dir: Path, submissions: int = 1000, kills: int = 5, seed: int = 1) 
         stop = threading.Event()
         start_i = next_i
 
-        def burst(start: int) -> None:
+        def burst(start: int, stop: threading.Event = stop, url: str = url) -> None:
             nonlocal next_i
             i = start
             while i < len(txs) and not stop.is_set():
