@@ -29,6 +29,9 @@ from tests.helpers import NodeProcess, base_env, new_wallet, result
 from timefast.transaction import build
 
 
+SPLIT = 200
+
+
 @dataclass
 class CrashReport:
     kills: int = 0
@@ -53,12 +56,14 @@ def run(data_dir: Path, submissions: int = 1000, kills: int = 5, seed: int = 1) 
     ka, a = new_wallet()
     _, b = new_wallet()
     splits = []
-    for _ in range((submissions + 999) // 1000):
-        coin = result(node.rpc_url, "faucet", a, 1000 * 1000)
-        split = build([(coin, 0, ka)], [(a, 1000)] * 1000, timestamp=1)
+    # Coins for the burst, SPLIT to a transaction (each output's event carries the
+    # whole transaction, so wide ones make a large event log).
+    for _ in range((submissions + SPLIT - 1) // SPLIT):
+        coin = result(node.rpc_url, "faucet", a, 1000 * SPLIT)
+        split = build([(coin, 0, ka)], [(a, 1000)] * SPLIT, timestamp=1)
         result(node.rpc_url, "sendrawtransaction", split.to_json())
         splits.append(split.txid)
-    txs = [build([(splits[i // 1000], i % 1000, ka)], [(b, 600)], timestamp=i)
+    txs = [build([(splits[i // SPLIT], i % SPLIT, ka)], [(b, 600)], timestamp=i)
            for i in range(submissions)]
     acked: set[str] = set()
     next_i = 0
