@@ -32,7 +32,10 @@ def _record(name: str, value: object) -> None:
     print(f"\n{name}: {value}", flush=True)
     path = os.path.join(os.path.dirname(__file__), "results", "reliability.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    old = orjson.loads(open(path, "rb").read()) if os.path.exists(path) else {}
+    old = {}
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            old = orjson.loads(f.read())
     old[name] = value
     with open(path, "wb") as f:
         f.write(orjson.dumps(old, option=orjson.OPT_INDENT_2))

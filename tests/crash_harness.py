@@ -28,7 +28,6 @@ import orjson
 from tests.helpers import NodeProcess, base_env, new_wallet, result
 from timefast.transaction import build
 
-
 SPLIT = 200
 
 
