@@ -13,6 +13,7 @@ import pty
 import select
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -141,3 +142,35 @@ def test_seed_browser_page_sees_transaction_finalized(node, tmp_path):
     finally:
         proc.kill()
         httpd.shutdown()
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_time_cli_watch_reconnects_and_resumes_by_seq(tmp_path):
+    from .helpers import NodeProcess
+
+    ws_port, rpc_port = _free_port(), _free_port()
+    ports = {"WS_ADDR": f"127.0.0.1:{ws_port}", "RPC_ADDR": f"127.0.0.1:{rpc_port}"}
+    node = NodeProcess(tmp_path, **ports).start()
+    ka, a = new_wallet()
+    coin = result(node.rpc_url, "faucet", a, 1000)
+    term = Pty([sys.executable, "-m", "timefast.cli", "watch", a, "--ws-url", node.ws_url])
+    try:
+        term.wait_for("watching " + a)
+        node.kill()
+        term.wait_for("reconnecting")
+        # While the watcher is away, a payment happens; it must still be shown.
+        node = NodeProcess(tmp_path, **ports).start()
+        tx = build([(coin, 0, ka)], [(new_wallet()[1], 600), (a, 400)], timestamp=4)
+        result(node.rpc_url, "sendrawtransaction", tx.to_json())
+        term.wait_for("SpentFinalized", timeout=30)
+        term.wait_for("finalized")
+        assert term.screen.count(b"watching ") == 1  # resumed, not started afresh
+    finally:
+        term.close()
+        node.kill()
