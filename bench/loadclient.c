@@ -59,9 +59,11 @@ static const char *arg(int argc, char **argv, const char *name, const char *dflt
     return dflt;
 }
 
-static int connect_to(const char *host, int port) {
+static int connect_to(const char *host, int port, int rcvbuf) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     if (fd < 0) return -1;
+    /* A slow wallet (a phone on a poor link) has a small receive window. */
+    if (rcvbuf > 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
@@ -152,7 +154,7 @@ int main(int argc, char **argv) {
     /* 1. Connect and handshake every wallet connection. */
     for (int i = 0; i < nconns; i++) {
         Conn *c = &conns[i];
-        c->fd = connect_to(host, ws_port);
+        c->fd = connect_to(host, ws_port, i < slow ? 4096 : 0);
         if (c->fd < 0) { c->state = WS_DEAD; failures++; continue; }
         struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
         epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
@@ -173,7 +175,7 @@ int main(int argc, char **argv) {
     for (int k = 0; k < inflight; k++) {
         Conn *c = &conns[nconns + k];
         c->is_rpc = 1;
-        c->fd = connect_to(host, rpc_port);
+        c->fd = connect_to(host, rpc_port, 0);
         struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)(nconns + k)};
         epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
     }

@@ -85,6 +85,15 @@ def _mutate(rnd: random.Random, seed: bytes) -> bytes:
     return bytes(b)
 
 
+def test_churn_thousand(tmp_path):
+    from tests.test_reliability import churn
+    t = time.time()
+    checked = churn(tmp_path, clients=int(os.environ.get("CHURN_CLIENTS", "1000")))
+    _record("churn", {"clients": int(os.environ.get("CHURN_CLIENTS", "1000")),
+                      "events_checked": checked, "gaps_or_repeats": 0,
+                      "seconds": round(time.time() - t, 1)})
+
+
 def test_fuzz_million(tmp_path):
     n = int(os.environ.get("FUZZ_MESSAGES", "1000000"))
     led = Ledger(Store(tmp_path / "f.db"), "regtest", crypto.new_key())
@@ -140,7 +149,7 @@ def test_slow_consumers(loadclient, tmp_path):
         base = run_client(loadclient, server, "broadcast", 2000, 1, 300, 16)
         out = __import__("subprocess").run(
             [str(loadclient), "--ws-port", str(server.ws_port), "--rpc-port",
-             str(server.rpc_port), "--conns", "2000", "--slow", "100", "--events", "6000",
+             str(server.rpc_port), "--conns", "2000", "--slow", "100", "--events", "10000",
              "--inflight", "16", "--timeout", "240", "--base-height",
              str(server.rpc("getblockcount"))], capture_output=True, text=True, check=True)
         slow = orjson.loads(out.stdout)
@@ -149,7 +158,7 @@ def test_slow_consumers(loadclient, tmp_path):
     finally:
         server.stop()
     _record("slow_consumers", {
-        "readers": 1900, "slow": 100, "events": 6000,
+        "readers": 1900, "slow": 100, "events": 10000,
         "p99_ms_without_slow": base["p99_ms"], "p99_ms_with_slow": slow["p99_ms"],
         "msgs_per_s_with_slow": slow["msgs_per_s"], "complete": slow["complete"],
         "slow_closed_with_lagged": closes, "server_rss_mb": round(rss_mb, 1)})

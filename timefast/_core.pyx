@@ -20,6 +20,10 @@ from libc.string cimport memcpy, memmove
 from libcpp.vector cimport vector
 from libcpp.unordered_set cimport unordered_set
 from cpython cimport array
+from cpython.dict cimport PyDict_GetItem
+from cpython.long cimport PyLong_AsUnsignedLong
+from cpython.object cimport PyObject
+from cpython.sequence cimport PySequence_Fast, PySequence_Fast_GET_SIZE, PySequence_Fast_ITEMS
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 
 from timefast._sys cimport c_send, MSG_NOSIGNAL, MSG_DONTWAIT, errno, EAGAIN, EWOULDBLOCK, EINTR
@@ -338,14 +342,22 @@ cdef class SubscriberIndex:
         # so it is appended once however many of the addresses it holds.
         cdef uint32_t row, sub
         cdef size_t i, n
+        cdef Py_ssize_t k, count
+        cdef PyObject* r
+        cdef PyObject** items
         self._generation += 1
         cdef uint64_t gen = self._generation
         out.clear()
-        for address in addresses:
-            r = self._rows.get(address)
-            if r is None:
+        # A list or tuple is walked as a C array, and each lookup borrows the row
+        # number from the dict: no reference counting in this loop.
+        seq = PySequence_Fast(addresses, "addresses must be iterable")
+        count = PySequence_Fast_GET_SIZE(seq)
+        items = PySequence_Fast_ITEMS(seq)
+        for k in range(count):
+            r = PyDict_GetItem(self._rows, <object>items[k])
+            if r == NULL:
                 continue
-            row = <uint32_t>r
+            row = <uint32_t>PyLong_AsUnsignedLong(<object>r)
             n = self._subs_of_row[row].size()
             for i in range(n):
                 sub = self._subs_of_row[row][i]
