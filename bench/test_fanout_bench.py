@@ -94,12 +94,12 @@ class Server:
             self.proc.kill()
 
 
-def start_timefast(tmp: Path) -> Server:
+def start_timefast(tmp: Path, **extra: str) -> Server:
     ws, rpc = _free_port(), _free_port()
-    env = {"WS_ADDR": f"127.0.0.1:{ws}", "RPC_ADDR": f"127.0.0.1:{rpc}",
+    env = {**extra,"WS_ADDR": f"127.0.0.1:{ws}", "RPC_ADDR": f"127.0.0.1:{rpc}",
            "DATA_DIR": str(tmp / "timefast"), "BLOCK_INTERVAL": "0",
            "MAX_CONNECTIONS_PER_IP": "0", "MAX_CONNECTIONS": "20000", "LOG_LEVEL": "WARNING",
-           "HEARTBEAT_INTERVAL": "600"}
+           "HEARTBEAT_INTERVAL": "600", **extra}
     return Server("timefast", [sys.executable, "-m", "timefast"], env, ws, rpc)
 
 

@@ -169,7 +169,8 @@ def test_slow_consumers(loadclient, tmp_path):
 def test_soak(loadclient, tmp_path):
     seconds = float(os.environ.get("SOAK_SECONDS", "60"))
     rate = 100
-    server = start_timefast(tmp_path)
+    # Blocks every 10 s, as a node runs: finalized transactions get confirmed.
+    server = start_timefast(tmp_path, BLOCK_INTERVAL="10")
     samples: list[int] = []
     stop = threading.Event()
 

@@ -709,10 +709,12 @@ class Ledger:
         faucet = address_of(public_key_hex(FAUCET_KEY), self.network)
         picked: list[tuple[str, int, SigningKey]] = []
         total = 0
-        coins = sorted(((self.utxos.get(t, v)[1], t, v)
-                        for t, v in self.utxos.by_address(faucet)
-                        if self.utxos.state(t, v) == "Unspent"), reverse=True)
-        for value, t, v in coins:
+        # Newest first: the faucet's change is its newest coin, so a busy faucet
+        # finds one at once however long its history.
+        for t, v in reversed(self.utxos.by_address(faucet)):
+            _, value, state, _, _, _ = self.utxos.get(t, v)
+            if state != "Unspent":
+                continue
             picked.append((t, v, FAUCET_KEY))
             total += value
             if total >= amount:

@@ -54,7 +54,6 @@ class Store:
         # Hot pages of the UTXO and transaction indexes stay in memory: random txid
         # keys touch pages all over those B-trees.
         self.db.execute("PRAGMA cache_size=-65536")
-        self.db.execute("PRAGMA mmap_size=268435456")
         self.db.execute("PRAGMA foreign_keys=OFF")
         self.db.executescript(SCHEMA)
         # The first write error of the open transaction: SQLite may roll the whole
