@@ -110,7 +110,29 @@ def start_websockets(tmp: Path) -> Server:
                   None, ws, rpc)
 
 
-SERVERS = {"timefast": start_timefast, "websockets.broadcast": start_websockets}
+def start_bare_c(tmp: Path) -> Server:
+    binary = _compile("baseline_server.c", "baseline_server")
+    ws, rpc = _free_port(), _free_port()
+    return Server("bare C epoll", [str(binary), str(ws), str(rpc)], None, ws, rpc)
+
+
+def start_node_ws(tmp: Path) -> Server | None:
+    """Node's `ws`, installed from npm into bench/build; None where node is missing."""
+    node = shutil.which("node")
+    if node is None:
+        print("\nnode is not installed: the Node ws baseline is left out", flush=True)
+        return None
+    module = BUILD / "node_modules" / "ws"
+    if not module.exists():
+        subprocess.run(["npm", "install", "--prefix", str(BUILD), "--no-audit", "--no-fund",
+                        "ws@8"], check=True, capture_output=True)
+    ws, rpc = _free_port(), _free_port()
+    return Server("node ws", [node, str(HERE / "baseline_ws.js"), str(ws), str(rpc)],
+                  {"WS_MODULE": str(module)}, ws, rpc)
+
+
+SERVERS = {"timefast": start_timefast, "websockets.broadcast": start_websockets,
+           "node ws": start_node_ws, "bare C epoll": start_bare_c}
 
 
 def run_client(client: Path, server: Server, mode: str, clients: int, addresses: int,
@@ -150,15 +172,16 @@ def write_report(results: dict[str, dict[str, dict]], rss: dict[str, float]) -> 
              f", {os.cpu_count()} cores; one run, same compiled load client for every server.",
              "", "Delivered messages per second (higher is better), latency from trigger to "
              "receipt, client CPU seconds (a client near its run time is saturated).", "",
-             "| scenario | server | msgs/s | p50 ms | p99 ms | client CPU s | vs websockets |",
+             "| scenario | server | msgs/s | p50 ms | p99 ms | client CPU s | timefast vs it |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for scen, per_server in results.items():
-        base = per_server.get("websockets.broadcast", {}).get("msgs_per_s") or 0
+        ours = per_server.get("timefast", {}).get("msgs_per_s") or 0
         for name in servers:
             r = per_server.get(name)
             if not r:
                 continue
-            ratio = f"{r['msgs_per_s'] / base:.2f}x" if base else "-"
+            ratio = f"{ours / r['msgs_per_s']:.2f}x" if r["msgs_per_s"] and name != "timefast" \
+                else "-"
             lines.append(f"| {scen} | {name} | {r['msgs_per_s']:,.0f} | {r['p50_ms']:.1f} | "
                          f"{r['p99_ms']:.1f} | {r['client_cpu_s']:.2f} | {ratio} |")
     lines += ["", "Idle memory per connection (RSS growth with 10,000 idle connections):", "",
@@ -196,6 +219,8 @@ def test_fanout(loadclient, tmp_path, benchmark):
     rss: dict[str, float] = {}
     for name, start in SERVERS.items():
         server = start(tmp_path)
+        if server is None:
+            continue
         try:
             rss[name] = idle_rss_per_connection(loadclient, server)
             for scen, mode, clients, addrs, events, flight in SCENARIOS:
