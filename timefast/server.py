@@ -183,6 +183,9 @@ class WalletConnection(asyncio.Protocol):
         self.ws.send_response(response)
         if response.status_code != 101:
             return
+        # websockets' parser keeps the request alive for the connection's life;
+        # its headers are not needed once the handshake is answered (~1.5 KB each).
+        request.headers.clear()
         self.opened = True
         if self.timer is not None:
             self.timer.cancel()
