@@ -62,8 +62,8 @@ class GroupCommit:
                         results.append((done, None, e))
         except StorageError as e:
             log.error("group commit failed, %d request(s) refused: %s", len(items), e)
-            for work_done in items:
-                work_done[1](None, e)
+            for _, done in items:
+                done(None, e)
             return
         self.batches += 1
         for done, value, error in results:

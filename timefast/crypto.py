@@ -10,7 +10,10 @@ from pathlib import Path
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+# Hex formats of the upstream wire format, shared by every module that checks them.
+HEX64 = re.compile(r"[0-9a-fA-F]{64}")  # public keys
+HEX128 = re.compile(r"[0-9a-fA-F]{128}")  # signatures
+TXID = re.compile(r"[0-9a-f]{64}")  # txids: lowercase SHA3-256 hex
 _KEY_RE = re.compile(r"MN([0-9a-fA-F]{64})")
 
 
@@ -68,7 +71,7 @@ def load_or_create_key(data_dir: Path, configured: str | None) -> SigningKey:
 
 def is_public_key_hex(text: object) -> bool:
     """Whether ``text`` is 64 hex characters."""
-    return isinstance(text, str) and _HEX64.fullmatch(text) is not None
+    return isinstance(text, str) and HEX64.fullmatch(text) is not None
 
 
 def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:

@@ -27,7 +27,18 @@ import orjson
 from nacl.signing import SigningKey
 
 from timefast import _core
-from timefast.crypto import address_of, public_key_hex, sha3, sign_vote, verify, vote_bytes
+from timefast.crypto import (
+    HEX64,
+    HEX128,
+    TXID,
+    address_of,
+    is_public_key_hex,
+    public_key_hex,
+    sha3,
+    sign_vote,
+    verify,
+    vote_bytes,
+)
 from timefast.errors import IllegalTransition, LockConflict, UnknownOutpoint
 from timefast.storage import StorageError, Store
 from timefast.transaction import (
@@ -49,9 +60,6 @@ FAUCET_KEY = SigningKey(FAUCET_SEED)
 
 NETWORK_PREFIX = {"mainnet": "TIME1", "testnet": "TIME0", "regtest": "TIME0"}
 _WIRE_ADDRESS = re.compile(r"TIME[01][0-9a-f]{40}")
-_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-_HEX128 = re.compile(r"[0-9a-fA-F]{128}")
-_TXID = re.compile(r"[0-9a-f]{64}")
 SPENDABLE_OR_PENDING = ("Unspent", "Locked", "SpentPending")
 
 
@@ -189,7 +197,7 @@ class _Step:
         for op in ops:
             rec = self.utxo(op)
             rec[2], rec[3] = "Locked", txid
-            self._write_utxo(op, rec)
+            self._mark_dirty(op)
             self._utxo_event(op, rec, "Unspent", tx)
         self.core_ops.append(lambda: self.ledger.utxos.lock(txid, ops))
 
@@ -206,7 +214,7 @@ class _Step:
             rec[4] = votes
         if height is not None:
             rec[5] = height
-        self._write_utxo(op, rec)
+        self._mark_dirty(op)
         self._utxo_event(op, rec, prev, tx)
         self.core_ops.append(
             lambda: self.ledger.utxos.transition(op[0], op[1], state, votes, height))
@@ -221,7 +229,8 @@ class _Step:
         self.core_ops.append(
             lambda: self.ledger.utxos.add(op[0], op[1], address, amount, block_height=height))
 
-    def _write_utxo(self, op: tuple[str, int], rec: list[Any]) -> None:
+    def _mark_dirty(self, op: tuple[str, int]) -> None:
+        # An existing UTXO's row is rewritten once, in ``finish``.
         self.dirty.setdefault(op, False)
 
 
@@ -240,7 +249,7 @@ class Ledger:
         self.address = address_of(self.public_key, network)
         voters = [m.lower() for m in (masternodes or [self.public_key])]
         for m in voters:
-            if not _HEX64.fullmatch(m):
+            if not is_public_key_hex(m):
                 raise ValueError(f"masternode key {m!r} is not 64 hex characters")
         self.masternodes: tuple[str, ...] = tuple(dict.fromkeys(voters))
         self.quorum = math.ceil(2 * len(self.masternodes) / 3)
@@ -417,10 +426,8 @@ class Ledger:
             raise self._refuse("TX_INVALID", str(e)) from None
         if tx.compute_txid() != tx.txid:
             raise self._refuse("TX_INVALID", "txid does not match the transaction's contents")
-        if tx.txid in self.pending or tx.txid in self.unconfirmed:
-            return tx.txid
-        row = self.store.one("SELECT status FROM txs WHERE txid=?", (tx.txid,))
-        if row is not None and row[0] != "rejected":
+        known = self.status_of(tx.txid)
+        if known not in (None, "rejected"):
             return tx.txid
         ops = tx.outpoints()
         if len(set(ops)) != len(ops):
@@ -463,7 +470,7 @@ class Ledger:
                 s.lock(tx.txid, ops, raw)
             except LockConflict as e:
                 raise self._refuse("TX_CONFLICT", f"TX_CONFLICT: {e}") from None
-            if row is not None:
+            if known == "rejected":
                 # A transaction rejected earlier may be tried again: its old votes go.
                 s.db.execute("DELETE FROM votes WHERE txid=?", (tx.txid,))
             s.new_tx = (tx.txid, raw_bytes, now, orjson.dumps(addresses))
@@ -538,13 +545,13 @@ class Ledger:
             raise LedgerError("BAD_REQUEST", "vote must be an object")
         txid, voter, approve, sig = (vote.get("txid"), vote.get("voter"),
                                      vote.get("approve"), vote.get("signature"))
-        if not isinstance(txid, str) or not _TXID.fullmatch(txid):
+        if not isinstance(txid, str) or not TXID.fullmatch(txid):
             raise LedgerError("BAD_REQUEST", "vote.txid must be 64 lowercase hex characters")
-        if not isinstance(voter, str) or not _HEX64.fullmatch(voter):
+        if not isinstance(voter, str) or not HEX64.fullmatch(voter):
             raise LedgerError("BAD_REQUEST", "vote.voter must be 64 hex characters")
         if not isinstance(approve, bool):
             raise LedgerError("BAD_REQUEST", "vote.approve must be true or false")
-        if not isinstance(sig, str) or not _HEX128.fullmatch(sig):
+        if not isinstance(sig, str) or not HEX128.fullmatch(sig):
             raise LedgerError("BAD_REQUEST", "vote.signature must be 128 hex characters")
         voter = voter.lower()
         if voter not in self.masternodes:
@@ -552,10 +559,8 @@ class Ledger:
         if not verify(bytes.fromhex(voter), vote_bytes(txid, approve), bytes.fromhex(sig)):
             raise LedgerError("BAD_REQUEST", "bad vote signature")
         p = self.pending.get(txid)
-        if p is None:
-            row = self.store.one("SELECT status FROM txs WHERE txid=?", (txid,))
-            if row is None:
-                raise LedgerError("NOT_FOUND", f"unknown transaction {txid}")
+        if p is None and self.status_of(txid) is None:
+            raise LedgerError("NOT_FOUND", f"unknown transaction {txid}")
         if self.store.one("SELECT 1 FROM votes WHERE txid=? AND voter=?",
                           (txid, voter)) is not None:
             raise LedgerError("BAD_REQUEST", f"duplicate vote by {voter} on {txid}")
@@ -626,7 +631,7 @@ class Ledger:
 
     def get_transaction(self, txid: Any) -> dict[str, Any]:
         """``{txid, status, votes, quorum, block_height, tx}``; raises NOT_FOUND."""
-        if not isinstance(txid, str) or not _TXID.fullmatch(txid):
+        if not isinstance(txid, str) or not TXID.fullmatch(txid):
             raise LedgerError("BAD_REQUEST", "txid must be 64 lowercase hex characters")
         row = self.store.one("SELECT raw, status, block_height, reason FROM txs WHERE txid=?",
                              (txid,))
@@ -667,11 +672,14 @@ class Ledger:
     def snapshot(self, address: str) -> dict[str, Any]:
         """``{balance, utxos}`` with every UTXO the address owns and its state."""
         utxos = []
+        balance = 0
         for txid, vout in self.utxos.by_address(address):
             _, amount, state, spender, votes, height = self.utxos.get(txid, vout)
             utxos.append({"txid": txid, "vout": vout, "amount": amount, "state": state,
                           "spending_txid": spender, "votes": votes, "block_height": height})
-        return {"balance": self.utxos.balance(address), "utxos": utxos}
+            if state == "Unspent":
+                balance += amount
+        return {"balance": balance, "utxos": utxos}
 
     def get_block(self, ref: int | str) -> dict[str, Any]:
         """A block by height or hash; raises NOT_FOUND."""

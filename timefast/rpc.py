@@ -23,7 +23,7 @@ from websockets.server import ServerProtocol
 
 from timefast.commits import GroupCommit
 from timefast.ledger import Ledger, LedgerError
-from timefast.storage import StorageError
+from timefast.storage import StorageError, unavailable
 
 log = logging.getLogger("timefast.rpc")
 
@@ -151,8 +151,7 @@ class RpcDispatcher:
         except LedgerError as e:
             raise RpcError(LEDGER_CODES.get(e.code, INVALID_PARAMS), e.message, e.code) from None
         except StorageError as e:
-            raise RpcError(LEDGER_CODES["UNAVAILABLE"],
-                           f"the node cannot store anything now: {e}", "UNAVAILABLE") from None
+            raise RpcError(LEDGER_CODES["UNAVAILABLE"], unavailable(e), "UNAVAILABLE") from None
 
     def handle(self, request: Any) -> dict[str, Any] | list[Any] | None:
         """One JSON-RPC request object or batch; None when nothing is to be answered."""
@@ -252,8 +251,7 @@ class RpcConnection(asyncio.Protocol):
         def done(value: Any, err: BaseException | None) -> None:
             if err is not None:
                 value = orjson.dumps(_error(None, RpcError(
-                    LEDGER_CODES["UNAVAILABLE"], f"the node cannot store anything now: {err}",
-                    "UNAVAILABLE")))
+                    LEDGER_CODES["UNAVAILABLE"], unavailable(err), "UNAVAILABLE")))
             reply(value)
 
         self.commits.submit(lambda: self.dispatcher.handle_bytes(body), done)

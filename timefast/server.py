@@ -228,13 +228,16 @@ class WalletConnection(asyncio.Protocol):
         # Write what is queued, then close; cut the connection if the peer stalls.
         if self.closing:
             return
+        self.server.flush()
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        # close() writes what the transport holds first; abort() if the peer stalls.
         self.closing = True
-        srv = self.server
-        srv.fanout.flush()
         transport = self.transport
         if transport is not None:
             transport.close()
-            srv.loop.call_later(CLOSE_TIMEOUT, transport.abort)
+            self.server.loop.call_later(CLOSE_TIMEOUT, transport.abort)
 
     def close(self, code: int, reason: str = "") -> None:
         """Start the closing handshake with ``code``."""
@@ -256,9 +259,7 @@ class WalletConnection(asyncio.Protocol):
         for chunk in ws.data_to_send():
             if chunk:
                 transport.write(chunk)
-        self.closing = True
-        transport.close()
-        self.server.loop.call_later(CLOSE_TIMEOUT, transport.abort)
+        self._close_transport()
         log.info("🐢 Client %s lagged; closed with 1013 (resume_from %d)",
                  self.client_id, resume_from)
 
@@ -331,7 +332,7 @@ class WalletServer:
                 conn.close(code, reason)
             elif conn.transport is not None:
                 conn.transport.close()
-        self.fanout.flush()
+        self.flush()
         deadline = self.loop.time() + CLOSE_TIMEOUT
         while self.conns and self.loop.time() < deadline:
             await asyncio.sleep(0.02)

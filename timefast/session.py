@@ -18,7 +18,7 @@ import orjson
 from timefast import _core
 from timefast.commits import GroupCommit
 from timefast.ledger import Event, Ledger, LedgerError
-from timefast.storage import StorageError
+from timefast.storage import StorageError, unavailable
 from timefast.transaction import ADDRESS_RE
 
 PROTOCOL_VERSION = "1.0"
@@ -27,8 +27,6 @@ RATE_PER_SECOND = 1000.0
 RATE_BURST = 2000.0
 
 log = logging.getLogger("timefast.wallet")
-
-_PONG = orjson.dumps({"type": "Pong"})
 
 
 class Limits:
@@ -168,11 +166,8 @@ class WalletSession:
         if not isinstance(type_, str):
             self.error("BAD_REQUEST", "message needs a string 'type'", msg_id)
             return
-        if type_ == "Ping":
-            if msg_id is None:
-                self.send(_PONG)
-            else:
-                self.reply("Pong", None, msg_id)
+        if type_ == "Ping":  # answered whatever else the message carries
+            self.reply("Pong", None, msg_id)
             return
         handler = _HANDLERS.get(type_)
         if handler is None:
@@ -184,12 +179,17 @@ class WalletSession:
             return
         try:
             handler(self, data, msg_id)
-        except ProtocolError as e:
+        except (ProtocolError, LedgerError, StorageError) as e:
+            self.refuse(e, msg_id)
+
+    def refuse(self, e: Exception, msg_id: Any) -> None:
+        """Answer a refused request with the ``Error`` its exception stands for."""
+        if isinstance(e, ProtocolError | LedgerError):
             self.error(e.code, e.message, msg_id)
-        except LedgerError as e:
-            self.error(e.code, e.message, msg_id)
-        except StorageError as e:
-            self.error("UNAVAILABLE", f"the node cannot store anything now: {e}", msg_id)
+        elif isinstance(e, StorageError):
+            self.error("UNAVAILABLE", unavailable(e), msg_id)
+        else:
+            self.error("BAD_REQUEST", str(e), msg_id)
 
     # -- messages --------------------------------------------------------------------
 
@@ -277,12 +277,8 @@ class WalletSession:
             # The slot may belong to another wallet by now: answer only our own.
             if self.closed:
                 return
-            if isinstance(err, LedgerError):
-                self.error(err.code, err.message, msg_id)
-            elif isinstance(err, StorageError):
-                self.error("UNAVAILABLE", f"the node cannot store anything now: {err}", msg_id)
-            elif err is not None:
-                self.error("BAD_REQUEST", str(err), msg_id)
+            if isinstance(err, Exception):
+                self.refuse(err, msg_id)
             else:
                 self.reply("TransactionAccepted", {"txid": txid}, msg_id)
 

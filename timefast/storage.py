@@ -42,6 +42,11 @@ class StorageError(RuntimeError):
     """The database refused a write (full disk, read-only directory, ...)."""
 
 
+def unavailable(e: BaseException) -> str:
+    """What a client is told when nothing can be stored (code UNAVAILABLE)."""
+    return f"the node cannot store anything now: {e}"
+
+
 class Store:
     """The node's SQLite database; every write happens inside ``transaction()``."""
 
@@ -108,11 +113,9 @@ class Store:
             raise
 
     def _undo_savepoint(self) -> None:
-        try:
+        with suppress(sqlite3.Error):
             self.db.execute("ROLLBACK TO step")
             self.db.execute("RELEASE step")
-        except sqlite3.Error:
-            pass
 
     def _rollback(self) -> None:
         with suppress(sqlite3.Error):

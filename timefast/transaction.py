@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from nacl.signing import SigningKey
 
-from timefast.crypto import public_key_hex, sha3
+from timefast.crypto import HEX64, HEX128, TXID, public_key_hex, sha3
 
 U32 = 0xFFFFFFFF
 U64 = 0xFFFFFFFFFFFFFFFF
@@ -22,9 +22,6 @@ I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1
 MAX_TX_BYTES = 100_000
 COIN = 100_000_000  # units of 10^-8 TIME in one TIME
 
-_TXID = re.compile(r"[0-9a-f]{64}")
-_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-_HEX128 = re.compile(r"[0-9a-fA-F]{128}")
 ADDRESS_RE = re.compile(r"[A-Za-z0-9_]{1,128}")
 
 
@@ -120,7 +117,7 @@ def parse(obj: Any) -> Transaction:
     if not isinstance(obj, dict):
         raise TxFormatError("tx must be an object")
     txid = obj.get("txid")
-    if not isinstance(txid, str) or not _TXID.fullmatch(txid):
+    if not isinstance(txid, str) or not TXID.fullmatch(txid):
         raise TxFormatError("txid must be 64 lowercase hex characters")
     ins = obj.get("inputs")
     outs = obj.get("outputs")
@@ -137,14 +134,14 @@ def parse(obj: Any) -> Transaction:
             raise TxFormatError(f"{where}previous_output must be an object")
         po = i["previous_output"]
         ptxid = po.get("txid")
-        if not isinstance(ptxid, str) or not _TXID.fullmatch(ptxid):
+        if not isinstance(ptxid, str) or not TXID.fullmatch(ptxid):
             raise TxFormatError(f"{where}previous_output.txid must be 64 lowercase hex")
         vout = _int(po, "vout", 0, U32, f"{where}previous_output.")
         pk = i.get("public_key")
-        if not isinstance(pk, str) or not _HEX64.fullmatch(pk):
+        if not isinstance(pk, str) or not HEX64.fullmatch(pk):
             raise TxFormatError(f"{where}public_key must be 64 hex characters")
         sig = i.get("signature")
-        if not isinstance(sig, str) or not _HEX128.fullmatch(sig):
+        if not isinstance(sig, str) or not HEX128.fullmatch(sig):
             raise TxFormatError(f"{where}signature must be 128 hex characters")
         seq = _int(i, "sequence", 0, U32, where) if "sequence" in i else U32
         inputs.append(TxInput(ptxid, vout, pk.lower(), sig.lower(), seq))
