@@ -114,6 +114,12 @@ class UtxoTable:
             u.block_height = block_height
         return prev
 
+    def forget(self, txid: str, vout: int) -> None:
+        u = self._find(txid, vout)
+        if u.state != "Confirmed":
+            raise IllegalTransition(txid, vout, u.state, "forgotten")
+        del self._utxos[(txid, vout)]
+
     def by_address(self, address: str) -> list:
         return [op for op, u in self._utxos.items() if u.address == address]
 

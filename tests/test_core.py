@@ -113,6 +113,30 @@ def test_balance_and_listing(impl):
         t.add("c", 0, "A", 0)
 
 
+def test_forget_drops_only_confirmed_coins(impl):
+    t = impl.UtxoTable()
+    t.add("a", 0, "A", 10)
+    t.add("a", 1, "A", 20)
+    t.lock("tx", [("a", 0)])
+    for state in ("SpentPending", "SpentFinalized"):
+        with pytest.raises(IllegalTransition):
+            t.forget("a", 0)
+        t.transition("a", 0, state)
+    with pytest.raises(IllegalTransition):
+        t.forget("a", 1)  # Unspent: still the address's money
+    t.transition("a", 0, "Confirmed", block_height=3)
+    t.forget("a", 0)
+    assert ("a", 0) not in t and len(t) == 1
+    assert t.by_address("A") == [("a", 1)]
+    with pytest.raises(UnknownOutpoint):
+        t.forget("a", 0)
+    t.lock("tx2", [("a", 1)])
+    for state in ("SpentPending", "SpentFinalized", "Confirmed"):
+        t.transition("a", 1, state)
+    t.forget("a", 1)
+    assert t.by_address("A") == [] and t.balance("A") == 0
+
+
 def test_route_returns_each_subscriber_once(impl):
     ix = impl.SubscriberIndex()
     assert ix.subscribe(1, ["A", "B", "A"]) == 2
@@ -172,6 +196,10 @@ class CoreVsModel(RuleBasedStateMachine):
         self.both("check", self.c_tab, self.m_tab, op[0], op[1], state)
         self.both("transition", self.c_tab, self.m_tab, op[0], op[1], state,
                   votes=votes, block_height=height)
+
+    @rule(op=st.sampled_from(OUTPOINTS))
+    def forget(self, op):
+        self.both("forget", self.c_tab, self.m_tab, op[0], op[1])
 
     @rule(sub=st.integers(0, 5), addrs=st.lists(st.sampled_from(ADDRESSES), max_size=4))
     def subscribe(self, sub, addrs):

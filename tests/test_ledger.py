@@ -93,6 +93,52 @@ def test_payment_event_sequence_and_balances(tmp_path):
     assert len(events) == before
 
 
+def test_confirmed_coins_leave_memory_but_stay_answerable(tmp_path):
+    led, _ = make_ledger(tmp_path)
+    ka, a = new_wallet()
+    _, b = new_wallet()
+    led.faucet(a, 1000)
+    coin = led.list_unspent(a)[0]
+    op = (coin["txid"], coin["vout"])
+    spend = build([(*op, ka)], [(b, 900)], timestamp=1_800_000_000)
+    led.submit(spend.to_json())
+    led.make_block()
+    live = len(led.utxos)
+    # Spent and confirmed: gone from the core and from the snapshot, kept on disk.
+    assert op not in led.utxos
+    assert led.get_txout(*op)["state"] == "Confirmed"
+    assert led.get_txout(*op)["spending_txid"] == spend.txid
+    assert [u["state"] for u in led.snapshot(a)["utxos"]] == []
+    assert led.snapshot(b)["balance"] == 900
+    # Spending it again is a conflict, not an unknown coin, before and after a restart.
+    again = build([(*op, ka)], [(a, 800)], timestamp=1_800_000_001)
+    with pytest.raises(LedgerError) as e:
+        led.submit(again.to_json())
+    assert e.value.code == "TX_CONFLICT" and "Confirmed" in e.value.message
+    led2, _ = make_ledger(tmp_path)
+    assert len(led2.utxos) == live and op not in led2.utxos
+    with pytest.raises(LedgerError) as e:
+        led2.submit(again.to_json())
+    assert e.value.code == "TX_CONFLICT"
+    assert led2.get_txout(*op)["block_height"] == 1
+    assert led2.get_txout("ab" * 32, 0) is None
+
+
+def test_memory_holds_the_live_set_however_long_the_history(tmp_path):
+    led, _ = make_ledger(tmp_path)
+    _, a = new_wallet()
+    sizes = []
+    for _ in range(5):
+        for _ in range(40):
+            led.faucet(a, 7)
+        led.make_block()
+        sizes.append(len(led.utxos))
+    # Each round adds 40 coins for ``a``; the faucet's spent coins do not pile up.
+    assert [s - sizes[0] for s in sizes] == [0, 40, 80, 120, 160]
+    assert len(led.utxos.by_address(
+        crypto.address_of(crypto.public_key_hex(FAUCET_KEY), "regtest"))) == 1
+
+
 def test_validity_rules_each_refused_with_reason(tmp_path):
     led, _ = make_ledger(tmp_path)
     ka, a = new_wallet()

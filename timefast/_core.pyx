@@ -193,6 +193,23 @@ cdef class UtxoTable:
             u.block_height = block_height
         return _STATE_NAMES[prev]
 
+    def forget(self, str txid, long vout):
+        """Drop a Confirmed UTXO from memory.
+
+        Confirmed is the end of a coin's life (its spend is in a block) and it never
+        moves again, so the node keeps it on disk only: memory then holds the live
+        set, not the whole history.  Any other state raises ``IllegalTransition``.
+        """
+        cdef _Utxo u = self._find(txid, vout)
+        if u.state != CONFIRMED:
+            raise IllegalTransition(txid, vout, _STATE_NAMES[u.state], "forgotten")
+        key = (txid, vout)
+        del self._utxos[key]
+        owned = self._by_address[u.address]
+        del owned[key]
+        if not owned:
+            del self._by_address[u.address]
+
     def by_address(self, str address):
         """Outpoints owned by ``address``, oldest first."""
         owned = self._by_address.get(address)

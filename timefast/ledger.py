@@ -285,8 +285,9 @@ class Ledger:
         height, tip, ts = s.one("SELECT height, hash, timestamp FROM blocks"
                                 " ORDER BY height DESC LIMIT 1")
         self.height, self.tip, self.tip_timestamp = height, tip, ts
+        # Confirmed coins stay on disk only (see ``make_block``).
         for row in s.query("SELECT txid, vout, address, amount, state, spending_txid, votes,"
-                           " block_height FROM utxos"):
+                           " block_height FROM utxos WHERE state != 'Confirmed'"):
             self.utxos.add(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
         votes: dict[str, list[tuple[str, int]]] = {}
         for txid, voter, approve in s.query(
@@ -444,6 +445,12 @@ class Ledger:
             try:
                 address, amount, state, spender, _, _ = self.utxos.get(inp.prev_txid, inp.vout)
             except UnknownOutpoint:
+                spent = self.store.one("SELECT state, spending_txid FROM utxos"
+                                       " WHERE txid=? AND vout=?", (inp.prev_txid, inp.vout))
+                if spent is not None:
+                    raise self._refuse("TX_CONFLICT", f"TX_CONFLICT: input {n} "
+                                       f"{inp.prev_txid}:{inp.vout} is already {spent[0]}"
+                                       f" by {spent[1]}") from None
                 raise self._refuse("TX_INVALID", f"input {n} spends unknown outpoint "
                                    f"{inp.prev_txid}:{inp.vout}") from None
             if state != "Unspent":
@@ -609,6 +616,11 @@ class Ledger:
                                  "timestamp": ts, "tx_count": len(txids)}, None)
 
             def done() -> None:
+                # A Confirmed coin never moves again: memory keeps the live set only
+                # (flat however long the node runs); reads fall back to the database.
+                for f in final:
+                    for op in f.tx.outpoints():
+                        self.utxos.forget(*op)
                 for t in txids:
                     self.unconfirmed.pop(t, None)
                 self.height, self.tip, self.tip_timestamp = height, h, ts
@@ -650,7 +662,12 @@ class Ledger:
         try:
             address, amount, state, spender, votes, height = self.utxos.get(txid, vout)
         except UnknownOutpoint:
-            return None
+            row = self.store.one("SELECT address, amount, state, spending_txid, votes,"
+                                 " block_height FROM utxos WHERE txid=? AND vout=?",
+                                 (txid, vout))
+            if row is None:
+                return None
+            address, amount, state, spender, votes, height = row
         return {"txid": txid, "vout": vout, "address": address, "amount": amount,
                 "state": state, "spending_txid": spender, "votes": votes,
                 "block_height": height}
@@ -670,7 +687,11 @@ class Ledger:
         return self.utxos.balance(address)
 
     def snapshot(self, address: str) -> dict[str, Any]:
-        """``{balance, utxos}`` with every UTXO the address owns and its state."""
+        """``{balance, utxos}`` with every UTXO the address owns and its state.
+
+        A coin whose spend is confirmed in a block (``Confirmed``) is no longer owned
+        and is not listed; ``gettxout`` still answers for it.
+        """
         utxos = []
         balance = 0
         for txid, vout in self.utxos.by_address(address):
