@@ -15,6 +15,9 @@
  * left out of the expected count); --rate R paces triggers at R a second;
  * --per-conn P subscribes each connection to P addresses.
  *
+ * --progress LABEL draws a progress bar on the controlling terminal (/dev/tty, so
+ * that it shows through pytest's output capture; nothing when there is none).
+ *
  * Only for loopback targets; bounded by --events and --timeout, stops by itself.
  */
 #define _GNU_SOURCE
@@ -127,6 +130,29 @@ static long find_number(const char *p, size_t n, const char *key) {
     return -1;
 }
 
+/* The progress bar: redrawn at most every 0.2 s, on /dev/tty only. */
+static FILE *tty;
+static const char *bar_label;
+static double bar_drawn;
+
+static void progress(const char *what, double done, double total, size_t delivered,
+                     double t_start, int last) {
+    if (!tty) return;
+    double t = now();
+    if (!last && t - bar_drawn < 0.2) return;
+    bar_drawn = t;
+    double f = total > 0 ? done / total : 1.0;
+    if (f > 1) f = 1;
+    char bar[31];
+    int fill = (int)(f * 30);
+    for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '-';
+    bar[30] = 0;
+    double secs = t_start > 0 ? t - t_start : 0;
+    fprintf(tty, "\r\033[K  %s [%s] %3.0f%% %.0f/%.0f %s %9.0f msgs/s %6.1fs%s", bar_label, bar,
+            f * 100, done, total, what, secs > 0 ? delivered / secs : 0.0, secs, last ? "\n" : "");
+    fflush(tty);
+}
+
 int main(int argc, char **argv) {
     const char *host = arg(argc, argv, "--host", "127.0.0.1");
     int ws_port = atoi(arg(argc, argv, "--ws-port", "8765"));
@@ -144,6 +170,8 @@ int main(int argc, char **argv) {
     double rate = atof(arg(argc, argv, "--rate", "0"));      /* triggers per second, 0: max */
     int per_conn = atoi(arg(argc, argv, "--per-conn", "1")); /* addresses per connection */
     if (nconns < 1 || nevents < 0 || inflight < 1 || naddr < 1) return 2;
+    bar_label = arg(argc, argv, "--progress", NULL);
+    if (bar_label) tty = fopen("/dev/tty", "w");
 
     int ep = epoll_create1(0);
     Conn *conns = calloc((size_t)nconns + (size_t)inflight, sizeof(Conn));
@@ -240,6 +268,12 @@ int main(int argc, char **argv) {
             }
             if (triggered == nevents && answered == nevents && delivered >= expected) break;
         }
+        if (t_start == 0)
+            progress("connected", ready, nconns - failures, 0, 0, 0);
+        else if (routed)  /* expected grows as triggers go out: count answered triggers */
+            progress("events", answered, nevents, delivered, t_start, 0);
+        else
+            progress("delivered", (double)delivered, (double)expected, delivered, t_start, 0);
         int n = epoll_wait(ep, evs, 512, 50);
         for (int e = 0; e < n; e++) {
             Conn *c = &conns[evs[e].data.u32];
@@ -347,6 +381,11 @@ int main(int argc, char **argv) {
             if (off) { memmove(c->buf, c->buf + off, c->len - off); c->len -= off; }
         }
     }
+    if (routed)
+        progress("events", answered, nevents, delivered, t_start, 1);
+    else
+        progress("delivered", (double)delivered, (double)expected, delivered, t_start, 1);
+    if (tty) fclose(tty);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double cpu = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;

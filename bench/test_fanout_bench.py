@@ -142,7 +142,8 @@ def run_client(client: Path, server: Server, mode: str, clients: int, addresses:
         [str(client), "--ws-port", str(server.ws_port), "--rpc-port", str(server.rpc_port),
          "--conns", str(clients), "--addresses", str(addresses), "--mode", mode,
          "--events", str(events), "--inflight", str(inflight), "--timeout", "120",
-         "--base-height", str(base)],
+         "--base-height", str(base),
+         "--progress", f"{server.name}: {mode} {clients} clients, {inflight} in flight"],
         capture_output=True, text=True, timeout=300, check=True)
     return orjson.loads(out.stdout.strip().splitlines()[-1])
 

@@ -14,6 +14,7 @@ import time
 import orjson
 from websockets.asyncio.client import connect
 
+from bench.progress import Progress
 from tests.helpers import NodeProcess, new_wallet, result
 from timefast.transaction import build
 
@@ -37,7 +38,7 @@ def _prepare(node, receivers: int = 16):
 
 
 async def _one_connection(url: str, b: str, txs, window_size: int,
-                          delays: list[float]) -> None:
+                          delays: list[float], bar: Progress) -> None:
     sent: dict[str, float] = {}
     window = asyncio.Semaphore(window_size)
     finished = asyncio.get_running_loop().create_future()
@@ -55,6 +56,7 @@ async def _one_connection(url: str, b: str, txs, window_size: int,
                         t0 = sent.pop(msg["data"]["txid"], None)
                         if t0 is not None:
                             delays.append(time.perf_counter() - t0)
+                            bar.set(len(delays))
                             window.release()
                             left[0] -= 1
                             if not left[0]:
@@ -84,8 +86,9 @@ async def _drive(url: str, bs: list[str], txs) -> tuple[float, list[float]]:
     delays: list[float] = []
     n = len(bs)
     start = time.perf_counter()
-    await asyncio.gather(*[
-        _one_connection(url, bs[i], txs[i::n], IN_FLIGHT // n, delays) for i in range(n)])
+    with Progress("submission -> finalized", len(txs), "tx") as bar:
+        await asyncio.gather(*[_one_connection(url, bs[i], txs[i::n], IN_FLIGHT // n, delays,
+                                               bar) for i in range(n)])
     return time.perf_counter() - start, delays
 
 

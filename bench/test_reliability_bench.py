@@ -13,7 +13,9 @@ import time
 import urllib.request
 
 import orjson
+import pytest
 
+from bench.progress import Progress
 from bench.test_fanout_bench import Server, loadclient, run_client, start_timefast
 from tests import crash_harness
 from timefast import _core, crypto
@@ -45,7 +47,8 @@ def test_crash_long(tmp_path):
     n = int(os.environ.get("CRASH_SUBMISSIONS", "10000"))
     k = int(os.environ.get("CRASH_KILLS", "50"))
     t = time.time()
-    rep = crash_harness.run(tmp_path, submissions=n, kills=k, seed=11)
+    with Progress("crash", k, "kill cycles") as bar:
+        rep = crash_harness.run(tmp_path, submissions=n, kills=k, seed=11, progress=bar.set)
     _record("crash", {"submissions_planned": n, "kills": rep.kills,
                       "kills_in_recovery": rep.kills_in_recovery,
                       "acknowledged": rep.acknowledged, "stored": rep.stored,
@@ -88,7 +91,9 @@ def _mutate(rnd: random.Random, seed: bytes) -> bytes:
 def test_churn_thousand(tmp_path):
     from tests.test_reliability import churn
     t = time.time()
-    checked = churn(tmp_path, clients=int(os.environ.get("CHURN_CLIENTS", "1000")))
+    with Progress("churn", 120, "payments") as bar:
+        checked = churn(tmp_path, clients=int(os.environ.get("CHURN_CLIENTS", "1000")),
+                        progress=bar.set)
     _record("churn", {"clients": int(os.environ.get("CHURN_CLIENTS", "1000")),
                       "events_checked": checked, "gaps_or_repeats": 0,
                       "seconds": round(time.time() - t, 1)})
@@ -116,11 +121,13 @@ def test_fuzz_million(tmp_path):
                             clock=lambda: time.monotonic() * 1e6)
     rnd = random.Random(3)
     t = time.time()
+    bar = Progress("fuzz", 2 * n, "messages")
     for i in range(n):
         session.handle_text(_mutate(rnd, SEEDS[i % len(SEEDS)]))
         if i % 4096 == 0:
             fan.flush()
             fan.index.drop(slot)  # keep the subscription count bounded
+            bar.set(i)
     wallet_s = time.time() - t
     rpc = RpcDispatcher(led)
     t = time.time()
@@ -129,6 +136,10 @@ def test_fuzz_million(tmp_path):
         reply = rpc.handle_bytes(_mutate(rnd, RPC_SEEDS[i % len(RPC_SEEDS)]))
         if reply is not None and b"internal error" in reply:
             internal += 1
+        if i % 4096 == 0:
+            bar.set(n + i)
+    bar.set(2 * n)
+    bar.close()
     _record("fuzz", {"wallet_messages": n, "wallet_seconds": round(wallet_s, 1),
                      "rpc_requests": n, "rpc_seconds": round(time.time() - t, 1),
                      "internal_errors": internal, "reply_bytes": Sink.size})
@@ -151,7 +162,8 @@ def test_slow_consumers(loadclient, tmp_path):
             [str(loadclient), "--ws-port", str(server.ws_port), "--rpc-port",
              str(server.rpc_port), "--conns", "2000", "--slow", "100", "--events", "10000",
              "--inflight", "16", "--timeout", "240", "--base-height",
-             str(server.rpc("getblockcount"))], capture_output=True, text=True, check=True)
+             str(server.rpc("getblockcount")), "--progress", "slow consumers 2000 (100 slow)"],
+            capture_output=True, text=True, check=True)
         slow = orjson.loads(out.stdout)
         rss_mb = server.rss_kb() / 1024
         closes = _metric(server, "timefast_slow_client_closes_total")
@@ -166,8 +178,13 @@ def test_slow_consumers(loadclient, tmp_path):
     assert rss_mb < 512
 
 
+SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
+
+
+# The soak runs as long as asked, past the suite's 300-s test timeout.
+@pytest.mark.timeout(SOAK_SECONDS + 300)
 def test_soak(loadclient, tmp_path):
-    seconds = float(os.environ.get("SOAK_SECONDS", "60"))
+    seconds = SOAK_SECONDS
     rate = 100
     # Blocks every 10 s, as a node runs: finalized transactions get confirmed.
     server = start_timefast(tmp_path, BLOCK_INTERVAL="10")
@@ -185,7 +202,8 @@ def test_soak(loadclient, tmp_path):
             [str(loadclient), "--ws-port", str(server.ws_port), "--rpc-port",
              str(server.rpc_port), "--conns", "2000", "--per-conn", "20", "--addresses",
              "40000", "--mode", "routed", "--events", str(int(seconds * rate)),
-             "--rate", str(rate), "--inflight", "8", "--timeout", str(seconds + 120)],
+             "--rate", str(rate), "--inflight", "8", "--timeout", str(seconds + 120),
+             "--progress", f"soak {seconds:.0f}s"],
             capture_output=True, text=True, check=True)
         stop.set()
         t.join()

@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +49,10 @@ def _post(url: str, method: str, *params: object) -> dict:
         return orjson.loads(r.read())
 
 
-def run(data_dir: Path, submissions: int = 1000, kills: int = 5, seed: int = 1) -> CrashReport:
+def run(data_dir: Path, submissions: int = 1000, kills: int = 5, seed: int = 1,
+        progress: Callable[[int], None] | None = None) -> CrashReport:
+    """Kill the node ``kills`` times during ``submissions``; ``progress(cycles)``
+    is called after each kill cycle."""
     rnd = random.Random(seed)
     rep = CrashReport()
     node = NodeProcess(data_dir).start()
@@ -117,6 +121,8 @@ def run(data_dir: Path, submissions: int = 1000, kills: int = 5, seed: int = 1) 
             p.wait(10)
             rep.kills += 1
             rep.kills_in_recovery += 1
+        if progress is not None:
+            progress(cycle + 1)
         if next_i >= len(txs):
             break
     node = NodeProcess(data_dir).start()

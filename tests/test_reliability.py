@@ -76,9 +76,10 @@ def test_churn_clients_resume_with_exactly_their_events(tmp_path):
     churn(tmp_path, clients=200)
 
 
-def churn(tmp_path, clients: int) -> int:
+def churn(tmp_path, clients: int, progress=None) -> int:
     """Clients dropped mid-burst come back with their last seq; each must end with
-    exactly the events it should have had.  Returns how many events were checked."""
+    exactly the events it should have had.  Returns how many events were checked.
+    ``progress(k)`` is called after each of the 120 payments."""
     n = NodeThread(tmp_path, MAX_CONNECTIONS_PER_IP=0).start()
     try:
         addrs = [new_wallet()[1] for _ in range(20)]
@@ -125,6 +126,8 @@ def churn(tmp_path, clients: int) -> int:
                     half.set()
                 if k % 30 == 29:
                     await loop.run_in_executor(None, result, n.rpc_url, "generate", 1)
+                if progress is not None:
+                    progress(k + 1)
             done.set()
             await asyncio.gather(*tasks)
             return got
