@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
+
 import orjson
 import pytest
 
@@ -137,6 +140,26 @@ def test_memory_holds_the_live_set_however_long_the_history(tmp_path):
     assert [s - sizes[0] for s in sizes] == [0, 40, 80, 120, 160]
     assert len(led.utxos.by_address(
         crypto.address_of(crypto.public_key_hex(FAUCET_KEY), "regtest"))) == 1
+
+
+def test_kept_events_cost_about_their_own_size(tmp_path):
+    led, _ = make_ledger(tmp_path)
+    _, a = new_wallet()
+    led.faucet(a, 5)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    seq = led.seq
+    for i in range(200):
+        led.faucet(a, 10 + i)
+    kept = [e for e in led.recent if e.seq > seq]
+    payload = sum(len(e.payload) for e in kept)
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    # The replay window holds its events: memory follows their length, plus the
+    # Event objects and the unconfirmed transactions, not 4 KiB a payload.
+    assert len(kept) > 1000
+    assert grown < 3 * payload, (grown, payload)
 
 
 def test_validity_rules_each_refused_with_reason(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import sqlite3
 import struct
 import time
 from collections import deque
@@ -49,6 +50,7 @@ from timefast.transaction import (
     build,
     parse,
 )
+from timefast.writes import Writes
 
 GENESIS_TIMESTAMP = 1764150000
 GENESIS_SUPPLY = 21_000_000 * COIN
@@ -103,6 +105,15 @@ class _Final:
     addresses: tuple[str, ...]
 
 
+def _kept(data: bytes) -> bytes:
+    """A right-sized copy of orjson output that is kept.
+
+    orjson returns its bytes inside the 4 KiB buffer it wrote them to, whatever
+    their length: 100,000 kept events of 1 KB would hold 400 MB instead of 100.
+    """
+    return bytes(memoryview(data))
+
+
 def block_hash(height: int, prev_hash: str, timestamp: int, txids: list[str],
                producer: str) -> str:
     """hex SHA3-256 of the header: height u64 LE, prev_hash ASCII, timestamp i64 LE,
@@ -124,50 +135,45 @@ def genesis_transaction(network: str) -> Transaction | None:
 
 
 class _Step:
-    """Staged changes of one atomic ledger step (see the module docstring)."""
+    """Staged changes of one atomic ledger step (see the module docstring).
 
-    def __init__(self, ledger: Ledger, db: Any) -> None:
+    A step never writes to the database itself: its rows go to the batch's
+    ``Writes`` when it succeeds (``merge``), so a step that fails leaves nothing.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self.db = db
         self.seq = ledger.seq
         self.events: list[Event] = []
         self.core_ops: list[Callable[[], Any]] = []
         self.after: list[Callable[[], None]] = []
         self.staged: dict[tuple[str, int], list[Any]] = {}
-        # Rows are written once per step, in ``finish``: a UTXO that moves three
-        # times in one step costs one UPDATE, the step's events one executemany.
-        self.dirty: dict[tuple[str, int], bool] = {}  # outpoint -> is new
+        self.dirty: dict[tuple[str, int], bool] = {}  # outpoint -> created by this step
         self.event_rows: list[tuple[int, str, bytes | None, bytes]] = []
-        self.tx_status: dict[str, tuple[str, int | None, str | None]] = {}
-        self.new_tx: tuple[str, bytes, float, bytes] | None = None
+        self.new_txs: list[list[Any]] = []
+        # txid -> (status, finalized_seq, reason, block_height), None: unchanged
+        self.tx_status: dict[str, tuple[str, int | None, str | None, int | None]] = {}
+        self.cleared_votes: list[str] = []
+        self.votes: list[tuple[str, str, bool, str]] = []
+        self.blocks: list[tuple[Any, ...]] = []
 
-    def finish(self) -> None:
-        """Write the step's rows."""
-        db = self.db
-        if self.new_tx is not None:
-            txid, raw, accepted_at, addrs = self.new_tx
-            status, fseq, reason = self.tx_status.pop(txid, ("pending", None, None))
-            db.execute("INSERT OR REPLACE INTO txs (txid, raw, status, accepted_at,"
-                       " finalized_seq, reason, addresses) VALUES (?,?,?,?,?,?,?)",
-                       (txid, raw, status, accepted_at, fseq, reason, addrs))
-        for txid, (status, fseq, reason) in self.tx_status.items():
-            db.execute("UPDATE txs SET status=?, finalized_seq=COALESCE(?, finalized_seq),"
-                       " reason=COALESCE(?, reason) WHERE txid=?", (status, fseq, reason, txid))
+    def merge(self, w: Writes) -> None:
+        """Hand the step's rows to the batch."""
+        for txid in self.cleared_votes:
+            w.clear_votes(txid)
+        for row in self.new_txs:
+            w.add_tx(row)
+        for txid, change in self.tx_status.items():
+            w.set_tx(txid, *change)
         for op, new in self.dirty.items():
-            rec = self.staged[op]
-            if new:
-                db.execute("INSERT INTO utxos (txid, vout, address, amount, state,"
-                           " spending_txid, votes, block_height) VALUES (?,?,?,?,?,?,?,?)",
-                           (op[0], op[1], *rec))
-            else:
-                db.execute("UPDATE utxos SET state=?, spending_txid=?, votes=?, block_height=?"
-                           " WHERE txid=? AND vout=?",
-                           (rec[2], rec[3], rec[4], rec[5], op[0], op[1]))
-        if self.event_rows:
-            db.executemany("INSERT INTO events (seq, type, addresses, payload)"
-                           " VALUES (?,?,?,?)", self.event_rows)
+            w.put_utxo(op, self.staged[op], new)
+        for vote in self.votes:
+            w.add_vote(*vote)
+        w.blocks.extend(self.blocks)
+        w.events.extend(self.event_rows)
 
     def utxo(self, op: tuple[str, int]) -> list[Any]:
+        """The UTXO's record as this step has it (a copy, changed by the step)."""
         rec = self.staged.get(op)
         if rec is None:
             rec = list(self.ledger.utxos.get(*op))
@@ -178,7 +184,7 @@ class _Step:
               addresses: tuple[str, ...] | None) -> None:
         self.seq += 1
         data["seq"] = self.seq
-        payload = orjson.dumps({"type": type_, "data": data})
+        payload = _kept(orjson.dumps({"type": type_, "data": data}))
         self.event_rows.append(
             (self.seq, type_, None if addresses is None else orjson.dumps(addresses), payload))
         self.events.append(Event(self.seq, type_, addresses, payload))
@@ -230,7 +236,7 @@ class _Step:
             lambda: self.ledger.utxos.add(op[0], op[1], address, amount, block_height=height))
 
     def _mark_dirty(self, op: tuple[str, int]) -> None:
-        # An existing UTXO's row is rewritten once, in ``finish``.
+        # An existing UTXO's row is written once, however often it moves.
         self.dirty.setdefault(op, False)
 
 
@@ -267,6 +273,8 @@ class Ledger:
         self.listeners: list[Callable[[list[Event]], None]] = []
         # Inside ``batch()``: events of committed-to-be steps, held until the commit.
         self._held: list[Event] | None = None
+        # Rows of committed-to-be steps, written at the commit (timefast.writes).
+        self._writes = Writes()
         self.outcomes = {"accepted": 0, "finalized": 0, "confirmed": 0, "rejected": 0,
                          "invalid": 0, "conflict": 0}
         self._load()
@@ -279,6 +287,7 @@ class Ledger:
         self.pending.clear()
         self.unconfirmed.clear()
         self.recent.clear()
+        self._writes.clear()
         if s.one("SELECT 1 FROM blocks LIMIT 1") is None:
             self._genesis()
         self.seq = int(s.meta("seq") or 0)
@@ -332,14 +341,6 @@ class Ledger:
 
     # -- the step machinery --------------------------------------------------------
 
-    def _write_step(self, db: Any, fn: Callable[[_Step], Any]) -> tuple[_Step, Any]:
-        step = _Step(self, db)
-        result = fn(step)
-        step.finish()
-        if self._held is None:
-            self._write_seq(db, self.seq, step.seq)
-        return step, result
-
     def _write_seq(self, db: Any, old: int, new: int) -> None:
         if new != old:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(new),))
@@ -360,20 +361,45 @@ class Ledger:
                 listener(events)
 
     def _run(self, fn: Callable[[_Step], Any]) -> Any:
+        step = _Step(self)
+        result = fn(step)  # a refusal raises here, with nothing staged anywhere
+        step.merge(self._writes)
         if self._held is not None:
-            # Inside a batch: the step is atomic on its own (a savepoint) and later
-            # steps see its effects, but nobody hears of it before the batch commits.
-            with self.store.savepoint() as db:
-                step, result = self._write_step(db, fn)
+            # Inside a batch: later steps see this one's effects, but nobody hears
+            # of it before the batch commits.
             self._apply(step)
             self._held.extend(step.events)
             return result
-        with self.store.transaction() as db:
-            step, result = self._write_step(db, fn)
+        try:
+            with self.store.transaction() as db:
+                self._writes.flush(db)
+                self._write_seq(db, self.seq, step.seq)
+        finally:
+            self._writes.clear()
         # Committed: now, and only now, the core, memory and listeners learn of it.
         self._apply(step)
         self._announce(step.events)
         return result
+
+    def _flush_staged(self) -> None:
+        """Write the open batch's staged rows now, for a read that needs all of them."""
+        if self._held is None or not self._writes:
+            return
+        try:
+            self._writes.flush(self.store.db)
+        except sqlite3.Error as e:
+            # The batch cannot commit any more: fail it whole (``batch`` reloads).
+            self.store.failure = self.store.failure or str(e)
+            raise StorageError(f"database write failed: {e}") from e
+
+    def _stored_utxo(self, op: tuple[str, int]) -> list[Any] | None:
+        """A UTXO the core no longer holds (Confirmed): staged row or database row."""
+        row = self._writes.utxo(op)
+        if row is not None:
+            return row
+        found = self.store.one("SELECT address, amount, state, spending_txid, votes,"
+                               " block_height FROM utxos WHERE txid=? AND vout=?", op)
+        return None if found is None else list(found)
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -392,6 +418,7 @@ class Ledger:
         try:
             with self.store.transaction() as db:
                 yield
+                self._writes.flush(db)
                 self._write_seq(db, seq_before, self.seq)
         except BaseException:
             self._held = None
@@ -445,12 +472,11 @@ class Ledger:
             try:
                 address, amount, state, spender, _, _ = self.utxos.get(inp.prev_txid, inp.vout)
             except UnknownOutpoint:
-                spent = self.store.one("SELECT state, spending_txid FROM utxos"
-                                       " WHERE txid=? AND vout=?", (inp.prev_txid, inp.vout))
+                spent = self._stored_utxo((inp.prev_txid, inp.vout))
                 if spent is not None:
                     raise self._refuse("TX_CONFLICT", f"TX_CONFLICT: input {n} "
-                                       f"{inp.prev_txid}:{inp.vout} is already {spent[0]}"
-                                       f" by {spent[1]}") from None
+                                       f"{inp.prev_txid}:{inp.vout} is already {spent[2]}"
+                                       f" by {spent[3]}") from None
                 raise self._refuse("TX_INVALID", f"input {n} spends unknown outpoint "
                                    f"{inp.prev_txid}:{inp.vout}") from None
             if state != "Unspent":
@@ -468,7 +494,7 @@ class Ledger:
             raise self._refuse("TX_INVALID",
                                f"outputs ({total_out}) exceed inputs ({total_in})")
         addresses = tuple(dict.fromkeys([*in_addresses, *tx.addresses()]))
-        raw_bytes = orjson.dumps(tx.to_json())
+        raw_bytes = _kept(orjson.dumps(tx.to_json()))
         raw = orjson.Fragment(raw_bytes)
         now = self.clock()
 
@@ -479,8 +505,9 @@ class Ledger:
                 raise self._refuse("TX_CONFLICT", f"TX_CONFLICT: {e}") from None
             if known == "rejected":
                 # A transaction rejected earlier may be tried again: its old votes go.
-                s.db.execute("DELETE FROM votes WHERE txid=?", (tx.txid,))
-            s.new_tx = (tx.txid, raw_bytes, now, orjson.dumps(addresses))
+                s.cleared_votes.append(tx.txid)
+            s.new_txs.append([tx.txid, raw_bytes, "pending", now, None, None,
+                              orjson.dumps(addresses), None])
             s.event("TransactionPending", {"tx": raw}, addresses)
             p = _Pending(tx, raw, now, addresses)
             s.after.append(lambda: self.pending.__setitem__(tx.txid, p))
@@ -494,9 +521,7 @@ class Ledger:
         return str(self._run(step))
 
     def _record_vote(self, s: _Step, p: _Pending | None, vote: dict[str, Any]) -> None:
-        s.db.execute("INSERT INTO votes VALUES (?,?,?,?)",
-                     (vote["txid"], vote["voter"], int(bool(vote["approve"])),
-                      vote["signature"]))
+        s.votes.append((vote["txid"], vote["voter"], bool(vote["approve"]), vote["signature"]))
         if p is None:
             return
         (p.approvals if vote["approve"] else p.rejections).add(vote["voter"])
@@ -523,7 +548,7 @@ class Ledger:
             s.create((txid, vout), o.address, o.amount, p.raw)
         s.event("TransactionFinalized", {"txid": txid, "block_height": None, "votes": votes,
                                          "quorum": self.quorum}, p.addresses)
-        s.tx_status[txid] = ("finalized", s.seq, None)
+        s.tx_status[txid] = ("finalized", s.seq, None, None)
         final = _Final(p.tx, p.raw, p.addresses)
 
         def done() -> None:
@@ -537,7 +562,7 @@ class Ledger:
         for op in p.tx.outpoints():
             s.move(op, "Unspent", p.raw)
         s.event("TransactionRejected", {"txid": txid, "reason": reason}, p.addresses)
-        s.tx_status[txid] = ("rejected", None, reason)
+        s.tx_status[txid] = ("rejected", None, reason, None)
 
         def done() -> None:
             self.pending.pop(txid, None)
@@ -568,8 +593,11 @@ class Ledger:
         p = self.pending.get(txid)
         if p is None and self.status_of(txid) is None:
             raise LedgerError("NOT_FOUND", f"unknown transaction {txid}")
-        if self.store.one("SELECT 1 FROM votes WHERE txid=? AND voter=?",
-                          (txid, voter)) is not None:
+        voted = self._writes.has_vote(txid, voter)
+        if voted is None:
+            voted = self.store.one("SELECT 1 FROM votes WHERE txid=? AND voter=?",
+                                   (txid, voter)) is not None
+        if voted:
             raise LedgerError("BAD_REQUEST", f"duplicate vote by {voter} on {txid}")
         clean = {"txid": txid, "voter": voter, "approve": approve, "signature": sig.lower()}
         self._run(lambda s: self._record_vote(s, p, clean))
@@ -603,13 +631,11 @@ class Ledger:
                  "txids": txids, "producer": self.public_key}
 
         def step(s: _Step) -> None:
-            s.db.execute("INSERT INTO blocks VALUES (?,?,?,?,?,?)",
-                         (height, h, prev, ts, orjson.dumps(txids), self.public_key))
+            s.blocks.append((height, h, prev, ts, orjson.dumps(txids), self.public_key))
             for f in final:
                 for op in f.tx.outpoints():
                     s.move(op, "Confirmed", f.raw, height=height)
-                s.db.execute("UPDATE txs SET status='confirmed', block_height=? WHERE txid=?",
-                             (height, f.tx.txid))
+                s.tx_status[f.tx.txid] = ("confirmed", None, None, height)
                 s.event("TransactionConfirmed", {"txid": f.tx.txid, "block_height": height,
                                                  "block_hash": h}, f.addresses)
             s.event("NewBlock", {"height": height, "hash": h, "prev_hash": prev,
@@ -638,6 +664,9 @@ class Ledger:
             return "pending"
         if txid in self.unconfirmed:
             return "finalized"
+        staged = self._writes.tx_status(txid)
+        if staged is not None:
+            return staged
         row = self.store.one("SELECT status FROM txs WHERE txid=?", (txid,))
         return None if row is None else str(row[0])
 
@@ -645,6 +674,7 @@ class Ledger:
         """``{txid, status, votes, quorum, block_height, tx}``; raises NOT_FOUND."""
         if not isinstance(txid, str) or not TXID.fullmatch(txid):
             raise LedgerError("BAD_REQUEST", "txid must be 64 lowercase hex characters")
+        self._flush_staged()
         row = self.store.one("SELECT raw, status, block_height, reason FROM txs WHERE txid=?",
                              (txid,))
         if row is None:
@@ -662,9 +692,7 @@ class Ledger:
         try:
             address, amount, state, spender, votes, height = self.utxos.get(txid, vout)
         except UnknownOutpoint:
-            row = self.store.one("SELECT address, amount, state, spending_txid, votes,"
-                                 " block_height FROM utxos WHERE txid=? AND vout=?",
-                                 (txid, vout))
+            row = self._stored_utxo((txid, vout))
             if row is None:
                 return None
             address, amount, state, spender, votes, height = row
@@ -706,6 +734,7 @@ class Ledger:
         """A block by height or hash; raises NOT_FOUND."""
         if isinstance(ref, bool) or not isinstance(ref, int | str):
             raise LedgerError("BAD_REQUEST", "block reference must be a height or a hash")
+        self._flush_staged()
         if isinstance(ref, int):
             row = self.store.one("SELECT * FROM blocks WHERE height=?", (ref,))
         elif ref.isdigit():

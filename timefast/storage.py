@@ -94,29 +94,6 @@ class Store:
             self._rollback()
             raise
 
-    @contextmanager
-    def savepoint(self) -> Iterator[sqlite3.Connection]:
-        """A nested atomic write inside an open transaction (one step of a batch)."""
-        try:
-            self.db.execute("SAVEPOINT step")
-        except sqlite3.Error as e:
-            raise StorageError(f"database write failed: {e}") from e
-        try:
-            yield self.db
-            self.db.execute("RELEASE step")
-        except sqlite3.Error as e:
-            self.failure = self.failure or str(e)
-            self._undo_savepoint()
-            raise StorageError(f"database write failed: {e}") from e
-        except BaseException:
-            self._undo_savepoint()
-            raise
-
-    def _undo_savepoint(self) -> None:
-        with suppress(sqlite3.Error):
-            self.db.execute("ROLLBACK TO step")
-            self.db.execute("RELEASE step")
-
     def _rollback(self) -> None:
         with suppress(sqlite3.Error):
             self.db.execute("ROLLBACK")

@@ -1,0 +1,160 @@
+"""Batch write staging: rows gathered per batch, written once, read back consistently."""
+
+from __future__ import annotations
+
+import pytest
+
+from timefast import crypto
+from timefast.ledger import Ledger, LedgerError
+from timefast.storage import StorageError, Store
+from timefast.transaction import build
+from timefast.writes import Writes
+
+from .helpers import new_wallet
+
+
+class CountingDb:
+    """A sqlite connection that counts the statements it runs."""
+
+    def __init__(self, db) -> None:
+        self.db = db
+        self.calls: list[tuple[str, int]] = []
+
+    def execute(self, sql, args=()):
+        self.calls.append((sql.split()[0], 1))
+        return self.db.execute(sql, args)
+
+    def executemany(self, sql, rows):
+        rows = list(rows)
+        self.calls.append((sql.split()[0], len(rows)))
+        return self.db.executemany(sql, rows)
+
+
+def _store(tmp_path) -> Store:
+    return Store(tmp_path / "w.db")
+
+
+def test_a_row_changed_many_times_is_written_once_in_its_last_state(tmp_path):
+    store = _store(tmp_path)
+    w = Writes()
+    w.put_utxo(("t", 0), ["A", 5, "Unspent", None, 0, None], new=True)
+    w.put_utxo(("t", 0), ["A", 5, "Locked", "s", 0, None], new=False)
+    w.put_utxo(("t", 0), ["A", 5, "SpentPending", "s", 1, None], new=False)
+    w.add_tx(["s", b"{}", "pending", 1.0, None, None, b"[]", None])
+    w.set_tx("s", "finalized", finalized_seq=9)
+    w.events.extend([(1, "X", None, b"{}"), (2, "Y", b'["A"]', b"{}")])
+    db = CountingDb(store.db)
+    with store.transaction():
+        w.flush(db)
+    assert not w
+    assert sorted(db.calls) == [("INSERT", 1), ("INSERT", 1), ("INSERT", 2)]
+    assert store.one("SELECT state, votes FROM utxos WHERE txid='t'") == ("SpentPending", 1)
+    assert store.one("SELECT status, finalized_seq FROM txs WHERE txid='s'") == ("finalized", 9)
+    # Later changes to stored rows are UPDATEs that keep what they do not name.
+    w.put_utxo(("t", 0), ["A", 5, "SpentFinalized", "s", 1, None], new=False)
+    w.set_tx("s", "confirmed", block_height=4)
+    with store.transaction() as raw:
+        w.flush(raw)
+    assert store.one("SELECT status, finalized_seq, block_height FROM txs") == (
+        "confirmed", 9, 4)
+    assert store.one("SELECT state FROM utxos") == ("SpentFinalized",)
+
+
+def test_keyed_reads_answer_from_staged_rows_first():
+    w = Writes()
+    assert w.tx_status("s") is None and w.utxo(("t", 0)) is None
+    assert w.has_vote("s", "v") is None
+    w.set_tx("s", "rejected", reason="quorum against")
+    assert w.tx_status("s") == "rejected"
+    w.add_tx(["s", b"{}", "pending", 1.0, None, None, b"[]", None])
+    assert w.tx_status("s") == "pending" and "s" not in w.tx_changes
+    w.add_vote("s", "v", True, "sig")
+    assert w.has_vote("s", "v") is True
+    # Retrying a transaction forgets its votes, staged or stored.
+    w.clear_votes("s")
+    assert w.has_vote("s", "v") is False and w.has_vote("s", "other") is False
+    w.put_utxo(("t", 0), ["A", 5, "Locked", "s", 0, None], new=False)
+    assert w.utxo(("t", 0))[2] == "Locked"
+
+
+def test_cleared_votes_go_before_new_ones(tmp_path):
+    store = _store(tmp_path)
+    with store.transaction() as db:
+        db.execute("INSERT INTO votes VALUES ('s','old',0,'x')")
+    w = Writes()
+    w.add_vote("s", "stale", True, "y")
+    w.clear_votes("s")
+    w.add_vote("s", "new", True, "z")
+    with store.transaction() as db:
+        w.flush(db)
+    assert store.query("SELECT voter FROM votes") == [("new",)]
+
+
+def _ledger(tmp_path):
+    led = Ledger(Store(tmp_path / "l.db"), "regtest", crypto.new_key())
+    ka, a = new_wallet()
+    coin = led.faucet(a, 10_000)
+    split = build([(coin, 0, ka)], [(a, 1000)] * 10, timestamp=1)
+    led.submit(split.to_json())
+    return led, ka, a, split
+
+
+def test_a_batch_reads_its_own_writes(tmp_path):
+    led, ka, a, split = _ledger(tmp_path)
+    tx = build([(split.txid, 0, ka)], [(new_wallet()[1], 500)], timestamp=2)
+    with led.batch():
+        led.submit(tx.to_json())
+        # Not yet in the database, yet every read sees it.
+        assert led.store.one("SELECT 1 FROM txs WHERE txid=?", (tx.txid,)) is None
+        assert led.status_of(tx.txid) == "finalized"
+        assert led.get_transaction(tx.txid)["status"] == "finalized"
+        led.make_block()
+        assert led.get_txout(split.txid, 0)["state"] == "Confirmed"
+        assert led.get_block(led.height)["txids"][-1] == tx.txid
+        with pytest.raises(LedgerError) as e:
+            led.submit(build([(split.txid, 0, ka)], [(a, 1)], timestamp=3).to_json())
+        assert e.value.code == "TX_CONFLICT"
+    assert led.store.one("SELECT status FROM txs WHERE txid=?", (tx.txid,)) == ("confirmed",)
+
+
+def test_batch_commit_uses_one_statement_per_kind(tmp_path, monkeypatch):
+    led, ka, _a, split = _ledger(tmp_path)
+    txs = [build([(split.txid, i, ka)], [(new_wallet()[1], 500)], timestamp=i)
+           for i in range(8)]
+    counting = CountingDb(led.store.db)
+    real = led.store.transaction
+
+    def counted():
+        cm = real()
+
+        class Wrap:
+            def __enter__(self):
+                cm.__enter__()
+                return counting
+
+            def __exit__(self, *exc):
+                return cm.__exit__(*exc)
+        return Wrap()
+
+    monkeypatch.setattr(led.store, "transaction", counted)
+    with led.batch():
+        for tx in txs:
+            led.submit(tx.to_json())
+    kinds = [c for c in counting.calls if c[0] != "DELETE"]
+    # txs, utxos (new), utxos (changed), votes, events, then the seq: six statements
+    # for eight transactions.
+    assert len(kinds) == 6, kinds
+    assert all(led.status_of(t.txid) == "finalized" for t in txs)
+
+
+def test_a_failed_write_mid_batch_fails_the_whole_batch(tmp_path):
+    led, ka, a, split = _ledger(tmp_path)
+    seq, balance = led.seq, led.balance(a)
+    tx = build([(split.txid, 0, ka)], [(new_wallet()[1], 500)], timestamp=2)
+    with pytest.raises(StorageError), led.batch():
+        led.submit(tx.to_json())
+        led.store.db.execute("PRAGMA query_only=ON")
+        led.get_transaction(tx.txid)  # must write the staged rows first: refused
+    led.store.db.execute("PRAGMA query_only=OFF")
+    assert led.seq == seq and led.balance(a) == balance and led.status_of(tx.txid) is None
+    assert led.submit(tx.to_json()) == tx.txid
