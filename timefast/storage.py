@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS utxos (
     amount INTEGER NOT NULL, state TEXT NOT NULL, spending_txid TEXT,
     votes INTEGER NOT NULL DEFAULT 0, block_height INTEGER,
     PRIMARY KEY (txid, vout)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS utxos_by_address ON utxos (address);
+DROP INDEX IF EXISTS utxos_by_address;
 CREATE TABLE IF NOT EXISTS txs (
     txid TEXT PRIMARY KEY, raw BLOB NOT NULL, status TEXT NOT NULL,
     accepted_at REAL NOT NULL, finalized_seq INTEGER, block_height INTEGER,
@@ -60,6 +60,11 @@ class Store:
         # keys touch pages all over those B-trees.
         self.db.execute("PRAGMA cache_size=-65536")
         self.db.execute("PRAGMA foreign_keys=OFF")
+        # Checkpoint every 16 MB of WAL rather than 4: a checkpoint copies pages into
+        # the database file and syncs it, and the random-key B-trees dirty a page
+        # per row, so fewer checkpoints copy each hot page fewer times.  (40 MB gave
+        # a little more throughput but longer pauses: p99 +50 ms.)
+        self.db.execute("PRAGMA wal_autocheckpoint=4000")
         self.db.executescript(SCHEMA)
         # The first write error of the open transaction: SQLite may roll the whole
         # transaction back on it (a full disk does), and the COMMIT that follows
