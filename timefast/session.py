@@ -69,6 +69,59 @@ def _addresses(data: dict[str, Any], limit: int) -> list[str]:
     return list(dict.fromkeys(addrs))
 
 
+class Seen:
+    """Ranges of ``seq`` whose events (of one kind) a connection already has.
+
+    A flat list ``[lo1, hi1, lo2, hi2, ...]`` of disjoint, sorted, half-open ranges
+    ``lo < seq <= hi`` (``hi`` infinite while live).  Replays consult it so that no
+    event reaches a connection twice, whatever its mix of live subscriptions,
+    unsubscriptions and resumes.
+    """
+
+    __slots__ = ("ranges",)
+
+    def __init__(self) -> None:
+        self.ranges: list[float] = []
+
+    def __contains__(self, seq: int) -> bool:
+        r = self.ranges
+        return any(r[i] < seq <= r[i + 1] for i in range(0, len(r), 2))
+
+    def add(self, lo: float, hi: float) -> None:
+        """Mark ``lo < seq <= hi`` as had, merging with touching ranges."""
+        r = self.ranges
+        out: list[float] = []
+        placed = False
+        for i in range(0, len(r), 2):
+            a, b = r[i], r[i + 1]
+            if b < lo:
+                out += (a, b)
+            elif hi < a:
+                if not placed:
+                    out += (lo, hi)
+                    placed = True
+                out += (a, b)
+            else:
+                lo, hi = min(lo, a), max(hi, b)
+        if not placed:
+            out += (lo, hi)
+        self.ranges = out
+
+    def close(self, seq: int) -> None:
+        """A live range ends at ``seq`` (unsubscribed)."""
+        if self.ranges and self.ranges[-1] == math.inf:
+            self.ranges[-1] = seq
+
+    def forget_before(self, seq: int) -> None:
+        """Drop ranges wholly at or below ``seq``: no replay reaches back there."""
+        r = self.ranges
+        keep = 0
+        while keep < len(r) and r[keep + 1] <= seq:
+            keep += 2
+        if keep:
+            del r[:keep]
+
+
 class WalletSession:
     """Message handling for one wallet connection on fan-out slot ``slot``."""
 
@@ -82,8 +135,9 @@ class WalletSession:
         "limits",
         "live_since",
         "peer",
+        "seen",
+        "seen_broadcasts",
         "slot",
-        "subscribed_at",
         "tokens",
         "tokens_at",
     )
@@ -104,9 +158,10 @@ class WalletSession:
         # Broadcasts (NewBlock) reach a connection from its first message on: a
         # wallet resuming with since_seq gets its replay before any live event.
         self.live_since: int | None = None
-        # address -> seq at which it was subscribed: tells which kept events this
-        # connection already had live, so a replay never repeats one.
-        self.subscribed_at: dict[str, int] = {}
+        # What this connection already has, per address and for broadcasts (live
+        # or replayed), so that a replay never repeats an event.
+        self.seen: dict[str, Seen] = {}
+        self.seen_broadcasts = Seen()
         self.tokens = RATE_BURST
         self.tokens_at = clock()
 
@@ -143,6 +198,7 @@ class WalletSession:
         self._handle(text)
         if self.live_since is None:
             self.live_since = self.ledger.seq
+            self.seen_broadcasts.add(self.live_since, math.inf)
             self.fanout.set_live(self.slot)
 
     def _handle(self, text: str | bytes) -> None:
@@ -218,36 +274,52 @@ class WalletSession:
         if resync:
             out["resync"] = True
         self.reply("Subscribed", out, msg_id)
-        if replay:
+        now = self.ledger.seq
+        if since is not None and not resync:
             self._replay(replay, set(addrs))
+            self.seen_broadcasts.add(since, now)
         # Replayed and subscribed in the same call: no live event can fall between.
         index.subscribe(self.slot, new)
-        now = self.ledger.seq
-        for a in new:
-            self.subscribed_at[a] = now
+        oldest = self.ledger.recent[0].seq - 1 if self.ledger.recent else now
+        if len(self.seen) > 2 * index.count_of(self.slot) + 64:
+            # Unsubscribed addresses' ranges matter only while a replay can reach
+            # them: drop those that no kept event falls in (keeps the map bounded).
+            for a, sn in list(self.seen.items()):
+                if not index.holds(self.slot, a):
+                    sn.forget_before(oldest)
+                    if not sn.ranges:
+                        del self.seen[a]
+        for a in addrs:
+            seen = self.seen.get(a)
+            if seen is None:
+                seen = self.seen[a] = Seen()
+            else:
+                seen.forget_before(oldest)
+            seen.add(now if since is None or resync else since, math.inf)
         if new:
             log.info("📢 Client %s subscribed to %d addresses", self.client_id, len(new))
 
     def _replay(self, events: list[Event], wanted: set[str]) -> None:
-        live = self.live_since
-        held = self.subscribed_at
+        seen = self.seen
         for e in events:
             if e.addresses is None:
-                # Broadcasts since this connection went live were delivered live.
-                if live is None or e.seq <= live:
+                if e.seq not in self.seen_broadcasts:
                     self.fanout.send(self.slot, _core.frame_text(e.payload), e.seq)
                 continue
             if not any(a in wanted for a in e.addresses):
                 continue
-            if any(held.get(a, math.inf) < e.seq for a in e.addresses):
+            if any(a in seen and e.seq in seen[a] for a in e.addresses):
                 continue
             self.fanout.send(self.slot, _core.frame_text(e.payload), e.seq)
 
     def on_unsubscribe(self, data: dict[str, Any], msg_id: Any) -> None:
         addrs = _addresses(data, self.limits.max_subscriptions)
         self.fanout.index.unsubscribe(self.slot, addrs)
+        now = self.ledger.seq
         for a in addrs:
-            self.subscribed_at.pop(a, None)
+            seen = self.seen.get(a)
+            if seen is not None:
+                seen.close(now)
         self.reply("Unsubscribed", {"addresses": addrs}, msg_id)
 
     def on_hello(self, data: dict[str, Any], msg_id: Any) -> None:
