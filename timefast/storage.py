@@ -58,7 +58,7 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         # Hot pages of the UTXO and transaction indexes stay in memory: random txid
         # keys touch pages all over those B-trees.
-        self.db.execute("PRAGMA cache_size=-65536")
+        self.db.execute("PRAGMA cache_size=-16384")
         self.db.execute("PRAGMA foreign_keys=OFF")
         # Checkpoint every 16 MB of WAL rather than 4: a checkpoint copies pages into
         # the database file and syncs it, and the random-key B-trees dirty a page
