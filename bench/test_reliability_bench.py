@@ -164,7 +164,7 @@ def test_slow_consumers(loadclient, tmp_path):
              "--inflight", "16", "--timeout", "240", "--base-height",
              str(server.rpc("getblockcount")), "--progress", "slow consumers 2000 (100 slow)"],
             capture_output=True, text=True, check=True)
-        slow = orjson.loads(out.stdout)
+        slow = orjson.loads(out.stdout.strip().splitlines()[-1])
         rss_mb = server.rss_kb() / 1024
         closes = _metric(server, "timefast_slow_client_closes_total")
     finally:
@@ -207,7 +207,7 @@ def test_soak(loadclient, tmp_path):
             capture_output=True, text=True, check=True)
         stop.set()
         t.join()
-        r = orjson.loads(out.stdout)
+        r = orjson.loads(out.stdout.strip().splitlines()[-1])
     finally:
         server.stop()
     warm = samples[len(samples) // 4:] or samples
