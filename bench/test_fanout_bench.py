@@ -27,9 +27,9 @@ RESULTS = HERE / "results"
 
 # (name, mode, clients, addresses, events, in flight)
 SCENARIOS = [
-    ("broadcast 1k x1", "broadcast", 1000, 1, 200, 1),
+    ("broadcast 1k x1", "broadcast", 1000, 1, 500, 1),
     ("broadcast 1k x16", "broadcast", 1000, 1, 800, 16),
-    ("broadcast 10k x1", "broadcast", 10000, 1, 30, 1),
+    ("broadcast 10k x1", "broadcast", 10000, 1, 60, 1),
     ("broadcast 10k x16", "broadcast", 10000, 1, 160, 16),
     ("routed 10k/10k x16", "routed", 10000, 10000, 3000, 16),
 ]

@@ -18,7 +18,7 @@ cdef class _Utxo:
 
 cdef class UtxoTable:
     cdef dict _utxos            # (txid, vout) -> _Utxo
-    cdef dict _by_address       # address -> {(txid, vout): None}, insertion ordered
+    cdef dict _by_address       # address -> (txid, vout) for one coin, else {(txid, vout): None}, insertion ordered
     cdef _Utxo _find(self, str txid, long vout)
     cpdef int check_lock(self, str txid, list outpoints) except -1
     cpdef int lock(self, str txid, list outpoints) except -1

@@ -123,11 +123,16 @@ cdef class UtxoTable:
         u.votes = votes
         u.block_height = -1 if block_height is None else block_height
         self._utxos[key] = u
+        # An address with one coin maps to its key itself, a dict only from the
+        # second coin on: most addresses hold one coin, and an empty-ish dict is
+        # 232 bytes, more than the coin's own record.
         owned = self._by_address.get(address)
         if owned is None:
-            self._by_address[address] = {key: None}
+            self._by_address[address] = key
+        elif type(owned) is tuple:
+            self._by_address[address] = {owned: None, key: None}
         else:
-            owned[key] = None
+            (<dict>owned)[key] = None
 
     def get(self, str txid, long vout):
         """The record of one outpoint; raises ``UnknownOutpoint``."""
@@ -206,14 +211,22 @@ cdef class UtxoTable:
         key = (txid, vout)
         del self._utxos[key]
         owned = self._by_address[u.address]
-        del owned[key]
-        if not owned:
+        if type(owned) is tuple:
             del self._by_address[u.address]
+            return
+        del (<dict>owned)[key]
+        if len(<dict>owned) == 1:
+            for only in <dict>owned:
+                self._by_address[u.address] = only
 
     def by_address(self, str address):
         """Outpoints owned by ``address``, oldest first."""
         owned = self._by_address.get(address)
-        return [] if owned is None else list(owned)
+        if owned is None:
+            return []
+        if type(owned) is tuple:
+            return [owned]
+        return list(owned)
 
     def balance(self, str address):
         """Sum of the amounts of ``address``'s Unspent UTXOs."""
@@ -222,6 +235,8 @@ cdef class UtxoTable:
             return 0
         cdef int64_t total = 0
         cdef _Utxo u
+        if type(owned) is tuple:
+            owned = (owned,)
         for key in owned:
             u = <_Utxo>self._utxos[key]
             if u.state == UNSPENT:
