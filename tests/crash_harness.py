@@ -82,12 +82,20 @@ def run(data_dir: Path, submissions: int = 1000, kills: int = 5, seed: int = 1,
         _check(url, txs, acked, rep, sample=rnd.sample(range(submissions),
                                                        min(200, submissions)))
         stop = threading.Event()
+        due = threading.Event()
         start_i = next_i
+        # The kill lands after a random number of this cycle's submissions (on
+        # average the burst's share per kill, so the kills spread over all of it),
+        # plus a few random milliseconds: mid-request, mid-commit or in between.
+        kill_after = start_i + rnd.randint(1, max(1, 2 * submissions // kills - 1))
 
-        def burst(start: int, stop: threading.Event = stop, url: str = url) -> None:
+        def burst(start: int, stop: threading.Event = stop, url: str = url,
+                  due: threading.Event = due, kill_after: int = kill_after) -> None:
             nonlocal next_i
             i = start
             while i < len(txs) and not stop.is_set():
+                if i >= kill_after:
+                    due.set()
                 try:
                     reply = _post(url, "sendrawtransaction", txs[i].to_json())
                 except (OSError, urllib.error.URLError):
@@ -105,7 +113,8 @@ def run(data_dir: Path, submissions: int = 1000, kills: int = 5, seed: int = 1,
 
         sender = threading.Thread(target=burst, args=(start_i,), daemon=True)
         sender.start()
-        time.sleep(rnd.uniform(0.05, 0.4))
+        due.wait(10)
+        time.sleep(rnd.uniform(0, 0.01))
         node.kill()
         rep.kills += 1
         stop.set()
