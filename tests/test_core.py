@@ -296,6 +296,20 @@ class _Writer:
         return False
 
 
+def test_a_burst_leaves_no_big_buffer_behind():
+    fan = _core.Fanout(limit=1 << 20)
+    slots = [fan.open(_Writer()) for _ in range(3)]
+    for s in slots:
+        fan.send(s, b"x" * 20_000)  # a run of payments to one wallet in one turn
+    assert fan.buffer_bytes >= 60_000
+    fan.flush()
+    assert fan.buffer_bytes == 0
+    # Ordinary traffic keeps a small buffer for reuse.
+    fan.send(slots[0], b"y" * 300)
+    fan.flush()
+    assert 0 < fan.buffer_bytes <= 4096
+
+
 def test_frame_text_lengths():
     for n in (0, 125, 126, 65535, 65536):
         f = _core.frame_text(b"x" * n)

@@ -381,7 +381,7 @@ def test_capacity_origin_and_http(tmp_path):
                      "timefast_events_total", "timefast_frames_sent_total",
                      "timefast_bytes_sent_total", "timefast_slow_client_closes_total",
                      'timefast_transactions_total{outcome="finalized"}',
-                     "timefast_fanout_latency_seconds_bucket"):
+                     "timefast_fanout_latency_seconds_bucket", "timefast_send_buffer_bytes"):
             assert name in metrics
         with pytest.raises(urllib.error.HTTPError) as he:
             urllib.request.urlopen(n.http_url + "/nothing")

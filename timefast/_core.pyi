@@ -51,6 +51,7 @@ class Writer(Protocol):
 class Fanout:
     index: SubscriberIndex
     frames_queued: int
+    buffer_bytes: int
     bytes_sent: int
     writes: int
     lag_closes: int

@@ -486,6 +486,7 @@ def frame_text(bytes payload):
 
 cdef enum:
     _MIN_CAPACITY = 512
+    _KEEP_CAPACITY = 4096  # a buffer larger than this is freed once written
 
 
 cdef class Fanout:
@@ -526,6 +527,15 @@ cdef class Fanout:
     def connections(self):
         """Open slots."""
         return self._open_count
+
+    @property
+    def buffer_bytes(self):
+        """C memory the slots' output buffers hold (their capacity, used or not)."""
+        cdef size_t i
+        cdef Py_ssize_t total = 0
+        for i in range(self._nbufs):
+            total += self._bufs[i].capacity
+        return total
 
     def open(self, writer, int fd=-1):
         """Register a connection; returns its slot."""
@@ -700,8 +710,9 @@ cdef class Fanout:
         self.writes += 1
         b.length = 0
         b.last_seq_flushed = b.last_seq_queued
-        if b.capacity > 65536:
-            # Give back memory a burst took; idle connections stay small.
+        if b.capacity > _KEEP_CAPACITY:
+            # Give back memory a burst took: a wallet that once got a burst (a run of
+            # payments to its addresses) would otherwise hold its high-water mark.
             free(b.data)
             b.data = NULL
             b.capacity = 0

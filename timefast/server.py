@@ -427,6 +427,8 @@ class WalletServer:
                 ("timefast_bytes_sent_total", "counter", "Bytes written to wallets",
                  f.bytes_sent),
                 ("timefast_writes_total", "counter", "Coalesced socket writes", f.writes),
+                ("timefast_send_buffer_bytes", "gauge",
+                 "C memory held by the wallets' output buffers", f.buffer_bytes),
                 ("timefast_slow_client_closes_total", "counter",
                  "Connections closed with Lagged", f.lag_closes),
                 ("timefast_pending_transactions", "gauge", "Transactions awaiting quorum",
