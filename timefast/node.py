@@ -126,8 +126,12 @@ class Node:
                      len(b["txids"]))
         except StorageError as e:
             log.error("could not make a block: %s", e)
-        self._timers[1] = asyncio.get_running_loop().call_later(self.settings.block_interval,
-                                                                self._block)
+        loop = asyncio.get_running_loop()
+        if self._trim is not None:
+            # A block turns over thousands of events at once; once its frames are
+            # written (the flush is already queued), hand the freed pages back.
+            loop.call_soon(self._trim, 0)
+        self._timers[1] = loop.call_later(self.settings.block_interval, self._block)
 
     async def stop(self) -> None:
         """Stop accepting, close wallets with 1001, flush the database."""
