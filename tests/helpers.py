@@ -167,3 +167,33 @@ class NodeProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(30)
+
+
+class Capture:
+    """A fan-out writer that keeps every byte written (a transport stand-in)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def parse_frames(data: bytes | bytearray) -> list[bytes]:
+    """Payloads of unmasked server WebSocket frames."""
+    out, i = [], 0
+    while i < len(data):
+        n, h = data[i + 1] & 0x7F, 2
+        if n == 126:
+            n, h = int.from_bytes(data[i + 2:i + 4], "big"), 4
+        elif n == 127:
+            n, h = int.from_bytes(data[i + 2:i + 10], "big"), 10
+        out.append(bytes(data[i + h:i + h + n]))
+        i += h + n
+    return out

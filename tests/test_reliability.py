@@ -20,7 +20,7 @@ from timefast.storage import Store
 from timefast.transaction import build
 
 from . import crash_harness
-from .helpers import NodeThread, new_wallet, result, rpc
+from .helpers import Capture, NodeThread, new_wallet, parse_frames, result, rpc
 
 ERROR_CODES = {"BAD_JSON", "BAD_REQUEST", "UNKNOWN_TYPE", "INVALID_ADDRESS",
                "TOO_MANY_SUBSCRIPTIONS", "RATE_LIMITED", "TX_INVALID", "TX_CONFLICT",
@@ -147,36 +147,6 @@ def churn(tmp_path, clients: int, progress=None) -> int:
 
 
 # --------------------------------------------------------------------------- fuzzing
-
-class Capture:
-    """A writer that keeps what the fan-out writes."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def is_closing(self) -> bool:
-        return False
-
-
-def parse_frames(data: bytes) -> list[bytes]:
-    """Payloads of unmasked server frames."""
-    out, i = [], 0
-    while i < len(data):
-        n, h = data[i + 1] & 0x7F, 2
-        if n == 126:
-            n, h = int.from_bytes(data[i + 2:i + 4], "big"), 4
-        elif n == 127:
-            n, h = int.from_bytes(data[i + 2:i + 10], "big"), 10
-        out.append(bytes(data[i + h:i + h + n]))
-        i += h + n
-    return out
-
 
 @pytest.fixture(scope="module")
 def fuzz_target(tmp_path_factory):

@@ -14,44 +14,19 @@ from timefast.ledger import Ledger
 from timefast.session import Limits, Seen, WalletSession
 from timefast.storage import Store
 
-from .helpers import new_wallet
-
-
-class Sink:
-    """A fan-out writer that keeps every byte written."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def is_closing(self) -> bool:
-        return False
+from .helpers import Capture, new_wallet, parse_frames
 
 
 def messages(data: bytearray) -> list[dict]:
-    """Decode the unmasked server text frames in ``data``."""
-    out, i = [], 0
-    while i < len(data):
-        n, h = data[i + 1] & 0x7F, 2
-        if n == 126:
-            n, h = int.from_bytes(data[i + 2:i + 4], "big"), 4
-        elif n == 127:
-            n, h = int.from_bytes(data[i + 2:i + 10], "big"), 10
-        out.append(orjson.loads(bytes(data[i + h:i + h + n])))
-        i += h + n
-    return out
+    """The JSON messages a wallet was sent."""
+    return [orjson.loads(f) for f in parse_frames(data)]
 
 
 class Wallet:
     """One session on a fan-out slot, fed live events as the server does."""
 
     def __init__(self, ledger: Ledger, fanout: _core.Fanout) -> None:
-        self.sink = Sink()
+        self.sink = Capture()
         self.fanout = fanout
         self.session = WalletSession(ledger, fanout, fanout.open(self.sink), Limits())
 
@@ -146,29 +121,22 @@ def test_no_event_twice_and_none_missed_after_a_resume(tmp_path_factory, script)
             data = {"addresses": [addrs[op[1]]], "snapshot": False}
             if op[2]:
                 data["since_seq"] = start
-                resumed.setdefault(addrs[op[1]], start)
             w.say({"type": "Subscribe", "data": data})
+            if op[2]:
+                # A resume promises every event of the address from ``start`` up to
+                # the reply's ``seq`` (and live ones after it while subscribed).
+                replies = [m for m in w.got() if m["type"] == "Subscribed"]
+                resumed[addrs[op[1]]] = replies[-1]["data"]["seq"]
         else:
             w.say({"type": "Unsubscribe", "data": {"addresses": [addrs[op[1]]]}})
     got = [m["data"]["seq"] for m in w.got()
            if m["type"] not in ("Subscribed", "Unsubscribed", "Pong")]
     assert len(got) == len(set(got)), "an event reached the wallet twice"
     have = set(got)
-    for a in resumed:
-        # Resuming from ``start`` delivers everything about the address since then.
-        missing = [e.seq for e in led.recent if e.seq > start and e.addresses is not None
-                   and a in e.addresses and e.seq not in have
-                   and e.seq <= _last_resume_seq(w, a)]
+    for a, upto in resumed.items():
+        missing = [e.seq for e in led.recent if start < e.seq <= upto
+                   and e.addresses is not None and a in e.addresses and e.seq not in have]
         assert not missing, (a, missing)
-
-
-def _last_resume_seq(w: Wallet, address: str) -> float:
-    """The ``seq`` of the wallet's last resuming Subscribe to ``address``."""
-    last = -1
-    for m in w.got():
-        if m["type"] == "Subscribed" and address in m["data"]["addresses"]:
-            last = m["data"]["seq"]
-    return last
 
 
 @pytest.mark.parametrize("since", [None, 0])
