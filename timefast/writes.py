@@ -8,7 +8,8 @@ last state.  A step that fails merges nothing, so it needs no savepoint.
 
 Invariant: for every key staged here, the staged row is newer than the database's;
 for any other key the database is current.  Keyed reads (``tx_status``, ``utxo``,
-``has_vote``) answer from here first; other reads flush first (``Ledger._read``).
+``has_vote``) answer from here first; other reads flush first
+(``Ledger._flush_staged``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any
 
 Outpoint = tuple[str, int]
 
-# txs columns in INSERT order.
-TX_COLUMNS = ("txid", "raw", "status", "accepted_at", "finalized_seq", "reason",
-              "addresses", "block_height")
+# Where status, finalized_seq, reason and block_height sit in a new transaction row
+# (the txs columns in INSERT order) and in a change to a stored one.
+_NEW_TX_SLOTS = (2, 4, 5, 7)
+_CHANGE_SLOTS = (0, 1, 2, 3)
 
 
 class Writes:
@@ -58,23 +60,14 @@ class Writes:
                reason: str | None = None, block_height: int | None = None) -> None:
         """Change a transaction's status and, where given, its other fields."""
         row = self.new_txs.get(txid)
-        if row is not None:
-            row[2] = status
-            if finalized_seq is not None:
-                row[4] = finalized_seq
-            if reason is not None:
-                row[5] = reason
-            if block_height is not None:
-                row[7] = block_height
-            return
-        old = self.tx_changes.get(txid)
-        if old is None:
-            self.tx_changes[txid] = [status, finalized_seq, reason, block_height]
-            return
-        old[0] = status
-        for i, v in ((1, finalized_seq), (2, reason), (3, block_height)):
+        slots = _NEW_TX_SLOTS
+        if row is None:
+            row = self.tx_changes.setdefault(txid, [None, None, None, None])
+            slots = _CHANGE_SLOTS
+        row[slots[0]] = status
+        for i, v in zip(slots[1:], (finalized_seq, reason, block_height), strict=True):
             if v is not None:
-                old[i] = v
+                row[i] = v
 
     def put_utxo(self, op: Outpoint, row: list[Any], new: bool) -> None:
         """A UTXO's latest row; ``new`` when it was created by this batch's steps."""
