@@ -20,15 +20,14 @@ from websockets.asyncio.client import connect
 
 from bench import report
 from bench.progress import Progress
-from tests.helpers import NodeProcess, new_wallet, result
+from tests.helpers import NodeProcess, fund_coins, new_wallet
 from timefast.transaction import build
 
 SIZES = ([int(os.environ["LEDGER_BENCH_TX"])] if os.environ.get("LEDGER_BENCH_TX")
          else [4000, 20000])
 IN_FLIGHT = 256
-# Coins come from split transactions of SPLIT outputs each.  Every output's event
-# carries the whole transaction (SPEC 3.2), so wide splits would fill the event log
-# with megabytes the timed part then has to age out.
+# Outputs per split transaction that funds the run (tests.helpers.fund_coins): wide
+# splits would fill the event log with megabytes the timed part then has to age out.
 SPLIT = 100
 
 
@@ -36,14 +35,9 @@ def _prepare(node, n_tx: int, receivers: int = 16):
     """Pre-signed transactions; transaction i pays receiver i % receivers."""
     ka, a = new_wallet()
     bs = [new_wallet()[1] for _ in range(receivers)]
-    splits = []
-    for _ in range((n_tx + SPLIT - 1) // SPLIT):
-        coin = result(node.rpc_url, "faucet", a, 1000 * SPLIT)
-        split = build([(coin, 0, ka)], [(a, 1000)] * SPLIT, timestamp=1)
-        result(node.rpc_url, "sendrawtransaction", split.to_json())
-        splits.append(split.txid)
-    txs = [build([(splits[i // SPLIT], i % SPLIT, ka)], [(bs[i % receivers], 600), (a, 400)],
-                 timestamp=i) for i in range(n_tx)]
+    coins = fund_coins(node.rpc_url, ka, a, n_tx, SPLIT)
+    txs = [build([(*coins[i], ka)], [(bs[i % receivers], 600), (a, 400)], timestamp=i)
+           for i in range(n_tx)]
     return bs, txs
 
 

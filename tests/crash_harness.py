@@ -26,10 +26,10 @@ from pathlib import Path
 
 import orjson
 
-from tests.helpers import NodeProcess, base_env, new_wallet, result
+from tests.helpers import NodeProcess, base_env, fund_coins, new_wallet
 from timefast.transaction import build
 
-SPLIT = 200
+SPLIT = 200  # outputs per funding split (tests.helpers.fund_coins)
 
 
 @dataclass
@@ -58,16 +58,8 @@ def run(data_dir: Path, submissions: int = 1000, kills: int = 5, seed: int = 1,
     node = NodeProcess(data_dir).start()
     ka, a = new_wallet()
     _, b = new_wallet()
-    splits = []
-    # Coins for the burst, SPLIT to a transaction (each output's event carries the
-    # whole transaction, so wide ones make a large event log).
-    for _ in range((submissions + SPLIT - 1) // SPLIT):
-        coin = result(node.rpc_url, "faucet", a, 1000 * SPLIT)
-        split = build([(coin, 0, ka)], [(a, 1000)] * SPLIT, timestamp=1)
-        result(node.rpc_url, "sendrawtransaction", split.to_json())
-        splits.append(split.txid)
-    txs = [build([(splits[i // SPLIT], i % SPLIT, ka)], [(b, 600)], timestamp=i)
-           for i in range(submissions)]
+    coins = fund_coins(node.rpc_url, ka, a, submissions, SPLIT)
+    txs = [build([(*coins[i], ka)], [(b, 600)], timestamp=i) for i in range(submissions)]
     acked: set[str] = set()
     next_i = 0
 

@@ -6,21 +6,16 @@ import asyncio
 
 import pytest
 
-from timefast import crypto
 from timefast.commits import GroupCommit
-from timefast.ledger import Ledger, LedgerError
-from timefast.storage import StorageError, Store
+from timefast.ledger import LedgerError
+from timefast.storage import StorageError
 from timefast.transaction import build
 
-from .helpers import new_wallet
+from .helpers import ledger_with_coins, new_wallet
 
 
 def _setup(tmp_path):
-    led = Ledger(Store(tmp_path / "c.db"), "regtest", crypto.new_key())
-    ka, a = new_wallet()
-    coin = led.faucet(a, 10_000)
-    split = build([(coin, 0, ka)], [(a, 1000)] * 10, timestamp=1)
-    led.submit(split.to_json())
+    led, ka, a, split = ledger_with_coins(tmp_path / "c.db")
     announced = []
     led.listeners.append(announced.extend)
     return led, ka, a, split, announced

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from timefast import crypto
-from timefast.ledger import Ledger, LedgerError
+from timefast.ledger import LedgerError
 from timefast.storage import StorageError, Store
 from timefast.transaction import build
 from timefast.writes import Writes
 
-from .helpers import new_wallet
+from .helpers import ledger_with_coins, new_wallet
 
 
 class CountingDb:
@@ -90,17 +89,8 @@ def test_cleared_votes_go_before_new_ones(tmp_path):
     assert store.query("SELECT voter FROM votes") == [("new",)]
 
 
-def _ledger(tmp_path):
-    led = Ledger(Store(tmp_path / "l.db"), "regtest", crypto.new_key())
-    ka, a = new_wallet()
-    coin = led.faucet(a, 10_000)
-    split = build([(coin, 0, ka)], [(a, 1000)] * 10, timestamp=1)
-    led.submit(split.to_json())
-    return led, ka, a, split
-
-
 def test_a_batch_reads_its_own_writes(tmp_path):
-    led, ka, a, split = _ledger(tmp_path)
+    led, ka, a, split = ledger_with_coins(tmp_path / "l.db")
     tx = build([(split.txid, 0, ka)], [(new_wallet()[1], 500)], timestamp=2)
     with led.batch():
         led.submit(tx.to_json())
@@ -118,7 +108,7 @@ def test_a_batch_reads_its_own_writes(tmp_path):
 
 
 def test_batch_commit_uses_one_statement_per_kind(tmp_path, monkeypatch):
-    led, ka, _a, split = _ledger(tmp_path)
+    led, ka, _a, split = ledger_with_coins(tmp_path / "l.db")
     txs = [build([(split.txid, i, ka)], [(new_wallet()[1], 500)], timestamp=i)
            for i in range(8)]
     counting = CountingDb(led.store.db)
@@ -148,7 +138,7 @@ def test_batch_commit_uses_one_statement_per_kind(tmp_path, monkeypatch):
 
 
 def test_a_failed_write_mid_batch_fails_the_whole_batch(tmp_path):
-    led, ka, a, split = _ledger(tmp_path)
+    led, ka, a, split = ledger_with_coins(tmp_path / "l.db")
     seq, balance = led.seq, led.balance(a)
     tx = build([(split.txid, 0, ka)], [(new_wallet()[1], 500)], timestamp=2)
     with pytest.raises(StorageError), led.batch():
