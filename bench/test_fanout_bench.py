@@ -144,16 +144,18 @@ SERVERS = {"timefast": start_timefast, "websockets.broadcast": start_websockets,
 
 
 def run_client(client: Path, server: Server, mode: str, clients: int, addresses: int,
-               events: int, inflight: int) -> dict:
-    """One load-client run; adds ``server_cpu_timed_s``, the server's CPU time over
-    the timed part (from the client's "timed" line to its result)."""
+               events: int, inflight: int, *extra: str, timeout: float = 120) -> dict:
+    """One load-client run (``extra``: more client options, ``timeout``: its own
+    limit in seconds); adds ``server_cpu_timed_s``, the server's CPU time over the
+    timed part (from the client's "timed" line to its result)."""
     base = server.rpc("getblockcount")
     proc = subprocess.Popen(
         [str(client), "--ws-port", str(server.ws_port), "--rpc-port", str(server.rpc_port),
          "--conns", str(clients), "--addresses", str(addresses), "--mode", mode,
-         "--events", str(events), "--inflight", str(inflight), "--timeout", "120",
-         "--base-height", str(base),
-         "--progress", f"{server.name}: {mode} {clients} clients, {inflight} in flight"],
+         "--events", str(events), "--inflight", str(inflight), "--timeout", str(timeout),
+         "--base-height", str(base), *extra,
+         "--progress", f"{server.name}: {mode} {clients} clients, {inflight} in flight"
+         + (f" {' '.join(extra)}" if extra else "")],
         stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     cpu0 = None
@@ -164,7 +166,7 @@ def run_client(client: Path, server: Server, mode: str, clients: int, addresses:
         elif line.strip():
             last = line
     cpu1 = server.cpu_seconds()
-    assert proc.wait(300) == 0
+    assert proc.wait(timeout + 180) == 0
     r = orjson.loads(last)
     r["server_cpu_timed_s"] = cpu1 - cpu0 if cpu0 is not None else 0.0
     return r

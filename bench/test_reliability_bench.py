@@ -158,13 +158,8 @@ def test_slow_consumers(loadclient, tmp_path):
     server = start_timefast(tmp_path)
     try:
         base = run_client(loadclient, server, "broadcast", 2000, 1, 300, 16)
-        out = __import__("subprocess").run(
-            [str(loadclient), "--ws-port", str(server.ws_port), "--rpc-port",
-             str(server.rpc_port), "--conns", "2000", "--slow", "100", "--events", "10000",
-             "--inflight", "16", "--timeout", "240", "--base-height",
-             str(server.rpc("getblockcount")), "--progress", "slow consumers 2000 (100 slow)"],
-            capture_output=True, text=True, check=True)
-        slow = orjson.loads(out.stdout.strip().splitlines()[-1])
+        slow = run_client(loadclient, server, "broadcast", 2000, 1, 10000, 16, "--slow", "100",
+                          timeout=240)
         rss_mb = server.rss_kb() / 1024
         closes = _metric(server, "timefast_slow_client_closes_total")
     finally:
@@ -198,16 +193,10 @@ def test_soak(loadclient, tmp_path):
     try:
         t = threading.Thread(target=sample, daemon=True)
         t.start()
-        out = __import__("subprocess").run(
-            [str(loadclient), "--ws-port", str(server.ws_port), "--rpc-port",
-             str(server.rpc_port), "--conns", "2000", "--per-conn", "20", "--addresses",
-             "40000", "--mode", "routed", "--events", str(int(seconds * rate)),
-             "--rate", str(rate), "--inflight", "8", "--timeout", str(seconds + 120),
-             "--progress", f"soak {seconds:.0f}s"],
-            capture_output=True, text=True, check=True)
+        r = run_client(loadclient, server, "routed", 2000, 40000, int(seconds * rate), 8,
+                       "--per-conn", "20", "--rate", str(rate), timeout=seconds + 120)
         stop.set()
         t.join()
-        r = orjson.loads(out.stdout.strip().splitlines()[-1])
     finally:
         server.stop()
     warm = samples[len(samples) // 4:] or samples
