@@ -30,6 +30,13 @@ def allowed(from_state: str, to_state: str) -> bool:
     return (from_state, to_state) in ALLOWED
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def _is_txid(txid: object) -> bool:
+    return isinstance(txid, str) and len(txid) == 64 and set(txid) <= _HEX
+
+
 @dataclass
 class _Utxo:
     address: str
@@ -59,11 +66,15 @@ class UtxoTable:
     def add(self, txid: str, vout: int, address: str, amount: int, state: str = "Unspent",
             spending_txid: str | None = None, votes: int = 0,
             block_height: int | None = None) -> None:
+        if not _is_txid(txid) or not 0 <= vout <= 0xFFFFFFFF:
+            raise ValueError(f"outpoint {txid!r}:{vout} is not a 64-hex txid and a vout")
         if (txid, vout) in self._utxos:
             raise DuplicateOutpoint(txid, vout)
         if amount <= 0:
             raise ValueError("amount must be positive")
         allowed(state, state)
+        if spending_txid is not None and not _is_txid(spending_txid):
+            raise ValueError(f"spending txid {spending_txid!r} is not 64 hex characters")
         self._utxos[(txid, vout)] = _Utxo(address, amount, state, spending_txid, votes,
                                           block_height)
 
@@ -75,6 +86,8 @@ class UtxoTable:
         return self._find(txid, vout).state
 
     def check_lock(self, txid: str, outpoints: list) -> int:
+        if not _is_txid(txid):
+            raise ValueError(f"spending txid {txid!r} is not 64 hex characters")
         seen = set()
         for op in outpoints:
             if op in seen:

@@ -21,6 +21,10 @@ STATES = core_model.STATES
 ALLOWED = sorted(core_model.ALLOWED)
 REFUSED = sorted(set(itertools.product(STATES, STATES)) - core_model.ALLOWED)
 
+# txids are 64 lowercase hex characters (SPEC 4.1).
+A_TX, B_TX, C_TX, F_TX = "a" * 64, "b" * 64, "c" * 64, "f" * 64
+S_TX, S1_TX, S2_TX, S3_TX = "5" * 64, "1" * 64, "2" * 64, "3" * 64
+
 
 def test_compiled_module_is_an_extension():
     assert _core.__file__.endswith((".so", ".pyd"))
@@ -33,108 +37,160 @@ def test_state_names_match():
 @pytest.mark.parametrize(("src", "dst"), ALLOWED)
 def test_allowed_transition(impl, src, dst):
     t = impl.UtxoTable()
-    t.add("aa", 0, "A", 5, state=src, spending_txid=None if src == "Unspent" else "tx")
+    t.add(A_TX, 0, "A", 5, state=src, spending_txid=None if src == "Unspent" else S_TX)
     assert impl.allowed(src, dst)
-    assert t.transition("aa", 0, dst) == src
-    assert t.state("aa", 0) == dst
+    assert t.transition(A_TX, 0, dst) == src
+    assert t.state(A_TX, 0) == dst
 
 
 @pytest.mark.parametrize(("src", "dst"), REFUSED)
 def test_refused_transition(impl, src, dst):
     t = impl.UtxoTable()
-    t.add("aa", 0, "A", 5, state=src)
+    t.add(A_TX, 0, "A", 5, state=src)
     assert not impl.allowed(src, dst)
     with pytest.raises(IllegalTransition) as e:
-        t.transition("aa", 0, dst)
+        t.transition(A_TX, 0, dst)
     assert (e.value.from_state, e.value.to_state) == (src, dst)
     assert src in str(e.value) and dst in str(e.value)
-    assert t.state("aa", 0) == src
+    assert t.state(A_TX, 0) == src
 
 
 def test_unknown_state_name_is_refused(impl):
     t = impl.UtxoTable()
-    t.add("aa", 0, "A", 5)
+    t.add(A_TX, 0, "A", 5)
     with pytest.raises(ValueError):
-        t.transition("aa", 0, "Spent")
+        t.transition(A_TX, 0, "Spent")
 
 
 def test_unknown_outpoint(impl):
     t = impl.UtxoTable()
     with pytest.raises(UnknownOutpoint):
-        t.get("ff", 1)
+        t.get(F_TX, 1)
     with pytest.raises(UnknownOutpoint):
-        t.transition("ff", 1, "Locked")
+        t.transition(F_TX, 1, "Locked")
     with pytest.raises(UnknownOutpoint):
-        t.lock("tx", [("ff", 1)])
+        t.lock(S_TX, [(F_TX, 1)])
 
 
 def test_lock_is_all_or_nothing_and_first_wins(impl):
     t = impl.UtxoTable()
-    t.add("a", 0, "A", 10)
-    t.add("a", 1, "A", 20)
-    t.add("b", 0, "B", 30)
-    t.lock("tx1", [("a", 0), ("b", 0)])
+    t.add(A_TX, 0, "A", 10)
+    t.add(A_TX, 1, "A", 20)
+    t.add(B_TX, 0, "B", 30)
+    t.lock(S1_TX, [(A_TX, 0), (B_TX, 0)])
     with pytest.raises(LockConflict) as e:
-        t.lock("tx2", [("a", 1), ("b", 0)])
-    assert (e.value.txid, e.value.vout) == ("b", 0)
-    assert e.value.spending_txid == "tx1"
+        t.lock(S2_TX, [(A_TX, 1), (B_TX, 0)])
+    assert (e.value.txid, e.value.vout) == (B_TX, 0)
+    assert e.value.spending_txid == S1_TX
     assert e.value.state == "Locked"
     # The loser's other input was not touched.
-    assert t.state("a", 1) == "Unspent"
-    assert t.get("a", 0)[3] == "tx1"
+    assert t.state(A_TX, 1) == "Unspent"
+    assert t.get(A_TX, 0)[3] == S1_TX
     with pytest.raises(DuplicateOutpoint):
-        t.lock("tx3", [("a", 1), ("a", 1)])
-    assert t.state("a", 1) == "Unspent"
+        t.lock(S3_TX, [(A_TX, 1), (A_TX, 1)])
+    assert t.state(A_TX, 1) == "Unspent"
 
 
 def test_rejection_clears_spender_and_votes(impl):
     t = impl.UtxoTable()
-    t.add("a", 0, "A", 10)
-    t.lock("tx", [("a", 0)])
-    t.transition("a", 0, "SpentPending", votes=2)
-    assert t.get("a", 0)[3:5] == ("tx", 2)
-    t.transition("a", 0, "Unspent")
-    assert t.get("a", 0) == ("A", 10, "Unspent", None, 0, None)
+    t.add(A_TX, 0, "A", 10)
+    t.lock(S_TX, [(A_TX, 0)])
+    t.transition(A_TX, 0, "SpentPending", votes=2)
+    assert t.get(A_TX, 0)[3:5] == (S_TX, 2)
+    t.transition(A_TX, 0, "Unspent")
+    assert t.get(A_TX, 0) == ("A", 10, "Unspent", None, 0, None)
 
 
 def test_balance_and_listing(impl):
     t = impl.UtxoTable()
-    t.add("a", 0, "A", 10)
-    t.add("a", 1, "B", 20)
-    t.add("b", 0, "A", 30)
-    t.lock("tx", [("b", 0)])
+    t.add(A_TX, 0, "A", 10)
+    t.add(A_TX, 1, "B", 20)
+    t.add(B_TX, 0, "A", 30)
+    t.lock(S_TX, [(B_TX, 0)])
     assert t.balance("A") == 10
     assert t.balance("nobody") == 0
-    assert t.by_address("A") == [("a", 0), ("b", 0)]
+    assert t.by_address("A") == [(A_TX, 0), (B_TX, 0)]
     assert t.by_address("nobody") == []
     with pytest.raises(DuplicateOutpoint):
-        t.add("a", 0, "A", 1)
+        t.add(A_TX, 0, "A", 1)
     with pytest.raises(ValueError):
-        t.add("c", 0, "A", 0)
+        t.add(C_TX, 0, "A", 0)
 
 
 def test_forget_drops_only_confirmed_coins(impl):
     t = impl.UtxoTable()
-    t.add("a", 0, "A", 10)
-    t.add("a", 1, "A", 20)
-    t.lock("tx", [("a", 0)])
+    t.add(A_TX, 0, "A", 10)
+    t.add(A_TX, 1, "A", 20)
+    t.lock(S_TX, [(A_TX, 0)])
     for state in ("SpentPending", "SpentFinalized"):
         with pytest.raises(IllegalTransition):
-            t.forget("a", 0)
-        t.transition("a", 0, state)
+            t.forget(A_TX, 0)
+        t.transition(A_TX, 0, state)
     with pytest.raises(IllegalTransition):
-        t.forget("a", 1)  # Unspent: still the address's money
-    t.transition("a", 0, "Confirmed", block_height=3)
-    t.forget("a", 0)
-    assert ("a", 0) not in t and len(t) == 1
-    assert t.by_address("A") == [("a", 1)]
+        t.forget(A_TX, 1)  # Unspent: still the address's money
+    t.transition(A_TX, 0, "Confirmed", block_height=3)
+    t.forget(A_TX, 0)
+    assert (A_TX, 0) not in t and len(t) == 1
+    assert t.by_address("A") == [(A_TX, 1)]
     with pytest.raises(UnknownOutpoint):
-        t.forget("a", 0)
-    t.lock("tx2", [("a", 1)])
+        t.forget(A_TX, 0)
+    t.lock(S2_TX, [(A_TX, 1)])
     for state in ("SpentPending", "SpentFinalized", "Confirmed"):
-        t.transition("a", 1, state)
-    t.forget("a", 1)
+        t.transition(A_TX, 1, state)
+    t.forget(A_TX, 1)
     assert t.by_address("A") == [] and t.balance("A") == 0
+
+
+def test_txids_are_64_lowercase_hex(impl):
+    t = impl.UtxoTable()
+    for bad in ("a" * 63, "A" * 64, "g" * 64, "a" * 65, "é" * 64):
+        with pytest.raises(ValueError):
+            t.add(bad, 0, "A", 1)
+        with pytest.raises(UnknownOutpoint):
+            t.get(bad, 0)
+        assert (bad, 0) not in t
+    with pytest.raises(ValueError):
+        t.add(A_TX, -1, "A", 1)
+    with pytest.raises(ValueError):
+        t.add(A_TX, 0, "A", 1, state="Locked", spending_txid="not a txid")
+    t.add(A_TX, 0, "A", 1)
+    with pytest.raises(ValueError):
+        t.lock("S" * 64, [(A_TX, 0)])
+    assert t.state(A_TX, 0) == "Unspent"
+    t.lock(S_TX, [(A_TX, 0)])
+    assert t.get(A_TX, 0) == ("A", 1, "Locked", S_TX, 0, None)
+    assert t.by_address("A") == [(A_TX, 0)]
+
+
+def test_an_address_with_many_coins_keeps_its_order(impl):
+    # Forgetting coins out of a long list compacts it behind the scenes: the
+    # order stays oldest first and the address is forgotten with its last coin.
+    t = impl.UtxoTable()
+    txids = [f"{i:064x}" for i in range(300)]
+    for i, txid in enumerate(txids):
+        t.add(txid, i % 3, "BIG", 1 + i)
+    gone = set()
+    for i, txid in enumerate(txids):
+        if i % 4 != 1:
+            t.lock(S_TX, [(txid, i % 3)])
+            for state in ("SpentPending", "SpentFinalized", "Confirmed"):
+                t.transition(txid, i % 3, state)
+            t.forget(txid, i % 3)
+            gone.add(i)
+            kept = [(x, j % 3) for j, x in enumerate(txids) if j not in gone]
+            if i % 37 == 0:
+                assert t.by_address("BIG") == kept
+    assert t.by_address("BIG") == [(x, j % 3) for j, x in enumerate(txids) if j % 4 == 1]
+    assert t.balance("BIG") == sum(1 + j for j in range(300) if j % 4 == 1)
+    for j, txid in enumerate(txids):
+        if j % 4 == 1:
+            t.lock(S_TX, [(txid, j % 3)])
+            for state in ("SpentPending", "SpentFinalized", "Confirmed"):
+                t.transition(txid, j % 3, state)
+            t.forget(txid, j % 3)
+    assert t.by_address("BIG") == [] and len(t) == 0
+    t.add(A_TX, 0, "BIG", 5)
+    assert t.by_address("BIG") == [(A_TX, 0)] and t.balance("BIG") == 5
 
 
 def test_route_returns_each_subscriber_once(impl):
@@ -156,7 +212,7 @@ def test_route_returns_each_subscriber_once(impl):
 # --------------------------------------------------------------------------- model check
 
 ADDRESSES = [f"A{i}" for i in range(6)]
-TXIDS = ["t0", "t1", "t2"]
+TXIDS = [c * 64 for c in "012"]
 OUTPOINTS = [(t, v) for t in TXIDS for v in range(2)]
 
 
@@ -185,7 +241,7 @@ class CoreVsModel(RuleBasedStateMachine):
     def add(self, op, address, amount):
         self.both("add", self.c_tab, self.m_tab, op[0], op[1], address, amount)
 
-    @rule(txid=st.sampled_from(["s1", "s2"]),
+    @rule(txid=st.sampled_from(["d" * 64, "e" * 64]),
           ops=st.lists(st.sampled_from(OUTPOINTS), min_size=1, max_size=3))
     def lock(self, txid, ops):
         self.both("lock", self.c_tab, self.m_tab, txid, ops)

@@ -25,6 +25,7 @@ from cpython.long cimport PyLong_AsUnsignedLong
 from cpython.object cimport PyObject
 from cpython.sequence cimport PySequence_Fast, PySequence_Fast_GET_SIZE, PySequence_Fast_ITEMS
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_GET_LENGTH, PyUnicode_KIND, PyUnicode_DATA, PyUnicode_1BYTE_KIND, PyUnicode_New
 
 from timefast._sys cimport c_send, MSG_NOSIGNAL, MSG_DONTWAIT, errno, EAGAIN, EWOULDBLOCK, EINTR
 
@@ -74,87 +75,196 @@ def allowed(str from_state, str to_state):
     return bool(_ALLOWED[_state_id(from_state)][_state_id(to_state)])
 
 
-cdef class _Utxo:
-    """One UTXO's record; private to the table (callers get tuples)."""
+# ---------------------------------------------------------------------------
+# txids in C: 64 lowercase hex characters <-> 32 bytes
+# ---------------------------------------------------------------------------
 
-    def __cinit__(self, str address, int64_t amount):
-        self.address = address
-        self.amount = amount
-        self.state = UNSPENT
-        self.spending_txid = None
-        self.votes = 0
-        self.block_height = -1
+cdef signed char _HEX_VALUE[256]
+cdef int _c
+for _c in range(256):
+    _HEX_VALUE[_c] = -1
+for _c in range(10):
+    _HEX_VALUE[48 + _c] = _c
+for _c in range(6):
+    _HEX_VALUE[97 + _c] = 10 + _c
+cdef const char* _HEX_DIGITS = b"0123456789abcdef"
+
+
+cdef inline bint _parse_txid(str txid, uint8_t* out) noexcept:
+    # False unless ``txid`` is exactly 64 lowercase hex characters (the only form
+    # a txid has: SPEC 4.1).
+    cdef Py_ssize_t i
+    cdef const uint8_t* p
+    cdef signed char hi, lo
+    if PyUnicode_GET_LENGTH(txid) != 64 or PyUnicode_KIND(txid) != PyUnicode_1BYTE_KIND:
+        return False
+    p = <const uint8_t*>PyUnicode_DATA(txid)
+    for i in range(32):
+        hi = _HEX_VALUE[p[2 * i]]
+        lo = _HEX_VALUE[p[2 * i + 1]]
+        if hi < 0 or lo < 0:
+            return False
+        out[i] = <uint8_t>((hi << 4) | lo)
+    return True
+
+
+cdef inline str _txid_str(const uint8_t* raw):
+    cdef str s = PyUnicode_New(64, 127)
+    cdef uint8_t* p = <uint8_t*>PyUnicode_DATA(s)
+    cdef Py_ssize_t i
+    for i in range(32):
+        p[2 * i] = _HEX_DIGITS[raw[i] >> 4]
+        p[2 * i + 1] = _HEX_DIGITS[raw[i] & 15]
+    return s
+
+
+cdef inline object _spender(tf_entry* e):
+    return _txid_str(e.second.spender) if e.second.has_spender else None
+
+
+cdef inline bint _key(str txid, long vout, tf_outkey* k) noexcept:
+    # False when no outpoint can have this name.
+    if vout < 0 or vout > 0xFFFFFFFF:
+        return False
+    k.vout = <uint32_t>vout
+    return _parse_txid(txid, <uint8_t*>k.w)
 
 
 cdef class UtxoTable:
     """Outpoint ``(txid, vout)`` -> UTXO record, moved only along SPEC 4.2.
 
-    ``get`` returns ``(address, amount, state, spending_txid, votes, block_height)``
-    with ``block_height`` None when unset.
+    Records are C structs keyed by the txid's 32 bytes, so a txid must be 64
+    lowercase hex characters: ``add`` and ``lock`` refuse any other with
+    ``ValueError``, and lookups treat it as unknown.  ``get`` returns ``(address,
+    amount, state, spending_txid, votes, block_height)`` with ``block_height`` None
+    when unset.
     """
 
     def __cinit__(self):
-        self._utxos = {}
-        self._by_address = {}
+        self._rows = {}
+        self._row_address = []
 
     def __len__(self):
-        return len(self._utxos)
+        return self._coins.size()
 
     def __contains__(self, outpoint):
-        return outpoint in self._utxos
+        cdef tf_outkey k
+        if type(outpoint) is not tuple or len(<tuple>outpoint) != 2:
+            return False
+        txid, vout = outpoint
+        if type(txid) is not str or type(vout) is not int:
+            return False
+        return _key(txid, vout, &k) and tf_find(self._coins, k) != NULL
 
-    cdef _Utxo _find(self, str txid, long vout):
-        cdef object u = self._utxos.get((txid, vout))
-        if u is None:
+    cdef tf_entry* _find(self, str txid, long vout) except NULL:
+        cdef tf_outkey k
+        cdef tf_entry* e = NULL
+        if _key(txid, vout, &k):
+            e = tf_find(self._coins, k)
+        if e == NULL:
             raise UnknownOutpoint(txid, vout)
-        return <_Utxo>u
+        return e
+
+    cdef uint32_t _row_for(self, str address) except? 0xFFFFFFFF:
+        cdef uint32_t row
+        r = self._rows.get(address)
+        if r is not None:
+            return <uint32_t>r
+        if self._free_rows.empty():
+            row = <uint32_t>self._row_coins.size()
+            self._row_coins.resize(row + 1)
+            self._row_dead.push_back(0)
+            self._row_address.append(address)
+        else:
+            row = self._free_rows.back()
+            self._free_rows.pop_back()
+            self._row_address[row] = address
+        self._rows[address] = row
+        return row
+
+    cdef void _unlink(self, tf_entry* e) noexcept:
+        # Take a coin out of its address's list, which keeps the order of the
+        # others: its place becomes NULL and the list is compacted once half of
+        # it is NULLs, so removal is O(1) amortized however many coins the
+        # address holds.  An address left with no coin gives its row back.
+        cdef uint32_t row = e.second.row
+        cdef tf_entry_list* lst = &self._row_coins[row]
+        cdef size_t i, j = 0
+        lst[0][e.second.pos] = NULL
+        self._row_dead[row] += 1
+        if self._row_dead[row] == lst.size():
+            lst.clear()
+            lst.shrink_to_fit()
+            self._row_dead[row] = 0
+            address = self._row_address[row]
+            del self._rows[address]
+            self._row_address[row] = None
+            self._free_rows.push_back(row)
+            return
+        if self._row_dead[row] * 2 > lst.size():
+            for i in range(lst.size()):
+                if lst[0][i] != NULL:
+                    lst[0][j] = lst[0][i]
+                    lst[0][j].second.pos = <uint32_t>j
+                    j += 1
+            lst.resize(j)
+            lst.shrink_to_fit()
+            self._row_dead[row] = 0
 
     def add(self, str txid, long vout, str address, int64_t amount, str state="Unspent",
             spending_txid=None, int votes=0, block_height=None):
         """Insert a UTXO (new outputs are Unspent; other states restore from disk)."""
-        key = (txid, vout)
-        if key in self._utxos:
+        cdef tf_outkey k
+        cdef uint8_t spender[32]
+        if not _key(txid, vout, &k):
+            raise ValueError(f"outpoint {txid!r}:{vout} is not a 64-hex txid and a vout")
+        if tf_find(self._coins, k) != NULL:
             raise DuplicateOutpoint(txid, vout)
         if amount <= 0:
             raise ValueError("amount must be positive")
-        cdef _Utxo u = _Utxo(address, amount)
-        u.state = _state_id(state)
-        u.spending_txid = spending_txid
-        u.votes = votes
-        u.block_height = -1 if block_height is None else block_height
-        self._utxos[key] = u
-        # An address with one coin maps to its key itself, a dict only from the
-        # second coin on: most addresses hold one coin, and an empty-ish dict is
-        # 232 bytes, more than the coin's own record.
-        owned = self._by_address.get(address)
-        if owned is None:
-            self._by_address[address] = key
-        elif type(owned) is tuple:
-            self._by_address[address] = {owned: None, key: None}
-        else:
-            (<dict>owned)[key] = None
+        cdef int st = _state_id(state)
+        if spending_txid is not None and (type(spending_txid) is not str
+                                          or not _parse_txid(spending_txid, spender)):
+            raise ValueError(f"spending txid {spending_txid!r} is not 64 hex characters")
+        cdef uint32_t row = self._row_for(address)
+        cdef tf_entry* e = tf_insert(self._coins, k)
+        e.second.amount = amount
+        e.second.block_height = -1 if block_height is None else block_height
+        e.second.votes = votes
+        e.second.state = <uint8_t>st
+        e.second.has_spender = spending_txid is not None
+        if e.second.has_spender:
+            memcpy(e.second.spender, spender, 32)
+        e.second.row = row
+        e.second.pos = <uint32_t>self._row_coins[row].size()
+        self._row_coins[row].push_back(e)
 
     def get(self, str txid, long vout):
         """The record of one outpoint; raises ``UnknownOutpoint``."""
-        cdef _Utxo u = self._find(txid, vout)
-        return (u.address, u.amount, _STATE_NAMES[u.state], u.spending_txid, u.votes,
-                None if u.block_height < 0 else u.block_height)
+        cdef tf_entry* e = self._find(txid, vout)
+        return (self._row_address[e.second.row], e.second.amount,
+                _STATE_NAMES[e.second.state], _spender(e), e.second.votes,
+                None if e.second.block_height < 0 else e.second.block_height)
 
     def state(self, str txid, long vout):
         """The state name of one outpoint; raises ``UnknownOutpoint``."""
-        return _STATE_NAMES[self._find(txid, vout).state]
+        return _STATE_NAMES[self._find(txid, vout).second.state]
 
     cpdef int check_lock(self, str txid, list outpoints) except -1:
         """Raise what ``lock`` would raise, changing nothing."""
         cdef set seen = set()
-        cdef _Utxo u
+        cdef tf_entry* e
+        cdef uint8_t spender[32]
+        if not _parse_txid(txid, spender):
+            raise ValueError(f"spending txid {txid!r} is not 64 hex characters")
         for op in outpoints:
             if op in seen:
                 raise DuplicateOutpoint(op[0], op[1])
             seen.add(op)
-            u = self._find(op[0], op[1])
-            if u.state != UNSPENT:
-                raise LockConflict(op[0], op[1], _STATE_NAMES[u.state], u.spending_txid)
+            e = self._find(op[0], op[1])
+            if e.second.state != UNSPENT:
+                raise LockConflict(op[0], op[1], _STATE_NAMES[e.second.state],
+                                   _spender(e))
         return 0
 
     cpdef int lock(self, str txid, list outpoints) except -1:
@@ -163,39 +273,44 @@ cdef class UtxoTable:
         A loser gets ``LockConflict`` naming the input that is taken, its state and
         the transaction holding it.
         """
+        cdef tf_entry* e
+        cdef uint8_t spender[32]
         self.check_lock(txid, outpoints)
-        cdef _Utxo u
+        _parse_txid(txid, spender)
         for op in outpoints:
-            u = <_Utxo>self._utxos[op]
-            u.state = LOCKED
-            u.spending_txid = txid
+            e = self._find(op[0], op[1])
+            e.second.state = LOCKED
+            e.second.has_spender = True
+            memcpy(e.second.spender, spender, 32)
         return 0
 
     def check(self, str txid, long vout, str new_state):
         """Raise what ``transition`` would raise, changing nothing."""
-        cdef _Utxo u = self._find(txid, vout)
+        cdef tf_entry* e = self._find(txid, vout)
         cdef int to = _state_id(new_state)
-        if not _ALLOWED[u.state][to]:
-            raise IllegalTransition(txid, vout, _STATE_NAMES[u.state], new_state)
+        if not _ALLOWED[e.second.state][to]:
+            raise IllegalTransition(txid, vout, _STATE_NAMES[e.second.state], new_state)
 
     def transition(self, str txid, long vout, str new_state, votes=None, block_height=None):
         """Move one outpoint; returns the previous state name.
 
         Going back to Unspent (a rejected spend) clears the spending txid and votes.
         """
-        cdef _Utxo u = self._find(txid, vout)
+        cdef tf_entry* e = self._find(txid, vout)
         cdef int to = _state_id(new_state)
-        cdef int prev = u.state
+        cdef int prev = e.second.state
         if not _ALLOWED[prev][to]:
             raise IllegalTransition(txid, vout, _STATE_NAMES[prev], new_state)
-        u.state = to
+        cdef int new_votes = e.second.votes if votes is None else votes
+        cdef int64_t new_height = e.second.block_height if block_height is None else block_height
+        e.second.state = <uint8_t>to
         if to == UNSPENT:
-            u.spending_txid = None
-            u.votes = 0
+            e.second.has_spender = False
+            e.second.votes = 0
         if votes is not None:
-            u.votes = votes
+            e.second.votes = new_votes
         if block_height is not None:
-            u.block_height = block_height
+            e.second.block_height = new_height
         return _STATE_NAMES[prev]
 
     def forget(self, str txid, long vout):
@@ -205,42 +320,41 @@ cdef class UtxoTable:
         moves again, so the node keeps it on disk only: memory then holds the live
         set, not the whole history.  Any other state raises ``IllegalTransition``.
         """
-        cdef _Utxo u = self._find(txid, vout)
-        if u.state != CONFIRMED:
-            raise IllegalTransition(txid, vout, _STATE_NAMES[u.state], "forgotten")
-        key = (txid, vout)
-        del self._utxos[key]
-        owned = self._by_address[u.address]
-        if type(owned) is tuple:
-            del self._by_address[u.address]
-            return
-        del (<dict>owned)[key]
-        if len(<dict>owned) == 1:
-            for only in <dict>owned:
-                self._by_address[u.address] = only
+        cdef tf_entry* e = self._find(txid, vout)
+        if e.second.state != CONFIRMED:
+            raise IllegalTransition(txid, vout, _STATE_NAMES[e.second.state], "forgotten")
+        cdef tf_outkey k = e.first
+        self._unlink(e)
+        self._coins.erase(k)
 
     def by_address(self, str address):
         """Outpoints owned by ``address``, oldest first."""
-        owned = self._by_address.get(address)
-        if owned is None:
+        r = self._rows.get(address)
+        if r is None:
             return []
-        if type(owned) is tuple:
-            return [owned]
-        return list(owned)
+        cdef tf_entry_list* lst = &self._row_coins[<uint32_t>r]
+        cdef size_t i
+        cdef tf_entry* e
+        out = []
+        for i in range(lst.size()):
+            e = lst[0][i]
+            if e != NULL:
+                out.append((_txid_str(<const uint8_t*>e.first.w), e.first.vout))
+        return out
 
     def balance(self, str address):
         """Sum of the amounts of ``address``'s Unspent UTXOs."""
-        owned = self._by_address.get(address)
-        if owned is None:
+        r = self._rows.get(address)
+        if r is None:
             return 0
+        cdef tf_entry_list* lst = &self._row_coins[<uint32_t>r]
+        cdef size_t i
+        cdef tf_entry* e
         cdef int64_t total = 0
-        cdef _Utxo u
-        if type(owned) is tuple:
-            owned = (owned,)
-        for key in owned:
-            u = <_Utxo>self._utxos[key]
-            if u.state == UNSPENT:
-                total += u.amount
+        for i in range(lst.size()):
+            e = lst[0][i]
+            if e != NULL and e.second.state == UNSPENT:
+                total += e.second.amount
         return total
 
 
