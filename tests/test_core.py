@@ -333,6 +333,22 @@ def test_million_subscribe_drop_cycles_keep_memory_flat():
     assert after - before < 2048, f"RSS grew by {after - before} KiB"
 
 
+def test_a_coin_costs_under_256_bytes():
+    # The UTXO set is most of a node's memory: records live in C, and the table
+    # keeps no Python string per coin (txids are stored as their 32 bytes, an
+    # address once however many coins it holds).
+    addrs = [f"TIME0{i:040x}" for i in range(50_000)]
+    gc.collect()
+    before = _rss_kb()
+    t = _core.UtxoTable()
+    for i in range(200_000):
+        t.add(f"{i:064x}", i % 3, addrs[i % 50_000], 1 + i)
+    gc.collect()
+    per_coin = (_rss_kb() - before) * 1024 / 200_000
+    assert len(t) == 200_000
+    assert per_coin < 256, f"{per_coin:.0f} bytes a coin"
+
+
 # --------------------------------------------------------------------------- fan-out
 
 class _Writer:

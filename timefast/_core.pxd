@@ -22,10 +22,16 @@ cdef extern from *:
             return vout == o.vout && std::memcmp(w, o.w, sizeof w) == 0;
         }
     };
-    /* txids are hashes: their first 8 bytes are already uniform. */
+    /* Every byte counts: txids are hashes, but a table must not turn quadratic
+       on keys that share a prefix (tests, or anyone naming outpoints). */
     struct tf_outkey_hash {
         size_t operator()(const tf_outkey& k) const noexcept {
-            return (size_t)(k.w[0] ^ ((uint64_t)k.vout * 0x9E3779B97F4A7C15ULL));
+            uint64_t h = k.w[0] * 0x9E3779B97F4A7C15ULL;
+            h ^= k.w[1] * 0xC2B2AE3D27D4EB4FULL;
+            h ^= k.w[2] * 0x165667B19E3779F9ULL;
+            h ^= k.w[3] * 0xD6E8FEB86659FD93ULL;
+            h ^= (uint64_t)k.vout * 0xFF51AFD7ED558CCDULL;
+            return (size_t)(h ^ (h >> 32));
         }
     };
     /* One UTXO's record; `row` and `pos` place it in its address's coin list. */
