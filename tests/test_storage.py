@@ -1,0 +1,102 @@
+"""The database (timefast/storage.py): commits append to the WAL, a thread checkpoints."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from timefast.storage import Store
+
+
+def _wait(cond, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+def _in_database_file(path: Path) -> int:
+    # immutable=1 reads the database file alone, ignoring the WAL: rows show here
+    # only once a checkpoint copied them.
+    db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM meta").fetchone()[0])
+    except sqlite3.DatabaseError:  # no schema copied yet, or read mid-copy
+        return -1
+    finally:
+        db.close()
+
+
+def test_commits_leave_checkpoints_to_the_thread(tmp_path):
+    path = tmp_path / "t.db"
+    store = Store(path)
+    try:
+        assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        with store.transaction() as db:
+            db.executemany("INSERT INTO meta VALUES (?, ?)",
+                           [(f"k{i}", "v" * 500) for i in range(2000)])
+        assert store.meta("k1999") == "v" * 500
+        assert _wait(lambda: _in_database_file(path) == 2000)
+        # (It counts a checkpoint just after the copy lands.)
+        assert _wait(lambda: store.checkpointer.checkpoints > 0)
+    finally:
+        store.close()
+
+
+def test_close_stops_the_checkpointer_and_empties_the_wal(tmp_path):
+    path = tmp_path / "t.db"
+    store = Store(path)
+    with store.transaction() as db:
+        db.execute("INSERT INTO meta VALUES ('k', 'v')")
+    store.close()
+    assert not store.checkpointer._thread.is_alive()
+    wal = path.with_name(path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert _in_database_file(path) == 1
+
+
+class _Failing:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def execute(self, sql: str):
+        self.calls += 1
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_failing_checkpoint_is_retried_and_logged_once(tmp_path, caplog):
+    store = Store(tmp_path / "t.db")
+    real = store.checkpointer._db
+    failing = _Failing()
+    store.checkpointer._db = failing  # type: ignore[assignment]
+    try:
+        assert _wait(lambda: failing.calls >= 3)
+        assert store.checkpointer._thread.is_alive()
+        assert store.checkpointer.failures >= 3
+        assert sum("checkpoint failed" in r.getMessage() for r in caplog.records) == 1
+        # Writes go on meanwhile: the WAL holds them.
+        with store.transaction() as db:
+            db.execute("INSERT INTO meta VALUES ('k', 'v')")
+        assert store.meta("k") == "v"
+    finally:
+        store.checkpointer._db = real
+        store.close()
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_stores_open_and_close_without_leaking_threads(tmp_path, n):
+    before = threading.active_count()
+    stores = [Store(tmp_path / f"s{i}.db") for i in range(n)]
+    assert threading.active_count() == before + n
+    for s in stores:
+        s.close()
+    assert threading.active_count() == before
