@@ -317,6 +317,57 @@ def test_restart_rebuilds_everything(tmp_path):
     assert ok and [e.seq for e in replay] == list(range(1, led2.seq + 1))
 
 
+def test_restart_replays_the_very_bytes_announced(tmp_path):
+    # Events are stored without the transaction they embed (it is in its txs row
+    # once); a restart puts it back byte for byte, for every kind of event.
+    keys = [crypto.new_key() for _ in range(4)]
+    pubs = [crypto.public_key_hex(k) for k in keys]
+    clock = Clock()
+    led, events = make_ledger(tmp_path, key=keys[0], masternodes=pubs, clock=clock)
+    _ka, a = new_wallet()
+    paid = led.faucet(a, 1000)
+    led.submit_vote(crypto.sign_vote(keys[1], paid, True))
+    led.submit_vote(crypto.sign_vote(keys[2], paid, True))
+    refused = led.faucet(a, 2000)
+    led.submit_vote(crypto.sign_vote(keys[1], refused, False))
+    led.submit_vote(crypto.sign_vote(keys[2], refused, False))
+    led.make_block()
+    assert {e.type for e in events} >= {"UtxoStateChange", "TransactionPending",
+                                        "TransactionFinalized", "TransactionRejected",
+                                        "TransactionConfirmed", "NewBlock"}
+    raw = led.store.one("SELECT raw FROM txs WHERE txid=?", (paid,))[0]
+    stored = led.store.query("SELECT payload, tx_ref FROM events")
+    assert not any(raw in bytes(p) for p, _ in stored)
+    assert sum(ref == paid for _, ref in stored) >= 5
+    led.store.close()
+    led2, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs, clock=clock)
+    ok, replay = led2.events_after(0)
+    assert ok and [e.payload for e in replay] == [e.payload for e in events]
+    assert [(e.seq, e.type, e.addresses) for e in replay] == [
+        (e.seq, e.type, e.addresses) for e in events]
+
+
+def test_events_stored_before_references_still_load(tmp_path):
+    # A database from before events left their transaction out: its table gains
+    # the new columns, and its rows load as they were stored.
+    import sqlite3
+    db = sqlite3.connect(tmp_path / "t.db")
+    db.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, type TEXT NOT NULL,"
+               " addresses BLOB, payload BLOB NOT NULL)")
+    old = b'{"type":"NewBlock","data":{"height":0,"seq":1}}'
+    db.execute("INSERT INTO events VALUES (1, 'NewBlock', NULL, ?)", (old,))
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO meta VALUES ('seq', '1')")
+    db.commit()
+    db.close()
+    led, _ = make_ledger(tmp_path)
+    assert led.events_after(0) == (True, [led.recent[0]])
+    assert led.recent[0].payload == old
+    _, a = new_wallet()
+    led.faucet(a, 10)
+    assert [e.seq for e in led.events_after(0)[1]][:2] == [1, 2]
+
+
 def test_replay_window(tmp_path):
     led, _ = make_ledger(tmp_path, replay_events=5)
     _, a = new_wallet()

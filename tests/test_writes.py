@@ -41,7 +41,7 @@ def test_a_row_changed_many_times_is_written_once_in_its_last_state(tmp_path):
     w.put_utxo(("t", 0), ["A", 5, "SpentPending", "s", 1, None], new=False)
     w.add_tx(["s", b"{}", "pending", 1.0, None, None, b"[]", None])
     w.set_tx("s", "finalized", finalized_seq=9)
-    w.events.extend([(1, "X", None, b"{}"), (2, "Y", b'["A"]', b"{}")])
+    w.events.extend([(1, "X", None, b"{}", None, None), (2, "Y", b'["A"]', b"{}", None, None)])
     db = CountingDb(store.db)
     with store.transaction():
         w.flush(db)

@@ -85,13 +85,14 @@ class Event:
 
 
 # ``raw`` below is the transaction's JSON, serialized once and spliced into every
-# event that carries it (an orjson.Fragment).
+# event that carries it (as an orjson.Fragment), and left out of those events'
+# stored form (``_stored_form``).
 
 
 @dataclass(slots=True)
 class _Pending:
     tx: Transaction
-    raw: orjson.Fragment
+    raw: bytes
     accepted_at: float
     addresses: tuple[str, ...]
     approvals: set[str] = field(default_factory=set)
@@ -101,7 +102,7 @@ class _Pending:
 @dataclass(slots=True)
 class _Final:
     tx: Transaction
-    raw: orjson.Fragment
+    raw: bytes
     addresses: tuple[str, ...]
 
 
@@ -112,6 +113,35 @@ def _kept(data: bytes) -> bytes:
     their length: 100,000 kept events of 1 KB would hold 400 MB instead of 100.
     """
     return bytes(memoryview(data))
+
+
+_TXID_HEAD = b'{"txid":"'
+
+
+def _stored_form(payload: bytes, raw: bytes | None) -> tuple[bytes, str | None, int | None]:
+    """How an event is kept in the database: ``(payload, txid, offset)``.
+
+    Most events embed their transaction, whose JSON is already in the ``txs`` row:
+    the stored payload leaves it out and names it by txid and offset, so a payment
+    writes its transaction once instead of in each of its half-dozen events (the
+    database is most of what the ledger does per payment).  ``_full_payload``
+    puts it back.
+    """
+    if raw is not None and raw.startswith(_TXID_HEAD):
+        at = payload.find(raw)
+        if at >= 0:
+            return (payload[:at] + payload[at + len(raw):],
+                    raw[len(_TXID_HEAD):len(_TXID_HEAD) + 64].decode(), at)
+    return payload, None, None
+
+
+def _full_payload(stored: bytes, raw: bytes | None, at: int | None) -> bytes:
+    """The event's payload from its stored form (see ``_stored_form``)."""
+    if at is None:
+        return stored
+    if raw is None:
+        raise StorageError("an event names a transaction the database does not hold")
+    return stored[:at] + raw + stored[at:]
 
 
 def block_hash(height: int, prev_hash: str, timestamp: int, txids: list[str],
@@ -149,7 +179,7 @@ class _Step:
         self.after: list[Callable[[], None]] = []
         self.staged: dict[tuple[str, int], list[Any]] = {}
         self.dirty: dict[tuple[str, int], bool] = {}  # outpoint -> created by this step
-        self.event_rows: list[tuple[int, str, bytes | None, bytes]] = []
+        self.event_rows: list[tuple[int, str, bytes | None, bytes, str | None, int | None]] = []
         self.new_txs: list[list[Any]] = []
         # txid -> (status, finalized_seq, reason, block_height), None: unchanged
         self.tx_status: dict[str, tuple[str, int | None, str | None, int | None]] = {}
@@ -181,24 +211,28 @@ class _Step:
         return rec
 
     def event(self, type_: str, data: dict[str, Any],
-              addresses: tuple[str, ...] | None) -> None:
+              addresses: tuple[str, ...] | None, tx: bytes | None = None) -> None:
+        """Stage one event; ``tx``: the JSON of the transaction it embeds, if any."""
         self.seq += 1
         data["seq"] = self.seq
         payload = _kept(orjson.dumps({"type": type_, "data": data}))
+        stored, ref, at = _stored_form(payload, tx)
         self.event_rows.append(
-            (self.seq, type_, None if addresses is None else orjson.dumps(addresses), payload))
+            (self.seq, type_, None if addresses is None else orjson.dumps(addresses), stored,
+             ref, at))
         self.events.append(Event(self.seq, type_, addresses, payload))
 
     def _utxo_event(self, op: tuple[str, int], rec: list[Any], prev: str | None,
-                    tx: orjson.Fragment | None) -> None:
+                    tx: bytes | None) -> None:
         self.event("UtxoStateChange", {
             "outpoint": {"txid": op[0], "vout": op[1]},
             "address": rec[0], "amount": rec[1], "state": rec[2], "prev_state": prev,
             "spending_txid": rec[3], "votes": rec[4], "quorum": self.ledger.quorum,
-            "block_height": rec[5], "transaction": tx,
-        }, (rec[0],))
+            "block_height": rec[5],
+            "transaction": None if tx is None else orjson.Fragment(tx),
+        }, (rec[0],), tx)
 
-    def lock(self, txid: str, ops: list[tuple[str, int]], tx: orjson.Fragment) -> None:
+    def lock(self, txid: str, ops: list[tuple[str, int]], tx: bytes) -> None:
         self.ledger.utxos.check_lock(txid, ops)
         for op in ops:
             rec = self.utxo(op)
@@ -207,7 +241,7 @@ class _Step:
             self._utxo_event(op, rec, "Unspent", tx)
         self.core_ops.append(lambda: self.ledger.utxos.lock(txid, ops))
 
-    def move(self, op: tuple[str, int], state: str, tx: orjson.Fragment | None,
+    def move(self, op: tuple[str, int], state: str, tx: bytes | None,
              votes: int | None = None, height: int | None = None) -> None:
         rec = self.utxo(op)
         prev = rec[2]
@@ -226,7 +260,7 @@ class _Step:
             lambda: self.ledger.utxos.transition(op[0], op[1], state, votes, height))
 
     def create(self, op: tuple[str, int], address: str, amount: int,
-               tx: orjson.Fragment | None, height: int | None = None) -> None:
+               tx: bytes | None, height: int | None = None) -> None:
         rec = [address, amount, "Unspent", None, 0, height]
         self.staged[op] = rec
         self.dirty[op] = True
@@ -305,7 +339,7 @@ class Ledger:
             votes.setdefault(txid, []).append((voter, approve))
         for txid, raw, accepted_at, addrs in s.query(
                 "SELECT txid, raw, accepted_at, addresses FROM txs WHERE status='pending'"):
-            p = _Pending(parse(orjson.loads(raw)), orjson.Fragment(raw), accepted_at,
+            p = _Pending(parse(orjson.loads(raw)), bytes(raw), accepted_at,
                          tuple(orjson.loads(addrs)))
             for voter, approve in votes.get(txid, []):
                 (p.approvals if approve else p.rejections).add(voter)
@@ -313,13 +347,15 @@ class Ledger:
         for txid, raw, addrs in s.query(
                 "SELECT txid, raw, addresses FROM txs WHERE status='finalized'"
                 " ORDER BY finalized_seq"):
-            self.unconfirmed[txid] = _Final(parse(orjson.loads(raw)), orjson.Fragment(raw),
+            self.unconfirmed[txid] = _Final(parse(orjson.loads(raw)), bytes(raw),
                                             tuple(orjson.loads(addrs)))
-        rows = s.query("SELECT seq, type, addresses, payload FROM events WHERE seq > ?"
-                       " ORDER BY seq", (self.seq - self.replay_events,))
-        for seq, type_, addrs, payload in rows:
+        rows = s.query("SELECT e.seq, e.type, e.addresses, e.payload, t.raw, e.tx_at"
+                       " FROM events e LEFT JOIN txs t ON t.txid = e.tx_ref"
+                       " WHERE e.seq > ? ORDER BY e.seq", (self.seq - self.replay_events,))
+        for seq, type_, addrs, payload, raw, at in rows:
             self.recent.append(Event(seq, type_, None if addrs is None
-                                     else tuple(orjson.loads(addrs)), bytes(payload)))
+                                     else tuple(orjson.loads(addrs)),
+                                     _full_payload(bytes(payload), raw, at)))
 
     def _genesis(self) -> None:
         gtx = genesis_transaction(self.network)
@@ -494,8 +530,7 @@ class Ledger:
             raise self._refuse("TX_INVALID",
                                f"outputs ({total_out}) exceed inputs ({total_in})")
         addresses = tuple(dict.fromkeys([*in_addresses, *tx.addresses()]))
-        raw_bytes = _kept(orjson.dumps(tx.to_json()))
-        raw = orjson.Fragment(raw_bytes)
+        raw = _kept(orjson.dumps(tx.to_json()))
         now = self.clock()
 
         def step(s: _Step) -> str:
@@ -506,9 +541,9 @@ class Ledger:
             if known == "rejected":
                 # A transaction rejected earlier may be tried again: its old votes go.
                 s.cleared_votes.append(tx.txid)
-            s.new_txs.append([tx.txid, raw_bytes, "pending", now, None, None,
+            s.new_txs.append([tx.txid, raw, "pending", now, None, None,
                               orjson.dumps(addresses), None])
-            s.event("TransactionPending", {"tx": raw}, addresses)
+            s.event("TransactionPending", {"tx": orjson.Fragment(raw)}, addresses, raw)
             p = _Pending(tx, raw, now, addresses)
             s.after.append(lambda: self.pending.__setitem__(tx.txid, p))
             s.after.append(lambda: self.outcomes.__setitem__(

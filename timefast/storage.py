@@ -45,8 +45,16 @@ CREATE TABLE IF NOT EXISTS blocks (
     height INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, prev_hash TEXT NOT NULL,
     timestamp INTEGER NOT NULL, txids BLOB NOT NULL, producer TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY, type TEXT NOT NULL, addresses BLOB, payload BLOB NOT NULL);
+    seq INTEGER PRIMARY KEY, type TEXT NOT NULL, addresses BLOB, payload BLOB NOT NULL,
+    tx_ref TEXT, tx_at INTEGER);
 """
+
+# Columns added since a table was first created: (table, column, declaration).
+MIGRATIONS = [
+    # An event's transaction, left out of its stored payload (ledger._stored_form).
+    ("events", "tx_ref", "TEXT"),
+    ("events", "tx_at", "INTEGER"),
+]
 
 
 class StorageError(RuntimeError):
@@ -117,6 +125,10 @@ class Store:
         # writer, and releases the GIL while it works).
         self.db.execute("PRAGMA wal_autocheckpoint=0")
         self.db.executescript(SCHEMA)
+        for table, column, decl in MIGRATIONS:
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         self.checkpointer = Checkpointer(path)
         # The first write error of the open transaction: SQLite may roll the whole
         # transaction back on it (a full disk does), and the COMMIT that follows

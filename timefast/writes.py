@@ -43,7 +43,8 @@ class Writes:
         self.votes: dict[tuple[str, str], tuple[str, str, int, str]] = {}
         self.cleared_votes: set[str] = set()
         self.blocks: list[tuple[Any, ...]] = []
-        self.events: list[tuple[int, str, bytes | None, bytes]] = []
+        # (seq, type, addresses, stored payload, tx_ref, tx_at): see ledger._stored_form
+        self.events: list[tuple[int, str, bytes | None, bytes, str | None, int | None]] = []
 
     def __bool__(self) -> bool:
         return bool(self.new_txs or self.tx_changes or self.new_utxos or self.changed_utxos
@@ -136,6 +137,6 @@ class Writes:
         if self.blocks:
             db.executemany("INSERT INTO blocks VALUES (?,?,?,?,?,?)", self.blocks)
         if self.events:
-            db.executemany("INSERT INTO events (seq, type, addresses, payload)"
-                           " VALUES (?,?,?,?)", self.events)
+            db.executemany("INSERT INTO events (seq, type, addresses, payload, tx_ref, tx_at)"
+                           " VALUES (?,?,?,?,?,?)", self.events)
         self.clear()
