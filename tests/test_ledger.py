@@ -335,6 +335,10 @@ def test_restart_replays_the_very_bytes_announced(tmp_path):
     assert {e.type for e in events} >= {"UtxoStateChange", "TransactionPending",
                                         "TransactionFinalized", "TransactionRejected",
                                         "TransactionConfirmed", "NewBlock"}
+    # Assembled around their transaction, payloads are still exactly orjson's bytes.
+    assert all(orjson.dumps(orjson.loads(e.payload)) == e.payload for e in events)
+    change = orjson.loads(next(e.payload for e in events if e.type == "UtxoStateChange"))
+    assert list(change["data"])[-2:] == ["transaction", "seq"]
     raw = led.store.one("SELECT raw FROM txs WHERE txid=?", (paid,))[0]
     stored = led.store.query("SELECT payload, tx_ref FROM events")
     assert not any(raw in bytes(p) for p, _ in stored)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
-from timefast.ledger import LedgerError
+from timefast import crypto
+from timefast.ledger import Ledger, LedgerError
 from timefast.storage import StorageError, Store
 from timefast.transaction import build
 from timefast.writes import Writes
@@ -18,14 +20,17 @@ class CountingDb:
     def __init__(self, db) -> None:
         self.db = db
         self.calls: list[tuple[str, int]] = []
+        self.statements: list[str] = []
 
     def execute(self, sql, args=()):
         self.calls.append((sql.split()[0], 1))
+        self.statements.append(sql)
         return self.db.execute(sql, args)
 
     def executemany(self, sql, rows):
         rows = list(rows)
         self.calls.append((sql.split()[0], len(rows)))
+        self.statements.append(sql)
         return self.db.executemany(sql, rows)
 
 
@@ -131,9 +136,10 @@ def test_batch_commit_uses_one_statement_per_kind(tmp_path, monkeypatch):
         for tx in txs:
             led.submit(tx.to_json())
     kinds = [c for c in counting.calls if c[0] != "DELETE"]
-    # txs, utxos (new), utxos (changed), votes, events, then the seq: six statements
-    # for eight transactions.
-    assert len(kinds) == 6, kinds
+    # txs (with the node's votes inline), utxos (new), utxos (changed), events, then
+    # the seq: five statements for eight transactions.
+    assert len(kinds) == 5, kinds
+    assert not any(q.startswith("INSERT INTO votes") for q in counting.statements)
     assert all(led.status_of(t.txid) == "finalized" for t in txs)
 
 
@@ -148,3 +154,39 @@ def test_a_failed_write_mid_batch_fails_the_whole_batch(tmp_path):
     led.store.db.execute("PRAGMA query_only=OFF")
     assert led.seq == seq and led.balance(a) == balance and led.status_of(tx.txid) is None
     assert led.submit(tx.to_json()) == tx.txid
+
+
+def test_votes_cast_with_their_row_are_written_inline(tmp_path):
+    store = _store(tmp_path)
+    w = Writes()
+    w.add_tx(["t1", b"{}", "pending", 1.0, None, None, b"[]", None])
+    w.add_vote("t1", "me", True, "sig1")
+    with store.transaction():
+        w.flush(store.db)
+    # A later vote on a stored transaction goes to the votes table.
+    w.add_vote("t1", "other", False, "sig2")
+    with store.transaction():
+        w.flush(store.db)
+    assert store.query("SELECT txid, voter, approve FROM votes") == [("t1", "other", 0)]
+    assert orjson.loads(store.one("SELECT inline_votes FROM txs")[0]) == [["me", 1, "sig1"]]
+    # Tried again after a rejection: both kinds of stored votes go.
+    w.clear_votes("t1")
+    with store.transaction():
+        w.flush(store.db)
+    assert store.query("SELECT * FROM votes") == []
+    assert store.one("SELECT inline_votes FROM txs")[0] is None
+
+
+def test_the_ledger_counts_inline_and_table_votes(tmp_path):
+    keys = [crypto.new_key() for _ in range(4)]
+    pubs = [crypto.public_key_hex(k) for k in keys]
+    led = Ledger(Store(tmp_path / "l.db"), "regtest", keys[0], pubs)
+    _, a = new_wallet()
+    t = led.faucet(a, 10)
+    assert led.store.query("SELECT * FROM votes") == []
+    assert led.get_transaction(t)["votes"] == 1
+    led.submit_vote(crypto.sign_vote(keys[1], t, True))
+    assert led.get_transaction(t)["votes"] == 2
+    for k in (keys[0], keys[1]):  # the node's own (inline) and another's (table)
+        with pytest.raises(LedgerError, match="duplicate vote"):
+            led.submit_vote(crypto.sign_vote(k, t, True))

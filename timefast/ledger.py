@@ -115,28 +115,16 @@ def _kept(data: bytes) -> bytes:
     return bytes(memoryview(data))
 
 
+def _inline(blob: bytes | None) -> list[tuple[str, int]]:
+    """``(voter, approve)`` of the votes kept in a txs row (see ``Writes.flush``)."""
+    return [] if blob is None else [(v[0], int(v[1])) for v in orjson.loads(blob)]
+
+
 _TXID_HEAD = b'{"txid":"'
 
 
-def _stored_form(payload: bytes, raw: bytes | None) -> tuple[bytes, str | None, int | None]:
-    """How an event is kept in the database: ``(payload, txid, offset)``.
-
-    Most events embed their transaction, whose JSON is already in the ``txs`` row:
-    the stored payload leaves it out and names it by txid and offset, so a payment
-    writes its transaction once instead of in each of its half-dozen events (the
-    database is most of what the ledger does per payment).  ``_full_payload``
-    puts it back.
-    """
-    if raw is not None and raw.startswith(_TXID_HEAD):
-        at = payload.find(raw)
-        if at >= 0:
-            return (payload[:at] + payload[at + len(raw):],
-                    raw[len(_TXID_HEAD):len(_TXID_HEAD) + 64].decode(), at)
-    return payload, None, None
-
-
 def _full_payload(stored: bytes, raw: bytes | None, at: int | None) -> bytes:
-    """The event's payload from its stored form (see ``_stored_form``)."""
+    """The event's payload from its stored form (see ``_Step.event``)."""
     if at is None:
         return stored
     if raw is None:
@@ -210,13 +198,34 @@ class _Step:
             self.staged[op] = rec
         return rec
 
-    def event(self, type_: str, data: dict[str, Any],
-              addresses: tuple[str, ...] | None, tx: bytes | None = None) -> None:
-        """Stage one event; ``tx``: the JSON of the transaction it embeds, if any."""
+    def event(self, type_: str, data: dict[str, Any], addresses: tuple[str, ...] | None,
+              tx: bytes | None = None, tx_key: bytes = b"transaction") -> None:
+        """Stage one event: ``data`` and its ``seq``, with ``tx`` (a transaction's
+        JSON, if given) under ``tx_key`` before the ``seq``.
+
+        An event that embeds its transaction is stored without it, naming it by
+        txid and offset instead: the JSON is in the ``txs`` row already, and a
+        payment would otherwise write it again in each of its half-dozen events
+        (the database is most of what the ledger does per payment).
+        ``_full_payload`` puts it back at start-up.
+        """
         self.seq += 1
-        data["seq"] = self.seq
-        payload = _kept(orjson.dumps({"type": type_, "data": data}))
-        stored, ref, at = _stored_form(payload, tx)
+        ref: str | None = None
+        at: int | None = None
+        if tx is not None and tx.startswith(_TXID_HEAD):
+            # The bytes orjson would give for the whole object, assembled around
+            # the transaction so that both forms come from one serialization.
+            head = orjson.dumps({"type": type_, "data": data})[:-2]
+            head += (b',"' if data else b'"') + tx_key + b'":'
+            tail = b',"seq":%d}}' % self.seq
+            payload = head + tx + tail
+            stored = head + tail
+            ref, at = tx[len(_TXID_HEAD):len(_TXID_HEAD) + 64].decode(), len(head)
+        else:
+            if tx is not None:
+                data[tx_key.decode()] = orjson.Fragment(tx)
+            data["seq"] = self.seq
+            payload = stored = _kept(orjson.dumps({"type": type_, "data": data}))
         self.event_rows.append(
             (self.seq, type_, None if addresses is None else orjson.dumps(addresses), stored,
              ref, at))
@@ -224,13 +233,15 @@ class _Step:
 
     def _utxo_event(self, op: tuple[str, int], rec: list[Any], prev: str | None,
                     tx: bytes | None) -> None:
-        self.event("UtxoStateChange", {
+        data = {
             "outpoint": {"txid": op[0], "vout": op[1]},
             "address": rec[0], "amount": rec[1], "state": rec[2], "prev_state": prev,
             "spending_txid": rec[3], "votes": rec[4], "quorum": self.ledger.quorum,
             "block_height": rec[5],
-            "transaction": None if tx is None else orjson.Fragment(tx),
-        }, (rec[0],), tx)
+        }
+        if tx is None:
+            data["transaction"] = None
+        self.event("UtxoStateChange", data, (rec[0],), tx)
 
     def lock(self, txid: str, ops: list[tuple[str, int]], tx: bytes) -> None:
         self.ledger.utxos.check_lock(txid, ops)
@@ -337,11 +348,12 @@ class Ledger:
                 "SELECT v.txid, v.voter, v.approve FROM votes v JOIN txs t ON t.txid=v.txid"
                 " WHERE t.status='pending'"):
             votes.setdefault(txid, []).append((voter, approve))
-        for txid, raw, accepted_at, addrs in s.query(
-                "SELECT txid, raw, accepted_at, addresses FROM txs WHERE status='pending'"):
+        for txid, raw, accepted_at, addrs, inline in s.query(
+                "SELECT txid, raw, accepted_at, addresses, inline_votes FROM txs"
+                " WHERE status='pending'"):
             p = _Pending(parse(orjson.loads(raw)), bytes(raw), accepted_at,
                          tuple(orjson.loads(addrs)))
-            for voter, approve in votes.get(txid, []):
+            for voter, approve in [*votes.get(txid, []), *_inline(inline)]:
                 (p.approvals if approve else p.rejections).add(voter)
             self.pending[txid] = p
         for txid, raw, addrs in s.query(
@@ -543,7 +555,7 @@ class Ledger:
                 s.cleared_votes.append(tx.txid)
             s.new_txs.append([tx.txid, raw, "pending", now, None, None,
                               orjson.dumps(addresses), None])
-            s.event("TransactionPending", {"tx": orjson.Fragment(raw)}, addresses, raw)
+            s.event("TransactionPending", {}, addresses, raw, b"tx")
             p = _Pending(tx, raw, now, addresses)
             s.after.append(lambda: self.pending.__setitem__(tx.txid, p))
             s.after.append(lambda: self.outcomes.__setitem__(
@@ -630,13 +642,19 @@ class Ledger:
             raise LedgerError("NOT_FOUND", f"unknown transaction {txid}")
         voted = self._writes.has_vote(txid, voter)
         if voted is None:
-            voted = self.store.one("SELECT 1 FROM votes WHERE txid=? AND voter=?",
-                                   (txid, voter)) is not None
+            voted = any(v == voter for v, _ in self._stored_votes(txid))
         if voted:
             raise LedgerError("BAD_REQUEST", f"duplicate vote by {voter} on {txid}")
         clean = {"txid": txid, "voter": voter, "approve": approve, "signature": sig.lower()}
         self._run(lambda s: self._record_vote(s, p, clean))
         return {"txid": txid, "status": self.status_of(txid)}
+
+    def _stored_votes(self, txid: str) -> list[tuple[str, int]]:
+        """``(voter, approve)`` of every stored vote on ``txid``: the votes table's and
+        those written inline with the transaction's row."""
+        rows = self.store.query("SELECT voter, approve FROM votes WHERE txid=?", (txid,))
+        inline = self.store.one("SELECT inline_votes FROM txs WHERE txid=?", (txid,))
+        return [(v, a) for v, a in rows] + _inline(inline[0] if inline else None)
 
     # -- time -------------------------------------------------------------------------
 
@@ -714,8 +732,7 @@ class Ledger:
                              (txid,))
         if row is None:
             raise LedgerError("NOT_FOUND", f"unknown transaction {txid}")
-        (votes,) = self.store.one("SELECT COUNT(*) FROM votes WHERE txid=? AND approve=1",
-                                  (txid,))
+        votes = sum(1 for _, approve in self._stored_votes(txid) if approve)
         out = {"txid": txid, "status": row[1], "votes": votes, "quorum": self.quorum,
                "block_height": row[2], "tx": orjson.loads(row[0])}
         if row[3]:

@@ -37,7 +37,7 @@ DROP INDEX IF EXISTS utxos_by_address;
 CREATE TABLE IF NOT EXISTS txs (
     txid TEXT PRIMARY KEY, raw BLOB NOT NULL, status TEXT NOT NULL,
     accepted_at REAL NOT NULL, finalized_seq INTEGER, block_height INTEGER,
-    reason TEXT, addresses BLOB NOT NULL);
+    reason TEXT, addresses BLOB NOT NULL, inline_votes BLOB);
 CREATE TABLE IF NOT EXISTS votes (
     txid TEXT NOT NULL, voter TEXT NOT NULL, approve INTEGER NOT NULL,
     signature TEXT NOT NULL, PRIMARY KEY (txid, voter)) WITHOUT ROWID;
@@ -54,6 +54,8 @@ MIGRATIONS = [
     # An event's transaction, left out of its stored payload (ledger._stored_form).
     ("events", "tx_ref", "TEXT"),
     ("events", "tx_at", "INTEGER"),
+    # Votes written with their transaction's row: [[voter, approve, signature], ...].
+    ("txs", "inline_votes", "BLOB"),
 ]
 
 

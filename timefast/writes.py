@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 Outpoint = tuple[str, int]
 
 # Where status, finalized_seq, reason and block_height sit in a new transaction row
@@ -115,10 +117,24 @@ class Writes:
         """Write every staged row inside the caller's open transaction, then forget them."""
         if self.cleared_votes:
             db.executemany("DELETE FROM votes WHERE txid=?", [(t,) for t in self.cleared_votes])
+            db.executemany("UPDATE txs SET inline_votes=NULL WHERE txid=?",
+                           [(t,) for t in self.cleared_votes if t not in self.new_txs])
+        # A vote cast in the batch that writes its transaction's row (the node's own
+        # vote always is) goes into that row: the votes table, keyed by random
+        # txids, would dirty a page of its own for it.
+        inline: dict[str, list[tuple[str, int, str]]] = {}
+        table: list[tuple[str, str, int, str]] = []
+        for vote in self.votes.values():
+            if vote[0] in self.new_txs:
+                inline.setdefault(vote[0], []).append(vote[1:])
+            else:
+                table.append(vote)
         if self.new_txs:
             db.executemany("INSERT OR REPLACE INTO txs (txid, raw, status, accepted_at,"
-                           " finalized_seq, reason, addresses, block_height)"
-                           " VALUES (?,?,?,?,?,?,?,?)", list(self.new_txs.values()))
+                           " finalized_seq, reason, addresses, block_height, inline_votes)"
+                           " VALUES (?,?,?,?,?,?,?,?,?)",
+                           [(*row, orjson.dumps(inline[t]) if t in inline else None)
+                            for t, row in self.new_txs.items()])
         if self.tx_changes:
             db.executemany("UPDATE txs SET status=?, finalized_seq=COALESCE(?, finalized_seq),"
                            " reason=COALESCE(?, reason),"
@@ -132,8 +148,8 @@ class Writes:
             db.executemany("UPDATE utxos SET state=?, spending_txid=?, votes=?, block_height=?"
                            " WHERE txid=? AND vout=?",
                            [(r[2], r[3], r[4], r[5], *op) for op, r in self.changed_utxos.items()])
-        if self.votes:
-            db.executemany("INSERT INTO votes VALUES (?,?,?,?)", list(self.votes.values()))
+        if table:
+            db.executemany("INSERT INTO votes VALUES (?,?,?,?)", table)
         if self.blocks:
             db.executemany("INSERT INTO blocks VALUES (?,?,?,?,?,?)", self.blocks)
         if self.events:
