@@ -70,6 +70,8 @@ def test_errors_are_clear(node):
     assert rpc(url, "nosuch")["error"]["code"] == -32601
     assert rpc(url, "getblock")["error"]["code"] == -32602
     assert rpc(url, "getblock", 10**6)["error"]["data"]["code"] == "NOT_FOUND"
+    assert rpc(url, "getblock", "\u00b2")["error"]["data"]["code"] == "NOT_FOUND"
+    assert result(url, "getblock", "0")["height"] == 0
     assert rpc(url, "generate", 0)["error"]["code"] == -32602
     assert rpc(url, "faucet", "nobody", 5)["error"]["data"]["code"] == "INVALID_ADDRESS"
     req = urllib.request.Request(url, data=b"{not json")

@@ -320,6 +320,8 @@ class Ledger:
         self._held: list[Event] | None = None
         # Rows of committed-to-be steps, written at the commit (timefast.writes).
         self._writes = Writes()
+        # (public key, signed bytes, signature) found good ahead of a batch.
+        self._checked: set[tuple[bytes, bytes, bytes]] = set()
         self.outcomes = {"accepted": 0, "finalized": 0, "confirmed": 0, "rejected": 0,
                          "invalid": 0, "conflict": 0}
         self._load()
@@ -472,6 +474,8 @@ class Ledger:
             self._held = None
             self._load()
             raise
+        finally:
+            self._checked.clear()
         held, self._held = self._held, None
         self._announce(held)
 
@@ -490,14 +494,44 @@ class Ledger:
                               f"{what} {address} is not a {self.network} address")
         return address
 
+    @staticmethod
+    def prepare(obj: Any) -> Transaction | None:
+        """``obj`` parsed for ``submit`` (None when it does not parse: ``submit``
+        then refuses it with the reason)."""
+        try:
+            return parse(obj)
+        except TxFormatError:
+            return None
+
+    @staticmethod
+    def signature_items(txs: Iterable[Transaction]) -> list[tuple[bytes, bytes, bytes]]:
+        """``(public key, signed bytes, signature)`` of every input of ``txs``, for
+        ``crypto.verify_batch`` (on any thread) ahead of their ``submit``."""
+        items = []
+        for tx in txs:
+            try:
+                msg = tx.signing_bytes()
+                items += [(bytes.fromhex(i.public_key), msg, bytes.fromhex(i.signature))
+                          for i in tx.inputs]
+            except ValueError:
+                continue  # submit finds and names the fault
+        return items
+
+    def checked(self, items: list[tuple[bytes, bytes, bytes]], good: bytes) -> None:
+        """Signatures checked ahead (``good``: one byte per item, 1 when good):
+        ``submit`` skips checking them again until the end of the next batch."""
+        self._checked.update(item for item, ok in zip(items, good, strict=True) if ok)
+
     def submit(self, obj: Any) -> str:
         """Validate and accept a transaction; returns its txid (idempotent).
+
+        ``obj`` is the upstream JSON object, or a ``Transaction`` from ``prepare``.
 
         Raises ``LedgerError`` with ``TX_INVALID`` or ``TX_CONFLICT``, or
         ``StorageError`` when it could not be stored (nothing is then accepted).
         """
         try:
-            tx = parse(obj)
+            tx = obj if isinstance(obj, Transaction) else parse(obj)
         except TxFormatError as e:
             raise self._refuse("TX_INVALID", str(e)) from None
         if tx.compute_txid() != tx.txid:
@@ -533,7 +567,8 @@ class Ledger:
                                    + (f" by {spender}" if spender else ""))
             if address_of(inp.public_key, self.network) != address:
                 raise self._refuse("TX_INVALID", f"input {n}: public key does not own {address}")
-            if not verify(bytes.fromhex(inp.public_key), msg, bytes.fromhex(inp.signature)):
+            pk, sig = bytes.fromhex(inp.public_key), bytes.fromhex(inp.signature)
+            if (pk, msg, sig) not in self._checked and not verify(pk, msg, sig):
                 raise self._refuse("TX_INVALID", f"input {n}: bad signature")
             total_in += amount
             in_addresses.append(address)
@@ -789,7 +824,7 @@ class Ledger:
         self._flush_staged()
         if isinstance(ref, int):
             row = self.store.one("SELECT * FROM blocks WHERE height=?", (ref,))
-        elif ref.isdigit():
+        elif ref.isascii() and ref.isdigit():  # "²" is a digit to isdigit, not to int
             row = self.store.one("SELECT * FROM blocks WHERE height=?", (int(ref),))
         else:
             row = self.store.one("SELECT * FROM blocks WHERE hash=?", (ref.lower(),))
