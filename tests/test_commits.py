@@ -76,3 +76,44 @@ def test_failed_commit_refuses_all_and_forgets_the_batch(tmp_path, monkeypatch):
     assert led.submit(txs[0].to_json()) == txs[0].txid
     with pytest.raises(LedgerError):
         led.submit(build([(split.txid, 0, ka)], [(a, 1)], timestamp=7).to_json())
+
+
+def _drain(loop, gc, until) -> None:
+    # Turns the loop until ``until()`` (the checker thread answers in between).
+    async def wait():
+        for _ in range(500):
+            if until():
+                return
+            await asyncio.sleep(0.01)
+    loop.run_until_complete(wait())
+
+
+def test_signatures_are_checked_ahead_and_order_is_kept(tmp_path):
+    led, ka, _a, split, _announced = _setup(tmp_path)
+    loop = asyncio.new_event_loop()
+    gc = GroupCommit(led, loop)
+    order: list[str] = []
+    txs = [build([(split.txid, i, ka)], [(new_wallet()[1], 500)], timestamp=i) for i in range(9)]
+    # One carries its owner's signature of other bytes: it must still be refused.
+    forged = build([(split.txid, 9, ka)], [(new_wallet()[1], 500)], timestamp=9)
+    other = build([(split.txid, 9, ka)], [(new_wallet()[1], 400)], timestamp=10)
+    bad = forged.to_json()
+    bad["inputs"][0]["signature"] = other.inputs[0].signature
+    for n, tx in enumerate(txs):
+        obj = tx.to_json()
+        prepared = led.prepare(obj)
+        gc.submit(lambda p=prepared: led.submit(p), lambda v, e, n=n: order.append(f"tx{n}"),
+                  prepared)
+        if n == 4:  # work with no transaction, between them
+            gc.submit(lambda: led.height, lambda v, e: order.append("rpc"))
+    prepared = led.prepare(bad)
+    errors = []
+    gc.submit(lambda: led.submit(prepared), lambda v, e: errors.append(e), prepared)
+    _drain(loop, gc, lambda: len(order) == 10 and errors)
+    gc.close()
+    loop.close()
+    assert order == ["tx0", "tx1", "tx2", "tx3", "tx4", "rpc", "tx5", "tx6", "tx7", "tx8"]
+    assert gc.checked_ahead >= 10
+    assert isinstance(errors[0], LedgerError) and "bad signature" in errors[0].message
+    assert all(led.status_of(t.txid) == "finalized" for t in txs)
+    assert not led._checked  # what was checked ahead is dropped once used

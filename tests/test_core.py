@@ -475,3 +475,17 @@ def test_slow_connection_is_lagged_and_others_unaffected():
     assert b"".join(fast.chunks) == b"0123456789" * 20
     assert fan.pending(s_slow) == 0
     assert fan.lag_closes == 1
+
+
+def test_verify_many_checks_each_signature():
+    from timefast import crypto
+
+    k, k2 = crypto.new_key(), crypto.new_key()
+    pk, pk2 = bytes(k.verify_key), bytes(k2.verify_key)
+    sig = k.sign(b"hello").signature
+    items = [(pk, b"hello", sig), (pk, b"hellp", sig), (pk2, b"hello", sig),
+             (pk[:31], b"hello", sig), (pk, b"hello", sig[:63]), (pk, "hello", sig),
+             (pk2, b"", k2.sign(b"").signature)]
+    assert crypto.verify_batch(items) == bytes([1, 0, 0, 0, 0, 0, 1])
+    assert crypto.verify_batch([]) == b""
+    assert [crypto.verify(*i) for i in items[:3]] == [True, False, False]

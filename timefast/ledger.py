@@ -474,8 +474,6 @@ class Ledger:
             self._held = None
             self._load()
             raise
-        finally:
-            self._checked.clear()
         held, self._held = self._held, None
         self._announce(held)
 
@@ -519,8 +517,12 @@ class Ledger:
 
     def checked(self, items: list[tuple[bytes, bytes, bytes]], good: bytes) -> None:
         """Signatures checked ahead (``good``: one byte per item, 1 when good):
-        ``submit`` skips checking them again until the end of the next batch."""
+        ``submit`` does not check them again until ``forget_checked``."""
         self._checked.update(item for item, ok in zip(items, good, strict=True) if ok)
+
+    def forget_checked(self) -> None:
+        """Drop the signatures checked ahead (their work has run)."""
+        self._checked.clear()
 
     def submit(self, obj: Any) -> str:
         """Validate and accept a transaction; returns its txid (idempotent).

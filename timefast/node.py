@@ -143,6 +143,7 @@ class Node:
             self.rpc_server.close()
         if self.wallets is not None:
             await self.wallets.shutdown(1001, "going away")
+            self.wallets.commits.close()
         if self.store is not None:
             self.store.close()
         self._stopped.set()

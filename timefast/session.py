@@ -354,7 +354,8 @@ class WalletSession:
             else:
                 self.reply("TransactionAccepted", {"txid": txid}, msg_id)
 
-        self.commits.submit(lambda: self.ledger.submit(tx), done)
+        prepared = self.ledger.prepare(tx)
+        self.commits.submit(lambda: self.ledger.submit(prepared or tx), done, prepared)
 
 
 _HANDLERS: dict[str, Callable[[WalletSession, dict[str, Any], Any], None]] = {
