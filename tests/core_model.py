@@ -136,6 +136,10 @@ class UtxoTable:
     def by_address(self, address: str) -> list:
         return [op for op, u in self._utxos.items() if u.address == address]
 
+    def unspent(self, address: str) -> list:
+        return [(*op, u.amount) for op, u in self._utxos.items()
+                if u.address == address and u.state == "Unspent"]
+
     def balance(self, address: str) -> int:
         return sum(u.amount for u in self._utxos.values()
                    if u.address == address and u.state == "Unspent")

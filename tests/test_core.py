@@ -110,7 +110,8 @@ def test_balance_and_listing(impl):
     assert t.balance("A") == 10
     assert t.balance("nobody") == 0
     assert t.by_address("A") == [(A_TX, 0), (B_TX, 0)]
-    assert t.by_address("nobody") == []
+    assert t.unspent("A") == [(A_TX, 0, 10)]
+    assert t.by_address("nobody") == [] and t.unspent("nobody") == []
     with pytest.raises(DuplicateOutpoint):
         t.add(A_TX, 0, "A", 1)
     with pytest.raises(ValueError):
@@ -283,6 +284,7 @@ class CoreVsModel(RuleBasedStateMachine):
         for a in ADDRESSES:
             assert self.c_tab.balance(a) == self.m_tab.balance(a)
             assert self.c_tab.by_address(a) == self.m_tab.by_address(a)
+            assert self.c_tab.unspent(a) == self.m_tab.unspent(a)
             assert sorted(self.c_ix.subscribers_of(a)) == sorted(self.m_ix.subscribers_of(a))
         for s in range(6):
             assert sorted(self.c_ix.addresses_of(s)) == sorted(self.m_ix.addresses_of(s))

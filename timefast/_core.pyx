@@ -342,6 +342,26 @@ cdef class UtxoTable:
                 out.append((_txid_str(<const uint8_t*>e.first.w), e.first.vout))
         return out
 
+    def unspent(self, str address):
+        """``(txid, vout, amount)`` of ``address``'s Unspent UTXOs, oldest first.
+
+        Only those become Python objects: an address may hold thousands of coins
+        on their way out (spent, not yet in a block).
+        """
+        r = self._rows.get(address)
+        if r is None:
+            return []
+        cdef tf_entry_list* lst = &self._row_coins[<uint32_t>r]
+        cdef size_t i
+        cdef tf_entry* e
+        out = []
+        for i in range(lst.size()):
+            e = lst[0][i]
+            if e != NULL and e.second.state == UNSPENT:
+                out.append((_txid_str(<const uint8_t*>e.first.w), e.first.vout,
+                            e.second.amount))
+        return out
+
     def balance(self, str address):
         """Sum of the amounts of ``address``'s Unspent UTXOs."""
         r = self._rows.get(address)

@@ -858,10 +858,7 @@ class Ledger:
         total = 0
         # Newest first: the faucet's change is its newest coin, so a busy faucet
         # finds one at once however long its history.
-        for t, v in reversed(self.utxos.by_address(faucet)):
-            _, value, state, _, _, _ = self.utxos.get(t, v)
-            if state != "Unspent":
-                continue
+        for t, v, value in reversed(self.utxos.unspent(faucet)):
             picked.append((t, v, FAUCET_KEY))
             total += value
             if total >= amount:
