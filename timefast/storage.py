@@ -5,8 +5,9 @@ a step changes (UTXOs, transactions, votes, blocks, events) and commits before a
 of it is acknowledged or announced.  ``synchronous=NORMAL`` in WAL mode keeps every
 committed transaction across a process crash (kill -9); only a power loss may take
 the last few, which is the usual trade for a node that commits thousands a second.
-Commits only append to the WAL; a ``Checkpointer`` thread copies pages into the
-database file beside them.
+A ``Checkpointer`` thread copies committed WAL pages into the database file beside
+the writer; a commit checkpoints only once the WAL passes 16 MB, which then starts
+over (so the WAL file stays that size).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("timefast")
+
+# WAL pages (of 4 KiB) after which a commit checkpoints, and the WAL restarts.
+WAL_PAGES = 4000
 
 # How often the checkpointer copies committed WAL pages into the database file
 # (ledger bench, 20,000 payments: 0.25 s gave the most; 1 s less than commits
@@ -121,11 +125,14 @@ class Store:
         # keys touch pages all over those B-trees.
         self.db.execute("PRAGMA cache_size=-16384")
         self.db.execute("PRAGMA foreign_keys=OFF")
-        # Commits never checkpoint: copying WAL pages into the database file and
-        # syncing it is the checkpointer thread's job, on its own connection, so the
-        # event loop only appends to the WAL (SQLite lets a checkpoint run beside a
-        # writer, and releases the GIL while it works).
-        self.db.execute("PRAGMA wal_autocheckpoint=0")
+        # Copying WAL pages into the database file is the checkpointer thread's
+        # job, on its own connection (SQLite lets a checkpoint run beside a writer,
+        # and releases the GIL while it works).  But only a checkpoint that leaves
+        # nothing behind lets the next write start the WAL over, and a writer that
+        # never stops never sees one from another thread: so a commit still
+        # checkpoints once the WAL passes 16 MB, copying the little the thread has
+        # not, and the WAL file stays that size instead of growing for ever.
+        self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
         self.db.executescript(SCHEMA)
         for table, column, decl in MIGRATIONS:
             have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
