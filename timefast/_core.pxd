@@ -95,6 +95,7 @@ cdef class UtxoTable:
     cdef tf_entry* _find(self, str txid, long vout) except NULL
     cdef uint32_t _row_for(self, str address) except? 0xFFFFFFFF
     cdef void _unlink(self, tf_entry* e) noexcept
+    cdef tf_entry_list* _coins_of(self, str address) except? NULL
     cpdef int check_lock(self, str txid, list outpoints) except -1
     cpdef int lock(self, str txid, list outpoints) except -1
 

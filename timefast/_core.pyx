@@ -327,15 +327,21 @@ cdef class UtxoTable:
         self._unlink(e)
         self._coins.erase(k)
 
-    def by_address(self, str address):
-        """Outpoints owned by ``address``, oldest first."""
+    cdef tf_entry_list* _coins_of(self, str address) except? NULL:
+        # The address's coin list (NULL entries: coins gone), or NULL for none.
         r = self._rows.get(address)
         if r is None:
-            return []
-        cdef tf_entry_list* lst = &self._row_coins[<uint32_t>r]
+            return NULL
+        return &self._row_coins[<uint32_t>r]
+
+    def by_address(self, str address):
+        """Outpoints owned by ``address``, oldest first."""
+        cdef tf_entry_list* lst = self._coins_of(address)
         cdef size_t i
         cdef tf_entry* e
         out = []
+        if lst == NULL:
+            return out
         for i in range(lst.size()):
             e = lst[0][i]
             if e != NULL:
@@ -348,13 +354,12 @@ cdef class UtxoTable:
         Only those become Python objects: an address may hold thousands of coins
         on their way out (spent, not yet in a block).
         """
-        r = self._rows.get(address)
-        if r is None:
-            return []
-        cdef tf_entry_list* lst = &self._row_coins[<uint32_t>r]
+        cdef tf_entry_list* lst = self._coins_of(address)
         cdef size_t i
         cdef tf_entry* e
         out = []
+        if lst == NULL:
+            return out
         for i in range(lst.size()):
             e = lst[0][i]
             if e != NULL and e.second.state == UNSPENT:
@@ -364,13 +369,12 @@ cdef class UtxoTable:
 
     def balance(self, str address):
         """Sum of the amounts of ``address``'s Unspent UTXOs."""
-        r = self._rows.get(address)
-        if r is None:
-            return 0
-        cdef tf_entry_list* lst = &self._row_coins[<uint32_t>r]
+        cdef tf_entry_list* lst = self._coins_of(address)
         cdef size_t i
         cdef tf_entry* e
         cdef int64_t total = 0
+        if lst == NULL:
+            return 0
         for i in range(lst.size()):
             e = lst[0][i]
             if e != NULL and e.second.state == UNSPENT:
