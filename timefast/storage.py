@@ -6,7 +6,7 @@ of it is acknowledged or announced.  ``synchronous=NORMAL`` in WAL mode keeps ev
 committed transaction across a process crash (kill -9); only a power loss may take
 the last few, which is the usual trade for a node that commits thousands a second.
 A ``Checkpointer`` thread copies committed WAL pages into the database file beside
-the writer; a commit checkpoints only once the WAL passes 16 MB, which then starts
+the writer; a commit checkpoints only once the WAL passes 64 MB, which then starts
 over (so the WAL file stays that size).
 """
 
@@ -22,12 +22,14 @@ from typing import Any
 
 log = logging.getLogger("timefast")
 
-# WAL pages (of 4 KiB) after which a commit checkpoints, and the WAL restarts.
-WAL_PAGES = 4000
+# WAL pages (of 4 KiB) after which a commit checkpoints, and the WAL restarts
+# (ledger bench, 20,000 payments, runs taken in turn: 3,362-3,410 tx/s at 64 MB,
+# 3,172-3,278 at 16 MB).
+WAL_PAGES = 16000
 
 # How often the checkpointer copies committed WAL pages into the database file
-# (ledger bench, 20,000 payments: 0.25 s gave the most; 1 s less than commits
-# checkpointing every 16 MB themselves, its bigger copies contending with them).
+# (ledger bench, 20,000 payments: 0.25 s gave more than 0.1 s or 1 s, whose bigger
+# copies contend with the writer).
 CHECKPOINT_INTERVAL = 0.25
 
 SCHEMA = """
@@ -130,7 +132,7 @@ class Store:
         # and releases the GIL while it works).  But only a checkpoint that leaves
         # nothing behind lets the next write start the WAL over, and a writer that
         # never stops never sees one from another thread: so a commit still
-        # checkpoints once the WAL passes 16 MB, copying the little the thread has
+        # checkpoints once the WAL passes 64 MB, copying the little the thread has
         # not, and the WAL file stays that size instead of growing for ever.
         self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
         self.db.executescript(SCHEMA)
