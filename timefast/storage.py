@@ -78,9 +78,10 @@ class Checkpointer:
     """A thread that copies committed WAL pages into the database file.
 
     Every ``interval`` seconds it runs a PASSIVE checkpoint on a connection of its
-    own: it never blocks the writer, and the writer's commits no longer pay for
-    the copy and the sync.  A failed checkpoint (a full disk) is logged and tried
-    again at the next tick; the WAL keeps every committed page meanwhile.
+    own: it never blocks the writer, and leaves the writer's own checkpoint (once
+    the WAL passes ``WAL_PAGES``) only what came in since.  A failed checkpoint (a
+    full disk) is logged and tried again at the next tick; the WAL keeps every
+    committed page meanwhile.
     """
 
     def __init__(self, path: Path, interval: float = CHECKPOINT_INTERVAL) -> None:
