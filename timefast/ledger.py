@@ -49,6 +49,7 @@ from timefast.transaction import (
     TxOutput,
     build,
     parse,
+    txid_of,
 )
 from timefast.writes import Writes
 
@@ -86,7 +87,7 @@ class Event:
 
 # ``raw`` below is the transaction's JSON, serialized once and spliced into every
 # event that carries it (as an orjson.Fragment), and left out of those events'
-# stored form (``_stored_form``).
+# stored form (``_Step.event``).
 
 
 @dataclass(slots=True)
@@ -506,13 +507,10 @@ class Ledger:
         """``(public key, signed bytes, signature)`` of every input of ``txs``, for
         ``crypto.verify_batch`` (on any thread) ahead of their ``submit``."""
         items = []
-        for tx in txs:
-            try:
-                msg = tx.signing_bytes()
-                items += [(bytes.fromhex(i.public_key), msg, bytes.fromhex(i.signature))
-                          for i in tx.inputs]
-            except ValueError:
-                continue  # submit finds and names the fault
+        for tx in txs:  # parsed: every key and signature is hex of the right length
+            msg = tx.signing_bytes()
+            items += [(bytes.fromhex(i.public_key), msg, bytes.fromhex(i.signature))
+                      for i in tx.inputs]
         return items
 
     def checked(self, items: list[tuple[bytes, bytes, bytes]], good: bytes) -> None:
@@ -536,7 +534,9 @@ class Ledger:
             tx = obj if isinstance(obj, Transaction) else parse(obj)
         except TxFormatError as e:
             raise self._refuse("TX_INVALID", str(e)) from None
-        if tx.compute_txid() != tx.txid:
+        # What the txid hashes is what every input signs: made once for both.
+        msg = tx.signing_bytes()
+        if txid_of(msg) != tx.txid:
             raise self._refuse("TX_INVALID", "txid does not match the transaction's contents")
         known = self.status_of(tx.txid)
         if known not in (None, "rejected"):
@@ -549,7 +549,6 @@ class Ledger:
                 self.check_address(o.address, "output address")
             except LedgerError as e:
                 raise self._refuse("TX_INVALID", e.message) from None
-        msg = tx.signing_bytes()
         total_in = 0
         in_addresses = []
         for n, inp in enumerate(tx.inputs):

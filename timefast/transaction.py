@@ -29,6 +29,11 @@ class TxFormatError(ValueError):
     """A transaction that is not well formed; the message says what is wrong."""
 
 
+def txid_of(signing_bytes: bytes) -> str:
+    """The txid of a transaction with these signing bytes (SPEC 4.1)."""
+    return sha3(sha3(signing_bytes)).hex()
+
+
 @dataclass(frozen=True, slots=True)
 class TxInput:
     """One input: the outpoint it spends, the key that owns it and its signature."""
@@ -76,7 +81,7 @@ class Transaction:
 
     def compute_txid(self) -> str:
         """hex(SHA3-256(SHA3-256(signing bytes)))."""
-        return sha3(sha3(self.signing_bytes())).hex()
+        return txid_of(self.signing_bytes())
 
     def to_json(self) -> dict[str, Any]:
         """The upstream JSON object."""
