@@ -91,7 +91,10 @@ def _verify_address() -> int:
     import nacl._sodium
 
     lib = ctypes.CDLL(nacl._sodium.__file__)
-    return int(ctypes.cast(lib.crypto_sign_verify_detached, ctypes.c_void_p).value or 0)
+    address = ctypes.cast(lib.crypto_sign_verify_detached, ctypes.c_void_p).value
+    if not address:
+        raise ImportError("libsodium's crypto_sign_verify_detached is not available")
+    return int(address)
 
 
 _VERIFY_FN = _verify_address()
