@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS events (
 
 # Columns added since a table was first created: (table, column, declaration).
 MIGRATIONS = [
-    # An event's transaction, left out of its stored payload (ledger._stored_form).
+    # An event's transaction, left out of its stored payload (ledger._Step.event).
     ("events", "tx_ref", "TEXT"),
     ("events", "tx_at", "INTEGER"),
     # Votes written with their transaction's row: [[voter, approve, signature], ...].

@@ -45,7 +45,7 @@ class Writes:
         self.votes: dict[tuple[str, str], tuple[str, str, int, str]] = {}
         self.cleared_votes: set[str] = set()
         self.blocks: list[tuple[Any, ...]] = []
-        # (seq, type, addresses, stored payload, tx_ref, tx_at): see ledger._stored_form
+        # (seq, type, addresses, stored payload, tx_ref, tx_at): see ledger._Step.event
         self.events: list[tuple[int, str, bytes | None, bytes, str | None, int | None]] = []
 
     def __bool__(self) -> bool:
