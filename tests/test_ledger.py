@@ -285,7 +285,6 @@ def test_votes_refused(tmp_path):
         (crypto.sign_vote(keys[1], tx.txid, True) | {"approve": False}, "BAD_REQUEST",
          "bad vote signature"),
         (crypto.sign_vote(keys[0], tx.txid, True), "BAD_REQUEST", "duplicate vote"),
-        (crypto.sign_vote(keys[1], "ab" * 32, True), "NOT_FOUND", "unknown transaction"),
         ({"txid": 1}, "BAD_REQUEST", "vote.txid"),
         ("nope", "BAD_REQUEST", "must be an object"),
     ]
@@ -401,3 +400,149 @@ def test_storage_failure_refuses_and_changes_nothing(tmp_path):
     assert led.submit(tx.to_json()) == tx.txid
     assert led.status_of(tx.txid) == "finalized"
 
+
+
+def test_votes_before_their_transaction_are_kept_and_counted(tmp_path):
+    # Votes from peers may overtake the transaction they vote on: they are kept
+    # (not refused) and counted the moment it arrives.
+    keys = [crypto.new_key() for _ in range(4)]
+    pubs = [crypto.public_key_hex(k) for k in keys]
+    led, events = make_ledger(tmp_path, key=keys[0], masternodes=pubs)
+    ka, a = new_wallet()
+    t = led.faucet(a, 1000)
+    for k in keys[1:3]:
+        led.submit_vote(crypto.sign_vote(k, t, True))
+    tx = build([(t, 0, ka)], [(new_wallet()[1], 900)], timestamp=5)
+    for k in keys[1:3]:
+        assert led.submit_vote(crypto.sign_vote(k, tx.txid, True)) == {
+            "txid": tx.txid, "status": None}
+    with pytest.raises(LedgerError, match="duplicate vote"):
+        led.submit_vote(crypto.sign_vote(keys[1], tx.txid, True))
+    assert led.status_of(tx.txid) is None
+    led.submit(tx.to_json())
+    # Its own vote and the two kept ones: quorum (3 of 4) in the step that accepts it.
+    assert led.status_of(tx.txid) == "finalized"
+    assert led.get_transaction(tx.txid)["votes"] == 3
+    assert ("TransactionFinalized",) in kinds(events)
+
+
+def test_kept_early_votes_are_bounded(tmp_path, monkeypatch):
+    from timefast import ledger as ledger_module
+    monkeypatch.setattr(ledger_module, "EARLY_VOTES_MAX", 5)
+    keys = [crypto.new_key() for _ in range(4)]
+    pubs = [crypto.public_key_hex(k) for k in keys]
+    clock = Clock()
+    led, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs, clock=clock)
+    txids = [f"{i:064x}" for i in range(8)]
+    for t in txids:
+        led.submit_vote(crypto.sign_vote(keys[1], t, True))
+    assert list(led._early) == txids[-5:]  # the oldest went first
+    clock.now += ledger_module.EARLY_VOTES_TTL + 1
+    led.submit_vote(crypto.sign_vote(keys[2], "ff" * 32, True))
+    assert list(led._early) == ["ff" * 32]  # the stale ones went
+
+
+def test_add_votes_takes_a_batch_of_one_voter(tmp_path):
+    keys = [crypto.new_key() for _ in range(4)]
+    pubs = [crypto.public_key_hex(k) for k in keys]
+    led, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs)
+    ka, a = new_wallet()
+    coins = []
+    for amount in (100, 200):
+        t = led.faucet(a, amount)
+        for k in keys[1:3]:
+            led.submit_vote(crypto.sign_vote(k, t, True))
+        coins.append((t, 0, ka))
+    txs = [build([c], [(new_wallet()[1], 50)], timestamp=5) for c in coins]
+    for tx in txs:
+        led.submit(tx.to_json())
+    for k in keys[1:3]:
+        batch = [(tx.txid, True, crypto.sign_vote(k, tx.txid, True)["signature"])
+                 for tx in txs]
+        led.add_votes(crypto.public_key_hex(k), batch)
+    assert [led.status_of(tx.txid) for tx in txs] == ["finalized", "finalized"]
+    # A bad signature refuses the whole batch; one already counted is ignored.
+    bad = [(txs[0].txid, False, "00" * 64)]
+    with pytest.raises(LedgerError, match="bad vote signature"):
+        led.add_votes(pubs[3], bad)
+    seq = led.seq
+    led.add_votes(pubs[1], [(txs[0].txid, True, "00" * 64)], verified=True)
+    assert led.seq == seq
+
+
+def _mirror(tmp_path):
+    """Two ledgers of one regtest genesis (different keys, one voting set each)."""
+    a, _ = make_ledger(tmp_path / "a")
+    b, events = make_ledger(tmp_path / "b")
+    return a, b, events
+
+
+def _utxo_set(led):
+    rows = led.store.query("SELECT txid, vout, address, amount, state FROM utxos"
+                           " ORDER BY txid, vout")
+    return [tuple(r) for r in rows]
+
+
+def test_a_block_made_by_one_ledger_is_accepted_by_another(tmp_path):
+    a, b, events = _mirror(tmp_path)
+    ka, addr = new_wallet()
+    paid = a.faucet(addr, 5000)
+    child = build([(paid, 0, ka)], [(new_wallet()[1], 4000), (addr, 900)], timestamp=7)
+    a.submit(child.to_json())  # spends the faucet payment: a parent and its child
+    block = a.make_block()
+    full = a.get_block(block["height"], with_txs=True)
+    assert [t["txid"] for t in full["txs"]] == block["txids"] == [paid, child.txid]
+    b.accept_block(full, commit=[{"voter": a.public_key}])
+    assert (b.height, b.tip) == (a.height, a.tip)
+    assert _utxo_set(a) == _utxo_set(b)
+    assert b.get_block(1) == a.get_block(1)
+    assert [b.status_of(t) for t in block["txids"]] == ["confirmed", "confirmed"]
+    assert b.balance(addr) == a.balance(addr) == 900
+    seen = [e.type for e in events]
+    # Wallets of the second node hear the transactions it learnt from the block.
+    assert seen.count("TransactionFinalized") == 2 and seen.count("TransactionConfirmed") == 2
+    assert seen[-1] == "NewBlock"
+    # A restart of the second ledger agrees.
+    again = Ledger(b.store, "regtest", b.key, clock=Clock())
+    assert (again.height, again.tip) == (a.height, a.tip)
+
+
+def test_a_block_beats_a_pending_conflicting_spend(tmp_path):
+    keys = [crypto.new_key() for _ in range(4)]
+    pubs = [crypto.public_key_hex(k) for k in keys]
+    a, _ = make_ledger(tmp_path / "a")
+    b, _events = make_ledger(tmp_path / "b", key=keys[0], masternodes=pubs)
+    ka, addr = new_wallet()
+    # The same coin on both ledgers: a faucet payment made on a, learnt by b in a block.
+    paid = a.faucet(addr, 5000)
+    b.accept_block(a.get_block(a.make_block()["height"], with_txs=True))
+    # b's wallet spends it one way (pending: b needs three votes), a's another.
+    loser = build([(paid, 0, ka)], [(new_wallet()[1], 100)], timestamp=8)
+    winner = build([(paid, 0, ka)], [(new_wallet()[1], 200)], timestamp=9)
+    b.submit(loser.to_json())
+    a.submit(winner.to_json())
+    b.accept_block(a.get_block(a.make_block()["height"], with_txs=True))
+    assert b.status_of(loser.txid) == "rejected"
+    assert b.status_of(winner.txid) == "confirmed"
+    assert b.get_transaction(loser.txid)["reason"] == "conflict"
+    assert b.tip == a.tip
+
+
+def test_a_block_that_does_not_follow_is_refused_and_changes_nothing(tmp_path):
+    a, b, _events = _mirror(tmp_path)
+    _, addr = new_wallet()
+    a.faucet(addr, 10)
+    good = a.get_block(a.make_block()["height"], with_txs=True)
+    seq = b.seq
+    for bad, words in [
+        (good | {"height": 5}, "not the next block"),
+        (good | {"prev_hash": "11" * 32}, "does not extend"),
+        (good | {"timestamp": good["timestamp"] + 1}, "hash does not match"),
+        (good | {"txs": []}, "does not carry"),
+        (good | {"txs": [dict(good["txs"][0], timestamp=1)]}, "txid does not match"),
+    ]:
+        with pytest.raises(LedgerError, match=words):
+            b.accept_block(bad)
+        assert (b.seq, b.height) == (seq, 0)
+    b.accept_block(good)
+    assert b.tip == a.tip

@@ -8,8 +8,8 @@ import pytest
 from timefast import crypto
 from timefast.ledger import Ledger, LedgerError
 from timefast.storage import StorageError, Store
+from timefast.tables import Rows as Writes
 from timefast.transaction import build
-from timefast.writes import Writes
 
 from .helpers import ledger_with_coins, new_wallet
 

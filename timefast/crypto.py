@@ -18,6 +18,9 @@ HEX64 = re.compile(r"[0-9a-fA-F]{64}")  # public keys
 HEX128 = re.compile(r"[0-9a-fA-F]{128}")  # signatures
 TXID = re.compile(r"[0-9a-f]{64}")  # txids: lowercase SHA3-256 hex
 _KEY_RE = re.compile(r"MN([0-9a-fA-F]{64})")
+# An address as the ledger writes it: a network's prefix and 40 hex of a public key.
+NETWORK_PREFIX = {"mainnet": "TIME1", "testnet": "TIME0", "regtest": "TIME0"}
+WIRE_ADDRESS = re.compile(r"TIME[01][0-9a-f]{40}")
 
 
 class KeyFormatError(ValueError):
@@ -31,8 +34,7 @@ def sha3(data: bytes) -> bytes:
 
 def address_of(public_key_hex: str, network: str) -> str:
     """Address of a public key: ``TIME1`` on mainnet, ``TIME0`` elsewhere, + 40 hex."""
-    prefix = "TIME1" if network == "mainnet" else "TIME0"
-    return prefix + public_key_hex[:40].lower()
+    return NETWORK_PREFIX[network] + public_key_hex[:40].lower()
 
 
 def parse_private_key(text: str) -> SigningKey:

@@ -1,25 +1,24 @@
-"""The ledger: transactions, the UTXO state protocol, votes, blocks and events (SPEC 4).
+"""The ledger: state and the unit of work (SPEC 4).
 
-Plain Python around the compiled ``UtxoTable``.  Every change is one *step*: the
-step stages UTXO moves (checked against the transition table), writes every row it
-changes inside one SQLite transaction, and only after the commit applies the moves
-to the core, updates the in-memory state and hands the events to listeners.  A step
-that fails (a rule, a full disk) leaves the core, the database and the listeners as
-they were: durable before announced (DEVELOPERS rule 4).
+Plain Python around the compiled ``UtxoTable``, with the rules in ``rules``, the
+SQL in ``tables`` and the wallet events in ``journal``.  Every change is one
+*step*: the step stages UTXO moves (checked against the transition table) and the
+rows it changes, and only after they are committed applies the moves to the core,
+updates the in-memory state and hands the changes to listeners.  A step that fails
+(a rule, a full disk) leaves the core, the database and the listeners as they
+were: durable before announced.
 
-The ledger never touches a socket; it serializes each event once, to the bytes that
-are stored in the event log and sent to wallets.
+Entry points, for wallets, the RPC and next the peers: ``submit`` (a transaction),
+``add_votes`` (votes of one masternode), ``accept_block`` (a block the network
+committed), ``make_block`` (this node's block), ``expire`` (the timeout of a
+one-masternode network).  The ledger never touches a socket.
 """
 
 from __future__ import annotations
 
-import math
-import re
-import sqlite3
-import struct
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,59 +34,48 @@ from timefast.crypto import (
     address_of,
     is_public_key_hex,
     public_key_hex,
-    sha3,
     sign_vote,
     verify,
     vote_bytes,
 )
 from timefast.errors import IllegalTransition, LockConflict, UnknownOutpoint
-from timefast.storage import StorageError, Store
-from timefast.transaction import (
-    COIN,
-    Transaction,
-    TxFormatError,
-    TxOutput,
-    build,
-    parse,
-    txid_of,
+from timefast.journal import (
+    BlockAdded,
+    Change,
+    Event,
+    Journal,
+    TxAccepted,
+    TxConfirmed,
+    TxFinalized,
+    TxRejected,
+    UtxoMoved,
+    VoteRecorded,
+    kept,
 )
-from timefast.writes import Writes
+from timefast.rules import (
+    FAUCET_KEY,
+    GENESIS_SUPPLY,
+    GENESIS_TIMESTAMP,
+    ZERO_HASH,
+    LedgerError,
+    block_hash,
+    check_address,
+    check_block_header,
+    check_transaction,
+    genesis_transaction,
+    quorum,
+    signed_bytes,
+    tally,
+)
+from timefast.storage import StorageError, Store
+from timefast.tables import BlockRow, Coin, Rows, Tables, TxChange, TxRow, Vote
+from timefast.transaction import Transaction, TxFormatError, build, parse
 
-GENESIS_TIMESTAMP = 1764150000
-GENESIS_SUPPLY = 21_000_000 * COIN
-ZERO_HASH = "0" * 64
-# The regtest faucet's key is fixed so that anyone can spend from it on a private
-# network: seed = SHA3-256(b"timefast regtest faucet").
-FAUCET_SEED = sha3(b"timefast regtest faucet")
-FAUCET_KEY = SigningKey(FAUCET_SEED)
-
-NETWORK_PREFIX = {"mainnet": "TIME1", "testnet": "TIME0", "regtest": "TIME0"}
-_WIRE_ADDRESS = re.compile(r"TIME[01][0-9a-f]{40}")
 SPENDABLE_OR_PENDING = ("Unspent", "Locked", "SpentPending")
-
-
-class LedgerError(Exception):
-    """A request the ledger refuses; ``code`` is one of SPEC 3.4's error codes."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One pushed event: ``payload`` is the exact JSON message wallets receive."""
-
-    seq: int
-    type: str
-    addresses: tuple[str, ...] | None  # None: every connection (NewBlock)
-    payload: bytes
-
-
-# ``raw`` below is the transaction's JSON, serialized once and spliced into every
-# event that carries it (as an orjson.Fragment), and left out of those events'
-# stored form (``_Step.event``).
+# Votes for a transaction this node has not seen yet are kept until it arrives:
+# for at most this many transactions, and this many seconds.
+EARLY_VOTES_MAX = 10_000
+EARLY_VOTES_TTL = 600.0
 
 
 @dataclass(slots=True)
@@ -98,6 +86,7 @@ class _Pending:
     addresses: tuple[str, ...]
     approvals: set[str] = field(default_factory=set)
     rejections: set[str] = field(default_factory=set)
+    decided: bool = False  # finalized or rejected by a step that has not committed yet
 
 
 @dataclass(slots=True)
@@ -107,183 +96,84 @@ class _Final:
     addresses: tuple[str, ...]
 
 
-def _kept(data: bytes) -> bytes:
-    """A right-sized copy of orjson output that is kept.
-
-    orjson returns its bytes inside the 4 KiB buffer it wrote them to, whatever
-    their length: 100,000 kept events of 1 KB would hold 400 MB instead of 100.
-    """
-    return bytes(memoryview(data))
-
-
-def _inline(blob: bytes | None) -> list[tuple[str, int]]:
-    """``(voter, approve)`` of the votes kept in a txs row (see ``Writes.flush``)."""
-    return [] if blob is None else [(v[0], int(v[1])) for v in orjson.loads(blob)]
-
-
-_TXID_HEAD = b'{"txid":"'
-
-
-def _full_payload(stored: bytes, raw: bytes | None, at: int | None) -> bytes:
-    """The event's payload from its stored form (see ``_Step.event``)."""
-    if at is None:
-        return stored
-    if raw is None:
-        raise StorageError("an event names a transaction the database does not hold")
-    return stored[:at] + raw + stored[at:]
-
-
-def block_hash(height: int, prev_hash: str, timestamp: int, txids: list[str],
-               producer: str) -> str:
-    """hex SHA3-256 of the header: height u64 LE, prev_hash ASCII, timestamp i64 LE,
-    txid count u32 LE, each txid ASCII, producer ASCII."""
-    parts = [struct.pack("<Q", height), prev_hash.encode("ascii"),
-             struct.pack("<qI", timestamp, len(txids))]
-    parts.extend(t.encode("ascii") for t in txids)
-    parts.append(producer.encode("ascii"))
-    return sha3(b"".join(parts)).hex()
-
-
-def genesis_transaction(network: str) -> Transaction | None:
-    """Regtest's genesis pays the whole supply to the faucet; other networks have none."""
-    if network != "regtest":
-        return None
-    faucet = address_of(public_key_hex(FAUCET_KEY), network)
-    tx = Transaction("", 1, (), (TxOutput(GENESIS_SUPPLY, faucet),), 0, GENESIS_TIMESTAMP)
-    return Transaction(tx.compute_txid(), 1, (), tx.outputs, 0, GENESIS_TIMESTAMP)
-
-
 class _Step:
-    """Staged changes of one atomic ledger step (see the module docstring).
+    """Changes of one atomic ledger step (see the module docstring).
 
-    A step never writes to the database itself: its rows go to the batch's
-    ``Writes`` when it succeeds (``merge``), so a step that fails leaves nothing.
+    A step never writes to the database itself: its rows go to the batch's rows
+    when it succeeds (``Rows.absorb``), so a step that fails leaves nothing.
     """
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.seq = ledger.seq
+        self.rows = Rows()
+        self.changes: list[Change] = []
         self.events: list[Event] = []
         self.core_ops: list[Callable[[], Any]] = []
         self.after: list[Callable[[], None]] = []
-        self.staged: dict[tuple[str, int], list[Any]] = {}
-        self.dirty: dict[tuple[str, int], bool] = {}  # outpoint -> created by this step
-        self.event_rows: list[tuple[int, str, bytes | None, bytes, str | None, int | None]] = []
-        self.new_txs: list[list[Any]] = []
-        # txid -> (status, finalized_seq, reason, block_height), None: unchanged
-        self.tx_status: dict[str, tuple[str, int | None, str | None, int | None]] = {}
-        self.cleared_votes: list[str] = []
-        self.votes: list[tuple[str, str, bool, str]] = []
-        self.blocks: list[tuple[Any, ...]] = []
+        self.coins: dict[tuple[str, int], Coin] = {}
 
-    def merge(self, w: Writes) -> None:
-        """Hand the step's rows to the batch."""
-        for txid in self.cleared_votes:
-            w.clear_votes(txid)
-        for row in self.new_txs:
-            w.add_tx(row)
-        for txid, change in self.tx_status.items():
-            w.set_tx(txid, *change)
-        for op, new in self.dirty.items():
-            w.put_utxo(op, self.staged[op], new)
-        for vote in self.votes:
-            w.add_vote(*vote)
-        w.blocks.extend(self.blocks)
-        w.events.extend(self.event_rows)
+    def emit(self, change: Change) -> None:
+        """Record one change, and the wallet event it makes (with the next ``seq``)."""
+        self.changes.append(change)
+        made = self.ledger.journal.record(change, self.seq + 1)
+        if made is not None:
+            self.seq += 1
+            self.events.append(made[0])
+            self.rows.events.append(made[1])
 
-    def utxo(self, op: tuple[str, int]) -> list[Any]:
+    def utxo(self, op: tuple[str, int]) -> Coin:
         """The UTXO's record as this step has it (a copy, changed by the step)."""
-        rec = self.staged.get(op)
-        if rec is None:
-            rec = list(self.ledger.utxos.get(*op))
-            self.staged[op] = rec
-        return rec
+        coin = self.coins.get(op)
+        if coin is None:
+            coin = Coin(*self.ledger.utxos.get(*op))
+            self.coins[op] = coin
+        return coin
 
-    def event(self, type_: str, data: dict[str, Any], addresses: tuple[str, ...] | None,
-              tx: bytes | None = None, tx_key: bytes = b"transaction") -> None:
-        """Stage one event: ``data`` and its ``seq``, with ``tx`` (a transaction's
-        JSON, if given) under ``tx_key`` before the ``seq``.
+    def _moved(self, op: tuple[str, int], coin: Coin, prev: str | None,
+               raw: bytes | None) -> None:
+        self.emit(UtxoMoved(op[0], op[1], coin.address, coin.amount, coin.state, prev,
+                            coin.spender, coin.votes, coin.height, raw))
 
-        An event that embeds its transaction is stored without it, naming it by
-        txid and offset instead: the JSON is in the ``txs`` row already, and a
-        payment would otherwise write it again in each of its half-dozen events
-        (the database is most of what the ledger does per payment).
-        ``_full_payload`` puts it back at start-up.
-        """
-        self.seq += 1
-        ref: str | None = None
-        at: int | None = None
-        if tx is not None and tx.startswith(_TXID_HEAD):
-            # The bytes orjson would give for the whole object, assembled around
-            # the transaction so that both forms come from one serialization.
-            head = orjson.dumps({"type": type_, "data": data})[:-2]
-            head += (b',"' if data else b'"') + tx_key + b'":'
-            tail = b',"seq":%d}}' % self.seq
-            payload = head + tx + tail
-            stored = head + tail
-            ref, at = tx[len(_TXID_HEAD):len(_TXID_HEAD) + 64].decode(), len(head)
-        else:
-            if tx is not None:
-                data[tx_key.decode()] = orjson.Fragment(tx)
-            data["seq"] = self.seq
-            payload = stored = _kept(orjson.dumps({"type": type_, "data": data}))
-        self.event_rows.append(
-            (self.seq, type_, None if addresses is None else orjson.dumps(addresses), stored,
-             ref, at))
-        self.events.append(Event(self.seq, type_, addresses, payload))
-
-    def _utxo_event(self, op: tuple[str, int], rec: list[Any], prev: str | None,
-                    tx: bytes | None) -> None:
-        data = {
-            "outpoint": {"txid": op[0], "vout": op[1]},
-            "address": rec[0], "amount": rec[1], "state": rec[2], "prev_state": prev,
-            "spending_txid": rec[3], "votes": rec[4], "quorum": self.ledger.quorum,
-            "block_height": rec[5],
-        }
-        if tx is None:
-            data["transaction"] = None
-        self.event("UtxoStateChange", data, (rec[0],), tx)
-
-    def lock(self, txid: str, ops: list[tuple[str, int]], tx: bytes) -> None:
+    def lock(self, txid: str, ops: list[tuple[str, int]], raw: bytes) -> None:
+        """Lock every input of ``txid`` (all or nothing; ``LockConflict``)."""
         self.ledger.utxos.check_lock(txid, ops)
         for op in ops:
-            rec = self.utxo(op)
-            rec[2], rec[3] = "Locked", txid
-            self._mark_dirty(op)
-            self._utxo_event(op, rec, "Unspent", tx)
+            coin = self.utxo(op)
+            coin.state, coin.spender = "Locked", txid
+            self.rows.put_utxo(op, coin, False)
+            self._moved(op, coin, "Unspent", raw)
         self.core_ops.append(lambda: self.ledger.utxos.lock(txid, ops))
 
-    def move(self, op: tuple[str, int], state: str, tx: bytes | None,
+    def move(self, op: tuple[str, int], state: str, raw: bytes | None,
              votes: int | None = None, height: int | None = None) -> None:
-        rec = self.utxo(op)
-        prev = rec[2]
+        """Move one UTXO along the transition table (``IllegalTransition``)."""
+        coin = self.utxo(op)
+        prev = coin.state
         if not _core.allowed(prev, state):
             raise IllegalTransition(op[0], op[1], prev, state)
-        rec[2] = state
+        coin.state = state
         if state == "Unspent":
-            rec[3], rec[4] = None, 0
+            coin.spender, coin.votes = None, 0
         if votes is not None:
-            rec[4] = votes
+            coin.votes = votes
         if height is not None:
-            rec[5] = height
-        self._mark_dirty(op)
-        self._utxo_event(op, rec, prev, tx)
+            coin.height = height
+        self.rows.put_utxo(op, coin, op in self.rows.new_utxos)
+        self._moved(op, coin, prev, raw)
         self.core_ops.append(
             lambda: self.ledger.utxos.transition(op[0], op[1], state, votes, height))
 
     def create(self, op: tuple[str, int], address: str, amount: int,
-               tx: bytes | None, height: int | None = None) -> None:
-        rec = [address, amount, "Unspent", None, 0, height]
-        self.staged[op] = rec
-        self.dirty[op] = True
-        if tx is not None:
-            self._utxo_event(op, rec, None, tx)
+               raw: bytes | None, height: int | None = None) -> None:
+        """A new Unspent coin (announced when ``raw``, its transaction, is given)."""
+        coin = Coin(address, amount, "Unspent", None, 0, height)
+        self.coins[op] = coin
+        self.rows.put_utxo(op, coin, True)
+        if raw is not None:
+            self._moved(op, coin, None, raw)
         self.core_ops.append(
             lambda: self.ledger.utxos.add(op[0], op[1], address, amount, block_height=height))
-
-    def _mark_dirty(self, op: tuple[str, int]) -> None:
-        # An existing UTXO's row is written once, however often it moves.
-        self.dirty.setdefault(op, False)
 
 
 class Ledger:
@@ -292,9 +182,10 @@ class Ledger:
     def __init__(self, store: Store, network: str, key: SigningKey,
                  masternodes: Iterable[str] | None = None, finality_timeout: float = 10.0,
                  replay_events: int = 100_000, clock: Callable[[], float] = time.time) -> None:
-        if network not in NETWORK_PREFIX:
+        if network not in ("mainnet", "testnet", "regtest"):
             raise ValueError(f"unknown network {network!r}")
         self.store = store
+        self.tables = Tables(store)
         self.network = network
         self.key = key
         self.public_key = public_key_hex(key)
@@ -304,99 +195,80 @@ class Ledger:
             if not is_public_key_hex(m):
                 raise ValueError(f"masternode key {m!r} is not 64 hex characters")
         self.masternodes: tuple[str, ...] = tuple(dict.fromkeys(voters))
-        self.quorum = math.ceil(2 * len(self.masternodes) / 3)
+        self.quorum = quorum(len(self.masternodes))
         self.finality_timeout = finality_timeout
         self.replay_events = replay_events
         self.clock = clock
         self.utxos = _core.UtxoTable()
+        self.journal = Journal(replay_events, self.quorum)
         self.pending: dict[str, _Pending] = {}
         self.unconfirmed: dict[str, _Final] = {}
         self.seq = 0
         self.height = -1
         self.tip = ZERO_HASH
         self.tip_timestamp = 0
-        self.recent: deque[Event] = deque(maxlen=max(1, replay_events))
+        # Wallet events of committed steps, and every typed change (peers).
         self.listeners: list[Callable[[list[Event]], None]] = []
-        # Inside ``batch()``: events of committed-to-be steps, held until the commit.
-        self._held: list[Event] | None = None
-        # Rows of committed-to-be steps, written at the commit (timefast.writes).
-        self._writes = Writes()
+        self.watchers: list[Callable[[list[Change]], None]] = []
+        # Inside ``batch()``: events and changes of committed-to-be steps.
+        self._held: tuple[list[Event], list[Change]] | None = None
+        # Rows of committed-to-be steps, written at the commit.
+        self._rows = Rows()
         # (public key, signed bytes, signature) found good ahead of a batch.
         self._checked: set[tuple[bytes, bytes, bytes]] = set()
+        # txid -> (first seen, votes) for transactions not seen yet, oldest first.
+        self._early: OrderedDict[str, tuple[float, list[Vote]]] = OrderedDict()
         self.outcomes = {"accepted": 0, "finalized": 0, "confirmed": 0, "rejected": 0,
                          "invalid": 0, "conflict": 0}
         self._load()
 
+    @property
+    def recent(self) -> Any:
+        """The kept events, oldest first (the journal's window)."""
+        return self.journal.recent
+
     # -- start-up ----------------------------------------------------------------
 
     def _load(self) -> None:
-        s = self.store
+        t = self.tables
         self.utxos = _core.UtxoTable()
         self.pending.clear()
         self.unconfirmed.clear()
-        self.recent.clear()
-        self._writes.clear()
-        if s.one("SELECT 1 FROM blocks LIMIT 1") is None:
+        self._rows.clear()
+        if not t.has_blocks():
             self._genesis()
-        self.seq = int(s.meta("seq") or 0)
-        height, tip, ts = s.one("SELECT height, hash, timestamp FROM blocks"
-                                " ORDER BY height DESC LIMIT 1")
-        self.height, self.tip, self.tip_timestamp = height, tip, ts
+        self.seq = t.seq()
+        self.height, self.tip, self.tip_timestamp = t.tip()
         # Confirmed coins stay on disk only (see ``make_block``).
-        for row in s.query("SELECT txid, vout, address, amount, state, spending_txid, votes,"
-                           " block_height FROM utxos WHERE state != 'Confirmed'"):
-            self.utxos.add(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
-        votes: dict[str, list[tuple[str, int]]] = {}
-        for txid, voter, approve in s.query(
-                "SELECT v.txid, v.voter, v.approve FROM votes v JOIN txs t ON t.txid=v.txid"
-                " WHERE t.status='pending'"):
-            votes.setdefault(txid, []).append((voter, approve))
-        for txid, raw, accepted_at, addrs, inline in s.query(
-                "SELECT txid, raw, accepted_at, addresses, inline_votes FROM txs"
-                " WHERE status='pending'"):
-            p = _Pending(parse(orjson.loads(raw)), bytes(raw), accepted_at,
+        for row in t.live_coins():
+            self.utxos.add(*row)
+        for txid, raw, accepted_at, addrs, votes in t.pending_txs():
+            p = _Pending(parse(orjson.loads(raw)), raw, accepted_at,
                          tuple(orjson.loads(addrs)))
-            for voter, approve in [*votes.get(txid, []), *_inline(inline)]:
+            for voter, approve in votes:
                 (p.approvals if approve else p.rejections).add(voter)
             self.pending[txid] = p
-        for txid, raw, addrs in s.query(
-                "SELECT txid, raw, addresses FROM txs WHERE status='finalized'"
-                " ORDER BY finalized_seq"):
-            self.unconfirmed[txid] = _Final(parse(orjson.loads(raw)), bytes(raw),
+        for txid, raw, addrs in t.finalized_txs():
+            self.unconfirmed[txid] = _Final(parse(orjson.loads(raw)), raw,
                                             tuple(orjson.loads(addrs)))
-        rows = s.query("SELECT e.seq, e.type, e.addresses, e.payload, t.raw, e.tx_at"
-                       " FROM events e LEFT JOIN txs t ON t.txid = e.tx_ref"
-                       " WHERE e.seq > ? ORDER BY e.seq", (self.seq - self.replay_events,))
-        for seq, type_, addrs, payload, raw, at in rows:
-            self.recent.append(Event(seq, type_, None if addrs is None
-                                     else tuple(orjson.loads(addrs)),
-                                     _full_payload(bytes(payload), raw, at)))
+        self.journal.load(t.events_from(self.seq - self.replay_events))
 
     def _genesis(self) -> None:
         gtx = genesis_transaction(self.network)
         txids = [gtx.txid] if gtx else []
         h = block_hash(0, ZERO_HASH, GENESIS_TIMESTAMP, txids, "")
+        block = BlockRow(0, h, ZERO_HASH, GENESIS_TIMESTAMP, orjson.dumps(txids), "")
+        row = None
+        coins: list[tuple[tuple[str, int], Coin]] = []
+        if gtx is not None:
+            row = TxRow(gtx.txid, orjson.dumps(gtx.to_json()), "confirmed",
+                        GENESIS_TIMESTAMP, None, None, orjson.dumps(gtx.addresses()), 0)
+            coins = [((gtx.txid, vout), Coin(o.address, o.amount, "Unspent", None, 0, 0))
+                     for vout, o in enumerate(gtx.outputs)]
         with self.store.transaction() as db:
-            db.execute("INSERT INTO blocks VALUES (?,?,?,?,?,?)",
-                       (0, h, ZERO_HASH, GENESIS_TIMESTAMP, orjson.dumps(txids), ""))
-            if gtx is not None:
-                raw = gtx.to_json()
-                db.execute("INSERT INTO txs (txid, raw, status, accepted_at, block_height,"
-                           " addresses) VALUES (?,?,?,?,?,?)",
-                           (gtx.txid, orjson.dumps(raw), "confirmed", GENESIS_TIMESTAMP, 0,
-                            orjson.dumps(gtx.addresses())))
-                for vout, o in enumerate(gtx.outputs):
-                    db.execute("INSERT INTO utxos VALUES (?,?,?,?,?,?,?,?)",
-                               (gtx.txid, vout, o.address, o.amount, "Unspent", None, 0, 0))
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('network', ?)", (self.network,))
+            self.tables.write_genesis(db, block, row, coins, self.network)
 
     # -- the step machinery --------------------------------------------------------
-
-    def _write_seq(self, db: Any, old: int, new: int) -> None:
-        if new != old:
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(new),))
-            if new // 1024 != old // 1024:
-                db.execute("DELETE FROM events WHERE seq <= ?", (new - self.replay_events,))
 
     def _apply(self, step: _Step) -> None:
         self.seq = step.seq
@@ -404,53 +276,54 @@ class Ledger:
             op()
         for f in step.after:
             f()
-        self.recent.extend(step.events)
+        self.journal.keep_events(step.events)
 
-    def _announce(self, events: list[Event]) -> None:
+    def _announce(self, events: list[Event], changes: list[Change]) -> None:
         if events:
             for listener in self.listeners:
                 listener(events)
+        if changes:
+            for watcher in self.watchers:
+                watcher(changes)
 
     def _run(self, fn: Callable[[_Step], Any]) -> Any:
         step = _Step(self)
         result = fn(step)  # a refusal raises here, with nothing staged anywhere
-        step.merge(self._writes)
+        self._rows.absorb(step.rows)
         if self._held is not None:
             # Inside a batch: later steps see this one's effects, but nobody hears
             # of it before the batch commits.
             self._apply(step)
-            self._held.extend(step.events)
+            self._held[0].extend(step.events)
+            self._held[1].extend(step.changes)
             return result
         try:
             with self.store.transaction() as db:
-                self._writes.flush(db)
-                self._write_seq(db, self.seq, step.seq)
-        finally:
-            self._writes.clear()
+                self._rows.flush(db)
+                self.tables.write_seq(db, self.seq, step.seq, self.replay_events)
+        except BaseException:
+            # The step may have changed in-memory tallies before its commit failed.
+            self._load()
+            raise
         # Committed: now, and only now, the core, memory and listeners learn of it.
         self._apply(step)
-        self._announce(step.events)
+        self._announce(step.events, step.changes)
         return result
 
     def _flush_staged(self) -> None:
         """Write the open batch's staged rows now, for a read that needs all of them."""
-        if self._held is None or not self._writes:
+        if self._held is None or not self._rows:
             return
         try:
-            self._writes.flush(self.store.db)
-        except sqlite3.Error as e:
+            self._rows.flush(self.store.db)
+        except Exception as e:
             # The batch cannot commit any more: fail it whole (``batch`` reloads).
             self.store.failure = self.store.failure or str(e)
             raise StorageError(f"database write failed: {e}") from e
 
-    def _stored_utxo(self, op: tuple[str, int]) -> list[Any] | None:
+    def _stored_utxo(self, op: tuple[str, int]) -> Coin | None:
         """A UTXO the core no longer holds (Confirmed): staged row or database row."""
-        row = self._writes.utxo(op)
-        if row is not None:
-            return row
-        found = self.store.one("SELECT address, amount, state, spending_txid, votes,"
-                               " block_height FROM utxos WHERE txid=? AND vout=?", op)
-        return None if found is None else list(found)
+        return self._rows.utxo(op) or self.tables.utxo(op)
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -464,34 +337,29 @@ class Ledger:
         if self._held is not None:
             yield
             return
-        self._held = []
+        self._held = ([], [])
         seq_before = self.seq
         try:
             with self.store.transaction() as db:
                 yield
-                self._writes.flush(db)
-                self._write_seq(db, seq_before, self.seq)
+                self._rows.flush(db)
+                self.tables.write_seq(db, seq_before, self.seq, self.replay_events)
         except BaseException:
             self._held = None
             self._load()
             raise
-        held, self._held = self._held, None
-        self._announce(held)
+        (events, changes), self._held = self._held, None
+        self._announce(events, changes)
 
     # -- transactions ----------------------------------------------------------------
 
-    def _refuse(self, code: str, message: str) -> LedgerError:
-        self.outcomes["conflict" if code == "TX_CONFLICT" else "invalid"] += 1
-        return LedgerError(code, message)
+    def _refuse(self, e: LedgerError) -> LedgerError:
+        self.outcomes["conflict" if e.code == "TX_CONFLICT" else "invalid"] += 1
+        return e
 
     def check_address(self, address: object, what: str = "address") -> str:
         """An output address of this network, or ``LedgerError(INVALID_ADDRESS)``."""
-        if not isinstance(address, str) or not _WIRE_ADDRESS.fullmatch(address):
-            raise LedgerError("INVALID_ADDRESS", f"{what} must be TIME0 or TIME1 + 40 hex")
-        if not address.startswith(NETWORK_PREFIX[self.network]):
-            raise LedgerError("INVALID_ADDRESS",
-                              f"{what} {address} is not a {self.network} address")
-        return address
+        return check_address(address, self.network, what)
 
     @staticmethod
     def prepare(obj: Any) -> Transaction | None:
@@ -522,6 +390,20 @@ class Ledger:
         """Drop the signatures checked ahead (their work has run)."""
         self._checked.clear()
 
+    def _good_signature(self, pk: bytes, msg: bytes, sig: bytes) -> bool:
+        return (pk, msg, sig) in self._checked or verify(pk, msg, sig)
+
+    def _coin(self, txid: str, vout: int) -> tuple[str, int, str, str | None] | None:
+        """A coin for ``rules.check_transaction``: live, or stored once Confirmed."""
+        try:
+            address, amount, state, spender, _, _ = self.utxos.get(txid, vout)
+        except UnknownOutpoint:
+            spent = self._stored_utxo((txid, vout))
+            if spent is None:
+                return None
+            return spent.address, spent.amount, spent.state, spent.spender
+        return address, amount, state, spender
+
     def submit(self, obj: Any) -> str:
         """Validate and accept a transaction; returns its txid (idempotent).
 
@@ -532,106 +414,80 @@ class Ledger:
         """
         try:
             tx = obj if isinstance(obj, Transaction) else parse(obj)
+            msg = signed_bytes(tx)
         except TxFormatError as e:
-            raise self._refuse("TX_INVALID", str(e)) from None
-        # What the txid hashes is what every input signs: made once for both.
-        msg = tx.signing_bytes()
-        if txid_of(msg) != tx.txid:
-            raise self._refuse("TX_INVALID", "txid does not match the transaction's contents")
+            raise self._refuse(LedgerError("TX_INVALID", str(e))) from None
+        except LedgerError as e:
+            raise self._refuse(e) from None
         known = self.status_of(tx.txid)
         if known not in (None, "rejected"):
             return tx.txid
-        ops = tx.outpoints()
-        if len(set(ops)) != len(ops):
-            raise self._refuse("TX_INVALID", "the same outpoint is spent twice")
-        for o in tx.outputs:
-            try:
-                self.check_address(o.address, "output address")
-            except LedgerError as e:
-                raise self._refuse("TX_INVALID", e.message) from None
-        total_in = 0
-        in_addresses = []
-        for n, inp in enumerate(tx.inputs):
-            try:
-                address, amount, state, spender, _, _ = self.utxos.get(inp.prev_txid, inp.vout)
-            except UnknownOutpoint:
-                spent = self._stored_utxo((inp.prev_txid, inp.vout))
-                if spent is not None:
-                    raise self._refuse("TX_CONFLICT", f"TX_CONFLICT: input {n} "
-                                       f"{inp.prev_txid}:{inp.vout} is already {spent[2]}"
-                                       f" by {spent[3]}") from None
-                raise self._refuse("TX_INVALID", f"input {n} spends unknown outpoint "
-                                   f"{inp.prev_txid}:{inp.vout}") from None
-            if state != "Unspent":
-                raise self._refuse("TX_CONFLICT", f"TX_CONFLICT: input {n} "
-                                   f"{inp.prev_txid}:{inp.vout} is already {state}"
-                                   + (f" by {spender}" if spender else ""))
-            if address_of(inp.public_key, self.network) != address:
-                raise self._refuse("TX_INVALID", f"input {n}: public key does not own {address}")
-            pk, sig = bytes.fromhex(inp.public_key), bytes.fromhex(inp.signature)
-            if (pk, msg, sig) not in self._checked and not verify(pk, msg, sig):
-                raise self._refuse("TX_INVALID", f"input {n}: bad signature")
-            total_in += amount
-            in_addresses.append(address)
-        total_out = sum(o.amount for o in tx.outputs)
-        if total_out > total_in:
-            raise self._refuse("TX_INVALID",
-                               f"outputs ({total_out}) exceed inputs ({total_in})")
+        try:
+            _, in_addresses = check_transaction(tx, msg, self.network, self._coin,
+                                                self._good_signature)
+        except LedgerError as e:
+            raise self._refuse(e) from None
         addresses = tuple(dict.fromkeys([*in_addresses, *tx.addresses()]))
-        raw = _kept(orjson.dumps(tx.to_json()))
+        raw = kept(orjson.dumps(tx.to_json()))
         now = self.clock()
+        ops = tx.outpoints()
 
         def step(s: _Step) -> str:
             try:
                 s.lock(tx.txid, ops, raw)
             except LockConflict as e:
-                raise self._refuse("TX_CONFLICT", f"TX_CONFLICT: {e}") from None
+                raise self._refuse(LedgerError("TX_CONFLICT", f"TX_CONFLICT: {e}")) from None
             if known == "rejected":
                 # A transaction rejected earlier may be tried again: its old votes go.
-                s.cleared_votes.append(tx.txid)
-            s.new_txs.append([tx.txid, raw, "pending", now, None, None,
-                              orjson.dumps(addresses), None])
-            s.event("TransactionPending", {}, addresses, raw, b"tx")
+                s.rows.clear_votes(tx.txid)
+            s.rows.add_tx(TxRow(tx.txid, raw, "pending", now, None, None,
+                                orjson.dumps(addresses), None))
+            s.emit(TxAccepted(tx.txid, raw, addresses))
             p = _Pending(tx, raw, now, addresses)
             s.after.append(lambda: self.pending.__setitem__(tx.txid, p))
             s.after.append(lambda: self.outcomes.__setitem__(
                 "accepted", self.outcomes["accepted"] + 1))
             if self.public_key in self.masternodes:
-                vote = sign_vote(self.key, tx.txid, True)
-                self._record_vote(s, p, vote)
+                own = sign_vote(self.key, tx.txid, True)
+                self._record_vote(s, p, Vote(tx.txid, self.public_key, True,
+                                             str(own["signature"])))
+            early = self._early.get(tx.txid)
+            if early is not None:
+                for vote in early[1]:
+                    if vote.voter != self.public_key:
+                        self._record_vote(s, p, vote)
+                s.after.append(lambda: self._forget_early(tx.txid))
             return tx.txid
 
         return str(self._run(step))
 
-    def _record_vote(self, s: _Step, p: _Pending | None, vote: dict[str, Any]) -> None:
-        s.votes.append((vote["txid"], vote["voter"], bool(vote["approve"]), vote["signature"]))
-        if p is None:
+    def _record_vote(self, s: _Step, p: _Pending | None, vote: Vote) -> None:
+        s.rows.add_vote(vote)
+        s.changes.append(VoteRecorded(*vote))
+        if p is None or p.decided:
             return
-        (p.approvals if vote["approve"] else p.rejections).add(vote["voter"])
-        self._tally(s, p, bool(vote["approve"]))
-
-    def _tally(self, s: _Step, p: _Pending, approved: bool) -> None:
-        votes = len(p.approvals)
-        if votes >= self.quorum:
+        (p.approvals if vote.approve else p.rejections).add(vote.voter)
+        decision = tally(len(p.approvals), len(p.rejections), len(self.masternodes))
+        if decision == "finalized":
             self._finalize(s, p)
-        elif len(p.rejections) > len(self.masternodes) - self.quorum:
+        elif decision == "rejected":
             self._reject(s, p, "quorum against")
-        elif approved:
+        elif vote.approve:
             for op in p.tx.outpoints():
-                s.move(op, "SpentPending", p.raw, votes=votes)
+                s.move(op, "SpentPending", p.raw, votes=len(p.approvals))
 
     def _finalize(self, s: _Step, p: _Pending) -> None:
+        p.decided = True
         votes = len(p.approvals)
         txid = p.tx.txid
         for op in p.tx.outpoints():
-            if s.utxo(op)[2] == "Locked":
+            if s.utxo(op).state == "Locked":
                 s.move(op, "SpentPending", p.raw, votes=votes)
             s.move(op, "SpentFinalized", p.raw, votes=votes)
         for vout, o in enumerate(p.tx.outputs):
             s.create((txid, vout), o.address, o.amount, p.raw)
-        s.event("TransactionFinalized", {"txid": txid, "block_height": None, "votes": votes,
-                                         "quorum": self.quorum}, p.addresses)
-        s.tx_status[txid] = ("finalized", s.seq, None, None)
+        s.emit(TxFinalized(txid, votes, p.addresses))
+        s.rows.set_tx(txid, TxChange("finalized", finalized_seq=s.seq))
         final = _Final(p.tx, p.raw, p.addresses)
 
         def done() -> None:
@@ -641,11 +497,12 @@ class Ledger:
         s.after.append(done)
 
     def _reject(self, s: _Step, p: _Pending, reason: str) -> None:
+        p.decided = True
         txid = p.tx.txid
         for op in p.tx.outpoints():
             s.move(op, "Unspent", p.raw)
-        s.event("TransactionRejected", {"txid": txid, "reason": reason}, p.addresses)
-        s.tx_status[txid] = ("rejected", None, reason, None)
+        s.emit(TxRejected(txid, reason, p.addresses))
+        s.rows.set_tx(txid, TxChange("rejected", reason=reason))
 
         def done() -> None:
             self.pending.pop(txid, None)
@@ -655,7 +512,9 @@ class Ledger:
     # -- votes ------------------------------------------------------------------------
 
     def submit_vote(self, vote: Any) -> dict[str, Any]:
-        """Take a masternode's signed vote; returns the transaction's status after it."""
+        """Take a masternode's signed vote (the RPC's ``submitvote``); returns the
+        transaction's status after it (None while the transaction is not seen yet:
+        the vote is kept until it arrives)."""
         if not isinstance(vote, dict):
             raise LedgerError("BAD_REQUEST", "vote must be an object")
         txid, voter, approve, sig = (vote.get("txid"), vote.get("voter"),
@@ -673,24 +532,71 @@ class Ledger:
             raise LedgerError("BAD_REQUEST", f"voter {voter} is not in the masternode set")
         if not verify(bytes.fromhex(voter), vote_bytes(txid, approve), bytes.fromhex(sig)):
             raise LedgerError("BAD_REQUEST", "bad vote signature")
-        p = self.pending.get(txid)
-        if p is None and self.status_of(txid) is None:
-            raise LedgerError("NOT_FOUND", f"unknown transaction {txid}")
-        voted = self._writes.has_vote(txid, voter)
-        if voted is None:
-            voted = any(v == voter for v, _ in self._stored_votes(txid))
-        if voted:
+        if self._has_vote(txid, voter):
             raise LedgerError("BAD_REQUEST", f"duplicate vote by {voter} on {txid}")
-        clean = {"txid": txid, "voter": voter, "approve": approve, "signature": sig.lower()}
-        self._run(lambda s: self._record_vote(s, p, clean))
+        self.add_votes(voter, [(txid, approve, sig.lower())], verified=True)
         return {"txid": txid, "status": self.status_of(txid)}
 
-    def _stored_votes(self, txid: str) -> list[tuple[str, int]]:
-        """``(voter, approve)`` of every stored vote on ``txid``: the votes table's and
-        those written inline with the transaction's row."""
-        rows = self.store.query("SELECT voter, approve FROM votes WHERE txid=?", (txid,))
-        inline = self.store.one("SELECT inline_votes FROM txs WHERE txid=?", (txid,))
-        return [(v, a) for v, a in rows] + _inline(inline[0] if inline else None)
+    def _has_vote(self, txid: str, voter: str) -> bool:
+        early = self._early.get(txid)
+        if early is not None and any(v.voter == voter for v in early[1]):
+            return True
+        voted = self._rows.has_vote(txid, voter)
+        if voted is None:
+            voted = any(v == voter for v, _ in self.tables.votes(txid))
+        return voted
+
+    def add_votes(self, voter: str, votes: Sequence[tuple[str, bool, str]],
+                  verified: bool = False) -> None:
+        """Take votes of one masternode of the voting set: ``(txid, approve,
+        signature)`` each, in one step.
+
+        ``verified``: the caller has checked the signatures (a peer's signed batch);
+        otherwise each is checked here in the upstream ``TIMEVOTE`` form and a bad one
+        refuses them all.  A vote on a transaction already voted on by ``voter`` is
+        ignored; one on a transaction not seen yet is kept (at most
+        ``EARLY_VOTES_MAX`` transactions, for ``EARLY_VOTES_TTL`` seconds) and counted
+        when it arrives.
+        """
+        voter = voter.lower()
+        if voter not in self.masternodes:
+            raise LedgerError("BAD_REQUEST", f"voter {voter} is not in the masternode set")
+        if not verified:
+            for txid, approve, sig in votes:
+                if not verify(bytes.fromhex(voter), vote_bytes(txid, approve),
+                              bytes.fromhex(sig)):
+                    raise LedgerError("BAD_REQUEST", "bad vote signature")
+        now = self.clock()
+        known: list[tuple[_Pending | None, Vote]] = []
+        for txid, approve, sig in votes:
+            vote = Vote(txid, voter, approve, sig)
+            if self._has_vote(txid, voter):
+                continue
+            p = self.pending.get(txid)
+            if p is None and self.status_of(txid) is None:
+                self._keep_early(vote, now)
+            else:
+                known.append((p, vote))
+        if known:
+            def step(s: _Step) -> None:
+                for p, vote in known:
+                    self._record_vote(s, p, vote)
+            self._run(step)
+
+    def _forget_early(self, txid: str) -> None:
+        self._early.pop(txid, None)
+
+    def _keep_early(self, vote: Vote, now: float) -> None:
+        while self._early:
+            txid, (seen, _) = next(iter(self._early.items()))
+            if seen + EARLY_VOTES_TTL > now and len(self._early) < EARLY_VOTES_MAX:
+                break
+            del self._early[txid]
+        entry = self._early.get(vote.txid)
+        if entry is None:
+            self._early[vote.txid] = (now, [vote])
+        elif len(entry[1]) < len(self.masternodes):
+            entry[1].append(vote)
 
     # -- time -------------------------------------------------------------------------
 
@@ -708,42 +614,139 @@ class Ledger:
         self._run(step)
         return len(late)
 
+    # -- blocks -----------------------------------------------------------------------
+
     def make_block(self) -> dict[str, Any]:
-        """Confirm every finalized transaction in a new block; returns the block."""
+        """Confirm every finalized transaction in a new block made by this node;
+        returns the block's header."""
         final = list(self.unconfirmed.values())
         txids = [f.tx.txid for f in final]
         height = self.height + 1
         ts = max(int(self.clock()), self.tip_timestamp)
-        prev = self.tip
-        h = block_hash(height, prev, ts, txids, self.public_key)
-        block = {"height": height, "hash": h, "prev_hash": prev, "timestamp": ts,
+        h = block_hash(height, self.tip, ts, txids, self.public_key)
+        block = {"height": height, "hash": h, "prev_hash": self.tip, "timestamp": ts,
                  "txids": txids, "producer": self.public_key}
+        self._run(lambda s: self._add_block(s, block, final, None))
+        return block
+
+    def accept_block(self, block: Any, commit: Any = None) -> None:
+        """Apply a block the network committed (header, ``txs`` for the transactions
+        this node may not hold, and its ``commit``, kept as given).
+
+        Each transaction must be finalized here already, or valid against the chain
+        as the block has it (parents before children): one first learnt from the
+        block goes ``SpentFinalized`` then ``Confirmed`` on its inputs, with
+        ``TransactionFinalized`` then ``TransactionConfirmed``; a pending one that
+        spends the same coins is rejected (``conflict``).  Raises ``LedgerError``
+        (BAD_REQUEST) for a block that is not the valid next one, with nothing
+        changed.
+        """
+        _, _, _, txids, _ = check_block_header(block, self.height + 1, self.tip,
+                                               self.tip_timestamp)
+        given: dict[str, Any] = {}
+        for obj in block.get("txs") or []:
+            if isinstance(obj, dict) and isinstance(obj.get("txid"), str):
+                given[obj["txid"]] = obj
+        wanted = [t for t in txids if t not in self.unconfirmed]
+        stored = self.tables.txs_raw([t for t in wanted if t not in given])
+        header = {k: block[k] for k in ("height", "hash", "prev_hash", "timestamp", "txids",
+                                        "producer")}
 
         def step(s: _Step) -> None:
-            s.blocks.append((height, h, prev, ts, orjson.dumps(txids), self.public_key))
+            final: list[_Final] = []
+            for txid in txids:
+                f = self.unconfirmed.get(txid)
+                if f is None:
+                    f = self._learn(s, txid, given.get(txid), stored.get(txid))
+                final.append(f)
+            self._add_block(s, header, final, commit)
+        self._run(step)
+
+    def _learn(self, s: _Step, txid: str, obj: Any, stored: bytes | None) -> _Final:
+        """Finalize, inside a block's step, a transaction the block holds."""
+        if self.status_of(txid) in ("confirmed", "finalized"):
+            raise LedgerError("BAD_REQUEST", f"transaction {txid} is already in a block")
+        if obj is None and stored is not None:
+            obj = orjson.loads(stored)
+        if obj is None:
+            raise LedgerError("BAD_REQUEST", f"the block does not carry transaction {txid}")
+        try:
+            tx = parse(obj)
+            msg = signed_bytes(tx)
+        except (TxFormatError, LedgerError) as e:
+            raise LedgerError("BAD_REQUEST", f"transaction {txid}: {e}") from None
+        if tx.txid != txid:
+            raise LedgerError("BAD_REQUEST", f"transaction {txid} does not match its txid")
+        p = self.pending.get(txid)
+        if p is not None:
+            # Known and voted on here: the block's commit stands for its quorum.
+            self._finalize(s, p)
+            return _Final(p.tx, p.raw, p.addresses)
+
+        def coin(t: str, v: int) -> tuple[str, int, str, str | None] | None:
+            # As the block has it: a coin this block's earlier transactions made, or
+            # one a pending conflicting spend holds (the block's spend wins).
+            c = s.coins.get((t, v))
+            if c is None:
+                found = self._coin(t, v)
+                if found is None:
+                    return None
+                c = Coin(found[0], found[1], found[2], found[3], 0, None)
+            state = "Unspent" if c.state in ("Locked", "SpentPending") else c.state
+            return c.address, c.amount, state, c.spender
+
+        try:
+            _, in_addresses = check_transaction(tx, msg, self.network, coin, verify)
+        except LedgerError as e:
+            raise LedgerError("BAD_REQUEST", f"transaction {txid}: {e.message}") from None
+        raw = kept(orjson.dumps(tx.to_json()))
+        addresses = tuple(dict.fromkeys([*in_addresses, *tx.addresses()]))
+        # Pending spends of the same coins lose to the block's.
+        for op in tx.outpoints():
+            spender = s.utxo(op).spender
+            loser = self.pending.get(spender) if spender else None
+            if loser is not None and not loser.decided:
+                self._reject(s, loser, "conflict")
+        s.rows.add_tx(TxRow(txid, raw, "pending", self.clock(), None, None,
+                            orjson.dumps(addresses), None))
+        s.emit(TxAccepted(txid, raw, addresses))
+        p = _Pending(tx, raw, self.clock(), addresses)
+        s.core_ops.append(lambda: self.utxos.lock(txid, tx.outpoints()))
+        for op in tx.outpoints():
+            coin_ = s.utxo(op)
+            prev = coin_.state
+            coin_.state, coin_.spender = "Locked", txid
+            s.rows.put_utxo(op, coin_, op in s.rows.new_utxos)
+            s._moved(op, coin_, prev, raw)
+        self._finalize(s, p)
+        return _Final(tx, raw, addresses)
+
+    def _add_block(self, s: _Step, block: dict[str, Any], final: list[_Final],
+                   commit: Any) -> None:
+        height, h, prev, ts = (block["height"], block["hash"], block["prev_hash"],
+                               block["timestamp"])
+        txids = [f.tx.txid for f in final]
+        s.rows.blocks.append(BlockRow(height, h, prev, ts, orjson.dumps(txids),
+                                      block["producer"],
+                                      None if commit is None else orjson.dumps(commit)))
+        for f in final:
+            for op in f.tx.outpoints():
+                s.move(op, "Confirmed", f.raw, height=height)
+            s.rows.set_tx(f.tx.txid, TxChange("confirmed", block_height=height))
+            s.emit(TxConfirmed(f.tx.txid, height, h, f.addresses))
+        s.emit(BlockAdded(height, h, prev, ts, tuple(txids)))
+
+        def done() -> None:
+            # A Confirmed coin never moves again: memory keeps the live set only
+            # (flat however long the node runs); reads fall back to the database.
             for f in final:
                 for op in f.tx.outpoints():
-                    s.move(op, "Confirmed", f.raw, height=height)
-                s.tx_status[f.tx.txid] = ("confirmed", None, None, height)
-                s.event("TransactionConfirmed", {"txid": f.tx.txid, "block_height": height,
-                                                 "block_hash": h}, f.addresses)
-            s.event("NewBlock", {"height": height, "hash": h, "prev_hash": prev,
-                                 "timestamp": ts, "tx_count": len(txids)}, None)
-
-            def done() -> None:
-                # A Confirmed coin never moves again: memory keeps the live set only
-                # (flat however long the node runs); reads fall back to the database.
-                for f in final:
-                    for op in f.tx.outpoints():
-                        self.utxos.forget(*op)
-                for t in txids:
-                    self.unconfirmed.pop(t, None)
-                self.height, self.tip, self.tip_timestamp = height, h, ts
-                self.outcomes["confirmed"] += len(txids)
-            s.after.append(done)
-
-        self._run(step)
-        return block
+                    self.utxos.forget(*op)
+            for t in txids:
+                self.unconfirmed.pop(t, None)
+            self.height, self.tip, self.tip_timestamp = height, h, ts
+            self.outcomes["confirmed"] += len(txids)
+        s.after.append(done)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -753,26 +756,25 @@ class Ledger:
             return "pending"
         if txid in self.unconfirmed:
             return "finalized"
-        staged = self._writes.tx_status(txid)
+        staged = self._rows.tx_status(txid)
         if staged is not None:
             return staged
-        row = self.store.one("SELECT status FROM txs WHERE txid=?", (txid,))
-        return None if row is None else str(row[0])
+        return self.tables.tx_status(txid)
 
     def get_transaction(self, txid: Any) -> dict[str, Any]:
         """``{txid, status, votes, quorum, block_height, tx}``; raises NOT_FOUND."""
         if not isinstance(txid, str) or not TXID.fullmatch(txid):
             raise LedgerError("BAD_REQUEST", "txid must be 64 lowercase hex characters")
         self._flush_staged()
-        row = self.store.one("SELECT raw, status, block_height, reason FROM txs WHERE txid=?",
-                             (txid,))
+        row = self.tables.tx(txid)
         if row is None:
             raise LedgerError("NOT_FOUND", f"unknown transaction {txid}")
-        votes = sum(1 for _, approve in self._stored_votes(txid) if approve)
-        out = {"txid": txid, "status": row[1], "votes": votes, "quorum": self.quorum,
-               "block_height": row[2], "tx": orjson.loads(row[0])}
-        if row[3]:
-            out["reason"] = row[3]
+        raw, status, block_height, reason = row
+        votes = sum(1 for _, approve in self.tables.votes(txid) if approve)
+        out = {"txid": txid, "status": status, "votes": votes, "quorum": self.quorum,
+               "block_height": block_height, "tx": orjson.loads(raw)}
+        if reason:
+            out["reason"] = reason
         return out
 
     def get_txout(self, txid: str, vout: int) -> dict[str, Any] | None:
@@ -780,10 +782,10 @@ class Ledger:
         try:
             address, amount, state, spender, votes, height = self.utxos.get(txid, vout)
         except UnknownOutpoint:
-            row = self._stored_utxo((txid, vout))
-            if row is None:
+            coin = self._stored_utxo((txid, vout))
+            if coin is None:
                 return None
-            address, amount, state, spender, votes, height = row
+            address, amount, state, spender, votes, height = coin.values()
         return {"txid": txid, "vout": vout, "address": address, "amount": amount,
                 "state": state, "spending_txid": spender, "votes": votes,
                 "block_height": height}
@@ -818,30 +820,35 @@ class Ledger:
                 balance += amount
         return {"balance": balance, "utxos": utxos}
 
-    def get_block(self, ref: int | str) -> dict[str, Any]:
-        """A block by height or hash; raises NOT_FOUND."""
+    def get_block(self, ref: int | str, with_txs: bool = False) -> dict[str, Any]:
+        """A block by height or hash; raises NOT_FOUND.  ``with_txs``: with its
+        transactions (``txs``, in block order), as ``accept_block`` takes it."""
         if isinstance(ref, bool) or not isinstance(ref, int | str):
             raise LedgerError("BAD_REQUEST", "block reference must be a height or a hash")
         self._flush_staged()
         if isinstance(ref, int):
-            row = self.store.one("SELECT * FROM blocks WHERE height=?", (ref,))
+            row = self.tables.block(height=ref)
         elif ref.isascii() and ref.isdigit():  # "²" is a digit to isdigit, not to int
-            row = self.store.one("SELECT * FROM blocks WHERE height=?", (int(ref),))
+            row = self.tables.block(height=int(ref))
         else:
-            row = self.store.one("SELECT * FROM blocks WHERE hash=?", (ref.lower(),))
+            row = self.tables.block(hash_=ref.lower())
         if row is None:
             raise LedgerError("NOT_FOUND", f"no block {ref}")
-        return {"height": row[0], "hash": row[1], "prev_hash": row[2], "timestamp": row[3],
-                "txids": orjson.loads(row[4]), "producer": row[5]}
+        txids = orjson.loads(row.txids)
+        out = {"height": row.height, "hash": row.hash, "prev_hash": row.prev_hash,
+               "timestamp": row.timestamp, "txids": txids, "producer": row.producer}
+        if with_txs:
+            raw = self.tables.txs_raw(txids)
+            out["txs"] = [orjson.loads(raw[t]) for t in txids]
+        return out
 
     def events_after(self, seq: int) -> tuple[bool, list[Event]]:
         """Kept events with ``seq`` above the argument; False if some were dropped."""
-        if seq >= self.seq:
-            return True, []
-        if not self.recent or self.recent[0].seq > seq + 1:
-            return False, []
-        start = seq + 1 - self.recent[0].seq
-        return True, [self.recent[i] for i in range(start, len(self.recent))]
+        return self.journal.events_after(seq, self.seq)
+
+    def oldest_seq(self) -> int:
+        """The lowest ``seq`` a wallet may resume from and miss nothing."""
+        return self.journal.oldest(self.seq)
 
     # -- regtest ----------------------------------------------------------------------
 
@@ -872,4 +879,5 @@ class Ledger:
         return self.submit(tx.to_json())
 
 
-__all__ = ["Event", "Ledger", "LedgerError", "StorageError", "block_hash"]
+__all__ = ["FAUCET_KEY", "GENESIS_SUPPLY", "Event", "Ledger", "LedgerError", "StorageError",
+           "block_hash"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -31,39 +31,6 @@ WAL_PAGES = 16000
 # (ledger bench, 20,000 payments: 0.25 s gave more than 0.1 s or 1 s, whose bigger
 # copies contend with the writer).
 CHECKPOINT_INTERVAL = 0.25
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS utxos (
-    txid TEXT NOT NULL, vout INTEGER NOT NULL, address TEXT NOT NULL,
-    amount INTEGER NOT NULL, state TEXT NOT NULL, spending_txid TEXT,
-    votes INTEGER NOT NULL DEFAULT 0, block_height INTEGER,
-    PRIMARY KEY (txid, vout)) WITHOUT ROWID;
-DROP INDEX IF EXISTS utxos_by_address;
-CREATE TABLE IF NOT EXISTS txs (
-    txid TEXT PRIMARY KEY, raw BLOB NOT NULL, status TEXT NOT NULL,
-    accepted_at REAL NOT NULL, finalized_seq INTEGER, block_height INTEGER,
-    reason TEXT, addresses BLOB NOT NULL, inline_votes BLOB);
-CREATE TABLE IF NOT EXISTS votes (
-    txid TEXT NOT NULL, voter TEXT NOT NULL, approve INTEGER NOT NULL,
-    signature TEXT NOT NULL, PRIMARY KEY (txid, voter)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS blocks (
-    height INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, prev_hash TEXT NOT NULL,
-    timestamp INTEGER NOT NULL, txids BLOB NOT NULL, producer TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY, type TEXT NOT NULL, addresses BLOB, payload BLOB NOT NULL,
-    tx_ref TEXT, tx_at INTEGER);
-"""
-
-# Columns added since a table was first created: (table, column, declaration).
-MIGRATIONS = [
-    # An event's transaction, left out of its stored payload (ledger._Step.event).
-    ("events", "tx_ref", "TEXT"),
-    ("events", "tx_at", "INTEGER"),
-    # Votes written with their transaction's row: [[voter, approve, signature], ...].
-    ("txs", "inline_votes", "BLOB"),
-]
-
 
 class StorageError(RuntimeError):
     """The database refused a write (full disk, read-only directory, ...)."""
@@ -136,16 +103,23 @@ class Store:
         # checkpoints once the WAL passes 64 MB, copying the little the thread has
         # not, and the WAL file stays that size instead of growing for ever.
         self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
-        self.db.executescript(SCHEMA)
-        for table, column, decl in MIGRATIONS:
-            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
-            if column not in have:
-                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta"
+                        " (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         self.checkpointer = Checkpointer(path)
         # The first write error of the open transaction: SQLite may roll the whole
         # transaction back on it (a full disk does), and the COMMIT that follows
         # should say why rather than "no transaction is active".
         self.failure: str | None = None
+
+    def ensure(self, schema: str, migrations: Sequence[tuple[str, str, str]]) -> None:
+        """Bring the tables to ``schema`` (a script of ``CREATE ... IF NOT EXISTS``)
+        plus ``migrations``: ``(table, column, declaration)`` of columns added since
+        a table was first made."""
+        self.db.executescript(schema)
+        for table, column, decl in migrations:
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         """Stop the checkpointer, checkpoint the WAL and close."""
