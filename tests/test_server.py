@@ -472,3 +472,29 @@ def test_sigterm_closes_wallets_with_1001_and_exits_0(tmp_path):
         assert "📱 New WebSocket connection from: 127.0.0.1:" in log
     finally:
         node.kill()
+
+
+def test_replies_of_a_batch_that_announces_nothing_leave_at_once(tmp_path):
+    # Resubmissions of known transactions are answered by a batch that commits no
+    # event; eight or more in one turn are checked ahead on the checker thread and
+    # run a turn later.  Their replies must leave then, not at the next heartbeat.
+    n = NodeThread(tmp_path, HEARTBEAT_INTERVAL=120).start()
+    try:
+        key, a = new_wallet()
+        txs = []
+        for _ in range(8):
+            coin = result(n.rpc_url, "faucet", a, 1000)
+            tx = build([(coin, 0, key)], [(new_wallet()[1], 900)], timestamp=1)
+            result(n.rpc_url, "sendrawtransaction", tx.to_json())
+            txs.append(tx)
+        with connect(n.ws_url) as ws:
+            # One write, so that the node reads all of them in one loop turn.
+            ws.socket.sendall(b"".join(
+                _masked(orjson.dumps({"type": "SubmitTransaction", "id": i,
+                                      "data": {"tx": tx.to_json()}}))
+                for i, tx in enumerate(txs)))
+            got = [orjson.loads(ws.recv(timeout=10)) for _ in txs]
+        assert sorted(m["id"] for m in got) == list(range(8))
+        assert {m["type"] for m in got} == {"TransactionAccepted"}
+    finally:
+        n.stop()

@@ -11,13 +11,14 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from timefast import __version__
+from timefast.commits import GroupCommit
 from timefast.crypto import load_or_create_key
 from timefast.ledger import Ledger
 from timefast.rpc import RpcDispatcher, serve_rpc
 from timefast.server import WalletServer
 from timefast.session import Limits
 from timefast.settings import Settings
-from timefast.storage import StorageError, Store
+from timefast.storage import Store
 
 log = logging.getLogger("timefast")
 
@@ -49,6 +50,7 @@ class Node:
         self.settings = settings
         self.store: Store | None = None
         self.ledger: Ledger | None = None
+        self.commits: GroupCommit | None = None
         self.wallets: WalletServer | None = None
         self.rpc_server: asyncio.AbstractServer | None = None
         self.ws_addresses: list[tuple[str, int]] = []
@@ -68,9 +70,12 @@ class Node:
         limits = Limits(s.max_subscriptions, s.max_message_bytes, s.send_buffer_bytes,
                         s.replay_events)
         origins: list[str | None] | None = list(s.allowed_origins) if s.allowed_origins else None
+        # One group commit for every caller: wallets, the RPC and the timers.
+        self.commits = GroupCommit(self.ledger, asyncio.get_running_loop())
         self.wallets = WalletServer(self.ledger, limits, max_connections=s.max_connections,
                                     max_connections_per_ip=s.max_connections_per_ip,
-                                    heartbeat_interval=s.heartbeat_interval, origins=origins)
+                                    heartbeat_interval=s.heartbeat_interval, origins=origins,
+                                    commits=self.commits)
         ctx = None
         if s.tls_cert and s.tls_key:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -79,7 +84,7 @@ class Node:
         auth = (s.rpc_user, s.rpc_password or "") if s.rpc_user else None
         dispatcher = RpcDispatcher(self.ledger, extra_info=self._extra_info)
         self.rpc_server = await serve_rpc(dispatcher, *s.rpc_addr, auth=auth,
-                                          commits=self.wallets.commits)
+                                          commits=self.commits)
         self.rpc_addresses = [sock.getsockname()[:2]
                               for sock in cast(asyncio.Server, self.rpc_server).sockets]
         loop = asyncio.get_running_loop()
@@ -103,13 +108,14 @@ class Node:
                 "events_published": w.events_published}
 
     def _expire(self) -> None:
-        assert self.ledger is not None
-        try:
-            n = self.ledger.expire()
-            if n:
+        assert self.ledger is not None and self.commits is not None
+
+        def done(n: Any, err: BaseException | None) -> None:
+            if err is not None:
+                log.error("could not expire transactions: %s", err)
+            elif n:
                 log.info("%d transaction(s) rejected: finality timeout", n)
-        except StorageError as e:
-            log.error("could not expire transactions: %s", e)
+        self.commits.submit(self.ledger.expire, done)
         self._timers[0] = asyncio.get_running_loop().call_later(EXPIRY_CHECK, self._expire)
 
     def _release_memory(self) -> None:
@@ -119,18 +125,20 @@ class Node:
                                                                  self._release_memory)
 
     def _block(self) -> None:
-        assert self.ledger is not None
-        try:
-            b = self.ledger.make_block()
+        assert self.ledger is not None and self.commits is not None
+        loop = asyncio.get_running_loop()
+
+        def done(b: Any, err: BaseException | None) -> None:
+            if err is not None:
+                log.error("could not make a block: %s", err)
+                return
             log.info("⛏  block %d %s with %d transaction(s)", b["height"], b["hash"],
                      len(b["txids"]))
-        except StorageError as e:
-            log.error("could not make a block: %s", e)
-        loop = asyncio.get_running_loop()
-        if self._trim is not None:
-            # A block turns over thousands of events at once; once its frames are
-            # written (the flush is already queued), hand the freed pages back.
-            loop.call_soon(self._trim, 0)
+            if self._trim is not None:
+                # A block turns over thousands of events at once; once its frames
+                # are written (the flush is already queued), hand the pages back.
+                loop.call_soon(self._trim, 0)
+        self.commits.submit(self.ledger.make_block, done)
         self._timers[1] = loop.call_later(self.settings.block_interval, self._block)
 
     async def stop(self) -> None:
@@ -143,7 +151,8 @@ class Node:
             self.rpc_server.close()
         if self.wallets is not None:
             await self.wallets.shutdown(1001, "going away")
-            self.wallets.commits.close()
+        if self.commits is not None:
+            self.commits.close()
         if self.store is not None:
             self.store.close()
         self._stopped.set()

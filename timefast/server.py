@@ -192,7 +192,8 @@ class WalletConnection(asyncio.Protocol):
             self.timer = None
         self.client_id = f"{secrets.token_hex(3)}-{next(srv.serial)}"
         self.session = WalletSession(srv.ledger, srv.fanout, self.slot, srv.limits,
-                                     self.client_id, self.peer, commits=srv.commits)
+                                     self.client_id, self.peer, commits=srv.commits,
+                                     wake=srv.schedule_flush)
         srv.admit(self)
         log.info("📱 New WebSocket connection from: %s", self.peer)
 
@@ -283,12 +284,14 @@ class WalletServer:
     def __init__(self, ledger: Ledger, limits: Limits, *, max_connections: int = 10_000,
                  max_connections_per_ip: int = 128, heartbeat_interval: float = 30.0,
                  origins: list[str | None] | None = None, direct_writes: bool = True,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None,
+                 commits: GroupCommit | None = None) -> None:
         self.ledger = ledger
         self.limits = limits
         self.loop = loop or asyncio.get_running_loop()
         self.fanout = _core.Fanout(limits.send_buffer_bytes)
-        self.commits = GroupCommit(ledger, self.loop)
+        # The node's group commit, shared with the RPC and the timers.
+        self.commits = commits or GroupCommit(ledger, self.loop)
         self.max_connections = max_connections
         self.max_per_ip = max_connections_per_ip
         self.heartbeat_interval = heartbeat_interval

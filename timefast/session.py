@@ -140,14 +140,20 @@ class WalletSession:
         "slot",
         "tokens",
         "tokens_at",
+        "wake",
     )
 
     def __init__(self, ledger: Ledger, fanout: _core.Fanout, slot: int, limits: Limits,
                  client_id: str = "", peer: str = "",
                  clock: Callable[[], float] = time.monotonic,
-                 commits: GroupCommit | None = None) -> None:
+                 commits: GroupCommit | None = None,
+                 wake: Callable[[], None] | None = None) -> None:
         self.ledger = ledger
         self.commits = commits
+        # Writes what replies are queued, once this loop turn ends (the server's
+        # flush): a reply that comes back from the group commit has no incoming
+        # message, and maybe no event, to schedule one.
+        self.wake = wake
         self.closed = False
         self.fanout = fanout
         self.slot = slot
@@ -280,7 +286,7 @@ class WalletSession:
             self.seen_broadcasts.add(since, now)
         # Replayed and subscribed in the same call: no live event can fall between.
         index.subscribe(self.slot, new)
-        oldest = self.ledger.recent[0].seq - 1 if self.ledger.recent else now
+        oldest = self.ledger.oldest_seq()
         if len(self.seen) > 2 * index.count_of(self.slot) + 64:
             # Unsubscribed addresses' ranges matter only while a replay can reach
             # them: drop those that no kept event falls in (keeps the map bounded).
@@ -353,6 +359,8 @@ class WalletSession:
                 self.refuse(err, msg_id)
             else:
                 self.reply("TransactionAccepted", {"txid": txid}, msg_id)
+            if self.wake is not None:
+                self.wake()
 
         prepared = self.ledger.prepare(tx)
         self.commits.submit(lambda: self.ledger.submit(prepared or tx), done, prepared)
