@@ -842,6 +842,16 @@ class Ledger:
             out["txs"] = [orjson.loads(raw[t]) for t in txids]
         return out
 
+    def counts(self) -> dict[str, int]:
+        """Transactions waiting for quorum (``pending``) and for a block
+        (``unconfirmed``)."""
+        return {"pending": len(self.pending), "unconfirmed": len(self.unconfirmed)}
+
+    def outcome_counts(self) -> dict[str, int]:
+        """Transactions by outcome since start: accepted, finalized, confirmed,
+        rejected, and refused as invalid or conflicting."""
+        return dict(self.outcomes)
+
     def events_after(self, seq: int) -> tuple[bool, list[Event]]:
         """Kept events with ``seq`` above the argument; False if some were dropped."""
         return self.journal.events_after(seq, self.seq)

@@ -21,6 +21,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from timefast import PROTOCOL_VERSION, __version__
 from timefast.commits import GroupCommit
 from timefast.ledger import Ledger, LedgerError
 from timefast.storage import StorageError, unavailable
@@ -101,11 +102,12 @@ class RpcDispatcher:
 
     def getinfo(self) -> dict[str, Any]:
         led = self.ledger
-        info = {"version": "timefast/0.1.0", "protocol": "1.0", "network": led.network,
+        info = {"version": f"timefast/{__version__}", "protocol": PROTOCOL_VERSION,
+                "network": led.network,
                 "height": led.height, "best_block_hash": led.tip, "seq": led.seq,
                 "masternode": led.public_key, "address": led.address,
                 "masternodes": len(led.masternodes), "quorum": led.quorum,
-                "pending": len(led.pending), "unconfirmed": len(led.unconfirmed)}
+                **led.counts()}
         if self.extra_info is not None:
             info.update(self.extra_info())
         return info

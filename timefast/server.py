@@ -435,10 +435,10 @@ class WalletServer:
                 ("timefast_slow_client_closes_total", "counter",
                  "Connections closed with Lagged", f.lag_closes),
                 ("timefast_pending_transactions", "gauge", "Transactions awaiting quorum",
-                 len(led.pending)),
+                 led.counts()["pending"]),
             ],
             [("timefast_transactions_total", "outcome", "Transactions by outcome",
-              dict(led.outcomes))],
+              led.outcome_counts())],
             [("timefast_fanout_latency_seconds",
               "Seconds from an event's commit to its bytes being written", self.latency)],
         )

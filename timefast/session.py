@@ -15,13 +15,12 @@ from typing import Any
 
 import orjson
 
-from timefast import _core
+from timefast import PROTOCOL_VERSION, _core
 from timefast.commits import GroupCommit
 from timefast.ledger import Event, Ledger, LedgerError
 from timefast.storage import StorageError, unavailable
 from timefast.transaction import ADDRESS_RE
 
-PROTOCOL_VERSION = "1.0"
 # Messages a wallet may send per second (sustained) and in one burst.
 RATE_PER_SECOND = 1000.0
 RATE_BURST = 2000.0
