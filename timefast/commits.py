@@ -15,8 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from timefast.crypto import verify_batch
-from timefast.ledger import Ledger
-from timefast.storage import StorageError
+from timefast.ledger import Ledger, StorageError
 from timefast.transaction import Transaction
 
 log = logging.getLogger("timefast.commits")

@@ -67,7 +67,7 @@ from timefast.rules import (
     signed_bytes,
     tally,
 )
-from timefast.storage import StorageError, Store
+from timefast.storage import StorageError, Store, unavailable
 from timefast.tables import BlockRow, Coin, Rows, Tables, TxChange, TxRow, Vote
 from timefast.transaction import Transaction, TxFormatError, build, parse
 
@@ -889,5 +889,6 @@ class Ledger:
         return self.submit(tx.to_json())
 
 
+# Ports see storage failures through the ledger (they never import storage).
 __all__ = ["FAUCET_KEY", "GENESIS_SUPPLY", "Event", "Ledger", "LedgerError", "StorageError",
-           "block_hash"]
+           "block_hash", "unavailable"]

@@ -23,8 +23,7 @@ from websockets.server import ServerProtocol
 
 from timefast import PROTOCOL_VERSION, __version__
 from timefast.commits import GroupCommit
-from timefast.ledger import Ledger, LedgerError
-from timefast.storage import StorageError, unavailable
+from timefast.ledger import Ledger, LedgerError, StorageError, unavailable
 
 log = logging.getLogger("timefast.rpc")
 

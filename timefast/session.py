@@ -17,8 +17,7 @@ import orjson
 
 from timefast import PROTOCOL_VERSION, _core
 from timefast.commits import GroupCommit
-from timefast.ledger import Event, Ledger, LedgerError
-from timefast.storage import StorageError, unavailable
+from timefast.ledger import Event, Ledger, LedgerError, StorageError, unavailable
 from timefast.transaction import ADDRESS_RE
 
 # Messages a wallet may send per second (sustained) and in one burst.
