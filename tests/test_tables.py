@@ -1,4 +1,4 @@
-"""Batch write staging: rows gathered per batch, written once, read back consistently."""
+"""The tables: rows staged per batch, written once, read back consistently."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from timefast import crypto
 from timefast.ledger import Ledger, LedgerError
 from timefast.storage import StorageError, Store
-from timefast.tables import Rows as Writes
+from timefast.tables import Coin, EventRow, Rows, Tables, TxChange, TxRow, Vote
 from timefast.transaction import build
 
 from .helpers import ledger_with_coins, new_wallet
@@ -35,18 +35,25 @@ class CountingDb:
 
 
 def _store(tmp_path) -> Store:
-    return Store(tmp_path / "w.db")
+    store = Store(tmp_path / "w.db")
+    Tables(store)  # the ledger's tables in place
+    return store
+
+
+def _tx(txid: str) -> TxRow:
+    return TxRow(txid, b"{}", "pending", 1.0, None, None, b"[]", None)
 
 
 def test_a_row_changed_many_times_is_written_once_in_its_last_state(tmp_path):
     store = _store(tmp_path)
-    w = Writes()
-    w.put_utxo(("t", 0), ["A", 5, "Unspent", None, 0, None], new=True)
-    w.put_utxo(("t", 0), ["A", 5, "Locked", "s", 0, None], new=False)
-    w.put_utxo(("t", 0), ["A", 5, "SpentPending", "s", 1, None], new=False)
-    w.add_tx(["s", b"{}", "pending", 1.0, None, None, b"[]", None])
-    w.set_tx("s", "finalized", finalized_seq=9)
-    w.events.extend([(1, "X", None, b"{}", None, None), (2, "Y", b'["A"]', b"{}", None, None)])
+    w = Rows()
+    w.put_utxo(("t", 0), Coin("A", 5, "Unspent", None, 0, None), new=True)
+    w.put_utxo(("t", 0), Coin("A", 5, "Locked", "s", 0, None), new=False)
+    w.put_utxo(("t", 0), Coin("A", 5, "SpentPending", "s", 1, None), new=False)
+    w.add_tx(_tx("s"))
+    w.set_tx("s", TxChange("finalized", finalized_seq=9))
+    w.events.extend([EventRow(1, "X", None, b"{}", None, None),
+                     EventRow(2, "Y", b'["A"]', b"{}", None, None)])
     db = CountingDb(store.db)
     with store.transaction():
         w.flush(db)
@@ -55,8 +62,8 @@ def test_a_row_changed_many_times_is_written_once_in_its_last_state(tmp_path):
     assert store.one("SELECT state, votes FROM utxos WHERE txid='t'") == ("SpentPending", 1)
     assert store.one("SELECT status, finalized_seq FROM txs WHERE txid='s'") == ("finalized", 9)
     # Later changes to stored rows are UPDATEs that keep what they do not name.
-    w.put_utxo(("t", 0), ["A", 5, "SpentFinalized", "s", 1, None], new=False)
-    w.set_tx("s", "confirmed", block_height=4)
+    w.put_utxo(("t", 0), Coin("A", 5, "SpentFinalized", "s", 1, None), new=False)
+    w.set_tx("s", TxChange("confirmed", block_height=4))
     with store.transaction() as raw:
         w.flush(raw)
     assert store.one("SELECT status, finalized_seq, block_height FROM txs") == (
@@ -65,30 +72,30 @@ def test_a_row_changed_many_times_is_written_once_in_its_last_state(tmp_path):
 
 
 def test_keyed_reads_answer_from_staged_rows_first():
-    w = Writes()
+    w = Rows()
     assert w.tx_status("s") is None and w.utxo(("t", 0)) is None
     assert w.has_vote("s", "v") is None
-    w.set_tx("s", "rejected", reason="quorum against")
+    w.set_tx("s", TxChange("rejected", reason="quorum against"))
     assert w.tx_status("s") == "rejected"
-    w.add_tx(["s", b"{}", "pending", 1.0, None, None, b"[]", None])
+    w.add_tx(_tx("s"))
     assert w.tx_status("s") == "pending" and "s" not in w.tx_changes
-    w.add_vote("s", "v", True, "sig")
+    w.add_vote(Vote("s", "v", True, "sig"))
     assert w.has_vote("s", "v") is True
     # Retrying a transaction forgets its votes, staged or stored.
     w.clear_votes("s")
     assert w.has_vote("s", "v") is False and w.has_vote("s", "other") is False
-    w.put_utxo(("t", 0), ["A", 5, "Locked", "s", 0, None], new=False)
-    assert w.utxo(("t", 0))[2] == "Locked"
+    w.put_utxo(("t", 0), Coin("A", 5, "Locked", "s", 0, None), new=False)
+    assert w.utxo(("t", 0)).state == "Locked"
 
 
 def test_cleared_votes_go_before_new_ones(tmp_path):
     store = _store(tmp_path)
     with store.transaction() as db:
         db.execute("INSERT INTO votes VALUES ('s','old',0,'x')")
-    w = Writes()
-    w.add_vote("s", "stale", True, "y")
+    w = Rows()
+    w.add_vote(Vote("s", "stale", True, "y"))
     w.clear_votes("s")
-    w.add_vote("s", "new", True, "z")
+    w.add_vote(Vote("s", "new", True, "z"))
     with store.transaction() as db:
         w.flush(db)
     assert store.query("SELECT voter FROM votes") == [("new",)]
@@ -158,13 +165,13 @@ def test_a_failed_write_mid_batch_fails_the_whole_batch(tmp_path):
 
 def test_votes_cast_with_their_row_are_written_inline(tmp_path):
     store = _store(tmp_path)
-    w = Writes()
-    w.add_tx(["t1", b"{}", "pending", 1.0, None, None, b"[]", None])
-    w.add_vote("t1", "me", True, "sig1")
+    w = Rows()
+    w.add_tx(_tx("t1"))
+    w.add_vote(Vote("t1", "me", True, "sig1"))
     with store.transaction():
         w.flush(store.db)
     # A later vote on a stored transaction goes to the votes table.
-    w.add_vote("t1", "other", False, "sig2")
+    w.add_vote(Vote("t1", "other", False, "sig2"))
     with store.transaction():
         w.flush(store.db)
     assert store.query("SELECT txid, voter, approve FROM votes") == [("t1", "other", 0)]
