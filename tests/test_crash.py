@@ -90,3 +90,50 @@ def test_sigkill_during_burst_loses_nothing_acknowledged(tmp_path):
             again.terminate()
     finally:
         node.kill()
+
+
+def test_sigkill_during_a_burst_leaves_the_history_equal_to_a_rebuild(tmp_path):
+    import shutil
+
+    from timefast.storage import Store
+    from timefast.tables import Tables
+
+    node = NodeProcess(tmp_path / "node").start()
+    try:
+        ka, a = new_wallet()
+        coin = result(node.rpc_url, "faucet", a, 1000 * 300)
+        split = build([(coin, 0, ka)], [(a, 1000)] * 300, timestamp=1)
+        result(node.rpc_url, "sendrawtransaction", split.to_json())
+        payees = [new_wallet()[1] for _ in range(7)]
+        txs = [build([(split.txid, i, ka)], [(payees[i % 7], 600), (a, 300)], timestamp=i)
+               for i in range(300)]
+        acked: list[str] = []
+
+        def burst() -> None:
+            for tx in txs:
+                try:
+                    reply = _post(node.rpc_url, tx.to_json())
+                except OSError:
+                    return
+                if "result" in reply:
+                    acked.append(reply["result"])
+
+        t = threading.Thread(target=burst)
+        t.start()
+        while len(acked) < 100:
+            time.sleep(0.005)
+        node.kill()
+        t.join(30)
+    finally:
+        node.kill()
+    # What kill -9 left, and the same transactions indexed afresh from their rows.
+    shutil.copytree(tmp_path / "node", tmp_path / "copy")
+    live = Store(tmp_path / "node" / "timefast.db")
+    fresh = Store(tmp_path / "copy" / "timefast.db")
+    Tables(fresh).build_history()
+    rows = "SELECT address, k, txid, received, sent FROM history ORDER BY address, k"
+    stored = live.query(rows)
+    assert stored == fresh.query(rows)
+    assert len({r[2] for r in stored}) >= 100 + 2  # the acknowledged, faucet and split
+    live.close()
+    fresh.close()

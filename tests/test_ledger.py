@@ -546,3 +546,105 @@ def test_a_block_that_does_not_follow_is_refused_and_changes_nothing(tmp_path):
         assert (b.seq, b.height) == (seq, 0)
     b.accept_block(good)
     assert b.tip == a.tip
+
+
+def test_history_shows_payments_in_and_out_rejections_and_blocks(tmp_path):
+    keys = [crypto.new_key() for _ in range(4)]
+    pubs = [crypto.public_key_hex(k) for k in keys]
+    clock = Clock()
+    led, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs, clock=clock)
+    ka, a = new_wallet()
+    _, b = new_wallet()
+    paid = led.faucet(a, 1000)
+    for k in keys[1:3]:
+        led.submit_vote(crypto.sign_vote(k, paid, True))
+    clock.now += 5
+    block = led.make_block()
+    out = build([(paid, 0, ka)], [(b, 600), (a, 350)], timestamp=5)
+    led.submit(out.to_json())
+    clock.now += 5
+    for k in keys[1:3]:  # two against: rejected
+        led.submit_vote(crypto.sign_vote(k, out.txid, False))
+    assert led.status_of(out.txid) == "rejected"
+    again = build([(paid, 0, ka)], [(b, 900)], timestamp=6)
+    led.submit(again.to_json())  # pending
+    h = led.history(a)
+    assert (h["address"], h["balance"], h["tx_count"], h["next"]) == (a, 0, 3, None)
+    assert [(t["txid"], t["status"], t["received"], t["sent"]) for t in h["txs"]] == [
+        (again.txid, "pending", 0, 1000),
+        (out.txid, "rejected", 350, 1000),
+        (paid, "confirmed", 1000, 0)]
+    assert h["txs"][2]["block_height"] == 1
+    assert h["txs"][2]["timestamp"] == block["timestamp"]
+    assert h["txs"][0]["timestamp"] == int(clock.now)
+    assert [t["txid"] for t in led.history(b)["txs"]] == [again.txid, out.txid]
+    assert led.history("time1test") == {"address": "time1test", "balance": 0, "tx_count": 0,
+                                        "txs": [], "next": None}
+    for args, code in [(("bad address!",), "INVALID_ADDRESS"), ((a, 0), "BAD_REQUEST"),
+                       ((a, 1001), "BAD_REQUEST"), ((a, 5, "x"), "BAD_REQUEST"),
+                       ((a, 5, -1), "BAD_REQUEST"), ((a, True), "BAD_REQUEST")]:
+        with pytest.raises(LedgerError) as e:
+            led.history(*args)
+        assert e.value.code == code
+
+
+def test_history_pages_lose_and_repeat_nothing_while_payments_arrive(tmp_path):
+    led, _ = make_ledger(tmp_path)
+    _, a = new_wallet()
+    first = [led.faucet(a, 10 + i) for i in range(25)]
+    seen: list[str] = []
+    page = led.history(a, 10)
+    while True:
+        seen += [t["txid"] for t in page["txs"]]
+        # New payments between pages land on top, never inside the pages to come.
+        led.faucet(a, 99)
+        if page["next"] is None:
+            break
+        page = led.history(a, 10, str(page["next"]))
+    assert seen == first[::-1]
+    led.make_block()  # confirming changes statuses, never the order
+    assert [t["txid"] for t in led.history(a, 1000)["txs"]][-25:] == first[::-1]
+    assert led.history(a)["tx_count"] == 28
+
+
+def test_history_within_a_batch_and_after_a_failed_one(tmp_path):
+    led, _ = make_ledger(tmp_path)
+    _, a = new_wallet()
+    with led.batch():
+        t1 = led.faucet(a, 10)
+        assert led.history(a)["tx_count"] == 1  # a read writes the staged rows first
+        t2 = led.faucet(a, 11)
+    assert [t["txid"] for t in led.history(a)["txs"]] == [t2, t1]
+    with pytest.raises(RuntimeError), led.batch():
+        led.faucet(a, 12)
+        raise RuntimeError("the batch fails")
+    t3 = led.faucet(a, 13)
+    h = led.history(a)
+    assert [t["txid"] for t in h["txs"]] == [t3, t2, t1] and h["tx_count"] == 3
+
+
+def test_an_older_data_directory_gets_its_history_built_once(tmp_path, caplog):
+    led, _ = make_ledger(tmp_path)
+    ka, a = new_wallet()
+    paid = led.faucet(a, 1000)
+    spend = build([(paid, 0, ka)], [(new_wallet()[1], 400), (a, 500)], timestamp=3)
+    led.submit(spend.to_json())
+    led.make_block()
+    want = led.history(a, 1000)
+    faucet = led.history(led.utxos.get(paid, 1)[0], 1000)
+    led.store.close()
+    # As a node from before the index left it: no history rows, no marker.
+    import sqlite3
+    db = sqlite3.connect(tmp_path / "t.db")
+    db.execute("DROP TABLE history")
+    db.execute("DELETE FROM meta WHERE key='history'")
+    db.commit()
+    db.close()
+    caplog.set_level("INFO")
+    again, _ = make_ledger(tmp_path)
+    assert again.history(a, 1000) == want
+    assert again.history(faucet["address"], 1000) == faucet
+    assert "address history built: 3 transactions" in caplog.text
+    caplog.clear()
+    make_ledger(tmp_path)  # once
+    assert "address history" not in caplog.text

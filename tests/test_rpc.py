@@ -200,3 +200,19 @@ def test_time_cli_status(node):
     assert out.returncode == 0, out.stderr
     for word in ("height", "connections", "subscriptions", "events/s"):
         assert word in out.stdout
+
+
+def test_address_history_over_rpc_and_time_cli(node):
+    _, a = new_wallet()
+    paid = [result(node.rpc_url, "faucet", a, 100 + i) for i in range(3)]
+    h = result(node.rpc_url, "getaddresshistory", a, 2)
+    assert [t["txid"] for t in h["txs"]] == paid[:0:-1] and h["tx_count"] == 3
+    rest = result(node.rpc_url, "getaddresshistory", a, 2, h["next"])
+    assert [t["txid"] for t in rest["txs"]] == paid[:1] and rest["next"] is None
+    assert [t["received"] for t in result(node.rpc_url, "getaddresshistory", a)["txs"]] == [
+        102, 101, 100]
+    out = cli(node, "history", a, "--limit", "1")
+    assert out.returncode == 0, out.stderr
+    assert [t["txid"] for t in orjson.loads(out.stdout)["txs"]] == [paid[2]]
+    err = rpc(node.rpc_url, "getaddresshistory", a, 5000)
+    assert "limit" in err["error"]["message"]

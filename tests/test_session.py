@@ -153,3 +153,16 @@ def test_subscribed_reply_and_snapshot(tmp_path, since):
     assert reply["type"] == "Subscribed" and reply["id"] == 3
     assert reply["data"]["seq"] == led.seq
     assert reply["data"]["snapshot"][a]["balance"] == 9
+
+
+def test_get_history_answers_with_its_id(tmp_path):
+    led, fan = _node(tmp_path)
+    _, a = new_wallet()
+    paid = led.faucet(a, 10)
+    w = Wallet(led, fan)
+    w.say({"type": "GetHistory", "id": 7, "data": {"address": a}})
+    w.say({"type": "GetHistory", "id": 8, "data": {"address": a, "limit": 0}})
+    got = w.got()
+    assert got[0]["id"] == 7 and got[0]["type"] == "History"
+    assert [t["txid"] for t in got[0]["data"]["txs"]] == [paid]
+    assert got[1]["type"] == "Error" and got[1]["data"]["code"] == "BAD_REQUEST"

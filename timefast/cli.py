@@ -246,6 +246,10 @@ def cmd_status(args: argparse.Namespace, rpc: Rpc) -> Any:
             f"pending tx   {info['pending']}, finalized unconfirmed {info['unconfirmed']}")
 
 
+def cmd_history(args: argparse.Namespace, rpc: Rpc) -> Any:
+    return rpc.call("getaddresshistory", args.address, args.limit, args.before)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="time-cli",
@@ -276,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--max-events", type=int, default=None, help="stop after N events")
     st = sub.add_parser("status", help="height, connections, subscriptions, events/s")
     st.add_argument("--interval", type=float, default=1.0, help="seconds to sample events/s")
+    h = sub.add_parser("history", help="an address's transactions, newest first")
+    h.add_argument("address")
+    h.add_argument("--limit", type=int, default=50, help="transactions per page (<= 1000)")
+    h.add_argument("--before", type=int, default=None, help="the next of the previous page")
     f = sub.add_parser("faucet", help="regtest: pay from the faucet")
     f.add_argument("address")
     f.add_argument("units", nargs="?", help="amount in units of 10^-8 TIME")
@@ -284,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"keygen": cmd_keygen, "address": cmd_address, "send": cmd_send,
-            "faucet": cmd_faucet, "watch": cmd_watch, "status": cmd_status}
+            "faucet": cmd_faucet, "watch": cmd_watch, "status": cmd_status,
+            "history": cmd_history}
 
 
 def main(argv: list[str] | None = None) -> int:

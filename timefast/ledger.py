@@ -16,6 +16,7 @@ one-masternode network).  The ledger never touches a socket.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -68,14 +69,19 @@ from timefast.rules import (
     tally,
 )
 from timefast.storage import StorageError, Store, unavailable
-from timefast.tables import BlockRow, Coin, Rows, Tables, TxChange, TxRow, Vote
-from timefast.transaction import Transaction, TxFormatError, build, parse
+from timefast.tables import BlockRow, Coin, HistoryRow, Rows, Tables, TxChange, TxRow, Vote
+from timefast.transaction import ADDRESS_RE, Transaction, TxFormatError, build, parse
+
+log = logging.getLogger("timefast")
 
 SPENDABLE_OR_PENDING = ("Unspent", "Locked", "SpentPending")
 # Votes for a transaction this node has not seen yet are kept until it arrives:
 # for at most this many transactions, and this many seconds.
 EARLY_VOTES_MAX = 10_000
 EARLY_VOTES_TTL = 600.0
+# Addresses whose history count is kept in memory (cleared when full).
+HISTORY_CACHE = 100_000
+HISTORY_LIMIT = 1_000  # transactions on one page of GetHistory
 
 
 @dataclass(slots=True)
@@ -218,6 +224,8 @@ class Ledger:
         self._checked: set[tuple[bytes, bytes, bytes]] = set()
         # txid -> (first seen, votes) for transactions not seen yet, oldest first.
         self._early: OrderedDict[str, tuple[float, list[Vote]]] = OrderedDict()
+        # address -> its highest history ``k`` in the database (see ``_index``).
+        self._history_cache: dict[str, int] = {}
         self.outcomes = {"accepted": 0, "finalized": 0, "confirmed": 0, "rejected": 0,
                          "invalid": 0, "conflict": 0}
         self._load()
@@ -235,8 +243,11 @@ class Ledger:
         self.pending.clear()
         self.unconfirmed.clear()
         self._rows.clear()
+        self._history_cache.clear()
         if not t.has_blocks():
             self._genesis()
+        if not t.history_built():
+            self._build_history()
         self.seq = t.seq()
         self.height, self.tip, self.tip_timestamp = t.tip()
         # Confirmed coins stay on disk only (see ``make_block``).
@@ -268,6 +279,16 @@ class Ledger:
         with self.store.transaction() as db:
             self.tables.write_genesis(db, block, row, coins, self.network)
 
+    def _build_history(self) -> None:
+        """Index the transactions of a database from before the address history."""
+        started = time.monotonic()
+        log.info("📚 building the address history of the stored transactions (once)")
+        n = self.tables.build_history(
+            lambda done, total: log.info("📚 address history: %d of %d transactions",
+                                         done, total))
+        log.info("📚 address history built: %d transactions in %.1f s", n,
+                 time.monotonic() - started)
+
     # -- the step machinery --------------------------------------------------------
 
     def _apply(self, step: _Step) -> None:
@@ -297,6 +318,7 @@ class Ledger:
             self._held[0].extend(step.events)
             self._held[1].extend(step.changes)
             return result
+        committed = self._rows.history_last
         try:
             with self.store.transaction() as db:
                 self._rows.flush(db)
@@ -306,6 +328,7 @@ class Ledger:
             self._load()
             raise
         # Committed: now, and only now, the core, memory and listeners learn of it.
+        self._remember(committed)
         self._apply(step)
         self._announce(step.events, step.changes)
         return result
@@ -314,12 +337,15 @@ class Ledger:
         """Write the open batch's staged rows now, for a read that needs all of them."""
         if self._held is None or not self._rows:
             return
+        written = self._rows.history_last
         try:
             self._rows.flush(self.store.db)
         except Exception as e:
             # The batch cannot commit any more: fail it whole (``batch`` reloads).
             self.store.failure = self.store.failure or str(e)
             raise StorageError(f"database write failed: {e}") from e
+        # The cache follows what this connection reads (a failed batch clears it).
+        self._remember(written)
 
     def _stored_utxo(self, op: tuple[str, int]) -> Coin | None:
         """A UTXO the core no longer holds (Confirmed): staged row or database row."""
@@ -339,9 +365,11 @@ class Ledger:
             return
         self._held = ([], [])
         seq_before = self.seq
+        committed: dict[str, int] = {}
         try:
             with self.store.transaction() as db:
                 yield
+                committed = self._rows.history_last
                 self._rows.flush(db)
                 self.tables.write_seq(db, seq_before, self.seq, self.replay_events)
         except BaseException:
@@ -349,6 +377,7 @@ class Ledger:
             self._load()
             raise
         (events, changes), self._held = self._held, None
+        self._remember(committed)
         self._announce(events, changes)
 
     # -- transactions ----------------------------------------------------------------
@@ -423,11 +452,11 @@ class Ledger:
         if known not in (None, "rejected"):
             return tx.txid
         try:
-            _, in_addresses = check_transaction(tx, msg, self.network, self._coin,
-                                                self._good_signature)
+            _, spent = check_transaction(tx, msg, self.network, self._coin,
+                                         self._good_signature)
         except LedgerError as e:
             raise self._refuse(e) from None
-        addresses = tuple(dict.fromkeys([*in_addresses, *tx.addresses()]))
+        addresses = tuple(dict.fromkeys([*(a for a, _ in spent), *tx.addresses()]))
         raw = kept(orjson.dumps(tx.to_json()))
         now = self.clock()
         ops = tx.outpoints()
@@ -440,6 +469,8 @@ class Ledger:
             if known == "rejected":
                 # A transaction rejected earlier may be tried again: its old votes go.
                 s.rows.clear_votes(tx.txid)
+            else:
+                self._index(s, tx, spent)
             s.rows.add_tx(TxRow(tx.txid, raw, "pending", now, None, None,
                                 orjson.dumps(addresses), None))
             s.emit(TxAccepted(tx.txid, raw, addresses))
@@ -460,6 +491,34 @@ class Ledger:
             return tx.txid
 
         return str(self._run(step))
+
+    def _index(self, s: _Step, tx: Transaction, spent: list[tuple[str, int]]) -> None:
+        """Stage ``tx`` in the history of every address it pays or spends from."""
+        flows: dict[str, list[int]] = {}
+        for o in tx.outputs:
+            flows.setdefault(o.address, [0, 0])[0] += o.amount
+        for address, amount in spent:
+            flows.setdefault(address, [0, 0])[1] += amount
+        for address, (received, sent) in flows.items():
+            k = (s.rows.history_last.get(address) or self._rows.history_last.get(address)
+                 or self._history_last(address)) + 1
+            s.rows.add_history(HistoryRow(address, k, tx.txid, received, sent))
+
+    def _history_last(self, address: str) -> int:
+        """The highest ``k`` stored for ``address`` (a cache of the database's)."""
+        k = self._history_cache.get(address)
+        if k is None:
+            if len(self._history_cache) >= HISTORY_CACHE:
+                self._history_cache.clear()
+            k = self._history_cache[address] = self.tables.history_count(address)
+        return k
+
+    def _remember(self, written: dict[str, int]) -> None:
+        """History counts just written: the cache learns those it holds."""
+        cache = self._history_cache
+        for address, k in written.items():
+            if address in cache:
+                cache[address] = k
 
     def _record_vote(self, s: _Step, p: _Pending | None, vote: Vote) -> None:
         s.rows.add_vote(vote)
@@ -696,11 +755,13 @@ class Ledger:
             return c.address, c.amount, state, c.spender
 
         try:
-            _, in_addresses = check_transaction(tx, msg, self.network, coin, verify)
+            _, spent = check_transaction(tx, msg, self.network, coin, verify)
         except LedgerError as e:
             raise LedgerError("BAD_REQUEST", f"transaction {txid}: {e.message}") from None
         raw = kept(orjson.dumps(tx.to_json()))
-        addresses = tuple(dict.fromkeys([*in_addresses, *tx.addresses()]))
+        addresses = tuple(dict.fromkeys([*(a for a, _ in spent), *tx.addresses()]))
+        if self.status_of(txid) is None:
+            self._index(s, tx, spent)
         # Pending spends of the same coins lose to the block's.
         for op in tx.outpoints():
             spender = s.utxo(op).spender
@@ -819,6 +880,39 @@ class Ledger:
             if state == "Unspent":
                 balance += amount
         return {"balance": balance, "utxos": utxos}
+
+    def history(self, address: Any, limit: Any = None, before: Any = None) -> dict[str, Any]:
+        """``{address, balance, tx_count, txs, next}``: the transactions that paid to
+        or spent from ``address``, newest first in the order this node first stored
+        them (so a page never shifts when one confirms), at most ``limit`` (default
+        50, at most 1,000) below the cursor ``before`` (a page's ``next``); each
+        ``{txid, status, block_height, timestamp, received, sent}``, rejected ones
+        included.  ``timestamp`` is the block's, or the acceptance time while
+        unconfirmed; ``next`` is None on the last page."""
+        if not isinstance(address, str) or not ADDRESS_RE.fullmatch(address):
+            raise LedgerError("INVALID_ADDRESS", "address must be 1 to 128 of [A-Za-z0-9_]")
+        limit = 50 if limit is None else limit
+        if type(limit) is not int or not 1 <= limit <= HISTORY_LIMIT:
+            raise LedgerError("BAD_REQUEST", f"limit must be an integer from 1 to {HISTORY_LIMIT}")
+        if before is None:
+            cursor = 1 << 62
+        elif type(before) is int and before > 0:
+            cursor = before
+        elif isinstance(before, str) and before.isascii() and before.isdigit() \
+                and 0 < len(before) < 19:
+            cursor = int(before)
+        else:
+            raise LedgerError("BAD_REQUEST", "before must be the next of an earlier page")
+        self._flush_staged()
+        rows = self.tables.history_page(address, cursor, limit)
+        txs = [{"txid": txid, "status": status, "block_height": height,
+                "timestamp": int(accepted_at) if block_ts is None else block_ts,
+                "received": received, "sent": sent}
+               for _, txid, received, sent, status, height, accepted_at, block_ts in rows]
+        last = rows[-1][0] if rows else 0
+        return {"address": address, "balance": self.balance(address),
+                "tx_count": self.tables.history_count(address), "txs": txs,
+                "next": last if len(rows) == limit and last > 1 else None}
 
     def get_block(self, ref: int | str, with_txs: bool = False) -> dict[str, Any]:
         """A block by height or hash; raises NOT_FOUND.  ``with_txs``: with its

@@ -92,6 +92,7 @@ class RpcDispatcher:
             "gettxout": (("txid", "vout"), 2, self.gettxout),
             "listunspent": (("address",), 1, self.listunspent),
             "getbalance": (("address",), 1, self.getbalance),
+            "getaddresshistory": (("address", "limit", "before"), 1, ledger.history),
             "masternodelist": ((), 0, self.masternodelist),
             "submitvote": (("vote",), 1, ledger.submit_vote),
         }

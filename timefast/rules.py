@@ -86,9 +86,9 @@ def signed_bytes(tx: Transaction) -> bytes:
 
 
 def check_transaction(tx: Transaction, msg: bytes, network: str, coin: CoinLookup,
-                      good_signature: SignatureCheck) -> tuple[int, list[str]]:
+                      good_signature: SignatureCheck) -> tuple[int, list[tuple[str, int]]]:
     """Check ``tx`` (whose signed bytes are ``msg``, see ``signed_bytes``) against the
-    chain (SPEC 4.1); returns ``(fee, input addresses)``.
+    chain (SPEC 4.1); returns ``(fee, [(address, amount) of each input])``.
 
     Every cheap check (duplicate inputs, output addresses, each input known,
     Unspent and owned by its key, amounts) runs before the first signature check,
@@ -104,7 +104,7 @@ def check_transaction(tx: Transaction, msg: bytes, network: str, coin: CoinLooku
         except LedgerError as e:
             raise LedgerError("TX_INVALID", e.message) from None
     total_in = 0
-    in_addresses = []
+    spent = []
     for n, inp in enumerate(tx.inputs):
         found = coin(inp.prev_txid, inp.vout)
         if found is None:
@@ -118,7 +118,7 @@ def check_transaction(tx: Transaction, msg: bytes, network: str, coin: CoinLooku
         if address_of(inp.public_key, network) != address:
             raise LedgerError("TX_INVALID", f"input {n}: public key does not own {address}")
         total_in += amount
-        in_addresses.append(address)
+        spent.append((address, amount))
     total_out = sum(o.amount for o in tx.outputs)
     if total_out > total_in:
         raise LedgerError("TX_INVALID", f"outputs ({total_out}) exceed inputs ({total_in})")
@@ -126,7 +126,7 @@ def check_transaction(tx: Transaction, msg: bytes, network: str, coin: CoinLooku
         if not good_signature(bytes.fromhex(inp.public_key), msg,
                               bytes.fromhex(inp.signature)):
             raise LedgerError("TX_INVALID", f"input {n}: bad signature")
-    return total_in - total_out, in_addresses
+    return total_in - total_out, spent
 
 
 # -- blocks ---------------------------------------------------------------------------

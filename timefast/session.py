@@ -340,6 +340,10 @@ class WalletSession:
     def on_get_transaction(self, data: dict[str, Any], msg_id: Any) -> None:
         self.reply("Transaction", self.ledger.get_transaction(data.get("txid")), msg_id)
 
+    def on_get_history(self, data: dict[str, Any], msg_id: Any) -> None:
+        self.reply("History", self.ledger.history(data.get("address"), data.get("limit"),
+                                                  data.get("before")), msg_id)
+
     def on_submit(self, data: dict[str, Any], msg_id: Any) -> None:
         if "tx" not in data:
             raise ProtocolError("BAD_REQUEST", "data.tx is required")
@@ -370,5 +374,6 @@ _HANDLERS: dict[str, Callable[[WalletSession, dict[str, Any], Any], None]] = {
     "Hello": WalletSession.on_hello,
     "GetUtxos": WalletSession.on_get_utxos,
     "GetTransaction": WalletSession.on_get_transaction,
+    "GetHistory": WalletSession.on_get_history,
     "SubmitTransaction": WalletSession.on_submit,
 }

@@ -14,7 +14,7 @@ reads write the staged rows out first (``Ledger._flush_staged``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -42,6 +42,10 @@ CREATE TABLE IF NOT EXISTS blocks (
     height INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, prev_hash TEXT NOT NULL,
     timestamp INTEGER NOT NULL, txids BLOB NOT NULL, producer TEXT NOT NULL,
     commit_ BLOB);
+CREATE TABLE IF NOT EXISTS history (
+    address TEXT NOT NULL, k INTEGER NOT NULL, txid TEXT NOT NULL,
+    received INTEGER NOT NULL, sent INTEGER NOT NULL,
+    PRIMARY KEY (address, k)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY, type TEXT NOT NULL, addresses BLOB, payload BLOB NOT NULL,
     tx_ref TEXT, tx_at INTEGER);
@@ -124,6 +128,17 @@ class BlockRow(NamedTuple):
     commit: bytes | None = None
 
 
+class HistoryRow(NamedTuple):
+    """The ``k``-th transaction that touched ``address`` (``k`` counts from 1 in the
+    order this node first stored them): what it paid to it and took from it."""
+
+    address: str
+    k: int
+    txid: str
+    received: int
+    sent: int
+
+
 class EventRow(NamedTuple):
     """An event as stored: its transaction, if it embeds one, is named by ``tx_ref``
     and spliced back in at byte ``tx_at`` of ``payload`` (journal)."""
@@ -142,8 +157,8 @@ class EventRow(NamedTuple):
 class Rows:
     """Rows staged by a step or a batch (see the module docstring)."""
 
-    __slots__ = ("blocks", "changed_utxos", "cleared_votes", "events", "new_txs",
-                 "new_utxos", "tx_changes", "votes")
+    __slots__ = ("blocks", "changed_utxos", "cleared_votes", "events", "history",
+                 "history_last", "new_txs", "new_utxos", "tx_changes", "votes")
 
     def __init__(self) -> None:
         self.clear()
@@ -159,10 +174,19 @@ class Rows:
         self.cleared_votes: set[str] = set()
         self.blocks: list[BlockRow] = []
         self.events: list[EventRow] = []
+        self.history: list[HistoryRow] = []
+        # address -> the highest ``k`` staged for it here.
+        self.history_last: dict[str, int] = {}
 
     def __bool__(self) -> bool:
         return bool(self.new_txs or self.tx_changes or self.new_utxos or self.changed_utxos
-                    or self.votes or self.cleared_votes or self.blocks or self.events)
+                    or self.votes or self.cleared_votes or self.blocks or self.events
+                    or self.history)
+
+    def add_history(self, row: HistoryRow) -> None:
+        """One address's next transaction (``row.k`` one above its last)."""
+        self.history.append(row)
+        self.history_last[row.address] = row.k
 
     def add_tx(self, row: TxRow) -> None:
         """A transaction row, replacing any stored one (a rejected tx tried again)."""
@@ -219,6 +243,8 @@ class Rows:
         self.votes.update(step.votes)
         self.blocks.extend(step.blocks)
         self.events.extend(step.events)
+        self.history.extend(step.history)
+        self.history_last.update(step.history_last)
 
     # -- keyed reads --------------------------------------------------------------
 
@@ -291,6 +317,8 @@ class Rows:
         if self.events:
             db.executemany("INSERT INTO events (seq, type, addresses, payload, tx_ref, tx_at)"
                            " VALUES (?,?,?,?,?,?)", self.events)
+        if self.history:
+            db.executemany("INSERT INTO history VALUES (?,?,?,?,?)", self.history)
         self.clear()
 
 
@@ -410,6 +438,58 @@ class Tables:
         return BlockRow(row[0], row[1], row[2], row[3], bytes(row[4]), row[5],
                         None if row[6] is None else bytes(row[6]))
 
+    def history_count(self, address: str) -> int:
+        """How many transactions touched ``address`` (its highest ``k``)."""
+        row = self.store.one("SELECT MAX(k) FROM history WHERE address=?", (address,))
+        return int(row[0] or 0)
+
+    def history_page(self, address: str, before: int, limit: int
+                     ) -> list[tuple[int, str, int, int, str, int | None, float, int | None]]:
+        """Up to ``limit`` of ``address``'s transactions below ``k = before``, newest
+        first: ``(k, txid, received, sent, status, block_height, accepted_at, block
+        timestamp)``."""
+        return self.store.query(
+            "SELECT h.k, h.txid, h.received, h.sent, t.status, t.block_height,"
+            " t.accepted_at, b.timestamp FROM history h JOIN txs t ON t.txid = h.txid"
+            " LEFT JOIN blocks b ON b.height = t.block_height"
+            " WHERE h.address = ? AND h.k < ? ORDER BY h.k DESC LIMIT ?",
+            (address, before, limit))
+
+    def history_built(self) -> bool:
+        """Whether the address history covers every stored transaction."""
+        return self.store.meta("history") == "1"
+
+    def build_history(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Index every stored transaction by address, in the order they were stored
+        (a database from before the index); returns how many.  ``progress(done,
+        total)`` is called every 10,000."""
+        total = int(self.store.one("SELECT COUNT(*) FROM txs")[0])
+        last: dict[str, int] = {}
+        done = 0
+        with self.store.transaction() as db:
+            db.execute("DELETE FROM history")
+            for txid, raw in db.execute("SELECT txid, raw FROM txs ORDER BY rowid"):
+                tx = orjson.loads(raw)
+                flows: dict[str, list[int]] = {}
+                for o in tx.get("outputs", ()):
+                    flows.setdefault(o["address"], [0, 0])[0] += int(o["amount"])
+                for i in tx.get("inputs", ()):
+                    prev = i["previous_output"]
+                    coin = db.execute("SELECT address, amount FROM utxos WHERE txid=? AND"
+                                      " vout=?", (prev["txid"], prev["vout"])).fetchone()
+                    if coin is not None:
+                        flows.setdefault(coin[0], [0, 0])[1] += int(coin[1])
+                rows = []
+                for address, (received, sent) in flows.items():
+                    last[address] = last.get(address, 0) + 1
+                    rows.append((address, last[address], txid, received, sent))
+                db.executemany("INSERT INTO history VALUES (?,?,?,?,?)", rows)
+                done += 1
+                if progress is not None and done % 10_000 == 0:
+                    progress(done, total)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('history', '1')")
+        return done
+
     # -- direct writes (inside the caller's transaction) ------------------------------
 
     @staticmethod
@@ -425,7 +505,14 @@ class Tables:
                         tx.addresses))
         for op, c in coins:
             db.execute("INSERT INTO utxos VALUES (?,?,?,?,?,?,?,?)", (*op, *c.values()))
+        if tx is not None:
+            flows: dict[str, int] = {}
+            for _, c in coins:
+                flows[c.address] = flows.get(c.address, 0) + c.amount
+            db.executemany("INSERT INTO history VALUES (?,1,?,?,0)",
+                           [(a, tx.txid, amount) for a, amount in flows.items()])
         db.execute("INSERT OR REPLACE INTO meta VALUES ('network', ?)", (network,))
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('history', '1')")
 
     @staticmethod
     def write_seq(db: Any, old: int, new: int, keep: int) -> None:
