@@ -1,0 +1,60 @@
+"""The house rules of the layout, read from the modules' own imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "timefast"
+LEDGER = ("ledger", "rules", "journal", "tables", "storage", "transaction", "crypto",
+          "errors")
+PORTS = ("server", "session", "rpc")
+IO = ("asyncio", "socket", "ssl", "websockets", "uvloop")
+
+
+def imports(module: str) -> set[str]:
+    """Every module ``timefast/<module>.py`` imports, by its full name."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+def test_the_ledger_never_imports_io_or_the_ports():
+    for module in LEDGER:
+        bad = {name for name in imports(module)
+               if name.split(".")[0] in IO
+               or any(name == f"timefast.{p}" or name.startswith(f"timefast.{p}.")
+                      for p in (*PORTS, "node", "commits"))}
+        assert not bad, f"timefast/{module}.py imports {sorted(bad)}"
+
+
+def test_the_ports_never_import_storage():
+    for module in PORTS:
+        bad = {n for n in imports(module) if n.startswith("timefast.storage")
+               or n.startswith("timefast.tables")}
+        assert not bad, f"timefast/{module}.py imports {sorted(bad)}"
+
+
+def test_no_import_cycle_in_the_package():
+    names = [p.stem for p in PACKAGE.glob("*.py")]
+    graph = {m: {n.split(".")[1] for n in imports(m)
+                 if n.startswith("timefast.") and n.split(".")[1] in names} for m in names}
+    seen: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> None:
+        seen[m] = 1
+        for n in sorted(graph[m] - {m}):
+            assert seen.get(n) != 1, f"import cycle: {' -> '.join([*path, m, n])}"
+            if n not in seen:
+                visit(n, [*path, m])
+        seen[m] = 2
+
+    for m in sorted(names):
+        if m not in seen:
+            visit(m, [])
