@@ -143,9 +143,9 @@ def test_batch_commit_uses_one_statement_per_kind(tmp_path, monkeypatch):
         for tx in txs:
             led.submit(tx.to_json())
     kinds = [c for c in counting.calls if c[0] != "DELETE"]
-    # txs (with the node's votes inline), utxos (new), utxos (changed), events, then
-    # the seq: five statements for eight transactions.
-    assert len(kinds) == 5, kinds
+    # txs (with the node's votes inline), utxos (new), utxos (changed), events, the
+    # address history, then the seq: six statements for eight transactions.
+    assert len(kinds) == 6, kinds
     assert not any(q.startswith("INSERT INTO votes") for q in counting.statements)
     assert all(led.status_of(t.txid) == "finalized" for t in txs)
 
