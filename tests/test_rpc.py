@@ -84,6 +84,14 @@ def test_errors_are_clear(node):
     assert [x["id"] for x in replies] == [1]
 
 
+def test_out_of_range_numbers_are_clear_errors(node):
+    """Numbers past SQLite's 64-bit integers: "no such thing", never "internal error"."""
+    url = node.rpc_url
+    assert rpc(url, "gettxout", "ab" * 32, 2**63)["result"] is None
+    for ref in (2**63, 2**64 - 1, "99999999999999999999999"):
+        assert rpc(url, "getblock", ref)["error"]["data"]["code"] == "NOT_FOUND", ref
+
+
 def test_hundred_concurrent_conflicting_spends(node):
     url = node.rpc_url
     ka, a = new_wallet()
