@@ -41,6 +41,9 @@ def test_flag_overrides_environment():
     ({"NETWORK": "moon"}, "NETWORK"),
     ({"MAX_CONNECTIONS": "lots"}, "MAX_CONNECTIONS"),
     ({"TLS_CERT": "c.pem"}, "TLS_CERT and TLS_KEY"),
+    ({"RPC_PASSWORD": "s3cret"}, "RPC_USER and RPC_PASSWORD"),
+    ({"RPC_USER": "alice"}, "RPC_USER and RPC_PASSWORD"),
+    ({"ALLOW_NO_ORIGIN": "maybe"}, "ALLOW_NO_ORIGIN"),
 ])
 def test_bad_values_are_named(env, words):
     with pytest.raises(SettingsError, match=words):

@@ -13,7 +13,7 @@ from typing import Any, cast
 from timefast import __version__
 from timefast.crypto import load_or_create_key
 from timefast.ledger import Ledger
-from timefast.rpc import RpcDispatcher, serve_rpc
+from timefast.rpc import RpcDispatcher, RpcLimits, RpcService
 from timefast.server import WalletServer
 from timefast.session import Limits
 from timefast.settings import Settings
@@ -50,7 +50,7 @@ class Node:
         self.store: Store | None = None
         self.ledger: Ledger | None = None
         self.wallets: WalletServer | None = None
-        self.rpc_server: asyncio.AbstractServer | None = None
+        self.rpc: RpcService | None = None
         self.ws_addresses: list[tuple[str, int]] = []
         self.rpc_addresses: list[tuple[str, int]] = []
         self._timers: list[asyncio.TimerHandle] = []
@@ -67,7 +67,10 @@ class Node:
                              s.replay_events)
         limits = Limits(s.max_subscriptions, s.max_message_bytes, s.send_buffer_bytes,
                         s.replay_events)
-        origins: list[str | None] | None = list(s.allowed_origins) if s.allowed_origins else None
+        origins: list[str | None] | None = None
+        if s.allowed_origins:
+            # websockets reads None in the list as "no Origin header": native wallets.
+            origins = [*s.allowed_origins, *([None] if s.allow_no_origin else [])]
         self.wallets = WalletServer(self.ledger, limits, max_connections=s.max_connections,
                                     max_connections_per_ip=s.max_connections_per_ip,
                                     heartbeat_interval=s.heartbeat_interval, origins=origins)
@@ -76,12 +79,11 @@ class Node:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(s.tls_cert, s.tls_key)
         self.ws_addresses = await self.wallets.listen(*s.ws_addr, ssl_context=ctx)
-        auth = (s.rpc_user, s.rpc_password or "") if s.rpc_user else None
+        auth = (s.rpc_user, s.rpc_password) if s.rpc_user and s.rpc_password else None
         dispatcher = RpcDispatcher(self.ledger, extra_info=self._extra_info)
-        self.rpc_server = await serve_rpc(dispatcher, *s.rpc_addr, auth=auth,
-                                          commits=self.wallets.commits)
-        self.rpc_addresses = [sock.getsockname()[:2]
-                              for sock in cast(asyncio.Server, self.rpc_server).sockets]
+        self.rpc = RpcService(dispatcher, auth, self.wallets.commits, RpcLimits(
+            allowed_hosts=frozenset(h.lower().rstrip(".") for h in s.rpc_allowed_hosts)))
+        self.rpc_addresses = await self.rpc.listen(*s.rpc_addr)
         loop = asyncio.get_running_loop()
         self._timers.append(loop.call_later(EXPIRY_CHECK, self._expire))
         if s.block_interval > 0:
@@ -139,8 +141,8 @@ class Node:
             t.cancel()
         if self._trim_timer is not None:
             self._trim_timer.cancel()
-        if self.rpc_server is not None:
-            self.rpc_server.close()
+        if self.rpc is not None:
+            self.rpc.close()
         if self.wallets is not None:
             await self.wallets.shutdown(1001, "going away")
             self.wallets.commits.close()

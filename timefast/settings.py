@@ -65,6 +65,17 @@ def _str(text: str) -> str:
     return text
 
 
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False}
+
+
+def _bool(text: str) -> bool:
+    try:
+        return _BOOLS[text.strip().lower()]
+    except KeyError:
+        raise SettingsError(f"{text!r} is not 1 or 0") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     """One setting: its variable, its default as text, what it means, its parser."""
@@ -111,8 +122,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TLS_KEY", None, "private key (PEM) for `TLS_CERT`", _str, "unset"),
     Setting("ALLOWED_ORIGINS", None, "comma-separated Origin allow-list", _list,
             "unset (any)"),
-    Setting("RPC_USER", None, "HTTP basic auth user on the RPC", _str, "unset"),
-    Setting("RPC_PASSWORD", None, "HTTP basic auth password on the RPC", _str, "unset"),
+    Setting("ALLOW_NO_ORIGIN", "1", "with `ALLOWED_ORIGINS` set: whether clients that send "
+            "no `Origin` (native wallets) are let in", _bool),
+    Setting("RPC_USER", None, "HTTP basic auth user on the RPC (with `RPC_PASSWORD`)", _str,
+            "unset"),
+    Setting("RPC_PASSWORD", None, "HTTP basic auth password on the RPC (with `RPC_USER`)",
+            _str, "unset"),
+    Setting("RPC_ALLOWED_HOSTS", None, "comma-separated `Host` names the RPC answers to, "
+            "besides IP literals and `localhost`", _list, "unset"),
     Setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR",
             _choice("DEBUG", "INFO", "WARNING", "ERROR")),
     Setting("LOG_FORMAT", "text", "`text`, or `json` for one JSON object per line",
@@ -142,8 +159,10 @@ class Settings:
     tls_cert: str | None
     tls_key: str | None
     allowed_origins: tuple[str, ...] | None
+    allow_no_origin: bool
     rpc_user: str | None
     rpc_password: str | None
+    rpc_allowed_hosts: tuple[str, ...]
     log_level: str
     log_format: str
 
@@ -195,4 +214,8 @@ def load(argv: Sequence[str] | None = None,
         values["masternodes"] = None
     if bool(values["tls_cert"]) != bool(values["tls_key"]):
         raise SettingsError("TLS_CERT and TLS_KEY must be set together")
+    if bool(values["rpc_user"]) != bool(values["rpc_password"]):
+        # One without the other would leave the RPC open while looking closed.
+        raise SettingsError("RPC_USER and RPC_PASSWORD must be set together")
+    values["rpc_allowed_hosts"] = values["rpc_allowed_hosts"] or ()
     return Settings(**values)
