@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from timefast import __version__
-from timefast.crypto import load_or_create_key
+from timefast.crypto import KeyFormatError, load_or_create_key
+from timefast.datadir import DataDirError, DataDirLock, check_network
 from timefast.ledger import Ledger
 from timefast.rpc import RpcDispatcher, RpcLimits, RpcService
 from timefast.server import WalletServer
@@ -47,6 +48,7 @@ class Node:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.lock: DataDirLock | None = None
         self.store: Store | None = None
         self.ledger: Ledger | None = None
         self.wallets: WalletServer | None = None
@@ -61,8 +63,19 @@ class Node:
     async def start(self) -> None:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        key = load_or_create_key(s.data_dir, s.masternode_key)
+        self.lock = DataDirLock(s.data_dir)
+        try:
+            key = load_or_create_key(s.data_dir, s.masternode_key)
+        except KeyFormatError as e:
+            self.lock.release()
+            raise DataDirError(f"{s.data_dir / 'masternode.key'}: {e}") from None
         self.store = Store(s.data_dir / "timefast.db")
+        try:
+            check_network(self.store, s.network)
+        except DataDirError:
+            self.store.close()
+            self.lock.release()
+            raise
         self.ledger = Ledger(self.store, s.network, key, s.masternodes, s.finality_timeout,
                              s.replay_events)
         limits = Limits(s.max_subscriptions, s.max_message_bytes, s.send_buffer_bytes,
@@ -148,6 +161,8 @@ class Node:
             self.wallets.commits.close()
         if self.store is not None:
             self.store.close()
+        if self.lock is not None:
+            self.lock.release()
         self._stopped.set()
         log.info("stopped")
 

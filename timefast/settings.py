@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from timefast import crypto
+
 
 class SettingsError(ValueError):
     """A setting with a value the node cannot use."""
@@ -65,6 +67,22 @@ def _str(text: str) -> str:
     return text
 
 
+def _private_key(text: str) -> str:
+    try:
+        crypto.parse_private_key(text)
+    except crypto.KeyFormatError as e:
+        raise SettingsError(str(e)) from None
+    return text.strip()
+
+
+def _public_keys(text: str) -> tuple[str, ...]:
+    keys = _list(text)
+    for k in keys:
+        if not crypto.is_public_key_hex(k):
+            raise SettingsError(f"{k!r} is not a public key (64 hex characters)")
+    return keys
+
+
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True,
           "0": False, "false": False, "no": False, "off": False}
 
@@ -101,10 +119,10 @@ SETTINGS: tuple[Setting, ...] = (
             _choice("regtest", "testnet", "mainnet")),
     Setting("BLOCK_INTERVAL", "600", "seconds between blocks; `0`: blocks only on `generate`",
             _float),
-    Setting("MASTERNODE_KEY", None, "`MN` + 64 hex (ed25519 private key)", _str,
+    Setting("MASTERNODE_KEY", None, "`MN` + 64 hex (ed25519 private key)", _private_key,
             "generated once, kept in `DATA_DIR` (mode 0600)"),
     Setting("MASTERNODES", None, "comma-separated ed25519 public keys (hex) of the voting set",
-            _list, "this node alone"),
+            _public_keys, "this node alone"),
     Setting("FINALITY_TIMEOUT", "10",
             "seconds a transaction may wait for quorum before it is rejected", _float),
     Setting("MAX_CONNECTIONS", "10000", "above it: HTTP 503", _int(1)),
