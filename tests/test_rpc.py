@@ -338,6 +338,38 @@ def test_time_cli_keys_send_and_methods(node):
     assert cli(node, "nosuchmethod").returncode == 1
 
 
+def test_time_cli_global_options_before_the_method(tmp_path):
+    """The forms --help shows: options with their values, then the method."""
+    n = NodeThread(tmp_path, RPC_USER="alice", RPC_PASSWORD="s3cret").start()
+    try:
+        addr = n.rpc_url.removeprefix("http://").rstrip("/")
+        env = {"RPC_ADDR": "127.0.0.1:1"}  # wrong: the flags must win
+        for args in (["--rpc-addr", addr, "--rpc-user", "alice", "--rpc-password", "s3cret"],
+                     [f"--rpc-addr={addr}", "--rpc-user=alice", "--rpc-password=s3cret"]):
+            out = cli(n, *args, "getblockcount", env=env)
+            assert out.returncode == 0 and out.stdout.strip() == "0", (args, out.stderr)
+            out = cli(n, *args, "getblock", "0", env=env)
+            assert orjson.loads(out.stdout)["height"] == 0, (args, out.stderr)
+        wrong = cli(n, "--rpc-addr", addr, "--rpc-user", "alice", "--rpc-password", "no",
+                    "getblockcount")
+        assert wrong.returncode == 1 and "401" in wrong.stderr
+        out = cli(n, "--network", "mainnet", "keygen")
+        assert orjson.loads(out.stdout)["address"].startswith("TIME1"), out.stderr
+    finally:
+        n.stop()
+
+
+def test_time_cli_into_a_closed_pipe_has_no_traceback(node):
+    e = {**os.environ, "RPC_ADDR": node.rpc_url.removeprefix("http://").rstrip("/")}
+    p = subprocess.Popen([sys.executable, "-m", "timefast.cli", "getinfo"], env=e,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()  # as `| head -0` does, before time-cli writes
+    err = p.stderr.read().decode()
+    p.wait(60)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_time_cli_watch_shows_a_transaction_move_on_a_terminal(node):
     import pty
     import select
