@@ -208,7 +208,7 @@ class RpcLimits:
 
     max_connections: int = 64
     request_timeout: float = 10.0  # from a request's first byte to its last
-    idle_timeout: float = 120.0  # no request, or no output taken, for this long: close
+    idle_timeout: float = 30.0  # no request, or no output taken, for this long: close
     max_body: int = MAX_BODY
     max_head: int = 16384  # request line and headers
     output_bytes: int = 1 << 20
