@@ -92,3 +92,36 @@ def test_one_node_per_data_dir(tmp_path):
         assert first.terminate() == 0
     second = NodeProcess(tmp_path).start()  # the lock went with the first
     assert second.terminate() == 0
+
+
+def _node_under_ulimit(data_dir, soft: int, hard: int, **settings) -> tuple[str, int]:
+    """Start a node under ``ulimit -n`` soft/hard; its first log lines and its open-file
+    soft limit once it runs."""
+    env = {**os.environ, **base_env(data_dir, **settings)}
+    p = subprocess.Popen(["sh", "-c", f"ulimit -Sn {soft} && ulimit -Hn {hard} && "
+                          f'exec "{sys.executable}" -m timefast'], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert p.stdout is not None
+    lines = []
+    try:
+        for line in p.stdout:
+            lines.append(line)
+            if "RPC http://" in line:
+                break
+        with open(f"/proc/{p.pid}/limits") as f:
+            soft_now = next(int(x.split()[3]) for x in f if x.startswith("Max open files"))
+    finally:
+        p.terminate()
+        p.wait(30)
+    return "".join(lines), soft_now
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_open_file_limit_is_raised_or_named(tmp_path):
+    """One descriptor per connection: the node raises its soft limit as far as the hard
+    one lets it for MAX_CONNECTIONS, and says so when that is not enough."""
+    log, soft = _node_under_ulimit(tmp_path / "a", 256, 4096, MAX_CONNECTIONS=1000)
+    assert soft >= 1000 and "open files" not in log, log
+    log, soft = _node_under_ulimit(tmp_path / "b", 256, 512, MAX_CONNECTIONS=1000)
+    assert soft == 512
+    assert "open files" in log and "MAX_CONNECTIONS" in log and "LimitNOFILE" in log, log

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
+import resource
 import signal
 import ssl
 from collections.abc import Callable
@@ -23,6 +25,10 @@ from timefast.storage import StorageError, Store
 log = logging.getLogger("timefast")
 
 EXPIRY_CHECK = 0.25  # seconds between FINALITY_TIMEOUT checks
+# Descriptors the node holds besides its connections: database files for the writer
+# and the checkpointer, the DATA_DIR lock, listening sockets, the loop's own (23
+# measured on an idle node), with room to spare.
+OWN_DESCRIPTORS = 100
 TRIM_INTERVAL = 30.0  # seconds between returns of freed heap memory to the OS
 
 
@@ -41,6 +47,18 @@ def malloc_trim() -> Callable[[int], int] | None:
     fn.argtypes = [ctypes.c_size_t]
     fn.restype = ctypes.c_int
     return cast(Callable[[int], int], fn)
+
+
+def raise_open_file_limit(needed: int) -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to ``needed`` if the hard limit allows, else to the
+    hard limit; returns ``(soft, hard)`` as they are then."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed and (hard == resource.RLIM_INFINITY or soft < hard):
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(OSError, ValueError):  # a seccomp filter may refuse
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft, hard
 
 
 class Node:
@@ -62,6 +80,16 @@ class Node:
 
     async def start(self) -> None:
         s = self.settings
+        rpc_limits = RpcLimits(
+            allowed_hosts=frozenset(h.lower().rstrip(".") for h in s.rpc_allowed_hosts))
+        # One descriptor per wallet and per RPC connection.
+        needed = s.max_connections + rpc_limits.max_connections + OWN_DESCRIPTORS
+        soft, hard = raise_open_file_limit(needed)
+        if soft < needed:
+            log.warning("open files limited to %d (hard limit %d): MAX_CONNECTIONS=%d needs "
+                        "%d; raise LimitNOFILE (systemd) or ulimit -n, or the node refuses "
+                        "connections before MAX_CONNECTIONS", soft, hard, s.max_connections,
+                        needed)
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.lock = DataDirLock(s.data_dir)
         try:
@@ -94,8 +122,7 @@ class Node:
         self.ws_addresses = await self.wallets.listen(*s.ws_addr, ssl_context=ctx)
         auth = (s.rpc_user, s.rpc_password) if s.rpc_user and s.rpc_password else None
         dispatcher = RpcDispatcher(self.ledger, extra_info=self._extra_info)
-        self.rpc = RpcService(dispatcher, auth, self.wallets.commits, RpcLimits(
-            allowed_hosts=frozenset(h.lower().rstrip(".") for h in s.rpc_allowed_hosts)))
+        self.rpc = RpcService(dispatcher, auth, self.wallets.commits, rpc_limits)
         self.rpc_addresses = await self.rpc.listen(*s.rpc_addr)
         loop = asyncio.get_running_loop()
         self._timers.append(loop.call_later(EXPIRY_CHECK, self._expire))
