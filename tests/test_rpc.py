@@ -223,6 +223,14 @@ def test_http_parsing_is_strict(node):
         while got.count(b'"id":') < 2:
             got += s.recv(65536)
     assert got.index(b'"id":7') < got.index(b'"id":8')
+    # A client that shuts its side once its request is sent (printf ... | nc) is answered.
+    with socket.create_connection(("127.0.0.1", int(host.split(":")[1])), timeout=20) as s:
+        s.sendall(one)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 200 ") and b'"id":7' in got, got
 
 
 def _rpc_output(node) -> list[tuple[int, bool]]:

@@ -458,8 +458,9 @@ class RpcConnection(asyncio.Protocol):
                 elif isinstance(event, h11.EndOfMessage):
                     if self.request is not None and self.request.method == b"POST":
                         self._dispatch(bytes(self.body))
-                elif isinstance(event, h11.ConnectionClosed):
-                    break
+                elif isinstance(event, h11.ConnectionClosed):  # every request answered
+                    self.transport.close()
+                    return
         finally:
             self.processing = False
         self._update_reading()
@@ -474,7 +475,7 @@ class RpcConnection(asyncio.Protocol):
                 return
             payload = out or b""
             try:
-                data = self.http.send(h11.Response(status_code=200, headers=[
+                data = self.http.send(h11.Response(status_code=200, reason=b"OK", headers=[
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(payload)).encode())]))
                 data += self.http.send(h11.Data(data=payload)) or b""
@@ -582,6 +583,13 @@ class RpcConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.ws is not None:
             self.ws.receive_eof()
+            return None
+        if self.http is not None:
+            # A client may send its requests and then shut its side (printf | nc):
+            # answer them, then close (h11 reports ConnectionClosed after the last).
+            self.http.receive_data(b"")
+            self._process()
+            return True
         return None
 
 
