@@ -195,11 +195,13 @@ class Node:
 
     async def run(self) -> None:
         """Start, then serve until SIGINT or SIGTERM."""
-        await self.start()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
+        # Before start: its banner tells supervisors (and tests) the node is up, and a
+        # SIGTERM that follows at once must stop it cleanly, not kill it.
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        await self.start()
         await stop.wait()
         log.info("signal received: shutting down")
         await self.stop()
