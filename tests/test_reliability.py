@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import orjson
@@ -22,6 +23,7 @@ from timefast.transaction import build
 from . import crash_harness
 from .helpers import Capture, NodeThread, new_wallet, parse_frames, result, rpc
 
+FAUCET_ADDRESS = "TIME0204ae9b33c389b9fb8b26c3bcc14147d700af6c5"
 ERROR_CODES = {"BAD_JSON", "BAD_REQUEST", "UNKNOWN_TYPE", "INVALID_ADDRESS",
                "TOO_MANY_SUBSCRIPTIONS", "RATE_LIMITED", "TX_INVALID", "TX_CONFLICT",
                "NOT_FOUND", "UNAVAILABLE"}
@@ -194,14 +196,47 @@ def test_fuzz_wallet_messages_get_specified_replies(fuzz_target, raw):
             assert r["data"]["code"] in ERROR_CODES and r["data"]["message"], r
 
 
+# Integers of any size, written by the standard library (orjson writes only 64-bit
+# ones): orjson reads up to 2**64 - 1 as an int, beyond as a float; SQLite stores
+# -2**63 .. 2**63 - 1, so the edges on both sides of those ranges are drawn often.
+EDGES = [2**31, 2**32, 2**53, 2**63 - 1, 2**63, 2**64 - 1, 2**64, 10**23]
+big_ints = (st.integers() | st.sampled_from(EDGES + [-e for e in EDGES])
+            | st.sampled_from(EDGES).map(str))
+big_values = st.recursive(
+    st.none() | st.booleans() | big_ints | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids,
+                                                               max_size=4),
+    max_leaves=12)
+RPC_METHODS = st.sampled_from(["getinfo", "getblock", "gettxout", "gettransaction",
+                               "sendrawtransaction", "submitvote", "listunspent",
+                               "getbalance", "faucet", "generate", "nope"])
+
+
+def _rpc_body(method: str, params: object) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": 1, "method": method,
+                       "params": params}).encode()
+
+
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(body=st.one_of(st.binary(max_size=64), json_values.map(orjson.dumps),
-                      st.builds(lambda m, p: orjson.dumps({"jsonrpc": "2.0", "id": 1,
-                                                           "method": m, "params": p}),
-                                st.sampled_from(["getinfo", "getblock", "gettxout",
-                                                 "sendrawtransaction", "submitvote",
-                                                 "listunspent", "faucet", "generate",
-                                                 "nope"]), json_values)))
+@given(body=st.one_of(
+    st.binary(max_size=64), json_values.map(orjson.dumps),
+    st.builds(lambda m, p: orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": m,
+                                         "params": p}), RPC_METHODS, json_values),
+    st.builds(_rpc_body, RPC_METHODS, big_values),
+    # Numbers where the methods take numbers: heights, vouts, amounts, counts.
+    st.builds(lambda m, n: _rpc_body(m, [n]), st.sampled_from(["getblock", "generate"]),
+              big_ints),
+    st.builds(lambda t, n: _rpc_body("gettxout", [t, n]),
+              st.sampled_from(["ab" * 32, "x"]), big_ints),
+    st.builds(lambda n: _rpc_body("faucet", [FAUCET_ADDRESS, n]), big_ints),
+    st.builds(lambda v, a, t: _rpc_body("sendrawtransaction", [{
+        "txid": "ab" * 32, "version": 1, "timestamp": t, "lock_time": 0,
+        "inputs": [{"previous_output": {"txid": "ab" * 32, "vout": v},
+                    "public_key": "cd" * 32, "signature": "ef" * 64, "sequence": 0}],
+        "outputs": [{"amount": a, "address": FAUCET_ADDRESS}]}]),
+        big_ints, big_ints, big_ints),
+))
 def test_fuzz_rpc_gets_results_or_jsonrpc_errors(fuzz_target, body):
     dispatcher = fuzz_target[3]
     reply = dispatcher.handle_bytes(body)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import gc
 import os
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from timefast import crypto
@@ -84,6 +89,14 @@ def test_errors_are_clear(node):
     assert [x["id"] for x in replies] == [1]
 
 
+def test_out_of_range_numbers_are_clear_errors(node):
+    """Numbers past SQLite's 64-bit integers: "no such thing", never "internal error"."""
+    url = node.rpc_url
+    assert rpc(url, "gettxout", "ab" * 32, 2**63)["result"] is None
+    for ref in (2**63, 2**64 - 1, "99999999999999999999999"):
+        assert rpc(url, "getblock", ref)["error"]["data"]["code"] == "NOT_FOUND", ref
+
+
 def test_hundred_concurrent_conflicting_spends(node):
     url = node.rpc_url
     ka, a = new_wallet()
@@ -105,16 +118,26 @@ def test_rpc_over_websocket(node):
 
 
 def test_basic_auth(tmp_path):
-    n = NodeThread(tmp_path, RPC_USER="alice", RPC_PASSWORD="s3cret").start()
+    n = NodeThread(tmp_path, RPC_USER="alice", RPC_PASSWORD="s3cret-pässwörd").start()
     try:
         with pytest.raises(urllib.error.HTTPError) as e:
             rpc(n.rpc_url, "getblockcount")
         assert e.value.code == 401
-        bad = "Basic " + base64.b64encode(b"alice:wrong").decode()
-        with pytest.raises(urllib.error.HTTPError):
+        for wrong in ("alice:wrong", "alice:s3cret-passwörd", "älice:s3cret-pässwörd"):
+            bad = "Basic " + base64.b64encode(wrong.encode()).decode()
+            with pytest.raises(urllib.error.HTTPError) as e:
+                rpc(n.rpc_url, "getblockcount", auth=bad)
+            assert e.value.code == 401, wrong
+        # Not UTF-8 at all: refused like any wrong password, not a dropped connection.
+        bad = "Basic " + base64.b64encode(b"alice:\xff\xfe").decode()
+        with pytest.raises(urllib.error.HTTPError) as e:
             rpc(n.rpc_url, "getblockcount", auth=bad)
-        good = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+        assert e.value.code == 401
+        good = "Basic " + base64.b64encode("alice:s3cret-pässwörd".encode()).decode()
         assert rpc(n.rpc_url, "getblockcount", auth=good)["result"] == 0
+        out = cli(n, "getblockcount", env={"RPC_USER": "alice",
+                                           "RPC_PASSWORD": "s3cret-pässwörd"})
+        assert out.returncode == 0 and out.stdout.strip() == "0", out.stderr
     finally:
         n.stop()
 
@@ -124,6 +147,179 @@ def cli(node, *args, env=None):
          **(env or {})}
     return subprocess.run([sys.executable, "-m", "timefast.cli", *args], env=e,
                           capture_output=True, text=True, timeout=60)
+
+
+def http(url: str, raw: bytes, *, timeout: float = 20) -> bytes:
+    """Send ``raw`` to the RPC's socket; everything it answers until it closes."""
+    host, port = url.removeprefix("http://").rstrip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(raw)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def post(url: str, body: bytes, headers: str = "", host: str | None = None) -> bytes:
+    if host is None:
+        host = url.removeprefix("http://").rstrip("/")
+    return http(url, (f"POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+                      f"Connection: close\r\n{headers}\r\n").encode() + body)
+
+
+GENERATE = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "generate", "params": [1]})
+
+
+def test_rpc_refuses_what_a_browser_could_send(tmp_path):
+    """A page the operator visits (Origin) or DNS rebinding (a foreign Host) runs nothing;
+    curl's and time-cli's requests (no Origin, an IP or localhost Host) do."""
+    n = NodeThread(tmp_path, RPC_ALLOWED_HOSTS="node.example").start()
+    try:
+        url = n.rpc_url
+        height = result(url, "getblockcount")
+        for headers in ("Origin: https://evil.example\r\nContent-Type: text/plain\r\n",
+                        "Origin: null\r\n"):
+            assert post(url, GENERATE, headers).startswith(b"HTTP/1.1 403 "), headers
+        for host in ("evil.example", "evil.example:8766", "localhost.evil.example"):
+            assert post(url, GENERATE, host=host).startswith(b"HTTP/1.1 403 "), host
+        with pytest.raises(InvalidStatus) as e:
+            connect(url.replace("http://", "ws://"), origin="https://evil.example")
+        assert e.value.response.status_code == 403
+        assert result(url, "getblockcount") == height  # nothing ran
+        port = url.rstrip("/").rsplit(":", 1)[1]
+        for host in (f"localhost:{port}", "LOCALHOST", f"127.0.0.1:{port}", "[::1]:8766",
+                     f"node.example:{port}"):
+            reply = post(url, GENERATE, host=host)
+            assert reply.startswith(b"HTTP/1.1 200 "), (host, reply)
+        assert result(url, "getblockcount") == height + 5
+    finally:
+        n.stop()
+
+
+def test_http_parsing_is_strict(node):
+    """One Content-Length of digits only; a chunked body is read as a body."""
+    url = node.rpc_url
+    host = url.removeprefix("http://").rstrip("/")
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 7, "method": "getblockcount"})
+    head = f"POST / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+    for lengths in ([f"{len(body) // 10}_{len(body) % 10}"], [str(len(body)), "1"],
+                    ["1", str(len(body))], [f"+{len(body)}"], [f"{len(body)}.0"]):
+        raw = head + "".join(f"Content-Length: {x}\r\n" for x in lengths) + "\r\n"
+        reply = http(url, raw.encode() + body)
+        assert reply.startswith(b"HTTP/1.1 400 "), (lengths, reply)
+    chunked = (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + (
+        f"{len(body[:9]):x}\r\n".encode() + body[:9] + b"\r\n"
+        + f"{len(body[9:]):x}\r\n".encode() + body[9:] + b"\r\n0\r\n\r\n")
+    reply = http(url, chunked)
+    assert reply.startswith(b"HTTP/1.1 200 "), reply
+    assert orjson.loads(reply.split(b"\r\n\r\n", 1)[1])["id"] == 7
+    # Two keep-alive requests back to back are two answers, in order.
+    one = (f"POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n\r\n"
+           ).encode() + body
+    s = socket.create_connection(("127.0.0.1", int(host.split(":")[1])), timeout=20)
+    with s:
+        s.sendall(one + one.replace(b'"id":7', b'"id":8'))
+        got = b""
+        while got.count(b'"id":') < 2:
+            got += s.recv(65536)
+    assert got.index(b'"id":7') < got.index(b'"id":8')
+    # A client that shuts its side once its request is sent (printf ... | nc) is answered.
+    with socket.create_connection(("127.0.0.1", int(host.split(":")[1])), timeout=20) as s:
+        s.sendall(one)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 200 ") and b'"id":7' in got, got
+
+
+def _rpc_output(node) -> list[tuple[int, bool]]:
+    """(unread output bytes, reading?) of each open RPC connection, seen from the loop."""
+    from timefast.rpc import RpcConnection
+
+    def look():
+        conns = [o for o in gc.get_objects() if isinstance(o, RpcConnection)]
+        return [(c.transport.get_write_buffer_size(), c.transport.is_reading())
+                for c in conns if c.transport is not None and not c.transport.is_closing()]
+    return node.call(look)
+
+
+@pytest.mark.parametrize("mode", ["http", "websocket"])
+def test_unread_output_stops_reading(tmp_path, mode):
+    """A client that pipelines big requests and never reads holds a bounded amount of the
+    node's memory: once its unread output passes the bound, the node stops reading it."""
+    n = NodeThread(tmp_path).start()
+    try:
+        _, a = new_wallet()
+        n.call(lambda: [n.node.ledger.faucet(a, 1000 + i) for i in range(300)])
+        reply = len(orjson.dumps(result(n.rpc_url, "listunspent", a)))
+        assert reply > 30_000
+        host, port = n.rpc_url.removeprefix("http://").rstrip("/").split(":")
+        body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "listunspent",
+                             "params": [a]})
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect((host, int(port)))
+        if mode == "http":
+            one = (f"POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+                   "\r\n").encode() + body
+            s.sendall(one * 600)  # 600 replies: 18 MB and more
+        else:
+            key = base64.b64encode(os.urandom(16)).decode()
+            s.sendall((f"GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                       f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                       "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+            frame = bytes([0x81, 0x80 | 126]) + len(body).to_bytes(2, "big") + bytes(4) + body
+            s.sendall(frame * 600)
+        # Wait until the node has stopped reading because the output is not taken (or
+        # until it has buffered far more than its bound), then watch a while longer.
+        worst, deadline, settled = 0, time.monotonic() + 60, 0
+        while time.monotonic() < deadline and settled < 20:
+            states = _rpc_output(n)
+            worst = max([worst, *(size for size, _ in states)])
+            if worst > 8 << 20:
+                break
+            if states and all(size >= 1 << 20 and not reading for size, reading in states):
+                settled += 1
+            time.sleep(0.05)
+        # The node's bound (1 MiB) plus the replies already being made when it was passed.
+        assert worst <= 8 << 20, worst
+        assert settled == 20, states
+        s.close()
+    finally:
+        n.stop()
+
+
+def _service(node, limits):
+    """A second RPC listener on the node's loop, with ``limits``; returns its URL."""
+    from timefast.rpc import RpcDispatcher, RpcService
+
+    async def start():
+        svc = RpcService(RpcDispatcher(node.node.ledger), limits=limits)
+        host, port = (await svc.listen("127.0.0.1", 0))[0]
+        return svc, f"http://{host}:{port}/"
+    return asyncio.run_coroutine_threadsafe(start(), node.loop).result(30)
+
+
+def test_idle_slow_and_surplus_connections_are_closed(node):
+    from timefast.rpc import RpcLimits
+
+    svc, url = _service(node, RpcLimits(max_connections=3, request_timeout=0.5,
+                                        idle_timeout=5.0))
+    host, port = url.removeprefix("http://").rstrip("/").split(":")
+    try:
+        idle = socket.create_connection((host, int(port)), timeout=20)
+        slow = socket.create_connection((host, int(port)), timeout=20)
+        slow.sendall(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the rest
+        kept = socket.create_connection((host, int(port)), timeout=20)
+        # A fourth is over the cap: refused with 503, not held.
+        assert http(url, b"").startswith(b"HTTP/1.1 503 ")
+        for s in (idle, slow, kept):
+            with s:
+                assert s.recv(100) == b""  # closed by the node, not by the 20 s timeout
+        assert result(url, "getblockcount") >= 0  # room again
+    finally:
+        node.call(svc.close)
 
 
 def test_time_cli_keys_send_and_methods(node):
@@ -152,6 +348,38 @@ def test_time_cli_keys_send_and_methods(node):
     bad = cli(node, "send", "--key", k["private_key"], "--to", b, "--amount", "1000")
     assert bad.returncode == 1 and "needed" in bad.stderr
     assert cli(node, "nosuchmethod").returncode == 1
+
+
+def test_time_cli_global_options_before_the_method(tmp_path):
+    """The forms --help shows: options with their values, then the method."""
+    n = NodeThread(tmp_path, RPC_USER="alice", RPC_PASSWORD="s3cret").start()
+    try:
+        addr = n.rpc_url.removeprefix("http://").rstrip("/")
+        env = {"RPC_ADDR": "127.0.0.1:1"}  # wrong: the flags must win
+        for args in (["--rpc-addr", addr, "--rpc-user", "alice", "--rpc-password", "s3cret"],
+                     [f"--rpc-addr={addr}", "--rpc-user=alice", "--rpc-password=s3cret"]):
+            out = cli(n, *args, "getblockcount", env=env)
+            assert out.returncode == 0 and out.stdout.strip() == "0", (args, out.stderr)
+            out = cli(n, *args, "getblock", "0", env=env)
+            assert orjson.loads(out.stdout)["height"] == 0, (args, out.stderr)
+        wrong = cli(n, "--rpc-addr", addr, "--rpc-user", "alice", "--rpc-password", "no",
+                    "getblockcount")
+        assert wrong.returncode == 1 and "401" in wrong.stderr
+        out = cli(n, "--network", "mainnet", "keygen")
+        assert orjson.loads(out.stdout)["address"].startswith("TIME1"), out.stderr
+    finally:
+        n.stop()
+
+
+def test_time_cli_into_a_closed_pipe_has_no_traceback(node):
+    e = {**os.environ, "RPC_ADDR": node.rpc_url.removeprefix("http://").rstrip("/")}
+    p = subprocess.Popen([sys.executable, "-m", "timefast.cli", "getinfo"], env=e,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    p.stdout.close()  # as `| head -0` does, before time-cli writes
+    err = p.stderr.read().decode()
+    p.wait(60)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
 
 
 def test_time_cli_watch_shows_a_transaction_move_on_a_terminal(node):

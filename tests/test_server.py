@@ -390,6 +390,31 @@ def test_capacity_origin_and_http(tmp_path):
         n.stop()
 
 
+@pytest.mark.parametrize("allow", ["1", "0"])
+def test_allow_no_origin_decides_for_native_wallets(tmp_path, allow):
+    """With ALLOWED_ORIGINS set, a wallet that sends no Origin (not a browser) is let in
+    unless ALLOW_NO_ORIGIN=0; a listed Origin always is, another never."""
+    n = NodeThread(tmp_path, ALLOWED_ORIGINS="https://wallet.example",
+                   ALLOW_NO_ORIGIN=allow).start()
+    try:
+        with connect(n.ws_url, origin="https://wallet.example") as ws:
+            ws.send('{"type":"Ping"}')
+            assert ws.recv(timeout=10) == '{"type":"Pong"}'
+        with pytest.raises(InvalidStatus) as e:
+            connect(n.ws_url, origin="https://evil.example")
+        assert e.value.response.status_code == 403
+        if allow == "1":
+            with connect(n.ws_url) as ws:
+                ws.send('{"type":"Ping"}')
+                assert ws.recv(timeout=10) == '{"type":"Pong"}'
+        else:
+            with pytest.raises(InvalidStatus) as e:
+                connect(n.ws_url)
+            assert e.value.response.status_code == 403
+    finally:
+        n.stop()
+
+
 def test_per_ip_cap(tmp_path):
     n = NodeThread(tmp_path, MAX_CONNECTIONS_PER_IP=1).start()
     try:

@@ -31,9 +31,11 @@ def test_defaults():
 
 
 def test_flag_overrides_environment():
-    s = load(["--ws-addr", "127.0.0.1:9000"], {"WS_ADDR": "0.0.0.0:9001", "MASTERNODES": "a,b"})
+    a, b = "a" * 64, "B" * 64
+    s = load(["--ws-addr", "127.0.0.1:9000"], {"WS_ADDR": "0.0.0.0:9001",
+                                                "MASTERNODES": f"{a}, {b}"})
     assert s.ws_addr == ("127.0.0.1", 9000)
-    assert s.masternodes == ("a", "b")
+    assert s.masternodes == (a, b)
 
 
 @pytest.mark.parametrize(("env", "words"), [
@@ -41,6 +43,9 @@ def test_flag_overrides_environment():
     ({"NETWORK": "moon"}, "NETWORK"),
     ({"MAX_CONNECTIONS": "lots"}, "MAX_CONNECTIONS"),
     ({"TLS_CERT": "c.pem"}, "TLS_CERT and TLS_KEY"),
+    ({"RPC_PASSWORD": "s3cret"}, "RPC_USER and RPC_PASSWORD"),
+    ({"RPC_USER": "alice"}, "RPC_USER and RPC_PASSWORD"),
+    ({"ALLOW_NO_ORIGIN": "maybe"}, "ALLOW_NO_ORIGIN"),
 ])
 def test_bad_values_are_named(env, words):
     with pytest.raises(SettingsError, match=words):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from timefast import logs
+from timefast.datadir import DataDirError
 from timefast.node import Node
 from timefast.settings import SettingsError, load
 
@@ -21,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
         import uvloop
 
         uvloop.run(Node(settings).run())
+    except DataDirError as e:
+        print(f"time-masternode: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"time-masternode: {e}", file=sys.stderr)
         return 1

@@ -250,6 +250,24 @@ def cmd_history(args: argparse.Namespace, rpc: Rpc) -> Any:
     return rpc.call("getaddresshistory", args.address, args.limit, args.before)
 
 
+# Options before the command that take a value: the word after them is that value,
+# never the command (``time-cli --rpc-addr HOST:PORT getinfo``).
+VALUE_OPTIONS = ("--rpc-addr", "--rpc-user", "--rpc-password", "--network")
+
+
+def _command_index(argv: list[str]) -> int | None:
+    """Where the command (or RPC method) is in ``argv``, or None."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return i + 1 if i + 1 < len(argv) else None
+        if not word.startswith("-"):
+            return i
+        i += 2 if word in VALUE_OPTIONS else 1
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="time-cli",
@@ -301,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     # Any word that is not one of our commands is an RPC method name.
-    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    first = _command_index(argv)
     generic = first is not None and argv[first] not in COMMANDS
     if generic and first is not None:
         args = parser.parse_args(argv[:first])
@@ -314,12 +332,18 @@ def main(argv: list[str] | None = None) -> int:
     rpc = Rpc(args.rpc_addr, args.rpc_user, args.rpc_password)
     try:
         result = rpc.call(method, *params) if generic else COMMANDS[args.command](args, rpc)
+        if args.command == "watch" and not generic:
+            return int(result)
+        _print(result)
+        sys.stdout.flush()
     except (CliError, KeyFormatError) as e:
         print(f"time-cli: {e}", file=sys.stderr)
         return 1
-    if args.command == "watch" and not generic:
-        return int(result)
-    _print(result)
+    except BrokenPipeError:
+        # The reader went away (`time-cli getinfo | head`): nothing more to say. Point
+        # stdout at /dev/null so that the interpreter's own flush at exit cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

@@ -70,7 +70,7 @@ from timefast.rules import (
 )
 from timefast.storage import StorageError, Store, unavailable
 from timefast.tables import BlockRow, Coin, HistoryRow, Rows, Tables, TxChange, TxRow, Vote
-from timefast.transaction import ADDRESS_RE, Transaction, TxFormatError, build, parse
+from timefast.transaction import ADDRESS_RE, U32, Transaction, TxFormatError, build, parse
 
 log = logging.getLogger("timefast")
 
@@ -840,6 +840,8 @@ class Ledger:
 
     def get_txout(self, txid: str, vout: int) -> dict[str, Any] | None:
         """One UTXO's record, or None when the outpoint is unknown."""
+        if not 0 <= vout <= U32:  # no output has that index (and SQLite could not hold it)
+            return None
         try:
             address, amount, state, spender, votes, height = self.utxos.get(txid, vout)
         except UnknownOutpoint:
@@ -920,10 +922,11 @@ class Ledger:
         if isinstance(ref, bool) or not isinstance(ref, int | str):
             raise LedgerError("BAD_REQUEST", "block reference must be a height or a hash")
         self._flush_staged()
+        if isinstance(ref, str) and ref.isascii() and ref.isdigit():
+            ref = int(ref)  # "²" is a digit to isdigit, not to int: hence isascii
         if isinstance(ref, int):
-            row = self.tables.block(height=ref)
-        elif ref.isascii() and ref.isdigit():  # "²" is a digit to isdigit, not to int
-            row = self.tables.block(height=int(ref))
+            # A height past SQLite's 64-bit integers names no block; it is not a fault.
+            row = self.tables.block(height=ref) if -(2**63) <= ref < 2**63 else None
         else:
             row = self.tables.block(hash_=ref.lower())
         if row is None:

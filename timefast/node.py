@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
+import resource
 import signal
 import ssl
 from collections.abc import Callable
@@ -12,9 +14,10 @@ from typing import Any, cast
 
 from timefast import __version__
 from timefast.commits import GroupCommit
-from timefast.crypto import load_or_create_key
+from timefast.crypto import KeyFormatError, load_or_create_key
+from timefast.datadir import DataDirError, DataDirLock, check_network
 from timefast.ledger import Ledger
-from timefast.rpc import RpcDispatcher, serve_rpc
+from timefast.rpc import RpcDispatcher, RpcLimits, RpcService
 from timefast.server import WalletServer
 from timefast.session import Limits
 from timefast.settings import Settings
@@ -23,6 +26,10 @@ from timefast.storage import Store
 log = logging.getLogger("timefast")
 
 EXPIRY_CHECK = 0.25  # seconds between FINALITY_TIMEOUT checks
+# Descriptors the node holds besides its connections: database files for the writer
+# and the checkpointer, the DATA_DIR lock, listening sockets, the loop's own (23
+# measured on an idle node), with room to spare.
+OWN_DESCRIPTORS = 100
 TRIM_INTERVAL = 30.0  # seconds between returns of freed heap memory to the OS
 
 
@@ -43,16 +50,29 @@ def malloc_trim() -> Callable[[int], int] | None:
     return cast(Callable[[int], int], fn)
 
 
+def raise_open_file_limit(needed: int) -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to ``needed`` if the hard limit allows, else to the
+    hard limit; returns ``(soft, hard)`` as they are then."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed and (hard == resource.RLIM_INFINITY or soft < hard):
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(OSError, ValueError):  # a seccomp filter may refuse
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft, hard
+
+
 class Node:
     """A running masternode; ``start`` binds its ports, ``stop`` closes everything."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.lock: DataDirLock | None = None
         self.store: Store | None = None
         self.ledger: Ledger | None = None
         self.commits: GroupCommit | None = None
         self.wallets: WalletServer | None = None
-        self.rpc_server: asyncio.AbstractServer | None = None
+        self.rpc: RpcService | None = None
         self.ws_addresses: list[tuple[str, int]] = []
         self.rpc_addresses: list[tuple[str, int]] = []
         self._timers: list[asyncio.TimerHandle] = []
@@ -62,14 +82,38 @@ class Node:
 
     async def start(self) -> None:
         s = self.settings
+        rpc_limits = RpcLimits(
+            allowed_hosts=frozenset(h.lower().rstrip(".") for h in s.rpc_allowed_hosts))
+        # One descriptor per wallet and per RPC connection.
+        needed = s.max_connections + rpc_limits.max_connections + OWN_DESCRIPTORS
+        soft, hard = raise_open_file_limit(needed)
+        if soft < needed:
+            log.warning("open files limited to %d (hard limit %d): MAX_CONNECTIONS=%d needs "
+                        "%d; raise LimitNOFILE (systemd) or ulimit -n, or the node refuses "
+                        "connections before MAX_CONNECTIONS", soft, hard, s.max_connections,
+                        needed)
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        key = load_or_create_key(s.data_dir, s.masternode_key)
+        self.lock = DataDirLock(s.data_dir)
+        try:
+            key = load_or_create_key(s.data_dir, s.masternode_key)
+        except KeyFormatError as e:
+            self.lock.release()
+            raise DataDirError(f"{s.data_dir / 'masternode.key'}: {e}") from None
         self.store = Store(s.data_dir / "timefast.db")
+        try:
+            check_network(self.store, s.network)
+        except DataDirError:
+            self.store.close()
+            self.lock.release()
+            raise
         self.ledger = Ledger(self.store, s.network, key, s.masternodes, s.finality_timeout,
                              s.replay_events)
         limits = Limits(s.max_subscriptions, s.max_message_bytes, s.send_buffer_bytes,
                         s.replay_events)
-        origins: list[str | None] | None = list(s.allowed_origins) if s.allowed_origins else None
+        origins: list[str | None] | None = None
+        if s.allowed_origins:
+            # websockets reads None in the list as "no Origin header": native wallets.
+            origins = [*s.allowed_origins, *([None] if s.allow_no_origin else [])]
         # One group commit for every caller: wallets, the RPC and the timers.
         self.commits = GroupCommit(self.ledger, asyncio.get_running_loop())
         self.wallets = WalletServer(self.ledger, limits, max_connections=s.max_connections,
@@ -81,12 +125,10 @@ class Node:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(s.tls_cert, s.tls_key)
         self.ws_addresses = await self.wallets.listen(*s.ws_addr, ssl_context=ctx)
-        auth = (s.rpc_user, s.rpc_password or "") if s.rpc_user else None
+        auth = (s.rpc_user, s.rpc_password) if s.rpc_user and s.rpc_password else None
         dispatcher = RpcDispatcher(self.ledger, extra_info=self._extra_info)
-        self.rpc_server = await serve_rpc(dispatcher, *s.rpc_addr, auth=auth,
-                                          commits=self.commits)
-        self.rpc_addresses = [sock.getsockname()[:2]
-                              for sock in cast(asyncio.Server, self.rpc_server).sockets]
+        self.rpc = RpcService(dispatcher, auth, self.commits, rpc_limits)
+        self.rpc_addresses = await self.rpc.listen(*s.rpc_addr)
         loop = asyncio.get_running_loop()
         self._timers.append(loop.call_later(EXPIRY_CHECK, self._expire))
         if s.block_interval > 0:
@@ -147,24 +189,28 @@ class Node:
             t.cancel()
         if self._trim_timer is not None:
             self._trim_timer.cancel()
-        if self.rpc_server is not None:
-            self.rpc_server.close()
+        if self.rpc is not None:
+            self.rpc.close()
         if self.wallets is not None:
             await self.wallets.shutdown(1001, "going away")
         if self.commits is not None:
             self.commits.close()
         if self.store is not None:
             self.store.close()
+        if self.lock is not None:
+            self.lock.release()
         self._stopped.set()
         log.info("stopped")
 
     async def run(self) -> None:
         """Start, then serve until SIGINT or SIGTERM."""
-        await self.start()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
+        # Before start: its banner tells supervisors (and tests) the node is up, and a
+        # SIGTERM that follows at once must stop it cleanly, not kill it.
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        await self.start()
         await stop.wait()
         log.info("signal received: shutting down")
         await self.stop()

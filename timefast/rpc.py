@@ -1,8 +1,9 @@
 """The node's JSON-RPC 2.0 (SPEC 5) over HTTP POST and WebSocket on RPC_ADDR.
 
-``RpcDispatcher`` maps methods to the ledger and has no I/O; ``RpcConnection`` is a
-small HTTP/1.1 server (keep-alive, optional basic auth) that hands a WebSocket
-upgrade to websockets' sans-I/O ``ServerProtocol``.
+``RpcDispatcher`` maps methods to the ledger and has no I/O; ``RpcConnection`` is an
+HTTP/1.1 server on h11 (keep-alive, optional basic auth, no browsers) that hands a
+WebSocket upgrade to websockets' sans-I/O ``ServerProtocol``; ``RpcService`` listens
+and bounds the connections (``RpcLimits``).
 """
 
 from __future__ import annotations
@@ -11,10 +12,14 @@ import asyncio
 import base64
 import binascii
 import hmac
+import ipaddress
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, cast
 
+import h11
 import orjson
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
@@ -194,130 +199,360 @@ def _error(rid: Any, e: RpcError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": rid, "error": e.as_dict()}
 
 
+@dataclass(frozen=True, slots=True)
+class RpcLimits:
+    """What one RPC client may hold of the node (SPEC 5); docs/OPERATIONS.md has the why.
+
+    ``output_bytes`` is the unread output at which the node stops reading a
+    connection (asyncio's write-buffer high-water mark); it reads again once the
+    client has taken three quarters of it.
+    """
+
+    max_connections: int = 64
+    request_timeout: float = 10.0  # from a request's first byte to its last
+    idle_timeout: float = 30.0  # no request, or no output taken, for this long: close
+    max_body: int = MAX_BODY
+    max_head: int = 16384  # request line and headers
+    output_bytes: int = 1 << 20
+    # WebSocket requests being answered at once; past it the node stops reading.
+    max_in_flight: int = 16
+    allowed_hosts: frozenset[str] = frozenset()
+
+
+# A WebSocket connection's input is handed to its protocol this many bytes at a
+# time, so that reading can stop between two requests of one large read.
+WS_FEED = 4096
+
+
+def host_allowed(value: str, allowed: frozenset[str]) -> bool:
+    """Whether a ``Host`` header names this node: an IP literal, localhost, or a listed name.
+
+    A browser tricked by DNS rebinding sends the attacker's name, never one of these.
+    """
+    host = value.strip()
+    if host.startswith("["):
+        host = host[1:host.find("]")] if "]" in host else ""
+    else:
+        name, sep, port = host.rpartition(":")
+        if sep and port.isascii() and port.isdigit():
+            host = name
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host in allowed:
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _raw_response(status: int, reason: str, body: bytes, extra: str = "") -> bytes:
+    """A whole response that closes the connection, for when h11 can no longer write one."""
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n").encode() + body
+
+
 class RpcConnection(asyncio.Protocol):
     """HTTP/1.1 JSON-RPC with keep-alive, or JSON-RPC over WebSocket after an upgrade.
 
-    With a ``GroupCommit``, each request runs in the next batch and its reply is
-    written after that batch's commit; one HTTP request is in flight per connection
-    and WebSocket replies keep the order of their requests.
+    HTTP is parsed by h11. With a ``GroupCommit``, each request runs in the next
+    batch and its reply is written after that batch's commit; one HTTP request is in
+    flight per connection and WebSocket replies keep the order of their requests.
+
+    Reading stops while a request is in flight (HTTP), while ``max_in_flight``
+    WebSocket requests are, or while the client leaves more than ``output_bytes``
+    unread; what it sent meanwhile waits in the kernel, and TCP slows the client.
     """
 
-    def __init__(self, dispatcher: RpcDispatcher, auth: tuple[str, str] | None,
-                 commits: GroupCommit | None = None) -> None:
-        self.dispatcher = dispatcher
-        self.auth = auth
-        self.commits = commits
-        self.buf = bytearray()
+    def __init__(self, service: RpcService) -> None:
+        self.service = service
+        self.dispatcher = service.dispatcher
+        self.auth = service.auth
+        self.commits = service.commits
+        self.limits = service.limits
+        self.http: h11.Connection | None = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.limits.max_head)
+        self.request: h11.Request | None = None
+        self.body = bytearray()
         self.transport: asyncio.Transport | None = None
         self.ws: ServerProtocol | None = None
-        self.busy = False
+        self.ws_input = bytearray()  # received, not yet handed to ``ws``
+        self.busy = False  # an HTTP request is being answered
+        self.in_flight = 0  # requests handed to the dispatcher, not yet answered
+        self.processing = False  # inside _process or _feed_ws: callbacks must not re-enter
+        self.write_paused = False
+        self.read_paused = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- transport callbacks ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=self.limits.output_bytes)
+        svc = self.service
+        if len(svc.connections) >= self.limits.max_connections:
+            self.transport.write(_raw_response(503, "Service Unavailable", orjson.dumps(
+                {"error": "capacity", "message": f"the RPC serves at most "
+                 f"{self.limits.max_connections} connections"})))
+            self.transport.close()
+            return
+        svc.connections.add(self)
+        self._arm(self.limits.idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.service.connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self.transport = None
 
-    def _authorized(self, headers: dict[str, str]) -> bool:
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._update_reading()
+        # Output nobody takes is held only so long.
+        self._arm(self.limits.idle_timeout)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._disarm_if_busy()
+        self._continue()
+
+    def data_received(self, data: bytes) -> None:
+        if self.ws is not None:
+            self.ws_input += data
+            self._feed_ws()
+            return
+        assert self.http is not None
+        if self.request is None and not self.busy and self.http.their_state is h11.IDLE:
+            # The first bytes of a request: the whole of it must follow in time.
+            self._arm(self.limits.request_timeout)
+        self.http.receive_data(data)
+        self._process()
+
+    # -- flow control -------------------------------------------------------------------
+
+    def _arm(self, delay: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.transport is not None:
+            self.timer = asyncio.get_running_loop().call_later(delay, self._timeout)
+
+    def _disarm_if_busy(self) -> None:
+        """Work in flight is the node's delay, not the client's: no timeout meanwhile."""
+        if self.timer is not None and self.in_flight and not self.write_paused:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timeout(self) -> None:
+        self.timer = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.ws is not None:
+            stop = self.write_paused or self.in_flight >= self.limits.max_in_flight or bool(
+                self.ws_input)
+        else:
+            stop = self.write_paused or self.busy
+        if stop != self.read_paused:
+            self.read_paused = stop
+            if stop:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    def _continue(self) -> None:
+        """Take up buffered input again after a reply or a drained write buffer."""
+        if self.processing:
+            return
+        if self.ws is not None:
+            self._feed_ws()
+        else:
+            self._process()
+
+    # -- HTTP ---------------------------------------------------------------------------
+
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
         if self.auth is None:
             return True
-        value = headers.get("authorization", "")
-        scheme, _, token = value.partition(" ")
-        if scheme.lower() != "basic":
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        if scheme.lower() != b"basic":
             return False
         try:
-            user, _, password = base64.b64decode(token, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+            user, _, password = base64.b64decode(token, validate=True).partition(b":")
+        except binascii.Error:
             return False
-        return hmac.compare_digest(user, self.auth[0]) and hmac.compare_digest(
-            password, self.auth[1])
+        # Bytes, so that any credentials compare (compare_digest refuses non-ASCII
+        # str); both compared, so the time taken says nothing about which was wrong.
+        ok_user = hmac.compare_digest(user, self.auth[0].encode())
+        ok_password = hmac.compare_digest(password, self.auth[1].encode())
+        return ok_user and ok_password
 
-    def _send(self, status: str, body: bytes, close: bool = False,
-              extra: str = "") -> None:
-        if self.transport is None:
-            return
-        head = (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n{extra}"
-                f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n")
-        self.transport.write(head.encode() + body)
-        if close:
+    def _refusal(self, request: h11.Request) -> tuple[int, str, bytes, str] | None:
+        """Why a request is refused before anything runs, or None."""
+        headers = dict(request.headers)
+        if b"origin" in headers:
+            # Browsers send Origin; operators' tools do not. The RPC is not for pages.
+            return 403, "Forbidden", b'{"error":"origin","message":"the RPC refuses ' \
+                b'requests from web pages (Origin)"}', ""
+        host = headers.get(b"host")
+        if host is not None and not host_allowed(host.decode("latin-1"),
+                                                 self.limits.allowed_hosts):
+            return 403, "Forbidden", b'{"error":"host","message":"unknown Host; list it in ' \
+                b'RPC_ALLOWED_HOSTS"}', ""
+        if not self._authorized(headers):
+            return 401, "Unauthorized", b'{"error":"unauthorized"}', \
+                'WWW-Authenticate: Basic realm="timefast"\r\n'
+        upgrade = headers.get(b"upgrade", b"").lower() == b"websocket"
+        if request.method == b"GET" and upgrade:
+            return None
+        if request.method != b"POST":
+            return 405, "Method Not Allowed", b'{"error":"POST JSON-RPC to /"}', \
+                "Allow: POST\r\n"
+        length = headers.get(b"content-length")
+        if length is not None and int(length) > self.limits.max_body:
+            return 413, "Payload Too Large", b'{"error":"body too large"}', ""
+        return None
+
+    def _refuse(self, status: int, reason: str, body: bytes, extra: str = "") -> None:
+        if self.transport is not None:
+            self.transport.write(_raw_response(status, reason, body, extra))
             self.transport.close()
+        self.http = None
+
+    def _process(self) -> None:
+        """Read requests from h11's buffer while none is in flight."""
+        self.processing = True
+        try:
+            while (self.http is not None and self.transport is not None
+                   and not self.transport.is_closing() and not self.busy
+                   and not self.write_paused):
+                try:
+                    event = self.http.next_event()
+                except h11.RemoteProtocolError as e:
+                    status = e.error_status_hint
+                    self._refuse(status, HTTPStatus(status).phrase, orjson.dumps(
+                        {"error": "bad request", "message": str(e)}))
+                    return
+                if event is h11.NEED_DATA:
+                    break
+                if isinstance(event, h11.Request):
+                    refusal = self._refusal(event)
+                    if refusal is not None:
+                        self._refuse(*refusal)
+                        return
+                    self.request, self.body = event, bytearray()
+                    if self.http.they_are_waiting_for_100_continue:  # curl, bodies > 1 KB
+                        self.transport.write(self.http.send(
+                            h11.InformationalResponse(status_code=100, headers=[])) or b"")
+                elif isinstance(event, h11.Data):
+                    self.body += event.data
+                    if len(self.body) > self.limits.max_body:  # chunked: no length ahead
+                        self._refuse(413, "Payload Too Large", b'{"error":"body too large"}')
+                        return
+                elif event is h11.PAUSED:  # a WebSocket upgrade, whole
+                    self._upgrade()
+                    return
+                elif isinstance(event, h11.EndOfMessage):
+                    if self.request is not None and self.request.method == b"POST":
+                        self._dispatch(bytes(self.body))
+                elif isinstance(event, h11.ConnectionClosed):  # every request answered
+                    self.transport.close()
+                    return
+        finally:
+            self.processing = False
+        self._update_reading()
+
+    def _dispatch(self, body: bytes) -> None:
+        self.busy = True
+        self.request, self.body = None, bytearray()
+
+        def reply(out: bytes | None) -> None:
+            self.busy = False
+            if self.transport is None or self.http is None:
+                return
+            payload = out or b""
+            try:
+                data = self.http.send(h11.Response(status_code=200, reason=b"OK", headers=[
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode())]))
+                data += self.http.send(h11.Data(data=payload)) or b""
+                data += self.http.send(h11.EndOfMessage()) or b""
+            except h11.LocalProtocolError:
+                self.transport.close()
+                return
+            assert data is not None
+            self.transport.write(data)
+            if self.http.our_state is h11.MUST_CLOSE:
+                self.transport.close()
+                return
+            self.http.start_next_cycle()
+            if not self.write_paused:
+                self._arm(self.limits.idle_timeout)
+            self._continue()
+            self._update_reading()
+
+        self._run(body, reply)
+        self._update_reading()
+
+    def _upgrade(self) -> None:
+        """Hand the connection to websockets: the request as it came, then what followed."""
+        assert self.http is not None and self.request is not None
+        req = self.request
+        head = b"GET " + req.target + b" HTTP/1.1\r\n" + b"".join(
+            name + b": " + value + b"\r\n" for name, value in req.headers.raw_items()) + b"\r\n"
+        rest = self.http.trailing_data[0]
+        self.http = self.request = None
+        self.ws = ServerProtocol(max_size=self.limits.max_body)
+        self.ws_input += head + rest
+        self._arm(self.limits.idle_timeout)
+        self._feed_ws()
 
     def _run(self, body: bytes, reply: Callable[[bytes | None], None]) -> None:
         """Answer one JSON-RPC body, in the next group commit when there is one."""
+        self.in_flight += 1
+        self._disarm_if_busy()
+
+        def answered(out: bytes | None) -> None:
+            self.in_flight -= 1
+            reply(out)
+            if self.ws is not None:
+                if not self.in_flight and not self.write_paused:
+                    self._arm(self.limits.idle_timeout)
+                self._continue()
+
         if self.commits is None:
-            reply(self.dispatcher.handle_bytes(body))
+            answered(self.dispatcher.handle_bytes(body))
             return
 
         def done(value: Any, err: BaseException | None) -> None:
             if err is not None:
                 value = orjson.dumps(_error(None, RpcError(
                     LEDGER_CODES["UNAVAILABLE"], unavailable(err), "UNAVAILABLE")))
-            reply(value)
+            answered(value)
 
         self.commits.submit(lambda: self.dispatcher.handle_bytes(body), done)
 
-    def data_received(self, data: bytes) -> None:
-        if self.ws is not None:
-            self._ws_data(data)
-            return
-        self.buf += data
-        self._process()
+    # -- WebSocket ----------------------------------------------------------------------
 
-    def _process(self) -> None:
-        while self.transport is not None and not self.transport.is_closing() and not self.busy:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buf) > 65536:
-                    self._send("431 Request Header Fields Too Large", b'{"error":"headers"}',
-                               close=True)
-                return
-            head = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
-            parts = head[0].split(" ")
-            if len(parts) != 3:
-                self._send("400 Bad Request", b'{"error":"bad request line"}', close=True)
-                return
-            method = parts[0]
-            headers: dict[str, str] = {}
-            for line in head[1:]:
-                k, sep, v = line.partition(":")
-                if sep:
-                    headers[k.strip().lower()] = v.strip()
-            if not self._authorized(headers):
-                self._send("401 Unauthorized", b'{"error":"unauthorized"}', close=True,
-                           extra='WWW-Authenticate: Basic realm="timefast"\r\n')
-                return
-            if method == "GET" and headers.get("upgrade", "").lower() == "websocket":
-                raw = bytes(self.buf)
-                self.buf.clear()
-                self.ws = ServerProtocol(max_size=MAX_BODY)
-                self._ws_data(raw)
-                return
-            try:
-                length = int(headers.get("content-length", "0"))
-            except ValueError:
-                length = -1
-            if length < 0 or length > MAX_BODY:
-                self._send("413 Payload Too Large", b'{"error":"body too large"}', close=True)
-                return
-            if len(self.buf) < end + 4 + length:
-                return
-            body = bytes(self.buf[end + 4:end + 4 + length])
-            del self.buf[:end + 4 + length]
-            close = headers.get("connection", "").lower() == "close"
-            if method != "POST":
-                self._send("405 Method Not Allowed", b'{"error":"POST JSON-RPC to /"}',
-                           close=True, extra="Allow: POST\r\n")
-                return
-            self.busy = True
-
-            def reply(out: bytes | None, close: bool = close) -> None:
-                self.busy = False
-                self._send("200 OK", out or b"", close=close)
-                self._process()
-
-            self._run(body, reply)
+    def _feed_ws(self) -> None:
+        """Hand buffered input to websockets a slice at a time, while the client keeps up."""
+        self.processing = True
+        try:
+            while (self.ws_input and self.transport is not None and not self.write_paused
+                   and self.in_flight < self.limits.max_in_flight):
+                chunk = bytes(self.ws_input[:WS_FEED])
+                del self.ws_input[:WS_FEED]
+                if not self.in_flight:
+                    self._arm(self.limits.idle_timeout)
+                self._ws_data(chunk)
+        finally:
+            self.processing = False
+        self._update_reading()
 
     def _ws_data(self, data: bytes) -> None:
         ws = self.ws
@@ -350,13 +585,39 @@ class RpcConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         if self.ws is not None:
             self.ws.receive_eof()
+            return None
+        if self.http is not None:
+            # A client may send its requests and then shut its side (printf | nc):
+            # answer them, then close (h11 reports ConnectionClosed after the last).
+            self.http.receive_data(b"")
+            self._process()
+            return True
         return None
 
 
-async def serve_rpc(dispatcher: RpcDispatcher, host: str, port: int,
-                    auth: tuple[str, str] | None = None,
-                    commits: GroupCommit | None = None) -> asyncio.AbstractServer:
-    """Start the RPC server on ``host:port``."""
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: RpcConnection(dispatcher, auth, commits), host,
-                                    port, reuse_address=True)
+class RpcService:
+    """The RPC's listening socket and its connections."""
+
+    def __init__(self, dispatcher: RpcDispatcher, auth: tuple[str, str] | None = None,
+                 commits: GroupCommit | None = None, limits: RpcLimits | None = None) -> None:
+        self.dispatcher = dispatcher
+        self.auth = auth
+        self.commits = commits
+        self.limits = limits or RpcLimits()
+        self.connections: set[RpcConnection] = set()
+        self.server: asyncio.AbstractServer | None = None
+
+    async def listen(self, host: str, port: int) -> list[tuple[str, int]]:
+        """Start serving on ``host:port``; returns the bound addresses."""
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: RpcConnection(self), host, port,
+                                               reuse_address=True)
+        return [sock.getsockname()[:2] for sock in cast(asyncio.Server, self.server).sockets]
+
+    def close(self) -> None:
+        """Stop accepting and drop every connection."""
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from timefast import crypto
+
 
 class SettingsError(ValueError):
     """A setting with a value the node cannot use."""
@@ -65,6 +67,33 @@ def _str(text: str) -> str:
     return text
 
 
+def _private_key(text: str) -> str:
+    try:
+        crypto.parse_private_key(text)
+    except crypto.KeyFormatError as e:
+        raise SettingsError(str(e)) from None
+    return text.strip()
+
+
+def _public_keys(text: str) -> tuple[str, ...]:
+    keys = _list(text)
+    for k in keys:
+        if not crypto.is_public_key_hex(k):
+            raise SettingsError(f"{k!r} is not a public key (64 hex characters)")
+    return keys
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True,
+          "0": False, "false": False, "no": False, "off": False}
+
+
+def _bool(text: str) -> bool:
+    try:
+        return _BOOLS[text.strip().lower()]
+    except KeyError:
+        raise SettingsError(f"{text!r} is not 1 or 0") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     """One setting: its variable, its default as text, what it means, its parser."""
@@ -90,10 +119,10 @@ SETTINGS: tuple[Setting, ...] = (
             _choice("regtest", "testnet", "mainnet")),
     Setting("BLOCK_INTERVAL", "600", "seconds between blocks; `0`: blocks only on `generate`",
             _float),
-    Setting("MASTERNODE_KEY", None, "`MN` + 64 hex (ed25519 private key)", _str,
+    Setting("MASTERNODE_KEY", None, "`MN` + 64 hex (ed25519 private key)", _private_key,
             "generated once, kept in `DATA_DIR` (mode 0600)"),
     Setting("MASTERNODES", None, "comma-separated ed25519 public keys (hex) of the voting set",
-            _list, "this node alone"),
+            _public_keys, "this node alone"),
     Setting("FINALITY_TIMEOUT", "10",
             "seconds a transaction may wait for quorum before it is rejected", _float),
     Setting("MAX_CONNECTIONS", "10000", "above it: HTTP 503", _int(1)),
@@ -111,8 +140,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TLS_KEY", None, "private key (PEM) for `TLS_CERT`", _str, "unset"),
     Setting("ALLOWED_ORIGINS", None, "comma-separated Origin allow-list", _list,
             "unset (any)"),
-    Setting("RPC_USER", None, "HTTP basic auth user on the RPC", _str, "unset"),
-    Setting("RPC_PASSWORD", None, "HTTP basic auth password on the RPC", _str, "unset"),
+    Setting("ALLOW_NO_ORIGIN", "1", "with `ALLOWED_ORIGINS` set: whether clients that send "
+            "no `Origin` (native wallets) are let in", _bool),
+    Setting("RPC_USER", None, "HTTP basic auth user on the RPC (with `RPC_PASSWORD`)", _str,
+            "unset"),
+    Setting("RPC_PASSWORD", None, "HTTP basic auth password on the RPC (with `RPC_USER`)",
+            _str, "unset"),
+    Setting("RPC_ALLOWED_HOSTS", None, "comma-separated `Host` names the RPC answers to, "
+            "besides IP literals and `localhost`", _list, "unset"),
     Setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR",
             _choice("DEBUG", "INFO", "WARNING", "ERROR")),
     Setting("LOG_FORMAT", "text", "`text`, or `json` for one JSON object per line",
@@ -142,8 +177,10 @@ class Settings:
     tls_cert: str | None
     tls_key: str | None
     allowed_origins: tuple[str, ...] | None
+    allow_no_origin: bool
     rpc_user: str | None
     rpc_password: str | None
+    rpc_allowed_hosts: tuple[str, ...]
     log_level: str
     log_format: str
 
@@ -195,4 +232,8 @@ def load(argv: Sequence[str] | None = None,
         values["masternodes"] = None
     if bool(values["tls_cert"]) != bool(values["tls_key"]):
         raise SettingsError("TLS_CERT and TLS_KEY must be set together")
+    if bool(values["rpc_user"]) != bool(values["rpc_password"]):
+        # One without the other would leave the RPC open while looking closed.
+        raise SettingsError("RPC_USER and RPC_PASSWORD must be set together")
+    values["rpc_allowed_hosts"] = values["rpc_allowed_hosts"] or ()
     return Settings(**values)
