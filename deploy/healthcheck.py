@@ -41,11 +41,14 @@ def main() -> int:
     context.verify_mode = ssl.CERT_NONE
     try:
         with urllib.request.urlopen(health_url(), timeout=4, context=context) as reply:
-            ok = orjson.loads(reply.read()).get("status") == "ok"
+            status = orjson.loads(reply.read()).get("status")
     except Exception as e:
         print(f"unhealthy: {e}", file=sys.stderr)
         return 1
-    return 0 if ok else 1
+    if status != "ok":
+        print(f"unhealthy: status {status!r}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
