@@ -9,10 +9,16 @@ RUN pip wheel --wheel-dir /wheels /wheels/timefast-*.whl
 FROM python:3.11-slim
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-RUN useradd --system --create-home --home-dir /var/lib/timecoin timecoin
+COPY --from=build /src/deploy/healthcheck.py /usr/local/bin/time-masternode-healthcheck
+# The data directory is made here, owned by the node's user: Docker fills a new named
+# volume from the image's mount point (owner, mode, contents), so without it the
+# volume would be root's and the node could not write its key.
+RUN useradd --system --create-home --home-dir /var/lib/timecoin timecoin \
+    && install -d -o timecoin -g timecoin -m 0700 /var/lib/timecoin/data
 USER timecoin
 ENV WS_ADDR=0.0.0.0:8765 DATA_DIR=/var/lib/timecoin/data
 VOLUME /var/lib/timecoin/data
 EXPOSE 8765
-HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8765/health', timeout=4)"
+# The check reads WS_ADDR (and TLS_CERT) as the node does, so `-e WS_ADDR=...` moves it too.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s CMD ["time-masternode-healthcheck"]
 CMD ["time-masternode"]

@@ -156,17 +156,23 @@ class NodeThread:
 
 
 class NodeProcess:
-    """``time-masternode`` as a child process; the bound ports come from its banner."""
+    """``time-masternode`` as a child process; the bound ports come from its banner.
 
-    def __init__(self, data_dir: Path, **settings: Any) -> None:
+    ``argv`` replaces the command that runs the node (a container runtime's, say),
+    which then takes its settings from wherever that command gives them.
+    """
+
+    def __init__(self, data_dir: Path, argv: list[str] | None = None,
+                 **settings: Any) -> None:
         self.data_dir = data_dir
+        self.argv = argv or [sys.executable, "-m", "timefast"]
         self.env = {**os.environ, **base_env(data_dir, **settings)}
         self.proc: subprocess.Popen[str] | None = None
         self.log: list[str] = []
         self.ws_url = self.rpc_url = ""
 
     def start(self, timeout: float = 30) -> NodeProcess:
-        self.proc = subprocess.Popen([sys.executable, "-m", "timefast"], env=self.env,
+        self.proc = subprocess.Popen(self.argv, env=self.env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True)
         deadline = time.time() + timeout
