@@ -281,6 +281,11 @@ def test_too_large():
     assert e.value.code == wire.CLOSE_TOO_BIG
     with pytest.raises(wire.MessageTooLarge):
         wire.parse(frame.decode(), max_bytes=len(frame) - 1)
+    # The limit counts UTF-8 bytes, not characters.
+    text = orjson.dumps({"type": "Status", "data": {"height": 1, "tip": H, "x": "é" * 50}})
+    assert wire.parse(text.decode(), max_bytes=len(text)) == wire.Status(1, H)
+    with pytest.raises(wire.MessageTooLarge):
+        wire.parse(text.decode(), max_bytes=len(text) - 1)
     assert wire.MAX_P2P_MESSAGE_BYTES == 8_388_608
 
 

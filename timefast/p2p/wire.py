@@ -629,7 +629,10 @@ MESSAGE_TYPES: dict[str, Any] = {
 def parse(frame: bytes | str, max_bytes: int = MAX_P2P_MESSAGE_BYTES) -> Message:
     """One text frame to its message; ``ParseError`` (``MessageTooLarge`` over
     ``max_bytes``) for anything else. Never raises another exception."""
-    size = len(frame) if isinstance(frame, bytes) else len(frame.encode("utf-8", "replace"))
+    size = len(frame)
+    if isinstance(frame, str) and size <= max_bytes < 4 * size:
+        # A character is 1-4 bytes of UTF-8: count them only where it matters.
+        size = len(frame.encode("utf-8", "replace"))
     if size > max_bytes:
         raise MessageTooLarge(f"message of {size} bytes (limit {max_bytes})")
     try:
