@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from timefast.crypto import sha3
@@ -254,6 +256,26 @@ def test_send_needs_an_open_link_and_no_handshake_messages():
     a, _ = opened()
     with pytest.raises(ValueError):
         a.send(wire.Auth("00" * 64))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_any_frame_sequence_never_raises(data):
+    """Whatever a peer sends, in whatever order, the link answers with events."""
+    a, b = make(0, True), make(1, False)
+    valid = [*a.data_to_send(), wire.encode(wire.sign_auth(KEYS[0], NET, b.nonce)),
+             wire.encode(wire.Status(1, TIP)), wire.encode(wire.Ping(3)),
+             wire.encode(wire.sign_addr(KEYS[2], NET, "10.0.0.2:1", 5)),
+             wire.encode(wire.StartHeight(2)), b'{"type":"Pong","data":{"nonce":1}}']
+    frames = data.draw(st.lists(st.sampled_from(valid) | st.binary(max_size=64), max_size=8))
+    for n, f in enumerate(frames):
+        b.receive_frame(f, float(n))
+        b.tick(float(n))
+    events = b.events_received()
+    closes = [e for e in events if isinstance(e, Closed)]
+    assert len(closes) <= 1 and (not closes or events[-1] == closes[0])
+    assert all(c.code in (1008, 1009) for c in closes)
+    assert b.closed == bool(closes)
 
 
 # -- pings and silence -----------------------------------------------------------------

@@ -104,14 +104,13 @@ class Link:
 
     def __init__(self, key: SigningKey, network: bytes, masternodes: Collection[str], *,
                  outbound: bool, now: float, height: int, tip: str, listen: str | None,
-                 expected_key: str | None = None, nonce: bytes | None = None,
+                 expected_key: str | None = None,
                  max_message_bytes: int = MAX_P2P_MESSAGE_BYTES,
                  ping_interval: float = PING_INTERVAL,
                  silence_timeout: float = SILENCE_TIMEOUT,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
         """``outbound``: we dialled. ``expected_key``: the key we meant to reach (from
-        an ``Addr``), refused if the peer shows another. ``nonce``: for tests only
-        (fresh random otherwise)."""
+        an ``Addr``), refused if the peer shows another."""
         self.key = key
         self.public_key = key.verify_key.encode().hex()
         self.network = network
@@ -121,7 +120,7 @@ class Link:
         self.max_message_bytes = max_message_bytes
         self.ping_interval = ping_interval
         self.silence_timeout = silence_timeout
-        self.nonce = nonce if nonce is not None else os.urandom(32)
+        self.nonce = os.urandom(32)  # fresh per link: an Auth cannot be replayed
         self.peer_hello: Hello | None = None
         self.latency: float | None = None  # seconds, from the last answered Ping
         self._state = _HELLO_WAIT
