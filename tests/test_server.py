@@ -360,6 +360,29 @@ def test_oversize_message_closes_1009(tmp_path):
         n.stop()
 
 
+def test_fragmented_message_is_whole_and_bad_utf8_closes_1007(node):
+    with connect(node.ws_url) as ws:
+        ws.send(['{"type":', '"Ping",', '"id":3}'])
+        assert orjson.loads(ws.recv(timeout=10)) == {"type": "Pong", "id": 3}
+    with connect(node.ws_url) as ws:
+        ws.send(b'{"type":"Ping","x":"\xc0\xaf"}', text=True)
+        with pytest.raises(ConnectionClosed) as e:
+            ws.recv(timeout=10)
+        assert e.value.rcvd.code == 1007
+
+
+def test_fragments_past_max_message_bytes_close_1009(tmp_path):
+    n = NodeThread(tmp_path, MAX_MESSAGE_BYTES=1000).start()
+    try:
+        with connect(n.ws_url) as ws:
+            ws.send(["x" * 600, "x" * 600])
+            with pytest.raises(ConnectionClosed) as e:
+                ws.recv(timeout=10)
+            assert e.value.rcvd.code == 1009
+    finally:
+        n.stop()
+
+
 def test_capacity_origin_and_http(tmp_path):
     n = NodeThread(tmp_path, MAX_CONNECTIONS=2, MAX_CONNECTIONS_PER_IP=0,
                    ALLOWED_ORIGINS="https://wallet.example").start()

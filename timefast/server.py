@@ -29,6 +29,7 @@ from websockets.server import ServerProtocol
 
 from timefast import _core
 from timefast.commits import GroupCommit
+from timefast.fragments import MessageAssembler, MessageError
 from timefast.ledger import Event, Ledger
 from timefast.metrics import Histogram, render
 from timefast.session import Limits, WalletSession
@@ -58,6 +59,7 @@ class WalletConnection(asyncio.Protocol):
     """One TCP connection to WS_ADDR."""
 
     __slots__ = (
+        "assembler",
         "client_id",
         "closing",
         "ip",
@@ -76,6 +78,7 @@ class WalletConnection(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.ws: ServerProtocol | None = None
+        self.assembler = MessageAssembler(server.limits.max_message_bytes)
         self.session: WalletSession | None = None
         self.slot = -1
         self.opened = False
@@ -203,11 +206,22 @@ class WalletConnection(asyncio.Protocol):
     # -- frames ------------------------------------------------------------------------
 
     def _on_frame(self, frame: Frame) -> None:
-        if frame.opcode is Opcode.TEXT:
-            if self.session is not None and not self.closing:
-                self.session.handle_text(bytes(frame.data))
-        elif frame.opcode is Opcode.BINARY and self.session is not None:
-            self.session.error("BAD_REQUEST", "the protocol uses text frames only")
+        ws, session = self.ws, self.session
+        # Frames parsed before websockets failed the connection are still answered
+        # (as websockets' own server does); the assembler takes none after it failed.
+        if ws is None or session is None or self.closing:
+            return
+        try:
+            message = self.assembler.feed(frame)
+        except MessageError as e:
+            ws.fail(e.code, e.reason)
+            return
+        if message is None:
+            return
+        if message[0] is Opcode.TEXT:
+            session.handle_text(message[1])
+        else:
+            session.error("BAD_REQUEST", "the protocol uses text frames only")
 
     def _pump(self) -> None:
         """Move what websockets wants sent into the slot, in order with everything else."""
@@ -231,12 +245,18 @@ class WalletConnection(asyncio.Protocol):
         self.server.flush()
         self._close_transport()
 
-    def _close_transport(self) -> None:
-        # close() writes what the transport holds first; abort() if the peer stalls.
+    def _close_transport(self, half: bool = True) -> None:
+        # Half-close once what the transport holds is written, and let the peer close
+        # its side: closing at once would reset the connection if the peer has sent
+        # more (its data unread here), and a reset can discard the close frame before
+        # the peer reads it.  abort() if the peer stalls.
         self.closing = True
         transport = self.transport
         if transport is not None:
-            transport.close()
+            if half and transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
             self.server.loop.call_later(CLOSE_TIMEOUT, transport.abort)
 
     def close(self, code: int, reason: str = "") -> None:
@@ -259,7 +279,8 @@ class WalletConnection(asyncio.Protocol):
         for chunk in ws.data_to_send():
             if chunk:
                 transport.write(chunk)
-        self._close_transport()
+        # A lagged wallet reads slowly: close() lets it read to the close frame.
+        self._close_transport(half=False)
         log.info("🐢 Client %s lagged; closed with 1013 (resume_from %d)",
                  self.client_id, resume_from)
 
