@@ -13,7 +13,7 @@ from timefast.ledger import FAUCET_KEY, GENESIS_SUPPLY, Ledger, LedgerError
 from timefast.storage import StorageError, Store
 from timefast.transaction import build
 
-from .helpers import new_wallet
+from .helpers import ledger_with_coins, new_wallet
 
 
 class Clock:
@@ -401,3 +401,27 @@ def test_storage_failure_refuses_and_changes_nothing(tmp_path):
     assert led.submit(tx.to_json()) == tx.txid
     assert led.status_of(tx.txid) == "finalized"
 
+
+
+def test_snapshot_pages_largest_first_with_a_cursor(tmp_path):
+    led, key, a, split = ledger_with_coins(tmp_path / "db")
+    # Amounts differ for some coins: largest first, then txid, then vout.
+    coin = led.faucet(a, 5000)
+    led.submit(build([(coin, 0, key)], [(a, 3000), (a, 2000)], timestamp=1).to_json())
+    full = led.snapshot(a, limit=100)
+    keys = [(-u["amount"], u["txid"], u["vout"]) for u in full["utxos"]]
+    assert keys == sorted(keys) and "more" not in full
+    pages, after = [], None
+    while True:
+        page = led.snapshot(a, after, limit=3)
+        assert page["balance"] == full["balance"]
+        pages += page["utxos"]
+        if not page.get("more"):
+            break
+        assert page["utxo_count"] == len(full["utxos"])
+        after = (page["utxos"][-1]["txid"], page["utxos"][-1]["vout"])
+    assert pages == full["utxos"]
+    _, b = new_wallet()
+    with pytest.raises(LedgerError) as e:
+        led.snapshot(b, after=(split.txid, 0))  # a coin, but not b's
+    assert e.value.code == "BAD_REQUEST"

@@ -25,7 +25,7 @@ from websockets.sync.client import connect
 from timefast import session
 from timefast.transaction import build
 
-from .helpers import NodeProcess, NodeThread, new_wallet, result
+from .helpers import NodeProcess, NodeThread, fund_coins, new_wallet, result
 
 
 @pytest.fixture(scope="module")
@@ -495,3 +495,75 @@ def test_sigterm_closes_wallets_with_1001_and_exits_0(tmp_path):
         assert "📱 New WebSocket connection from: 127.0.0.1:" in log
     finally:
         node.kill()
+
+
+def test_large_replies_are_paged_and_never_count_as_lag(tmp_path):
+    # 1,200 coins make a page of 1,000 (about 190 KB), three times SEND_BUFFER_BYTES:
+    # before paging and the reply path, Subscribe and GetUtxos were Lagged, 1013.
+    n = NodeThread(tmp_path, SEND_BUFFER_BYTES=65536).start()
+    try:
+        key, a = new_wallet()
+        coins = fund_coins(n.rpc_url, key, a, 1200, 300)
+        result(n.rpc_url, "generate", 1)  # the spent faucet coins leave the snapshot
+        _, empty = new_wallet()
+        with connect(n.ws_url, max_size=None) as ws:
+            send(ws, {"type": "Subscribe", "data": {"addresses": [a, empty]}})
+            sub = orjson.loads(ws.recv(timeout=30))
+            assert sub["type"] == "Subscribed"
+            snap = sub["data"]["snapshot"]
+            assert snap[empty] == {"balance": 0, "utxos": []}
+            assert snap[a]["more"] is True and snap[a]["utxo_count"] == 1200
+            assert snap[a]["balance"] == 1200 * 1000 and len(snap[a]["utxos"]) == 1000
+            # Two addresses' pages in one reply: about 380 KB, still no lag.
+            send(ws, {"type": "GetUtxos", "data": {"addresses": [a, a + "x", empty]}})
+            both = orjson.loads(ws.recv(timeout=30))
+            assert both["type"] == "Utxos" and both["data"]["seq"] >= sub["data"]["seq"]
+            assert both["data"][a]["utxos"] == snap[a]["utxos"]
+            last = snap[a]["utxos"][-1]
+            send(ws, {"type": "GetUtxos", "id": 2, "data": {
+                "addresses": [a], "after": f"{last['txid']}:{last['vout']}"}})
+            rest = orjson.loads(ws.recv(timeout=30))
+            assert rest["id"] == 2 and "more" not in rest["data"][a]
+            assert len(rest["data"][a]["utxos"]) == 200
+            send(ws, {"type": "Ping"})
+            assert ws.recv(timeout=10) == '{"type":"Pong"}'
+        listed = snap[a]["utxos"] + rest["data"][a]["utxos"]
+        keys = [(-u["amount"], u["txid"], u["vout"]) for u in listed]
+        assert keys == sorted(keys)
+        assert sorted((u["txid"], u["vout"]) for u in listed) == sorted(coins)
+        assert n.call(lambda: n.node.wallets.fanout.lag_closes) == 0
+    finally:
+        n.stop()
+
+
+def test_lagged_before_any_event_resumes_from_a_valid_seq(tmp_path):
+    # One payment's events (over 2 KB) land in one turn: the wallet lags before any
+    # event reached it.  resume_from was -1, which Subscribe refuses.
+    n = NodeThread(tmp_path, SEND_BUFFER_BYTES=2048).start()
+    try:
+        key, payer = new_wallet()
+        _, a = new_wallet()
+        coin = result(n.rpc_url, "faucet", payer, 5000)
+        split = build([(coin, 0, key)], [(a, 1000)] * 5, timestamp=1)
+        with connect(n.ws_url) as ws:
+            send(ws, {"type": "Subscribe", "data": {"addresses": [a]}})
+            start = orjson.loads(ws.recv(timeout=10))["data"]["seq"]
+            txid = result(n.rpc_url, "sendrawtransaction", split.to_json())
+            lagged = orjson.loads(ws.recv(timeout=10))
+            assert lagged["type"] == "Lagged"
+            resume_from = lagged["data"]["resume_from"]
+            assert resume_from == start
+            with pytest.raises(ConnectionClosed) as e:
+                ws.recv(timeout=10)
+            assert e.value.rcvd.code == 1013
+        # Subscribe takes it (it refused -1 with BAD_REQUEST), and the replay, part of
+        # its answer, is not lag either: the wallet gets what it missed.
+        with connect(n.ws_url) as ws:
+            send(ws, {"type": "Subscribe", "data": {"addresses": [a], "since_seq": resume_from,
+                                                    "snapshot": False}})
+            assert orjson.loads(ws.recv(timeout=10))["type"] == "Subscribed"
+            got = recv_until(ws, "TransactionFinalized")
+            assert got[-1]["data"]["txid"] == txid
+            assert sum(m["type"] == "UtxoStateChange" for m in got) == 5
+    finally:
+        n.stop()

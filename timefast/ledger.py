@@ -13,11 +13,13 @@ are stored in the event log and sent to wallets.
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 import sqlite3
 import struct
 import time
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -64,6 +66,7 @@ FAUCET_KEY = SigningKey(FAUCET_SEED)
 NETWORK_PREFIX = {"mainnet": "TIME1", "testnet": "TIME0", "regtest": "TIME0"}
 _WIRE_ADDRESS = re.compile(r"TIME[01][0-9a-f]{40}")
 SPENDABLE_OR_PENDING = ("Unspent", "Locked", "SpentPending")
+SNAPSHOT_PAGE = 1000  # UTXOs per address in a snapshot or Utxos reply (SPEC 3.1)
 
 
 class LedgerError(Exception):
@@ -802,21 +805,48 @@ class Ledger:
         """Sum of the address's Unspent UTXOs."""
         return self.utxos.balance(address)
 
-    def snapshot(self, address: str) -> dict[str, Any]:
-        """``{balance, utxos}`` with every UTXO the address owns and its state.
+    def snapshot(self, address: str, after: tuple[str, int] | None = None,
+                 limit: int = SNAPSHOT_PAGE) -> dict[str, Any]:
+        """``{balance, utxos}``: the address's balance and one page of the UTXOs it
+        owns with their state (SPEC 3.1).
 
-        A coin whose spend is confirmed in a block (``Confirmed``) is no longer owned
-        and is not listed; ``gettxout`` still answers for it.
+        A page holds at most ``limit`` UTXOs, largest amount first, then txid, then
+        vout, starting after the coin ``after`` (the last of the previous page);
+        when more follow it also has ``more: true`` and ``utxo_count``.  A coin
+        whose spend is confirmed in a block (``Confirmed``) is no longer owned and
+        is not listed; ``gettxout`` still answers for it.  Raises ``LedgerError``
+        (BAD_REQUEST) when ``after`` names no coin of the address.
         """
-        utxos = []
+        coins = []
         balance = 0
+        get = self.utxos.get
         for txid, vout in self.utxos.by_address(address):
-            _, amount, state, spender, votes, height = self.utxos.get(txid, vout)
-            utxos.append({"txid": txid, "vout": vout, "amount": amount, "state": state,
-                          "spending_txid": spender, "votes": votes, "block_height": height})
+            _, amount, state, spender, votes, height = get(txid, vout)
+            coins.append((-amount, txid, vout, state, spender, votes, height))
             if state == "Unspent":
                 balance += amount
-        return {"balance": balance, "utxos": utxos}
+        start = 0
+        if after is not None:
+            rec = self.get_txout(*after)
+            if rec is None or rec["address"] != address:
+                raise LedgerError("BAD_REQUEST", f"after: {after[0]}:{after[1]} is not a "
+                                  f"coin of {address}")
+            key = (-rec["amount"], after[0], after[1])
+            # Sorted once per request, then a binary search for the cursor: the
+            # order is total (txid and vout break ties), so a page never repeats
+            # or skips a coin that stays owned between requests.
+            coins.sort()
+            start = bisect_right(coins, key, key=lambda c: c[:3])
+            page = coins[start:start + limit]
+        else:
+            page = heapq.nsmallest(limit, coins) if len(coins) > limit else sorted(coins)
+        out: dict[str, Any] = {"balance": balance, "utxos": [
+            {"txid": t, "vout": v, "amount": -neg, "state": st, "spending_txid": sp,
+             "votes": vo, "block_height": h} for neg, t, v, st, sp, vo, h in page]}
+        if start + len(page) < len(coins):
+            out["more"] = True
+            out["utxo_count"] = len(coins)
+        return out
 
     def get_block(self, ref: int | str) -> dict[str, Any]:
         """A block by height or hash; raises NOT_FOUND."""

@@ -62,15 +62,18 @@ class WalletConnection(asyncio.Protocol):
         "assembler",
         "client_id",
         "closing",
+        "fd",
         "ip",
         "last_recv",
         "opened",
         "peer",
+        "reading_paused",
         "server",
         "session",
         "slot",
         "timer",
         "transport",
+        "writing_paused",
         "ws",
     )
 
@@ -88,6 +91,9 @@ class WalletConnection(asyncio.Protocol):
         self.client_id = ""
         self.last_recv = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.fd = -1  # the socket, written directly by the fan-out when >= 0
+        self.writing_paused = False  # the transport is above its high-water mark
+        self.reading_paused = False  # for replies the wallet has not read yet
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -104,6 +110,7 @@ class WalletConnection(asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
             if srv.direct_writes:
                 fd = sock.fileno()
+        self.fd = fd
         self.slot = srv.fanout.open(self.transport, fd)
         srv.conns[self.slot] = self
         self.ws = ServerProtocol(origins=cast(Any, srv.origins),
@@ -131,11 +138,17 @@ class WalletConnection(asyncio.Protocol):
         return None
 
     def pause_writing(self) -> None:
+        self.writing_paused = True
         self.server.fanout.pause(self.slot)
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
         self.server.fanout.resume(self.slot)
         self.server.schedule_flush()
+        if self.reading_paused and self.transport is not None:
+            # The replies it had not read are (nearly all) read: take requests again.
+            self.reading_paused = False
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         srv = self.server
@@ -146,6 +159,7 @@ class WalletConnection(asyncio.Protocol):
             srv.conns.pop(self.slot, None)
         if self.session is not None:
             self.session.closed = True
+        srv.via_transport.discard(self)
         if self.opened:
             srv.forget(self)
             log.info("👋 Client %s disconnected", self.client_id)
@@ -196,6 +210,7 @@ class WalletConnection(asyncio.Protocol):
         self.client_id = f"{secrets.token_hex(3)}-{next(srv.serial)}"
         self.session = WalletSession(srv.ledger, srv.fanout, self.slot, srv.limits,
                                      self.client_id, self.peer, commits=srv.commits)
+        self.session.overflow = self._reply_overflow
         srv.admit(self)
         log.info("📱 New WebSocket connection from: %s", self.peer)
 
@@ -222,6 +237,36 @@ class WalletConnection(asyncio.Protocol):
             session.handle_text(message[1])
         else:
             session.error("BAD_REQUEST", "the protocol uses text frames only")
+
+    def _reply_overflow(self, frame: bytes) -> None:
+        """Write a large reply behind everything queued, outside the slot's limit.
+
+        Direct replies never count as lag (SPEC 3.1).  The slot's queued bytes go to
+        the transport first and the reply behind them; the fan-out then writes this
+        connection through the transport too (not the socket), so nothing overtakes
+        the reply, until the transport has drained (``WalletServer.flush``).  While
+        the wallet leaves more than SEND_BUFFER_BYTES of it unread, the node reads
+        no more of its requests: memory stays bounded by what it asked for.
+        """
+        srv, transport = self.server, self.transport
+        if transport is None or self.closing or srv.fanout.is_lagged(self.slot):
+            return
+        fan = srv.fanout
+        if self.fd >= 0:
+            fan.set_fd(self.slot, -1)
+            srv.via_transport.add(self)
+        if self.writing_paused:
+            fan.resume(self.slot)
+        fan.flush()
+        if self.writing_paused:
+            fan.pause(self.slot)
+        transport.write(frame)
+        # pause_writing came (synchronously) if the write passed the high-water mark;
+        # resume_writing will then come when it drains, and resumes reading.
+        if (self.writing_paused and not self.reading_paused
+                and transport.get_write_buffer_size() > srv.limits.send_buffer_bytes):
+            self.reading_paused = True
+            transport.pause_reading()
 
     def _pump(self) -> None:
         """Move what websockets wants sent into the slot, in order with everything else."""
@@ -267,11 +312,13 @@ class WalletConnection(asyncio.Protocol):
         ws.send_close(code, reason)
         self._pump()
 
-    def lag_close(self, resume_from: int) -> None:
+    def lag_close(self, last_flushed: int) -> None:
         """Tell a slow wallet where to resume, then close it with 1013."""
         ws, transport = self.ws, self.transport
         if ws is None or transport is None or self.closing or ws.state is not State.OPEN:
             return
+        resume_from = (self.session.resume_from(last_flushed) if self.session is not None
+                       else max(0, last_flushed))
         # The slot takes no more bytes once lagged, so these go to the transport
         # directly, behind whatever it already holds.
         ws.send_text(orjson.dumps({"type": "Lagged", "data": {"resume_from": resume_from}}))
@@ -316,6 +363,9 @@ class WalletServer:
         self.origins = origins
         self.direct_writes = direct_writes
         self.conns: dict[int, WalletConnection] = {}
+        # Connections written through their transport since a large reply, until it
+        # drains (``WalletConnection._reply_overflow``).
+        self.via_transport: set[WalletConnection] = set()
         self.open_count = 0
         self.per_ip: dict[str, int] = {}
         self.serial = itertools.count(1)
@@ -421,10 +471,19 @@ class WalletServer:
             for t, n in self.pending_stamps:
                 self.latency.observe(now - t, n)
             self.pending_stamps.clear()
-        for slot, resume_from in self.fanout.take_lagged():
+        for slot, last_flushed in self.fanout.take_lagged():
             conn = self.conns.get(slot)
             if conn is not None:
-                conn.lag_close(resume_from)
+                conn.lag_close(last_flushed)
+        if self.via_transport:
+            for conn in list(self.via_transport):
+                tr = conn.transport
+                if tr is None or conn.closing:
+                    self.via_transport.discard(conn)
+                elif tr.get_write_buffer_size() == 0:
+                    # Drained: nothing queued there can be overtaken any more.
+                    self.fanout.set_fd(conn.slot, conn.fd)
+                    self.via_transport.discard(conn)
 
     # -- HTTP --------------------------------------------------------------------------
 

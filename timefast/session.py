@@ -17,6 +17,7 @@ import orjson
 
 from timefast import _core
 from timefast.commits import GroupCommit
+from timefast.crypto import TXID
 from timefast.ledger import Event, Ledger, LedgerError
 from timefast.storage import StorageError, unavailable
 from timefast.transaction import ADDRESS_RE
@@ -131,9 +132,11 @@ class WalletSession:
         "closed",
         "commits",
         "fanout",
+        "floor",
         "ledger",
         "limits",
         "live_since",
+        "overflow",
         "peer",
         "seen",
         "seen_broadcasts",
@@ -158,6 +161,12 @@ class WalletSession:
         # Broadcasts (NewBlock) reach a connection from its first message on: a
         # wallet resuming with since_seq gets its replay before any live event.
         self.live_since: int | None = None
+        # The lowest seq this connection is owed events after: where it resumes
+        # if it lags before any event reached it (see ``resume_from``).
+        self.floor: int | None = None
+        # Where a reply goes when the slot has no room for it (the server writes it
+        # behind the slot's bytes without counting it as lag); None: the slot.
+        self.overflow: Callable[[bytes], None] | None = None
         # What this connection already has, per address and for broadcasts (live
         # or replayed), so that a replay never repeats an event.
         self.seen: dict[str, Seen] = {}
@@ -168,8 +177,27 @@ class WalletSession:
     # -- output ----------------------------------------------------------------------
 
     def send(self, payload: bytes) -> None:
-        """Queue one JSON message for this wallet."""
-        self.fanout.send(self.slot, _core.frame_text(payload))
+        """Queue one JSON message (a direct reply) for this wallet.
+
+        Replies never count as lag (SPEC 3.1): one that would fill more than half
+        of the slot's ``SEND_BUFFER_BYTES`` goes to ``overflow`` instead, so that
+        the events queued beside replies always have half the buffer to
+        themselves.
+        """
+        frame = _core.frame_text(payload)
+        fanout = self.fanout
+        if (self.overflow is not None
+                and fanout.pending(self.slot) + len(frame) > fanout.limit // 2):
+            self.overflow(frame)
+        else:
+            fanout.send(self.slot, frame)
+
+    def resume_from(self, last_flushed: int) -> int:
+        """The ``seq`` a lagged wallet resumes from: the last event that reached it,
+        or, when none did, the point its subscriptions started (never negative)."""
+        if last_flushed >= 0:
+            return last_flushed
+        return max(0, self.ledger.seq if self.floor is None else self.floor)
 
     def reply(self, type_: str, data: dict[str, Any] | None, msg_id: Any) -> None:
         obj: dict[str, Any] = {"type": type_}
@@ -198,6 +226,8 @@ class WalletSession:
         self._handle(text)
         if self.live_since is None:
             self.live_since = self.ledger.seq
+            if self.floor is None or self.floor > self.live_since:
+                self.floor = self.live_since
             self.seen_broadcasts.add(self.live_since, math.inf)
             self.fanout.set_live(self.slot)
 
@@ -271,6 +301,9 @@ class WalletSession:
         out: dict[str, Any] = {"addresses": addrs, "seq": self.ledger.seq}
         if want_snapshot or resync:
             out["snapshot"] = {a: self.ledger.snapshot(a) for a in addrs}
+        start = self.ledger.seq if since is None or resync else since
+        if self.floor is None or start < self.floor:
+            self.floor = start
         if resync:
             out["resync"] = True
         self.reply("Subscribed", out, msg_id)
@@ -301,16 +334,28 @@ class WalletSession:
 
     def _replay(self, events: list[Event], wanted: set[str]) -> None:
         seen = self.seen
+        frames: list[tuple[bytes, int]] = []
         for e in events:
             if e.addresses is None:
-                if e.seq not in self.seen_broadcasts:
-                    self.fanout.send(self.slot, _core.frame_text(e.payload), e.seq)
+                if e.seq in self.seen_broadcasts:
+                    continue
+            elif not any(a in wanted for a in e.addresses) or any(
+                    a in seen and e.seq in seen[a] for a in e.addresses):
                 continue
-            if not any(a in wanted for a in e.addresses):
-                continue
-            if any(a in seen and e.seq in seen[a] for a in e.addresses):
-                continue
-            self.fanout.send(self.slot, _core.frame_text(e.payload), e.seq)
+            frames.append((_core.frame_text(e.payload), e.seq))
+        if not frames:
+            return
+        fanout, slot = self.fanout, self.slot
+        size = sum(len(f) for f, _ in frames)
+        if self.overflow is not None and fanout.pending(slot) + size > fanout.limit // 2:
+            # The replay is part of Subscribe's answer: a long one goes the way of a
+            # large reply, not counted as lag.  The empty send records its last seq
+            # as queued, for ``resume_from`` should the wallet lag later.
+            self.overflow(b"".join(f for f, _ in frames))
+            fanout.send(slot, b"", frames[-1][1])
+            return
+        for f, seq in frames:
+            fanout.send(slot, f, seq)
 
     def on_unsubscribe(self, data: dict[str, Any], msg_id: Any) -> None:
         addrs = _addresses(data, self.limits.max_subscriptions)
@@ -331,7 +376,20 @@ class WalletSession:
 
     def on_get_utxos(self, data: dict[str, Any], msg_id: Any) -> None:
         addrs = _addresses(data, self.limits.max_subscriptions)
-        self.reply("Utxos", {a: self.ledger.snapshot(a) for a in addrs}, msg_id)
+        after = data.get("after")
+        cursor: tuple[str, int] | None = None
+        if after is not None:
+            txid, sep, vout = after.partition(":") if isinstance(after, str) else ("", "", "")
+            if not sep or not TXID.fullmatch(txid) or not vout.isascii() \
+                    or not vout.isdigit() or len(vout) > 10:
+                raise ProtocolError("BAD_REQUEST", 'after must be "txid:vout", the last UTXO '
+                                    "of the previous page")
+            if len(addrs) != 1:
+                raise ProtocolError("BAD_REQUEST", "after pages one address: give exactly one")
+            cursor = (txid, int(vout))
+        out: dict[str, Any] = {a: self.ledger.snapshot(a, cursor) for a in addrs}
+        out["seq"] = self.ledger.seq
+        self.reply("Utxos", out, msg_id)
 
     def on_get_transaction(self, data: dict[str, Any], msg_id: Any) -> None:
         self.reply("Transaction", self.ledger.get_transaction(data.get("txid")), msg_id)
