@@ -66,6 +66,9 @@ FAUCET_KEY = SigningKey(FAUCET_SEED)
 NETWORK_PREFIX = {"mainnet": "TIME1", "testnet": "TIME0", "regtest": "TIME0"}
 _WIRE_ADDRESS = re.compile(r"TIME[01][0-9a-f]{40}")
 SPENDABLE_OR_PENDING = ("Unspent", "Locked", "SpentPending")
+# A UtxoStateChange carries its transaction whole up to this many bytes of JSON,
+# else {"txid", "size"} (SPEC 3.2).
+TX_INLINE_MAX = 4096
 SNAPSHOT_PAGE = 1000  # UTXOs per address in a snapshot or Utxos reply (SPEC 3.1)
 
 
@@ -80,12 +83,33 @@ class LedgerError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One pushed event: ``payload`` is the exact JSON message wallets receive."""
+    """One pushed event: ``payload`` is the exact JSON message wallets receive.
+
+    An event that embeds a transaction keeps ``stored`` (its payload without the
+    transaction) and ``tx`` (the transaction's JSON, inserted at ``at``): every
+    event that names the transaction shares that one bytes object, in memory as
+    in the database (SPEC 3.2: one copy however many events name it).
+    """
 
     seq: int
     type: str
     addresses: tuple[str, ...] | None  # None: every connection (NewBlock)
-    payload: bytes
+    stored: bytes
+    tx: bytes | None = None
+    at: int = 0
+
+    @property
+    def payload(self) -> bytes:
+        """The message's bytes, assembled (one copy, for the frame) when asked."""
+        tx = self.tx
+        if tx is None:
+            return self.stored
+        return self.stored[:self.at] + tx + self.stored[self.at:]
+
+    @property
+    def size(self) -> int:
+        """Bytes of the payload (what the replay window's byte bound counts)."""
+        return len(self.stored) + (0 if self.tx is None else len(self.tx))
 
 
 # ``raw`` below is the transaction's JSON, serialized once and spliced into every
@@ -125,15 +149,6 @@ def _inline(blob: bytes | None) -> list[tuple[str, int]]:
 
 
 _TXID_HEAD = b'{"txid":"'
-
-
-def _full_payload(stored: bytes, raw: bytes | None, at: int | None) -> bytes:
-    """The event's payload from its stored form (see ``_Step.event``)."""
-    if at is None:
-        return stored
-    if raw is None:
-        raise StorageError("an event names a transaction the database does not hold")
-    return stored[:at] + raw + stored[at:]
 
 
 def block_hash(height: int, prev_hash: str, timestamp: int, txids: list[str],
@@ -211,7 +226,7 @@ class _Step:
         txid and offset instead: the JSON is in the ``txs`` row already, and a
         payment would otherwise write it again in each of its half-dozen events
         (the database is most of what the ledger does per payment).
-        ``_full_payload`` puts it back at start-up.
+        ``Ledger._load`` puts it back at start-up (one copy per transaction).
         """
         self.seq += 1
         ref: str | None = None
@@ -222,18 +237,18 @@ class _Step:
             head = orjson.dumps({"type": type_, "data": data})[:-2]
             head += (b',"' if data else b'"') + tx_key + b'":'
             tail = b',"seq":%d}}' % self.seq
-            payload = head + tx + tail
             stored = head + tail
             ref, at = tx[len(_TXID_HEAD):len(_TXID_HEAD) + 64].decode(), len(head)
         else:
             if tx is not None:
                 data[tx_key.decode()] = orjson.Fragment(tx)
             data["seq"] = self.seq
-            payload = stored = _kept(orjson.dumps({"type": type_, "data": data}))
+            stored = _kept(orjson.dumps({"type": type_, "data": data}))
+            tx = None
         self.event_rows.append(
             (self.seq, type_, None if addresses is None else orjson.dumps(addresses), stored,
              ref, at))
-        self.events.append(Event(self.seq, type_, addresses, payload))
+        self.events.append(Event(self.seq, type_, addresses, stored, tx, at or 0))
 
     def _utxo_event(self, op: tuple[str, int], rec: list[Any], prev: str | None,
                     tx: bytes | None) -> None:
@@ -245,6 +260,12 @@ class _Step:
         }
         if tx is None:
             data["transaction"] = None
+        elif len(tx) > TX_INLINE_MAX:
+            # SPEC 3.2: a large transaction is named, not copied, in each of its
+            # coins' events (a thousand outputs would carry it a thousand times).
+            data["transaction"] = {"txid": tx[len(_TXID_HEAD):len(_TXID_HEAD) + 64].decode(),
+                                   "size": len(tx)}
+            tx = None
         self.event("UtxoStateChange", data, (rec[0],), tx)
 
     def lock(self, txid: str, ops: list[tuple[str, int]], tx: bytes) -> None:
@@ -294,7 +315,8 @@ class Ledger:
 
     def __init__(self, store: Store, network: str, key: SigningKey,
                  masternodes: Iterable[str] | None = None, finality_timeout: float = 10.0,
-                 replay_events: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+                 replay_events: int = 100_000, clock: Callable[[], float] = time.time,
+                 replay_bytes: int = 256 << 20) -> None:
         if network not in NETWORK_PREFIX:
             raise ValueError(f"unknown network {network!r}")
         self.store = store
@@ -318,7 +340,11 @@ class Ledger:
         self.height = -1
         self.tip = ZERO_HASH
         self.tip_timestamp = 0
-        self.recent: deque[Event] = deque(maxlen=max(1, replay_events))
+        self.replay_bytes = replay_bytes
+        # The replay window: at most ``replay_events`` events and ``replay_bytes``
+        # bytes of payload (``recent_bytes``), whichever binds first (SPEC 3.2).
+        self.recent: deque[Event] = deque()
+        self.recent_bytes = 0
         self.listeners: list[Callable[[list[Event]], None]] = []
         # Inside ``batch()``: events of committed-to-be steps, held until the commit.
         self._held: list[Event] | None = None
@@ -338,6 +364,7 @@ class Ledger:
         self.pending.clear()
         self.unconfirmed.clear()
         self.recent.clear()
+        self.recent_bytes = 0
         self._writes.clear()
         if s.one("SELECT 1 FROM blocks LIMIT 1") is None:
             self._genesis()
@@ -367,13 +394,23 @@ class Ledger:
                 " ORDER BY finalized_seq"):
             self.unconfirmed[txid] = _Final(parse(orjson.loads(raw)), bytes(raw),
                                             tuple(orjson.loads(addrs)))
-        rows = s.query("SELECT e.seq, e.type, e.addresses, e.payload, t.raw, e.tx_at"
-                       " FROM events e LEFT JOIN txs t ON t.txid = e.tx_ref"
-                       " WHERE e.seq > ? ORDER BY e.seq", (self.seq - self.replay_events,))
-        for seq, type_, addrs, payload, raw, at in rows:
-            self.recent.append(Event(seq, type_, None if addrs is None
-                                     else tuple(orjson.loads(addrs)),
-                                     _full_payload(bytes(payload), raw, at)))
+        # Each transaction is read once, however many events name it; rows are read
+        # one at a time and the window trimmed as it fills (REPLAY_BYTES).
+        txs: dict[str, bytes] = {}
+        for seq, type_, addrs, payload, ref, at in s.db.execute(
+                "SELECT seq, type, addresses, payload, tx_ref, tx_at FROM events"
+                " WHERE seq > ? ORDER BY seq", (self.seq - self.replay_events,)):
+            raw = None
+            if at is not None:
+                raw = txs.get(ref)
+                if raw is None:
+                    row = s.one("SELECT raw FROM txs WHERE txid=?", (ref,))
+                    if row is None:
+                        raise StorageError("an event names a transaction the database "
+                                           "does not hold")
+                    raw = txs[ref] = bytes(row[0])
+            self._keep([Event(seq, type_, None if addrs is None else tuple(orjson.loads(addrs)),
+                              bytes(payload), raw, at or 0)])
 
     def _genesis(self) -> None:
         gtx = genesis_transaction(self.network)
@@ -407,7 +444,17 @@ class Ledger:
             op()
         for f in step.after:
             f()
-        self.recent.extend(step.events)
+        self._keep(step.events)
+
+    def _keep(self, events: list[Event]) -> None:
+        """Add to the replay window, dropping its oldest past either bound (one
+        event, however large, is always kept)."""
+        recent = self.recent
+        recent.extend(events)
+        self.recent_bytes += sum(e.size for e in events)
+        while len(recent) > 1 and (len(recent) > self.replay_events
+                                   or self.recent_bytes > self.replay_bytes):
+            self.recent_bytes -= recent.popleft().size
 
     def _announce(self, events: list[Event]) -> None:
         if events:

@@ -64,7 +64,7 @@ class Node:
         key = load_or_create_key(s.data_dir, s.masternode_key)
         self.store = Store(s.data_dir / "timefast.db")
         self.ledger = Ledger(self.store, s.network, key, s.masternodes, s.finality_timeout,
-                             s.replay_events)
+                             s.replay_events, replay_bytes=s.replay_bytes)
         limits = Limits(s.max_subscriptions, s.max_message_bytes, s.send_buffer_bytes,
                         s.replay_events)
         origins: list[str | None] | None = list(s.allowed_origins) if s.allowed_origins else None
