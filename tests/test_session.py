@@ -153,3 +153,51 @@ def test_subscribed_reply_and_snapshot(tmp_path, since):
     assert reply["type"] == "Subscribed" and reply["id"] == 3
     assert reply["data"]["seq"] == led.seq
     assert reply["data"]["snapshot"][a]["balance"] == 9
+
+
+def test_subscription_history_is_bounded_and_subscribe_touches_only_its_addresses(
+        tmp_path, monkeypatch):
+    # 50 rounds of Subscribe / Unsubscribe of 100 new addresses, with events between:
+    # the connection's history grew by every address (Subscribe scanning all of it).
+    led, fan = _node(tmp_path)
+    w = Wallet(led, fan)
+    w.session.limits = Limits(max_subscriptions=100)
+    _, payee = new_wallet()
+    touched = []
+    forget = Seen.forget_before
+    monkeypatch.setattr(Seen, "forget_before",
+                        lambda self, seq: (touched.append(1), forget(self, seq))[1])
+    for r in range(50):
+        addrs = [f"r{r}x{i}" for i in range(100)]
+        touched.clear()
+        w.say({"type": "Subscribe", "data": {"addresses": addrs, "snapshot": False}})
+        assert len(touched) <= len(addrs)
+        led.faucet(payee, 1000 + r)
+        w.say({"type": "Unsubscribe", "data": {"addresses": addrs}})
+        assert len(w.session.seen) <= 2 * 100
+    assert all(m["type"] in ("Subscribed", "Unsubscribed") for m in w.got())
+
+
+def test_a_forgotten_history_resumes_with_a_snapshot_not_a_repeat(tmp_path):
+    led, fan = _node(tmp_path)
+    w = Wallet(led, fan)
+    w.session.limits = Limits(max_subscriptions=10)
+    _, a = new_wallet()
+    start = led.seq
+    w.say({"type": "Subscribe", "data": {"addresses": [a], "snapshot": False}})
+    led.faucet(a, 1000)
+    w.say({"type": "Unsubscribe", "data": {"addresses": [a]}})
+    for r in range(3):  # 30 other addresses come and go: a's history is forgotten
+        others = [f"o{r}x{i}" for i in range(10)]
+        w.say({"type": "Subscribe", "data": {"addresses": others, "snapshot": False}})
+        w.say({"type": "Unsubscribe", "data": {"addresses": others}})
+    assert a not in w.session.seen
+    had = [m["data"]["seq"] for m in w.got() if "seq" in m.get("data", {})
+           and m["type"] not in ("Subscribed",)]
+    w.sink.data.clear()
+    w.say({"type": "Subscribe", "data": {"addresses": [a], "since_seq": start,
+                                         "snapshot": False}})
+    sub = w.got()[0]["data"]
+    assert sub["resync"] is True and sub["snapshot"][a]["balance"] == 1000
+    again = [m["data"]["seq"] for m in w.got()[1:] if "seq" in m.get("data", {})]
+    assert not set(again) & set(had)

@@ -133,6 +133,8 @@ class WalletSession:
         "commits",
         "fanout",
         "floor",
+        "forgotten_to",
+        "history",
         "ledger",
         "limits",
         "live_since",
@@ -171,6 +173,10 @@ class WalletSession:
         # or replayed), so that a replay never repeats an event.
         self.seen: dict[str, Seen] = {}
         self.seen_broadcasts = Seen()
+        # Unsubscribed addresses whose ranges ``seen`` still holds, oldest first
+        # (bounded: ``_remember``), and the highest seq of any it forgot.
+        self.history: dict[str, None] = {}
+        self.forgotten_to = 0
         self.tokens = RATE_BURST
         self.tokens_at = clock()
 
@@ -297,7 +303,10 @@ class WalletSession:
         resync = False
         if since is not None:
             ok, replay = self.ledger.events_after(since)
-            resync = not ok
+            # An address whose history this connection forgot (see ``_remember``)
+            # might get again an event it had: a fresh snapshot instead.
+            resync = not ok or (since < self.forgotten_to
+                                and any(a not in self.seen for a in addrs))
         out: dict[str, Any] = {"addresses": addrs, "seq": self.ledger.seq}
         if want_snapshot or resync:
             out["snapshot"] = {a: self.ledger.snapshot(a) for a in addrs}
@@ -313,22 +322,18 @@ class WalletSession:
             self.seen_broadcasts.add(since, now)
         # Replayed and subscribed in the same call: no live event can fall between.
         index.subscribe(self.slot, new)
+        # Only the addresses named are visited: the cost of a Subscribe follows its
+        # own length, never the connection's history.
         oldest = self.ledger.recent[0].seq - 1 if self.ledger.recent else now
-        if len(self.seen) > 2 * index.count_of(self.slot) + 64:
-            # Unsubscribed addresses' ranges matter only while a replay can reach
-            # them: drop those that no kept event falls in (keeps the map bounded).
-            for a, sn in list(self.seen.items()):
-                if not index.holds(self.slot, a):
-                    sn.forget_before(oldest)
-                    if not sn.ranges:
-                        del self.seen[a]
+        history = self.history
         for a in addrs:
+            history.pop(a, None)
             seen = self.seen.get(a)
             if seen is None:
                 seen = self.seen[a] = Seen()
             else:
                 seen.forget_before(oldest)
-            seen.add(now if since is None or resync else since, math.inf)
+            seen.add(start, math.inf)
         if new:
             log.info("📢 Client %s subscribed to %d addresses", self.client_id, len(new))
 
@@ -365,7 +370,25 @@ class WalletSession:
             seen = self.seen.get(a)
             if seen is not None:
                 seen.close(now)
+                self._remember(a)
         self.reply("Unsubscribed", {"addresses": addrs}, msg_id)
+
+    def _remember(self, address: str) -> None:
+        """Keep an unsubscribed address's ranges, for a later resume of it.
+
+        At most MAX_SUBSCRIPTIONS such histories are kept, the most recently
+        unsubscribed: past that the oldest is forgotten, and ``forgotten_to`` notes
+        the highest seq it covered (a resume from below it gets a snapshot).
+        """
+        history = self.history
+        history.pop(address, None)
+        history[address] = None  # the newest last
+        while len(history) > self.limits.max_subscriptions:
+            old = next(iter(history))
+            del history[old]
+            ranges = self.seen.pop(old).ranges
+            if ranges:
+                self.forgotten_to = max(self.forgotten_to, int(ranges[-1]))
 
     def on_hello(self, data: dict[str, Any], msg_id: Any) -> None:
         led = self.ledger
