@@ -543,14 +543,27 @@ class Ledger:
                               f"{what} {address} is not a {self.network} address")
         return address
 
-    @staticmethod
-    def prepare(obj: Any) -> Transaction | None:
-        """``obj`` parsed for ``submit`` (None when it does not parse: ``submit``
-        then refuses it with the reason)."""
+    def prepare(self, obj: Any) -> Transaction | None:
+        """``obj`` parsed for ``submit``, when it passes the checks that cost no
+        signature: every input an Unspent coin that its public key owns.
+
+        None otherwise (it does not parse, or an input is unknown, spent or not
+        the key's): ``submit`` then refuses it with the reason, and no signature
+        of it is ever checked, ahead or not.
+        """
         try:
-            return parse(obj)
+            tx = parse(obj)
         except TxFormatError:
             return None
+        get = self.utxos.get
+        for inp in tx.inputs:
+            try:
+                address, _, state, _, _, _ = get(inp.prev_txid, inp.vout)
+            except UnknownOutpoint:
+                return None
+            if state != "Unspent" or address_of(inp.public_key, self.network) != address:
+                return None
+        return tx
 
     @staticmethod
     def signature_items(txs: Iterable[Transaction]) -> list[tuple[bytes, bytes, bytes]]:
@@ -601,6 +614,8 @@ class Ledger:
                 raise self._refuse("TX_INVALID", e.message) from None
         total_in = 0
         in_addresses = []
+        # Every input's coin and owner, and the amounts, first: a signature (the
+        # costly check) is looked at only once everything else is found good.
         for n, inp in enumerate(tx.inputs):
             try:
                 address, amount, state, spender, _, _ = self.utxos.get(inp.prev_txid, inp.vout)
@@ -618,15 +633,16 @@ class Ledger:
                                    + (f" by {spender}" if spender else ""))
             if address_of(inp.public_key, self.network) != address:
                 raise self._refuse("TX_INVALID", f"input {n}: public key does not own {address}")
-            pk, sig = bytes.fromhex(inp.public_key), bytes.fromhex(inp.signature)
-            if (pk, msg, sig) not in self._checked and not verify(pk, msg, sig):
-                raise self._refuse("TX_INVALID", f"input {n}: bad signature")
             total_in += amount
             in_addresses.append(address)
         total_out = sum(o.amount for o in tx.outputs)
         if total_out > total_in:
             raise self._refuse("TX_INVALID",
                                f"outputs ({total_out}) exceed inputs ({total_in})")
+        for n, inp in enumerate(tx.inputs):
+            pk, sig = bytes.fromhex(inp.public_key), bytes.fromhex(inp.signature)
+            if (pk, msg, sig) not in self._checked and not verify(pk, msg, sig):
+                raise self._refuse("TX_INVALID", f"input {n}: bad signature")
         addresses = tuple(dict.fromkeys([*in_addresses, *tx.addresses()]))
         raw = _kept(orjson.dumps(tx.to_json()))
         now = self.clock()

@@ -26,6 +26,10 @@ PROTOCOL_VERSION = "1.0"
 # Messages a wallet may send per second (sustained) and in one burst.
 RATE_PER_SECOND = 1000.0
 RATE_BURST = 2000.0
+# Signatures one connection may have waiting to be checked (submitted, not yet
+# answered): bounds the verification work a wallet can queue (a transaction has at
+# most a few hundred inputs).
+SIGNATURE_BUDGET = 2048
 
 log = logging.getLogger("timefast.wallet")
 
@@ -142,6 +146,7 @@ class WalletSession:
         "peer",
         "seen",
         "seen_broadcasts",
+        "signatures_waiting",
         "slot",
         "tokens",
         "tokens_at",
@@ -179,6 +184,7 @@ class WalletSession:
         self.forgotten_to = 0
         self.tokens = RATE_BURST
         self.tokens_at = clock()
+        self.signatures_waiting = 0
 
     # -- output ----------------------------------------------------------------------
 
@@ -426,7 +432,17 @@ class WalletSession:
             self.reply("TransactionAccepted", {"txid": txid}, msg_id)
             return
 
+        # Only a transaction that passes the checks that cost no signature has any
+        # checked (``Ledger.prepare``); those count against the budget.
+        prepared = self.ledger.prepare(tx)
+        cost = 0 if prepared is None else len(prepared.inputs)
+        if self.signatures_waiting + cost > SIGNATURE_BUDGET:
+            raise ProtocolError("RATE_LIMITED", f"more than {SIGNATURE_BUDGET} signatures "
+                                "waiting to be checked; wait for the answers first")
+        self.signatures_waiting += cost
+
         def done(txid: Any, err: BaseException | None) -> None:
+            self.signatures_waiting -= cost
             # The slot may belong to another wallet by now: answer only our own.
             if self.closed:
                 return
@@ -435,7 +451,6 @@ class WalletSession:
             else:
                 self.reply("TransactionAccepted", {"txid": txid}, msg_id)
 
-        prepared = self.ledger.prepare(tx)
         self.commits.submit(lambda: self.ledger.submit(prepared or tx), done, prepared)
 
 
