@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -474,6 +475,67 @@ def test_tls(tmp_path):
             result(n.rpc_url, "generate", 1)
             assert orjson.loads(ws.recv(timeout=10))["type"] == "NewBlock"
     finally:
+        n.stop()
+
+
+def test_tls_handshake_obeys_the_open_timeout(tmp_path, monkeypatch):
+    from timefast import server
+    monkeypatch.setattr(server, "OPEN_TIMEOUT", 0.3)
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"],
+                   check=True, capture_output=True)
+    n = NodeThread(tmp_path / "d", TLS_CERT=cert, TLS_KEY=key).start()
+    try:
+        host, port = n.node.ws_addresses[0]
+        s = socket.create_connection((host, port))
+        s.settimeout(5)  # asyncio's own TLS handshake timeout was 60 s
+        with contextlib.suppress(ConnectionResetError):  # closed either way
+            assert s.recv(100) == b""
+        s.close()
+    finally:
+        n.stop()
+
+
+def test_unfinished_handshakes_count_against_the_caps(tmp_path, monkeypatch):
+    # TCP connections that never sent a handshake counted against no limit: 1,100 of
+    # them from one address used up the node's file descriptors.
+    from timefast import server
+    monkeypatch.setattr(server, "REFUSED_WAITING", 10)
+    n = NodeThread(tmp_path, MAX_CONNECTIONS_PER_IP=5).start()
+    socks = []
+    try:
+        host, port = n.node.ws_addresses[0]
+        for _ in range(5):  # counted: the address's cap is reached
+            socks.append(socket.create_connection((host, port)))
+        with pytest.raises(InvalidStatus) as e:
+            connect(n.ws_url)
+        assert e.value.response.status_code == 503
+        for _ in range(40):  # 10 more may wait for their 503; the rest are cut
+            socks.append(socket.create_connection((host, port)))
+        held = n.call(lambda: len(n.node.wallets.conns))
+        assert held <= 5 + 10
+        cut = 0
+        for s in socks[5:]:
+            s.settimeout(2)
+            try:
+                cut += s.recv(1) == b""
+            except ConnectionResetError:
+                cut += 1
+            except TimeoutError:  # waiting for its 503
+                pass
+        assert cut >= 30
+        for s in socks:
+            s.close()
+        deadline = time.monotonic() + 10
+        while n.call(lambda: len(n.node.wallets.conns)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with connect(n.ws_url) as ws:  # capacity is back once they are gone
+            send(ws, {"type": "Ping"})
+            assert ws.recv(timeout=10) == '{"type":"Pong"}'
+    finally:
+        for s in socks:
+            s.close()
         n.stop()
 
 

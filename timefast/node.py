@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
+import resource
 import signal
 import ssl
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from timefast import __version__
 from timefast.crypto import load_or_create_key
 from timefast.ledger import Ledger
 from timefast.rpc import RpcDispatcher, serve_rpc
-from timefast.server import WalletServer
+from timefast.server import REFUSED_WAITING, WalletServer
 from timefast.session import Limits
 from timefast.settings import Settings
 from timefast.storage import StorageError, Store
@@ -22,6 +23,9 @@ from timefast.storage import StorageError, Store
 log = logging.getLogger("timefast")
 
 EXPIRY_CHECK = 0.25  # seconds between FINALITY_TIMEOUT checks
+# Descriptors the node needs besides its wallets: the database and its WAL, RPC
+# clients, listening sockets, logs.
+FD_RESERVE = 256
 TRIM_INTERVAL = 30.0  # seconds between returns of freed heap memory to the OS
 
 
@@ -42,6 +46,27 @@ def malloc_trim() -> Callable[[int], int] | None:
     return cast(Callable[[int], int], fn)
 
 
+def raise_fd_limit(needed: int) -> int:
+    """Raise the soft RLIMIT_NOFILE to its hard limit; returns the soft limit after.
+
+    Logs a warning when it stays below ``needed``: past it, wallets (or the
+    database, opening its files) would get "too many open files".  systemd's
+    default soft limit is 1,024, which MAX_CONNECTIONS's default passes tenfold.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:
+            log.warning("could not raise the open-file limit from %d: %s", soft, e)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("open-file limit %d is below the %d that MAX_CONNECTIONS needs; raise "
+                    "it (LimitNOFILE= in the systemd unit, --ulimit nofile= in Docker) or "
+                    "lower MAX_CONNECTIONS", soft, needed)
+    return int(soft)
+
+
 class Node:
     """A running masternode; ``start`` binds its ports, ``stop`` closes everything."""
 
@@ -60,6 +85,7 @@ class Node:
 
     async def start(self) -> None:
         s = self.settings
+        raise_fd_limit(s.max_connections + REFUSED_WAITING + FD_RESERVE)
         s.data_dir.mkdir(parents=True, exist_ok=True)
         key = load_or_create_key(s.data_dir, s.masternode_key)
         self.store = Store(s.data_dir / "timefast.db")

@@ -37,7 +37,11 @@ from timefast.session import Limits, WalletSession
 log = logging.getLogger("timefast.wallet")
 
 WS_PATHS = ("/", "/ws/utxo-protocol")
-OPEN_TIMEOUT = 10.0  # seconds a client has to finish its handshake
+OPEN_TIMEOUT = 10.0  # seconds a client has to finish its handshake (TLS, then WebSocket)
+# Connections past MAX_CONNECTIONS or the per-IP cap that may wait, uncounted, for
+# their request to be answered 503 (or /health); any more are cut at once, so that
+# the descriptors the node holds stay bounded whatever a client opens.
+REFUSED_WAITING = 64
 CLOSE_TIMEOUT = 5.0  # seconds a closing peer has before the TCP connection is cut
 # Kernel send buffer of a wallet socket.  Fixed rather than autotuned (up to 4 MiB on
 # Linux) so that a wallet that stops reading is noticed by SEND_BUFFER_BYTES soon and
@@ -62,12 +66,14 @@ class WalletConnection(asyncio.Protocol):
         "assembler",
         "client_id",
         "closing",
+        "counted",
         "fd",
         "ip",
         "last_recv",
         "opened",
         "peer",
         "reading_paused",
+        "refusal",
         "server",
         "session",
         "slot",
@@ -94,6 +100,8 @@ class WalletConnection(asyncio.Protocol):
         self.fd = -1  # the socket, written directly by the fan-out when >= 0
         self.writing_paused = False  # the transport is above its high-water mark
         self.reading_paused = False  # for replies the wallet has not read yet
+        self.counted = False  # against MAX_CONNECTIONS and the per-IP cap
+        self.refusal: str | None = None  # why a WebSocket would be refused (503)
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -103,6 +111,16 @@ class WalletConnection(asyncio.Protocol):
         srv = self.server
         addr = transport.get_extra_info("peername") or ("?", 0)
         self.ip, self.peer = str(addr[0]), f"{addr[0]}:{addr[1]}"
+        # Every connection counts from here, handshake finished or not: connections
+        # that never finish one would otherwise hold descriptors without limit.
+        self.refusal = srv.capacity_refusal(self.ip)
+        if self.refusal is None:
+            srv.count(self)
+        elif srv.refused_waiting >= REFUSED_WAITING:
+            self.transport.abort()
+            return
+        else:
+            srv.refused_waiting += 1
         fd = -1
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -152,6 +170,10 @@ class WalletConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         srv = self.server
+        if self.counted:
+            srv.uncount(self)
+        elif self.refusal is not None and self.ws is not None:
+            srv.refused_waiting -= 1
         if self.timer is not None:
             self.timer.cancel()
         if self.slot >= 0:
@@ -188,10 +210,9 @@ class WalletConnection(asyncio.Protocol):
                 {"error": "not_found", "message": f"no such path {path}; wallets connect "
                  "to / or /ws/utxo-protocol"})))
             return
-        refusal = srv.capacity_refusal(self.ip)
-        if refusal is not None:
+        if self.refusal is not None:
             self._respond(http_response(503, "Service Unavailable", orjson.dumps(
-                {"error": "capacity", "message": refusal})))
+                {"error": "capacity", "message": self.refusal})))
             return
         response = self.ws.accept(request)
         if response.status_code == 403:
@@ -366,8 +387,10 @@ class WalletServer:
         # Connections written through their transport since a large reply, until it
         # drains (``WalletConnection._reply_overflow``).
         self.via_transport: set[WalletConnection] = set()
-        self.open_count = 0
-        self.per_ip: dict[str, int] = {}
+        self.open_count = 0  # wallets past their handshake
+        self.counted = 0  # TCP connections counted against MAX_CONNECTIONS
+        self.refused_waiting = 0  # past the caps, waiting for their 503
+        self.per_ip: dict[str, int] = {}  # counted connections per address
         self.serial = itertools.count(1)
         self.flush_scheduled = False
         self.events_published = 0
@@ -384,9 +407,12 @@ class WalletServer:
         """Start accepting; returns the bound addresses."""
         if ssl_context is not None:
             self.direct_writes = False
+        tls: dict[str, Any] = {}
+        if ssl_context is not None:
+            # A TLS handshake (before connection_made) obeys the same open timeout.
+            tls = {"ssl": ssl_context, "ssl_handshake_timeout": OPEN_TIMEOUT}
         server = await self.loop.create_server(lambda: WalletConnection(self), host, port,
-                                               ssl=ssl_context, backlog=4096,
-                                               reuse_address=True)
+                                               backlog=4096, reuse_address=True, **tls)
         self.servers.append(server)
         if self.heartbeat_interval > 0 and self._heartbeat is None:
             self._heartbeat = self.loop.call_later(self.heartbeat_interval, self._beat)
@@ -422,24 +448,34 @@ class WalletServer:
     # -- admission ---------------------------------------------------------------------
 
     def capacity_refusal(self, ip: str) -> str | None:
-        """Why a new wallet from ``ip`` cannot be admitted, or None."""
-        if self.open_count >= self.max_connections:
+        """Why a new connection from ``ip`` cannot be admitted, or None."""
+        if self.counted >= self.max_connections:
             return f"the node serves its maximum of {self.max_connections} connections"
         if self.max_per_ip and self.per_ip.get(ip, 0) >= self.max_per_ip:
             return f"at most {self.max_per_ip} connections from one IP address"
         return None
 
-    def admit(self, conn: WalletConnection) -> None:
-        self.open_count += 1
+    def count(self, conn: WalletConnection) -> None:
+        """A new TCP connection (handshake or not) counts against the caps."""
+        conn.counted = True
+        self.counted += 1
         self.per_ip[conn.ip] = self.per_ip.get(conn.ip, 0) + 1
 
-    def forget(self, conn: WalletConnection) -> None:
-        self.open_count -= 1
+    def uncount(self, conn: WalletConnection) -> None:
+        conn.counted = False
+        self.counted -= 1
         n = self.per_ip.get(conn.ip, 1) - 1
         if n:
             self.per_ip[conn.ip] = n
         else:
             self.per_ip.pop(conn.ip, None)
+
+    def admit(self, conn: WalletConnection) -> None:
+        """A wallet finished its handshake."""
+        self.open_count += 1
+
+    def forget(self, conn: WalletConnection) -> None:
+        self.open_count -= 1
 
     # -- the hot path ------------------------------------------------------------------
 
