@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import json
 import os
 import re
@@ -13,12 +14,15 @@ import ssl
 import subprocess
 import threading
 import time
+import tracemalloc
 import urllib.error
 import urllib.request
 
 import orjson
 import pytest
-import websocket  # the seed's client: websocket-client
+import websocket
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st  # the seed's client: websocket-client
 from websockets.asyncio.client import connect as aconnect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
@@ -629,3 +633,162 @@ def test_lagged_before_any_event_resumes_from_a_valid_seq(tmp_path):
             assert sum(m["type"] == "UtxoStateChange" for m in got) == 5
     finally:
         n.stop()
+
+
+# -- any sequence of wallet messages: bounded memory, no exception ------------------
+
+MAX_MSG, MAX_SUBS, SEND_BUF = 4096, 20, 16384
+# What one connection may hold, whatever it sends: its largest message being
+# assembled and parsed (and its copies while parsed), its queued output, its
+# subscriptions and their history, and fixed costs (session, parser, assembler).
+CONNECTION_BOUND = 8 * MAX_MSG + SEND_BUF + 2 * MAX_SUBS * 1024 + 64 * 1024  # 152 KiB
+
+
+class _Transport:
+    """A transport whose peer reads everything at once."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.reading = True
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+def _client_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+_addr = st.sampled_from(["a1", "a2", "b_3", "time1test"] + [f"x{i}" for i in range(30)])
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                     lambda c: st.lists(c, max_size=3) | st.dictionaries(
+                         st.text(max_size=5), c, max_size=3), max_leaves=8)
+_wallet = st.one_of(
+    st.just({"type": "Ping"}), st.just({"type": "Hello"}),
+    st.builds(lambda a, s, snap: {"type": "Subscribe", "data": {
+        "addresses": a, **({} if s is None else {"since_seq": s}), "snapshot": snap}},
+        st.lists(_addr, min_size=1, max_size=25), st.none() | st.integers(-1, 50),
+        st.booleans()),
+    st.builds(lambda a: {"type": "Unsubscribe", "data": {"addresses": a}},
+              st.lists(_addr, min_size=1, max_size=25)),
+    st.builds(lambda a, after: {"type": "GetUtxos", "data": {"addresses": a, "after": after}},
+              st.lists(_addr, min_size=1, max_size=3), st.none() | st.text(max_size=70)),
+    st.builds(lambda t: {"type": "GetTransaction", "data": {"txid": t}}, _json),
+    st.builds(lambda t: {"type": "SubmitTransaction", "data": {"tx": t}}, _json),
+    st.dictionaries(st.text(max_size=6), _json, max_size=4),
+)
+_payload = st.one_of(_wallet.map(orjson.dumps), st.binary(max_size=64),
+                     st.integers(0, MAX_MSG + 64).map(lambda n: b"x" * n))
+
+
+@st.composite
+def _frames(draw) -> bytes:
+    payload = draw(_payload)
+    kind = draw(st.sampled_from(["text", "fragments", "binary", "control", "garbage"]))
+    if kind == "garbage":
+        return draw(st.binary(min_size=1, max_size=16))
+    if kind == "control":
+        return _client_frame(draw(st.sampled_from([0x9, 0xA])), payload[:125])
+    if kind != "fragments":
+        return _client_frame(0x2 if kind == "binary" else 0x1, payload)
+    cuts = sorted(draw(st.lists(st.integers(0, len(payload)), max_size=4)))
+    parts = [payload[i:j] for i, j in zip([0, *cuts], [*cuts, len(payload)], strict=True)]
+    out = b""
+    for i, part in enumerate(parts):
+        out += _client_frame(0x1 if i == 0 else 0x0, part, fin=i == len(parts) - 1)
+        if i < len(parts) - 1 and draw(st.booleans()):
+            out += _client_frame(0x9, b"p")
+    return out
+
+
+@pytest.fixture(scope="module")
+def bare_server(tmp_path_factory):
+    from timefast.crypto import new_key
+    from timefast.ledger import Ledger
+    from timefast.server import WalletServer
+    from timefast.session import Limits
+    from timefast.storage import Store
+    loop = asyncio.new_event_loop()
+    led = Ledger(Store(tmp_path_factory.mktemp("bare") / "b.db"), "regtest", new_key())
+    srv = WalletServer(led, Limits(MAX_SUBS, MAX_MSG, SEND_BUF), heartbeat_interval=0,
+                       loop=loop)
+    yield srv, loop
+    srv.commits.close()
+    loop.close()
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(frames=st.lists(_frames(), max_size=12), cuts=st.lists(st.integers(1, 300),
+                                                            max_size=6))
+def test_any_message_sequence_keeps_a_connection_bounded_and_never_raises(
+        bare_server, frames, cuts):
+    from timefast.server import WalletConnection
+    from timefast.session import SIGNATURE_BUDGET
+    srv, loop = bare_server
+    stream = (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\n\r\n") + b"".join(frames)
+    chunks, at = [], 0
+    for c in cuts:
+        chunks.append(stream[at:at + c])
+        at += c
+    chunks.append(stream[at:])
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    conn = WalletConnection(srv)
+    conn.connection_made(_Transport())
+    for chunk in chunks:
+        conn.data_received(chunk)
+        loop.run_until_complete(asyncio.sleep(0))  # the flush and group commit
+        s, ws = conn.session, conn.ws
+        if ws is not None:
+            assert len(ws.reader.buffer) <= MAX_MSG + 14
+        assert conn.assembler.buffered <= MAX_MSG
+        assert srv.fanout.pending(conn.slot) <= SEND_BUF
+        if s is not None:
+            assert srv.fanout.index.count_of(conn.slot) <= MAX_SUBS
+            assert len(s.seen) <= 2 * MAX_SUBS and len(s.history) <= MAX_SUBS
+            assert 0 <= s.signatures_waiting <= SIGNATURE_BUDGET
+    # The most Python memory held at any moment (garbage not yet collected
+    # included), plus the connection's output buffer in C memory.
+    peak = tracemalloc.get_traced_memory()[1] - base
+    conn.connection_lost(None)
+    tracemalloc.stop()
+    assert peak + SEND_BUF < CONNECTION_BOUND, peak
