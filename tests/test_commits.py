@@ -151,8 +151,8 @@ def test_no_signature_is_checked_for_inputs_that_are_not_the_keys_coins(tmp_path
     errors = []
     for obj in [_junk(283) for _ in range(20)] + [not_owned]:
         prepared = led.prepare(obj)
-        assert prepared is None
-        gc.submit(lambda o=obj: led.submit(o), lambda v, e: errors.append(e), prepared)
+        assert prepared is not None and not led.spendable(prepared)
+        gc.submit(lambda p=prepared: led.submit(p), lambda v, e: errors.append(e), prepared)
     _drain(loop, gc, lambda: len(errors) == 21)
     gc.close()
     loop.close()

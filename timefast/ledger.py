@@ -543,34 +543,38 @@ class Ledger:
                               f"{what} {address} is not a {self.network} address")
         return address
 
-    def prepare(self, obj: Any) -> Transaction | None:
-        """``obj`` parsed for ``submit``, when it passes the checks that cost no
-        signature: every input an Unspent coin that its public key owns.
-
-        None otherwise (it does not parse, or an input is unknown, spent or not
-        the key's): ``submit`` then refuses it with the reason, and no signature
-        of it is ever checked, ahead or not.
-        """
+    @staticmethod
+    def prepare(obj: Any) -> Transaction | None:
+        """``obj`` parsed for ``submit`` (None when it does not parse: ``submit``
+        then refuses it with the reason)."""
         try:
-            tx = parse(obj)
+            return parse(obj)
         except TxFormatError:
             return None
+
+    def spendable(self, tx: Transaction) -> bool:
+        """Whether every input is, now, an Unspent coin its public key owns: the
+        checks that cost no signature.  Only such a transaction has signatures
+        worth checking (``signature_items``); ``submit`` refuses the others before
+        it looks at any signature."""
         get = self.utxos.get
         for inp in tx.inputs:
             try:
                 address, _, state, _, _, _ = get(inp.prev_txid, inp.vout)
             except UnknownOutpoint:
-                return None
+                return False
             if state != "Unspent" or address_of(inp.public_key, self.network) != address:
-                return None
-        return tx
+                return False
+        return True
 
-    @staticmethod
-    def signature_items(txs: Iterable[Transaction]) -> list[tuple[bytes, bytes, bytes]]:
-        """``(public key, signed bytes, signature)`` of every input of ``txs``, for
-        ``crypto.verify_batch`` (on any thread) ahead of their ``submit``."""
+    def signature_items(self, txs: Iterable[Transaction]) -> list[tuple[bytes, bytes, bytes]]:
+        """``(public key, signed bytes, signature)`` of every input of those of
+        ``txs`` that are ``spendable``, for ``crypto.verify_batch`` (on any thread)
+        ahead of their ``submit``."""
         items = []
         for tx in txs:  # parsed: every key and signature is hex of the right length
+            if not self.spendable(tx):
+                continue
             msg = tx.signing_bytes()
             items += [(bytes.fromhex(i.public_key), msg, bytes.fromhex(i.signature))
                       for i in tx.inputs]

@@ -433,9 +433,10 @@ class WalletSession:
             return
 
         # Only a transaction that passes the checks that cost no signature has any
-        # checked (``Ledger.prepare``); those count against the budget.
+        # checked (``Ledger.spendable``); those count against the budget.
         prepared = self.ledger.prepare(tx)
-        cost = 0 if prepared is None else len(prepared.inputs)
+        cost = 0 if prepared is None or not self.ledger.spendable(prepared) \
+            else len(prepared.inputs)
         if self.signatures_waiting + cost > SIGNATURE_BUDGET:
             raise ProtocolError("RATE_LIMITED", f"more than {SIGNATURE_BUDGET} signatures "
                                 "waiting to be checked; wait for the answers first")
