@@ -695,7 +695,8 @@ def _client_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
 
 
 _addr = st.sampled_from(["a1", "a2", "b_3", "time1test"] + [f"x{i}" for i in range(30)])
-_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+_json = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
+                     | st.text(max_size=8),
                      lambda c: st.lists(c, max_size=3) | st.dictionaries(
                          st.text(max_size=5), c, max_size=3), max_leaves=8)
 _wallet = st.one_of(
