@@ -53,9 +53,8 @@ def fund_coins(rpc_url: str, key: Any, address: str, n: int,
                per_split: int) -> list[tuple[str, int]]:
     """``n`` coins of 1,000 for ``address`` (owned by ``key``), through a node's RPC.
 
-    Each faucet payment is split into ``per_split`` outputs by a signed transaction.
-    Every output's event carries the whole transaction (SPEC 3.2), so narrow splits
-    keep the event log small.
+    Each faucet payment is split into ``per_split`` outputs by a signed transaction
+    (up to 1,300 fit in MAX_TX_BYTES).
     """
     coins: list[tuple[str, int]] = []
     for _ in range((n + per_split - 1) // per_split):

@@ -13,7 +13,7 @@ from timefast.ledger import FAUCET_KEY, GENESIS_SUPPLY, Ledger, LedgerError
 from timefast.storage import StorageError, Store
 from timefast.transaction import build
 
-from .helpers import new_wallet
+from .helpers import ledger_with_coins, new_wallet
 
 
 class Clock:
@@ -648,3 +648,94 @@ def test_an_older_data_directory_gets_its_history_built_once(tmp_path, caplog):
     caplog.clear()
     make_ledger(tmp_path)  # once
     assert "address history" not in caplog.text
+
+
+def test_snapshot_pages_largest_first_with_a_cursor(tmp_path):
+    led, key, a, split = ledger_with_coins(tmp_path / "db")
+    # Amounts differ for some coins: largest first, then txid, then vout.
+    coin = led.faucet(a, 5000)
+    led.submit(build([(coin, 0, key)], [(a, 3000), (a, 2000)], timestamp=1).to_json())
+    full = led.snapshot(a, limit=100)
+    keys = [(-u["amount"], u["txid"], u["vout"]) for u in full["utxos"]]
+    assert keys == sorted(keys) and "more" not in full
+    pages, after = [], None
+    while True:
+        page = led.snapshot(a, after, limit=3)
+        assert page["balance"] == full["balance"]
+        pages += page["utxos"]
+        if not page.get("more"):
+            break
+        assert page["utxo_count"] == len(full["utxos"])
+        after = (page["utxos"][-1]["txid"], page["utxos"][-1]["vout"])
+    assert pages == full["utxos"]
+    _, b = new_wallet()
+    with pytest.raises(LedgerError) as e:
+        led.snapshot(b, after=(split.txid, 0))  # a coin, but not b's
+    assert e.value.code == "BAD_REQUEST"
+
+
+def _traced(fn):
+    """(fn's result, bytes it left allocated)."""
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    out = fn()
+    gc.collect()
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return out, grown
+
+
+def test_a_wide_transaction_is_named_not_copied_in_its_events(tmp_path):
+    # A 1,300-output payment (about 100 KB) was carried whole by each of its 1,300
+    # UtxoStateChange events: about 130 MB in the replay window, again at start-up.
+    led, events = make_ledger(tmp_path)
+    key, a = new_wallet()
+    coin = led.faucet(a, 1300 * 1000)
+    wide = build([(coin, 0, key)], [(a, 1000)] * 1300, timestamp=1)
+    size = len(orjson.dumps(wide.to_json()))
+    assert size > 4096
+    start = len(events)
+    _, grown = _traced(lambda: led.submit(wide.to_json()))
+    mine = [orjson.loads(e.payload) for e in events[start:]]
+    changes = [m["data"] for m in mine if m["type"] == "UtxoStateChange"]
+    assert len(changes) == 1300 + 3  # the outputs, the input's Locked/SpentPending/Final
+    assert all(c["transaction"] == {"txid": wide.txid, "size": size} for c in changes)
+    pending = next(m for m in mine if m["type"] == "TransactionPending")
+    assert pending["data"]["tx"]["txid"] == wide.txid  # given once, whole
+    assert grown < 2_000_000, grown
+    seq = led.seq
+    led.store.close()
+    led2, grown = _traced(lambda: make_ledger(tmp_path)[0])
+    assert grown < 4_000_000, grown
+    ok, replay = led2.events_after(seq - len(mine))
+    assert ok and [orjson.loads(e.payload) for e in replay] == mine
+
+
+def test_a_small_transaction_is_kept_once_however_many_events_name_it(tmp_path):
+    led, _ = make_ledger(tmp_path)
+    key, a = new_wallet()
+    coin = led.faucet(a, 30 * 1000)
+    split = build([(coin, 0, key)], [(a, 1000)] * 30, timestamp=1)
+    assert len(orjson.dumps(split.to_json())) <= 4096
+    led.submit(split.to_json())
+    for ledger in (led, make_ledger(tmp_path)[0]):  # live, and rebuilt at start-up
+        naming = [e for e in ledger.recent if e.type == "UtxoStateChange"
+                  and orjson.loads(e.payload)["data"]["transaction"]["txid"] == split.txid]
+        assert len(naming) == 33
+        assert len({id(e.tx) for e in naming}) == 1
+
+
+def test_replay_window_is_bounded_in_bytes(tmp_path):
+    led, events = make_ledger(tmp_path, replay_bytes=20_000)
+    _, a = new_wallet()
+    first = led.seq
+    for i in range(20):
+        led.faucet(a, 10 + i)
+    assert sum(e.size for e in events) > 40_000
+    assert sum(e.size for e in led.recent) == led.journal.recent_bytes <= 20_000
+    assert [e.seq for e in led.recent] == list(range(led.recent[0].seq, led.seq + 1))
+    assert led.events_after(first) == (False, [])  # too old: resync
+    led.store.close()
+    led2, _ = make_ledger(tmp_path, replay_bytes=20_000)
+    assert led2.journal.recent_bytes <= 20_000 and led2.recent[-1].seq == led.seq

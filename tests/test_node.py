@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import resource
 import sqlite3
 import subprocess
 import sys
 
 import pytest
 
+from timefast import node
 from timefast.node import malloc_trim
 
-from .helpers import NodeProcess, base_env
+from .helpers import NodeProcess, NodeThread, base_env
 
 
 def _rss_kb() -> int:
@@ -125,3 +128,26 @@ def test_open_file_limit_is_raised_or_named(tmp_path):
     log, soft = _node_under_ulimit(tmp_path / "b", 256, 512, MAX_CONNECTIONS=1000)
     assert soft == 512
     assert "open files" in log and "MAX_CONNECTIONS" in log and "LimitNOFILE" in log, log
+
+
+def test_open_file_limit_is_raised_at_start_and_a_shortfall_is_warned(tmp_path, caplog):
+    # With systemd's soft limit of 1,024, 1,100 connections that never finished a
+    # handshake used up every descriptor and the database could not open its files.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Low, but above what this test process already holds (earlier tests' nodes).
+    low = min(max(256, len(os.listdir("/proc/self/fd")) + 64), hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        with caplog.at_level(logging.WARNING, logger="timefast"):
+            n = NodeThread(tmp_path, MAX_CONNECTIONS=10).start()
+            n.stop()
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard
+        assert "open-file limit" not in caplog.text
+        if hard != resource.RLIM_INFINITY:
+            need = hard + 1 - node.REFUSED_WAITING - node.FD_RESERVE
+            with caplog.at_level(logging.WARNING, logger="timefast"):
+                n = NodeThread(tmp_path, MAX_CONNECTIONS=need).start()
+                n.stop()
+            assert "below the" in caplog.text and "MAX_CONNECTIONS" in caplog.text
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

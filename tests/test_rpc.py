@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from timefast import crypto
@@ -115,6 +115,21 @@ def test_rpc_over_websocket(node):
         ws.send(orjson.dumps({"jsonrpc": "2.0", "id": "x", "method": "getblockcount"}).decode())
         reply = orjson.loads(ws.recv(timeout=10))
         assert reply["id"] == "x" and isinstance(reply["result"], int)
+
+
+def test_rpc_websocket_reassembles_fragments_and_checks_utf8(node):
+    url = node.rpc_url.replace("http://", "ws://")
+    body = orjson.dumps({"jsonrpc": "2.0", "id": "y", "method": "getblockcount"})
+    with connect(url) as ws:
+        ws.send([body[:10].decode(), body[10:20].decode(), body[20:].decode()])
+        reply = orjson.loads(ws.recv(timeout=10))
+        assert reply["id"] == "y" and isinstance(reply["result"], int)
+    for parts in ([b'{"jsonrpc":"2.0","id":"\xff"}'], [b'{"jsonrpc":"2.0","id":"\xe2', b'"}']):
+        with connect(url) as ws:
+            ws.send(parts if len(parts) > 1 else parts[0], text=True)
+            with pytest.raises(ConnectionClosed) as e:
+                ws.recv(timeout=10)
+            assert e.value.rcvd.code == 1007
 
 
 def test_basic_auth(tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import gc
 import json
 import os
 import re
@@ -12,12 +14,15 @@ import ssl
 import subprocess
 import threading
 import time
+import tracemalloc
 import urllib.error
 import urllib.request
 
 import orjson
 import pytest
-import websocket  # the seed's client: websocket-client
+import websocket
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st  # the seed's client: websocket-client
 from websockets.asyncio.client import connect as aconnect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
@@ -25,7 +30,7 @@ from websockets.sync.client import connect
 from timefast import session
 from timefast.transaction import build
 
-from .helpers import NodeProcess, NodeThread, new_wallet, result
+from .helpers import NodeProcess, NodeThread, fund_coins, new_wallet, result
 
 
 @pytest.fixture(scope="module")
@@ -360,6 +365,29 @@ def test_oversize_message_closes_1009(tmp_path):
         n.stop()
 
 
+def test_fragmented_message_is_whole_and_bad_utf8_closes_1007(node):
+    with connect(node.ws_url) as ws:
+        ws.send(['{"type":', '"Ping",', '"id":3}'])
+        assert orjson.loads(ws.recv(timeout=10)) == {"type": "Pong", "id": 3}
+    with connect(node.ws_url) as ws:
+        ws.send(b'{"type":"Ping","x":"\xc0\xaf"}', text=True)
+        with pytest.raises(ConnectionClosed) as e:
+            ws.recv(timeout=10)
+        assert e.value.rcvd.code == 1007
+
+
+def test_fragments_past_max_message_bytes_close_1009(tmp_path):
+    n = NodeThread(tmp_path, MAX_MESSAGE_BYTES=1000).start()
+    try:
+        with connect(n.ws_url) as ws:
+            ws.send(["x" * 600, "x" * 600])
+            with pytest.raises(ConnectionClosed) as e:
+                ws.recv(timeout=10)
+            assert e.value.rcvd.code == 1009
+    finally:
+        n.stop()
+
+
 def test_capacity_origin_and_http(tmp_path):
     n = NodeThread(tmp_path, MAX_CONNECTIONS=2, MAX_CONNECTIONS_PER_IP=0,
                    ALLOWED_ORIGINS="https://wallet.example").start()
@@ -479,6 +507,67 @@ def test_tls(tmp_path):
         n.stop()
 
 
+def test_tls_handshake_obeys_the_open_timeout(tmp_path, monkeypatch):
+    from timefast import server
+    monkeypatch.setattr(server, "OPEN_TIMEOUT", 0.3)
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"],
+                   check=True, capture_output=True)
+    n = NodeThread(tmp_path / "d", TLS_CERT=cert, TLS_KEY=key).start()
+    try:
+        host, port = n.node.ws_addresses[0]
+        s = socket.create_connection((host, port))
+        s.settimeout(5)  # asyncio's own TLS handshake timeout was 60 s
+        with contextlib.suppress(ConnectionResetError):  # closed either way
+            assert s.recv(100) == b""
+        s.close()
+    finally:
+        n.stop()
+
+
+def test_unfinished_handshakes_count_against_the_caps(tmp_path, monkeypatch):
+    # TCP connections that never sent a handshake counted against no limit: 1,100 of
+    # them from one address used up the node's file descriptors.
+    from timefast import server
+    monkeypatch.setattr(server, "REFUSED_WAITING", 10)
+    n = NodeThread(tmp_path, MAX_CONNECTIONS_PER_IP=5).start()
+    socks = []
+    try:
+        host, port = n.node.ws_addresses[0]
+        for _ in range(5):  # counted: the address's cap is reached
+            socks.append(socket.create_connection((host, port)))
+        with pytest.raises(InvalidStatus) as e:
+            connect(n.ws_url)
+        assert e.value.response.status_code == 503
+        for _ in range(40):  # 10 more may wait for their 503; the rest are cut
+            socks.append(socket.create_connection((host, port)))
+        held = n.call(lambda: len(n.node.wallets.conns))
+        assert held <= 5 + 10
+        cut = 0
+        for s in socks[5:]:
+            s.settimeout(2)
+            try:
+                cut += s.recv(1) == b""
+            except ConnectionResetError:
+                cut += 1
+            except TimeoutError:  # waiting for its 503
+                pass
+        assert cut >= 30
+        for s in socks:
+            s.close()
+        deadline = time.monotonic() + 10
+        while n.call(lambda: len(n.node.wallets.conns)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with connect(n.ws_url) as ws:  # capacity is back once they are gone
+            send(ws, {"type": "Ping"})
+            assert ws.recv(timeout=10) == '{"type":"Pong"}'
+    finally:
+        for s in socks:
+            s.close()
+        n.stop()
+
+
 def test_sigterm_closes_wallets_with_1001_and_exits_0(tmp_path):
     node = NodeProcess(tmp_path).start()
     try:
@@ -523,3 +612,235 @@ def test_replies_of_a_batch_that_announces_nothing_leave_at_once(tmp_path):
         assert {m["type"] for m in got} == {"TransactionAccepted"}
     finally:
         n.stop()
+
+
+def test_large_replies_are_paged_and_never_count_as_lag(tmp_path):
+    # 1,200 coins make a page of 1,000 (about 190 KB), three times SEND_BUFFER_BYTES:
+    # before paging and the reply path, Subscribe and GetUtxos were Lagged, 1013.
+    n = NodeThread(tmp_path, SEND_BUFFER_BYTES=65536).start()
+    try:
+        key, a = new_wallet()
+        coins = fund_coins(n.rpc_url, key, a, 1200, 300)
+        result(n.rpc_url, "generate", 1)  # the spent faucet coins leave the snapshot
+        _, empty = new_wallet()
+        with connect(n.ws_url, max_size=None) as ws:
+            send(ws, {"type": "Subscribe", "data": {"addresses": [a, empty]}})
+            sub = orjson.loads(ws.recv(timeout=30))
+            assert sub["type"] == "Subscribed"
+            snap = sub["data"]["snapshot"]
+            assert snap[empty] == {"balance": 0, "utxos": []}
+            assert snap[a]["more"] is True and snap[a]["utxo_count"] == 1200
+            assert snap[a]["balance"] == 1200 * 1000 and len(snap[a]["utxos"]) == 1000
+            # Two addresses' pages in one reply: about 380 KB, still no lag.
+            send(ws, {"type": "GetUtxos", "data": {"addresses": [a, a + "x", empty]}})
+            both = orjson.loads(ws.recv(timeout=30))
+            assert both["type"] == "Utxos" and both["data"]["seq"] >= sub["data"]["seq"]
+            assert both["data"][a]["utxos"] == snap[a]["utxos"]
+            last = snap[a]["utxos"][-1]
+            send(ws, {"type": "GetUtxos", "id": 2, "data": {
+                "addresses": [a], "after": f"{last['txid']}:{last['vout']}"}})
+            rest = orjson.loads(ws.recv(timeout=30))
+            assert rest["id"] == 2 and "more" not in rest["data"][a]
+            assert len(rest["data"][a]["utxos"]) == 200
+            send(ws, {"type": "Ping"})
+            assert ws.recv(timeout=10) == '{"type":"Pong"}'
+        listed = snap[a]["utxos"] + rest["data"][a]["utxos"]
+        keys = [(-u["amount"], u["txid"], u["vout"]) for u in listed]
+        assert keys == sorted(keys)
+        assert sorted((u["txid"], u["vout"]) for u in listed) == sorted(coins)
+        assert n.call(lambda: n.node.wallets.fanout.lag_closes) == 0
+    finally:
+        n.stop()
+
+
+def test_lagged_before_any_event_resumes_from_a_valid_seq(tmp_path):
+    # One payment's events (over 2 KB) land in one turn: the wallet lags before any
+    # event reached it.  resume_from was -1, which Subscribe refuses.
+    n = NodeThread(tmp_path, SEND_BUFFER_BYTES=2048).start()
+    try:
+        key, payer = new_wallet()
+        _, a = new_wallet()
+        coin = result(n.rpc_url, "faucet", payer, 5000)
+        split = build([(coin, 0, key)], [(a, 1000)] * 5, timestamp=1)
+        with connect(n.ws_url) as ws:
+            send(ws, {"type": "Subscribe", "data": {"addresses": [a]}})
+            start = orjson.loads(ws.recv(timeout=10))["data"]["seq"]
+            txid = result(n.rpc_url, "sendrawtransaction", split.to_json())
+            lagged = orjson.loads(ws.recv(timeout=10))
+            assert lagged["type"] == "Lagged"
+            resume_from = lagged["data"]["resume_from"]
+            assert resume_from == start
+            with pytest.raises(ConnectionClosed) as e:
+                ws.recv(timeout=10)
+            assert e.value.rcvd.code == 1013
+        # Subscribe takes it (it refused -1 with BAD_REQUEST), and the replay, part of
+        # its answer, is not lag either: the wallet gets what it missed.
+        with connect(n.ws_url) as ws:
+            send(ws, {"type": "Subscribe", "data": {"addresses": [a], "since_seq": resume_from,
+                                                    "snapshot": False}})
+            assert orjson.loads(ws.recv(timeout=10))["type"] == "Subscribed"
+            got = recv_until(ws, "TransactionFinalized")
+            assert got[-1]["data"]["txid"] == txid
+            assert sum(m["type"] == "UtxoStateChange" for m in got) == 5
+    finally:
+        n.stop()
+
+
+# -- any sequence of wallet messages: bounded memory, no exception ------------------
+
+MAX_MSG, MAX_SUBS, SEND_BUF = 4096, 20, 16384
+# What one connection may hold, whatever it sends: its largest message being
+# assembled and parsed (and its copies while parsed), its queued output, its
+# subscriptions and their history, and fixed costs (session, parser, assembler).
+CONNECTION_BOUND = 8 * MAX_MSG + SEND_BUF + 2 * MAX_SUBS * 1024 + 64 * 1024  # 152 KiB
+
+
+class _Transport:
+    """A transport whose peer reads everything at once."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.reading = True
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+def _client_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+_addr = st.sampled_from(["a1", "a2", "b_3", "time1test"] + [f"x{i}" for i in range(30)])
+_json = st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
+                     | st.text(max_size=8),
+                     lambda c: st.lists(c, max_size=3) | st.dictionaries(
+                         st.text(max_size=5), c, max_size=3), max_leaves=8)
+_wallet = st.one_of(
+    st.just({"type": "Ping"}), st.just({"type": "Hello"}),
+    st.builds(lambda a, s, snap: {"type": "Subscribe", "data": {
+        "addresses": a, **({} if s is None else {"since_seq": s}), "snapshot": snap}},
+        st.lists(_addr, min_size=1, max_size=25), st.none() | st.integers(-1, 50),
+        st.booleans()),
+    st.builds(lambda a: {"type": "Unsubscribe", "data": {"addresses": a}},
+              st.lists(_addr, min_size=1, max_size=25)),
+    st.builds(lambda a, after: {"type": "GetUtxos", "data": {"addresses": a, "after": after}},
+              st.lists(_addr, min_size=1, max_size=3), st.none() | st.text(max_size=70)),
+    st.builds(lambda t: {"type": "GetTransaction", "data": {"txid": t}}, _json),
+    st.builds(lambda t: {"type": "SubmitTransaction", "data": {"tx": t}}, _json),
+    st.dictionaries(st.text(max_size=6), _json, max_size=4),
+)
+_payload = st.one_of(_wallet.map(orjson.dumps), st.binary(max_size=64),
+                     st.integers(0, MAX_MSG + 64).map(lambda n: b"x" * n))
+
+
+@st.composite
+def _frames(draw) -> bytes:
+    payload = draw(_payload)
+    kind = draw(st.sampled_from(["text", "fragments", "binary", "control", "garbage"]))
+    if kind == "garbage":
+        return draw(st.binary(min_size=1, max_size=16))
+    if kind == "control":
+        return _client_frame(draw(st.sampled_from([0x9, 0xA])), payload[:125])
+    if kind != "fragments":
+        return _client_frame(0x2 if kind == "binary" else 0x1, payload)
+    cuts = sorted(draw(st.lists(st.integers(0, len(payload)), max_size=4)))
+    parts = [payload[i:j] for i, j in zip([0, *cuts], [*cuts, len(payload)], strict=True)]
+    out = b""
+    for i, part in enumerate(parts):
+        out += _client_frame(0x1 if i == 0 else 0x0, part, fin=i == len(parts) - 1)
+        if i < len(parts) - 1 and draw(st.booleans()):
+            out += _client_frame(0x9, b"p")
+    return out
+
+
+@pytest.fixture(scope="module")
+def bare_server(tmp_path_factory):
+    from timefast.crypto import new_key
+    from timefast.ledger import Ledger
+    from timefast.server import WalletServer
+    from timefast.session import Limits
+    from timefast.storage import Store
+    loop = asyncio.new_event_loop()
+    led = Ledger(Store(tmp_path_factory.mktemp("bare") / "b.db"), "regtest", new_key())
+    srv = WalletServer(led, Limits(MAX_SUBS, MAX_MSG, SEND_BUF), heartbeat_interval=0,
+                       loop=loop)
+    yield srv, loop
+    srv.commits.close()
+    loop.close()
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(frames=st.lists(_frames(), max_size=12), cuts=st.lists(st.integers(1, 300),
+                                                            max_size=6))
+def test_any_message_sequence_keeps_a_connection_bounded_and_never_raises(
+        bare_server, frames, cuts):
+    from timefast.server import WalletConnection
+    from timefast.session import SIGNATURE_BUDGET
+    srv, loop = bare_server
+    stream = (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\n\r\n") + b"".join(frames)
+    chunks, at = [], 0
+    for c in cuts:
+        chunks.append(stream[at:at + c])
+        at += c
+    chunks.append(stream[at:])
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    conn = WalletConnection(srv)
+    conn.connection_made(_Transport())
+    for chunk in chunks:
+        conn.data_received(chunk)
+        loop.run_until_complete(asyncio.sleep(0))  # the flush and group commit
+        s, ws = conn.session, conn.ws
+        if ws is not None:
+            assert len(ws.reader.buffer) <= MAX_MSG + 14
+        assert conn.assembler.buffered <= MAX_MSG
+        assert srv.fanout.pending(conn.slot) <= SEND_BUF
+        if s is not None:
+            assert srv.fanout.index.count_of(conn.slot) <= MAX_SUBS
+            assert len(s.seen) <= 2 * MAX_SUBS and len(s.history) <= MAX_SUBS
+            assert 0 <= s.signatures_waiting <= SIGNATURE_BUDGET
+    # The most Python memory held at any moment (garbage not yet collected
+    # included), plus the connection's output buffer in C memory.
+    peak = tracemalloc.get_traced_memory()[1] - base
+    conn.connection_lost(None)
+    tracemalloc.stop()
+    assert peak + SEND_BUF < CONNECTION_BOUND, peak

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import orjson
@@ -9,12 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from timefast import _core, crypto
+from timefast import _core, commits, crypto, session
 from timefast.ledger import Ledger
 from timefast.session import Limits, Seen, WalletSession
 from timefast.storage import Store
+from timefast.transaction import build
 
-from .helpers import Capture, new_wallet, parse_frames
+from .helpers import Capture, ledger_with_coins, new_wallet, parse_frames
 
 
 def messages(data: bytearray) -> list[dict]:
@@ -166,3 +168,90 @@ def test_get_history_answers_with_its_id(tmp_path):
     assert got[0]["id"] == 7 and got[0]["type"] == "History"
     assert [t["txid"] for t in got[0]["data"]["txs"]] == [paid]
     assert got[1]["type"] == "Error" and got[1]["data"]["code"] == "BAD_REQUEST"
+
+
+def test_subscription_history_is_bounded_and_subscribe_touches_only_its_addresses(
+        tmp_path, monkeypatch):
+    # 50 rounds of Subscribe / Unsubscribe of 100 new addresses, with events between:
+    # the connection's history grew by every address (Subscribe scanning all of it).
+    led, fan = _node(tmp_path)
+    w = Wallet(led, fan)
+    w.session.limits = Limits(max_subscriptions=100)
+    _, payee = new_wallet()
+    touched = []
+    forget = Seen.forget_before
+    monkeypatch.setattr(Seen, "forget_before",
+                        lambda self, seq: (touched.append(1), forget(self, seq))[1])
+    for r in range(50):
+        addrs = [f"r{r}x{i}" for i in range(100)]
+        touched.clear()
+        w.say({"type": "Subscribe", "data": {"addresses": addrs, "snapshot": False}})
+        assert len(touched) <= len(addrs)
+        led.faucet(payee, 1000 + r)
+        w.say({"type": "Unsubscribe", "data": {"addresses": addrs}})
+        assert len(w.session.seen) <= 2 * 100
+    assert all(m["type"] in ("Subscribed", "Unsubscribed") for m in w.got())
+
+
+def test_a_forgotten_history_resumes_with_a_snapshot_not_a_repeat(tmp_path):
+    led, fan = _node(tmp_path)
+    w = Wallet(led, fan)
+    w.session.limits = Limits(max_subscriptions=10)
+    _, a = new_wallet()
+    start = led.seq
+    w.say({"type": "Subscribe", "data": {"addresses": [a], "snapshot": False}})
+    led.faucet(a, 1000)
+    w.say({"type": "Unsubscribe", "data": {"addresses": [a]}})
+    for r in range(3):  # 30 other addresses come and go: a's history is forgotten
+        others = [f"o{r}x{i}" for i in range(10)]
+        w.say({"type": "Subscribe", "data": {"addresses": others, "snapshot": False}})
+        w.say({"type": "Unsubscribe", "data": {"addresses": others}})
+    assert a not in w.session.seen
+    had = [m["data"]["seq"] for m in w.got() if "seq" in m.get("data", {})
+           and m["type"] not in ("Subscribed",)]
+    w.sink.data.clear()
+    w.say({"type": "Subscribe", "data": {"addresses": [a], "since_seq": start,
+                                         "snapshot": False}})
+    sub = w.got()[0]["data"]
+    assert sub["resync"] is True and sub["snapshot"][a]["balance"] == 1000
+    again = [m["data"]["seq"] for m in w.got()[1:] if "seq" in m.get("data", {})]
+    assert not set(again) & set(had)
+
+
+def test_signature_work_one_connection_can_queue_is_bounded(tmp_path, monkeypatch):
+    # 300 transactions spending the wallet's own ten coins with wrong signatures, in
+    # one burst: every one was queued for its ten checks.
+    led, key, a, split = ledger_with_coins(tmp_path / "b.db")
+    checked: list[int] = []
+    real = commits.verify_batch
+    monkeypatch.setattr(commits, "verify_batch",
+                        lambda items: (checked.append(len(items)), real(items))[1])
+    other = build([(split.txid, v, key) for v in range(10)], [(a, 5)], timestamp=0)
+    loop = asyncio.new_event_loop()
+    gc = commits.GroupCommit(led, loop)
+    fan = _core.Fanout(1 << 30)
+    sink = Capture()
+    s = WalletSession(led, fan, fan.open(sink), Limits(), commits=gc)
+    for i in range(300):
+        tx = build([(split.txid, v, key) for v in range(10)], [(a, 10 + i)],
+                   timestamp=i).to_json()
+        for inp, wrong in zip(tx["inputs"], other.inputs, strict=True):
+            inp["signature"] = wrong.signature
+        s.handle_text(orjson.dumps({"type": "SubmitTransaction", "id": i, "data": {"tx": tx}}))
+    fan.flush()
+    limited = [m for m in messages(sink.data) if m["data"].get("code") == "RATE_LIMITED"]
+    assert len(limited) == 300 - session.SIGNATURE_BUDGET // 10
+
+    async def settle():
+        for _ in range(500):
+            if s.signatures_waiting == 0:
+                return
+            await asyncio.sleep(0.01)
+    loop.run_until_complete(settle())
+    gc.close()
+    loop.close()
+    assert sum(checked) <= session.SIGNATURE_BUDGET
+    fan.flush()
+    answers = messages(sink.data)
+    assert len(answers) == 300
+    assert {m["data"].get("code", m["type"]) for m in answers} == {"RATE_LIMITED", "TX_INVALID"}

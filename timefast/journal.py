@@ -11,7 +11,7 @@ kept in a window for resume (SPEC 3.5).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +23,33 @@ from timefast.tables import EventRow
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One pushed event: ``payload`` is the exact JSON message wallets receive."""
+    """One pushed event: ``payload`` is the exact JSON message wallets receive.
+
+    An event that embeds a transaction keeps ``stored`` (its payload without the
+    transaction) and ``tx`` (the transaction's JSON, inserted at ``at``): every
+    event that names the transaction shares that one bytes object, in memory as
+    in the database (SPEC 3.2: one copy however many events name it).
+    """
 
     seq: int
     type: str
     addresses: tuple[str, ...] | None  # None: every connection (NewBlock)
-    payload: bytes
+    stored: bytes
+    tx: bytes | None = None
+    at: int = 0
+
+    @property
+    def payload(self) -> bytes:
+        """The message's bytes, assembled (one copy, for the frame) when asked."""
+        tx = self.tx
+        if tx is None:
+            return self.stored
+        return self.stored[:self.at] + tx + self.stored[self.at:]
+
+    @property
+    def size(self) -> int:
+        """Bytes of the payload (what the replay window's byte bound counts)."""
+        return len(self.stored) + (0 if self.tx is None else len(self.tx))
 
 
 # -- typed changes ------------------------------------------------------------------
@@ -115,6 +136,15 @@ Change = UtxoMoved | TxAccepted | TxFinalized | TxRejected | TxConfirmed | Block
     | VoteRecorded
 
 _TXID_HEAD = b'{"txid":"'
+# A UtxoStateChange carries its transaction whole up to this many bytes of JSON,
+# else {"txid", "size"} (SPEC 3.2): a thousand outputs must not carry it a thousand
+# times.
+TX_INLINE_MAX = 4096
+
+
+def _txid_in(tx: bytes) -> str:
+    """The txid of a transaction's JSON (``{"txid":"...``, as the ledger writes it)."""
+    return tx[len(_TXID_HEAD):len(_TXID_HEAD) + 64].decode()
 
 
 def kept(data: bytes) -> bytes:
@@ -126,22 +156,17 @@ def kept(data: bytes) -> bytes:
     return bytes(memoryview(data))
 
 
-def _full_payload(stored: bytes, raw: bytes | None, at: int | None) -> bytes:
-    """The event's payload from its stored form (see ``Journal.record``)."""
-    if at is None:
-        return stored
-    if raw is None:
-        raise StorageError("an event names a transaction the database does not hold")
-    return stored[:at] + raw + stored[at:]
-
-
 class Journal:
     """Wallet events of ledger changes, and the window of those kept for resume."""
 
-    def __init__(self, keep: int, quorum: int) -> None:
+    def __init__(self, keep: int, quorum: int, keep_bytes: int = 256 << 20) -> None:
         self.keep = max(1, keep)
+        self.keep_bytes = keep_bytes
         self.quorum = quorum
-        self.recent: deque[Event] = deque(maxlen=self.keep)
+        # The replay window: at most ``keep`` events and ``keep_bytes`` bytes of
+        # payload (``recent_bytes``), whichever binds first (SPEC 3.2).
+        self.recent: deque[Event] = deque()
+        self.recent_bytes = 0
 
     def payload_of(self, change: Change) -> tuple[str, dict[str, Any],
                                                   tuple[str, ...] | None,
@@ -156,9 +181,13 @@ class Journal:
                 "votes": change.votes, "quorum": self.quorum,
                 "block_height": change.height,
             }
-            if change.raw is None:
+            raw = change.raw
+            if raw is None:
                 data["transaction"] = None
-            return "UtxoStateChange", data, (change.address,), change.raw, b"transaction"
+            elif len(raw) > TX_INLINE_MAX:
+                data["transaction"] = {"txid": _txid_in(raw), "size": len(raw)}
+                raw = None
+            return "UtxoStateChange", data, (change.address,), raw, b"transaction"
         if isinstance(change, TxAccepted):
             return "TransactionPending", {}, change.addresses, change.raw, b"tx"
         if isinstance(change, TxFinalized):
@@ -188,7 +217,7 @@ class Journal:
         txid and offset instead: the JSON is in the ``txs`` row already, and a
         payment would otherwise write it again in each of its half-dozen events
         (the database is most of what the ledger does per payment).
-        ``_full_payload`` puts it back at start-up.
+        ``load`` puts it back at start-up (one copy per transaction).
         """
         made = self.payload_of(change)
         if made is None:
@@ -202,32 +231,52 @@ class Journal:
             head = orjson.dumps({"type": type_, "data": data})[:-2]
             head += (b',"' if data else b'"') + tx_key + b'":'
             tail = b',"seq":%d}}' % seq
-            payload = head + tx + tail
             stored = head + tail
-            ref, at = tx[len(_TXID_HEAD):len(_TXID_HEAD) + 64].decode(), len(head)
+            ref, at = _txid_in(tx), len(head)
         else:
             if tx is not None:
                 data[tx_key.decode()] = orjson.Fragment(tx)
             data["seq"] = seq
-            payload = stored = kept(orjson.dumps({"type": type_, "data": data}))
+            stored = kept(orjson.dumps({"type": type_, "data": data}))
+            tx = None
         row = EventRow(seq, type_, None if addresses is None else orjson.dumps(addresses),
                        stored, ref, at)
-        return Event(seq, type_, addresses, payload), row
+        return Event(seq, type_, addresses, stored, tx, at or 0), row
 
     # -- the replay window ------------------------------------------------------------
 
-    def load(self, rows: Iterable[tuple[int, str, bytes | None, bytes, bytes | None,
-                                        int | None]]) -> None:
-        """Fill the window from stored rows (``Tables.events_from``)."""
+    def load(self, rows: Iterable[tuple[int, str, bytes | None, bytes, str | None,
+                                        int | None]],
+             raw_of: Callable[[str], bytes | None]) -> None:
+        """Fill the window from stored rows (``Tables.events_from``); ``raw_of(txid)``
+        reads a transaction's JSON, once per transaction however many events name
+        it.  The window is trimmed as it fills."""
         self.recent.clear()
-        for seq, type_, addrs, payload, raw, at in rows:
-            self.recent.append(Event(seq, type_, None if addrs is None
-                                     else tuple(orjson.loads(addrs)),
-                                     _full_payload(payload, raw, at)))
+        self.recent_bytes = 0
+        txs: dict[str, bytes] = {}
+        for seq, type_, addrs, payload, ref, at in rows:
+            raw = None
+            if at is not None and ref is not None:
+                raw = txs.get(ref)
+                if raw is None:
+                    raw = raw_of(ref)
+                    if raw is None:
+                        raise StorageError("an event names a transaction the database "
+                                           "does not hold")
+                    txs[ref] = raw
+            self.keep_events([Event(seq, type_, None if addrs is None
+                                    else tuple(orjson.loads(addrs)), payload, raw, at or 0)])
 
     def keep_events(self, events: Iterable[Event]) -> None:
-        """Add committed events to the window."""
-        self.recent.extend(events)
+        """Add committed events to the window, dropping its oldest past either bound
+        (one event, however large, is always kept)."""
+        recent = self.recent
+        for e in events:
+            recent.append(e)
+            self.recent_bytes += e.size
+        while len(recent) > 1 and (len(recent) > self.keep
+                                   or self.recent_bytes > self.keep_bytes):
+            self.recent_bytes -= recent.popleft().size
 
     def oldest(self, now: int) -> int:
         """The lowest ``seq`` a wallet may resume from and miss nothing (``now``

@@ -16,8 +16,10 @@ one-masternode network).  The ledger never touches a socket.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -82,6 +84,7 @@ EARLY_VOTES_TTL = 600.0
 # Addresses whose history count is kept in memory (cleared when full).
 HISTORY_CACHE = 100_000
 HISTORY_LIMIT = 1_000  # transactions on one page of GetHistory
+SNAPSHOT_PAGE = 1000  # UTXOs per address in a snapshot or Utxos reply (SPEC 3.1)
 
 
 @dataclass(slots=True)
@@ -187,7 +190,8 @@ class Ledger:
 
     def __init__(self, store: Store, network: str, key: SigningKey,
                  masternodes: Iterable[str] | None = None, finality_timeout: float = 10.0,
-                 replay_events: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+                 replay_events: int = 100_000, clock: Callable[[], float] = time.time,
+                 replay_bytes: int = 256 << 20) -> None:
         if network not in ("mainnet", "testnet", "regtest"):
             raise ValueError(f"unknown network {network!r}")
         self.store = store
@@ -206,7 +210,7 @@ class Ledger:
         self.replay_events = replay_events
         self.clock = clock
         self.utxos = _core.UtxoTable()
-        self.journal = Journal(replay_events, self.quorum)
+        self.journal = Journal(replay_events, self.quorum, replay_bytes)
         self.pending: dict[str, _Pending] = {}
         self.unconfirmed: dict[str, _Final] = {}
         self.seq = 0
@@ -262,7 +266,7 @@ class Ledger:
         for txid, raw, addrs in t.finalized_txs():
             self.unconfirmed[txid] = _Final(parse(orjson.loads(raw)), raw,
                                             tuple(orjson.loads(addrs)))
-        self.journal.load(t.events_from(self.seq - self.replay_events))
+        self.journal.load(t.events_from(self.seq - self.replay_events), t.tx_raw)
 
     def _genesis(self) -> None:
         gtx = genesis_transaction(self.network)
@@ -399,12 +403,29 @@ class Ledger:
         except TxFormatError:
             return None
 
-    @staticmethod
-    def signature_items(txs: Iterable[Transaction]) -> list[tuple[bytes, bytes, bytes]]:
-        """``(public key, signed bytes, signature)`` of every input of ``txs``, for
-        ``crypto.verify_batch`` (on any thread) ahead of their ``submit``."""
+    def spendable(self, tx: Transaction) -> bool:
+        """Whether every input is, now, an Unspent coin its public key owns: the
+        checks that cost no signature.  Only such a transaction has signatures
+        worth checking (``signature_items``); ``submit`` refuses the others before
+        it looks at any signature."""
+        get = self.utxos.get
+        for inp in tx.inputs:
+            try:
+                address, _, state, _, _, _ = get(inp.prev_txid, inp.vout)
+            except UnknownOutpoint:
+                return False
+            if state != "Unspent" or address_of(inp.public_key, self.network) != address:
+                return False
+        return True
+
+    def signature_items(self, txs: Iterable[Transaction]) -> list[tuple[bytes, bytes, bytes]]:
+        """``(public key, signed bytes, signature)`` of every input of those of
+        ``txs`` that are ``spendable``, for ``crypto.verify_batch`` (on any thread)
+        ahead of their ``submit``."""
         items = []
         for tx in txs:  # parsed: every key and signature is hex of the right length
+            if not self.spendable(tx):
+                continue
             msg = tx.signing_bytes()
             items += [(bytes.fromhex(i.public_key), msg, bytes.fromhex(i.signature))
                       for i in tx.inputs]
@@ -867,21 +888,48 @@ class Ledger:
         """Sum of the address's Unspent UTXOs."""
         return self.utxos.balance(address)
 
-    def snapshot(self, address: str) -> dict[str, Any]:
-        """``{balance, utxos}`` with every UTXO the address owns and its state.
+    def snapshot(self, address: str, after: tuple[str, int] | None = None,
+                 limit: int = SNAPSHOT_PAGE) -> dict[str, Any]:
+        """``{balance, utxos}``: the address's balance and one page of the UTXOs it
+        owns with their state (SPEC 3.1).
 
-        A coin whose spend is confirmed in a block (``Confirmed``) is no longer owned
-        and is not listed; ``gettxout`` still answers for it.
+        A page holds at most ``limit`` UTXOs, largest amount first, then txid, then
+        vout, starting after the coin ``after`` (the last of the previous page);
+        when more follow it also has ``more: true`` and ``utxo_count``.  A coin
+        whose spend is confirmed in a block (``Confirmed``) is no longer owned and
+        is not listed; ``gettxout`` still answers for it.  Raises ``LedgerError``
+        (BAD_REQUEST) when ``after`` names no coin of the address.
         """
-        utxos = []
+        coins = []
         balance = 0
+        get = self.utxos.get
         for txid, vout in self.utxos.by_address(address):
-            _, amount, state, spender, votes, height = self.utxos.get(txid, vout)
-            utxos.append({"txid": txid, "vout": vout, "amount": amount, "state": state,
-                          "spending_txid": spender, "votes": votes, "block_height": height})
+            _, amount, state, spender, votes, height = get(txid, vout)
+            coins.append((-amount, txid, vout, state, spender, votes, height))
             if state == "Unspent":
                 balance += amount
-        return {"balance": balance, "utxos": utxos}
+        start = 0
+        if after is not None:
+            rec = self.get_txout(*after)
+            if rec is None or rec["address"] != address:
+                raise LedgerError("BAD_REQUEST", f"after: {after[0]}:{after[1]} is not a "
+                                  f"coin of {address}")
+            key = (-rec["amount"], after[0], after[1])
+            # Sorted once per request, then a binary search for the cursor: the
+            # order is total (txid and vout break ties), so a page never repeats
+            # or skips a coin that stays owned between requests.
+            coins.sort()
+            start = bisect_right(coins, key, key=lambda c: c[:3])
+            page = coins[start:start + limit]
+        else:
+            page = heapq.nsmallest(limit, coins) if len(coins) > limit else sorted(coins)
+        out: dict[str, Any] = {"balance": balance, "utxos": [
+            {"txid": t, "vout": v, "amount": -neg, "state": st, "spending_txid": sp,
+             "votes": vo, "block_height": h} for neg, t, v, st, sp, vo, h in page]}
+        if start + len(page) < len(coins):
+            out["more"] = True
+            out["utxo_count"] = len(coins)
+        return out
 
     def history(self, address: Any, limit: Any = None, before: Any = None) -> dict[str, Any]:
         """``{address, balance, tx_count, txs, next}``: the transactions that paid to

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import logging
 import resource
@@ -18,7 +17,7 @@ from timefast.crypto import KeyFormatError, load_or_create_key
 from timefast.datadir import DataDirError, DataDirLock, check_network
 from timefast.ledger import Ledger
 from timefast.rpc import RpcDispatcher, RpcLimits, RpcService
-from timefast.server import WalletServer
+from timefast.server import REFUSED_WAITING, WalletServer
 from timefast.session import Limits
 from timefast.settings import Settings
 from timefast.storage import Store
@@ -27,9 +26,9 @@ log = logging.getLogger("timefast")
 
 EXPIRY_CHECK = 0.25  # seconds between FINALITY_TIMEOUT checks
 # Descriptors the node holds besides its connections: database files for the writer
-# and the checkpointer, the DATA_DIR lock, listening sockets, the loop's own (23
-# measured on an idle node), with room to spare.
-OWN_DESCRIPTORS = 100
+# and the checkpointer, the DATA_DIR lock, listening sockets, logs, the loop's own
+# (23 measured on an idle node), with room to spare.
+FD_RESERVE = 256
 TRIM_INTERVAL = 30.0  # seconds between returns of freed heap memory to the OS
 
 
@@ -50,16 +49,25 @@ def malloc_trim() -> Callable[[int], int] | None:
     return cast(Callable[[int], int], fn)
 
 
-def raise_open_file_limit(needed: int) -> tuple[int, int]:
-    """Raise the soft RLIMIT_NOFILE to ``needed`` if the hard limit allows, else to the
-    hard limit; returns ``(soft, hard)`` as they are then."""
+def raise_fd_limit(needed: int) -> int:
+    """Raise the soft RLIMIT_NOFILE to its hard limit; returns the soft limit after.
+
+    Logs a warning when it stays below ``needed``: past it, wallets (or the
+    database, opening its files) would get "too many open files".  systemd's
+    default soft limit is 1,024, which MAX_CONNECTIONS's default passes tenfold.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed and (hard == resource.RLIM_INFINITY or soft < hard):
-        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        with contextlib.suppress(OSError, ValueError):  # a seccomp filter may refuse
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return soft, hard
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as e:  # a seccomp filter may refuse
+            log.warning("could not raise the open-file limit from %d: %s", soft, e)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("open files limited to %d, below the %d that MAX_CONNECTIONS needs; "
+                    "raise it (LimitNOFILE= in the systemd unit, ulimit -n, --ulimit nofile= "
+                    "in Docker) or lower MAX_CONNECTIONS", soft, needed)
+    return int(soft)
 
 
 class Node:
@@ -84,14 +92,10 @@ class Node:
         s = self.settings
         rpc_limits = RpcLimits(
             allowed_hosts=frozenset(h.lower().rstrip(".") for h in s.rpc_allowed_hosts))
-        # One descriptor per wallet and per RPC connection.
-        needed = s.max_connections + rpc_limits.max_connections + OWN_DESCRIPTORS
-        soft, hard = raise_open_file_limit(needed)
-        if soft < needed:
-            log.warning("open files limited to %d (hard limit %d): MAX_CONNECTIONS=%d needs "
-                        "%d; raise LimitNOFILE (systemd) or ulimit -n, or the node refuses "
-                        "connections before MAX_CONNECTIONS", soft, hard, s.max_connections,
-                        needed)
+        # One descriptor per wallet (handshake finished or not, and those waiting for
+        # their 503) and per RPC connection.
+        raise_fd_limit(s.max_connections + REFUSED_WAITING + rpc_limits.max_connections
+                       + FD_RESERVE)
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.lock = DataDirLock(s.data_dir)
         try:
@@ -107,7 +111,7 @@ class Node:
             self.lock.release()
             raise
         self.ledger = Ledger(self.store, s.network, key, s.masternodes, s.finality_timeout,
-                             s.replay_events)
+                             s.replay_events, replay_bytes=s.replay_bytes)
         limits = Limits(s.max_subscriptions, s.max_message_bytes, s.send_buffer_bytes,
                         s.replay_events)
         origins: list[str | None] | None = None

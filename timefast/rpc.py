@@ -28,6 +28,7 @@ from websockets.server import ServerProtocol
 
 from timefast import PROTOCOL_VERSION, __version__
 from timefast.commits import GroupCommit
+from timefast.fragments import MessageAssembler, MessageError
 from timefast.ledger import Ledger, LedgerError, StorageError, unavailable
 
 log = logging.getLogger("timefast.rpc")
@@ -561,9 +562,24 @@ class RpcConnection(asyncio.Protocol):
         for event in ws.events_received():
             if isinstance(event, Request):
                 ws.send_response(ws.accept(event))
-            elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
-                self._run(bytes(event.data), self._ws_reply)
+            elif isinstance(event, Frame):
+                self._ws_frame(ws, event)
         self._ws_flush()
+
+    # The WebSocket's messages, reassembled from their frames (made at the first).
+    _ws_messages: MessageAssembler | None = None
+
+    def _ws_frame(self, ws: ServerProtocol, frame: Frame) -> None:
+        messages = self._ws_messages
+        if messages is None:
+            messages = self._ws_messages = MessageAssembler(MAX_BODY)
+        try:
+            message = messages.feed(frame)
+        except MessageError as e:
+            ws.fail(e.code, e.reason)
+            return
+        if message is not None and message[0] is Opcode.TEXT:
+            self._run(message[1], self._ws_reply)
 
     def _ws_reply(self, out: bytes | None) -> None:
         if self.ws is not None and out is not None and self.ws.state is State.OPEN:

@@ -29,6 +29,7 @@ from websockets.server import ServerProtocol
 
 from timefast import _core
 from timefast.commits import GroupCommit
+from timefast.fragments import MessageAssembler, MessageError
 from timefast.ledger import Event, Ledger
 from timefast.metrics import Histogram, render
 from timefast.session import Limits, WalletSession
@@ -36,7 +37,11 @@ from timefast.session import Limits, WalletSession
 log = logging.getLogger("timefast.wallet")
 
 WS_PATHS = ("/", "/ws/utxo-protocol")
-OPEN_TIMEOUT = 10.0  # seconds a client has to finish its handshake
+OPEN_TIMEOUT = 10.0  # seconds a client has to finish its handshake (TLS, then WebSocket)
+# Connections past MAX_CONNECTIONS or the per-IP cap that may wait, uncounted, for
+# their request to be answered 503 (or /health); any more are cut at once, so that
+# the descriptors the node holds stay bounded whatever a client opens.
+REFUSED_WAITING = 64
 CLOSE_TIMEOUT = 5.0  # seconds a closing peer has before the TCP connection is cut
 # Kernel send buffer of a wallet socket.  Fixed rather than autotuned (up to 4 MiB on
 # Linux) so that a wallet that stops reading is noticed by SEND_BUFFER_BYTES soon and
@@ -58,17 +63,23 @@ class WalletConnection(asyncio.Protocol):
     """One TCP connection to WS_ADDR."""
 
     __slots__ = (
+        "assembler",
         "client_id",
         "closing",
+        "counted",
+        "fd",
         "ip",
         "last_recv",
         "opened",
         "peer",
+        "reading_paused",
+        "refusal",
         "server",
         "session",
         "slot",
         "timer",
         "transport",
+        "writing_paused",
         "ws",
     )
 
@@ -76,6 +87,7 @@ class WalletConnection(asyncio.Protocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.ws: ServerProtocol | None = None
+        self.assembler = MessageAssembler(server.limits.max_message_bytes)
         self.session: WalletSession | None = None
         self.slot = -1
         self.opened = False
@@ -85,6 +97,11 @@ class WalletConnection(asyncio.Protocol):
         self.client_id = ""
         self.last_recv = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.fd = -1  # the socket, written directly by the fan-out when >= 0
+        self.writing_paused = False  # the transport is above its high-water mark
+        self.reading_paused = False  # for replies the wallet has not read yet
+        self.counted = False  # against MAX_CONNECTIONS and the per-IP cap
+        self.refusal: str | None = None  # why a WebSocket would be refused (503)
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -94,6 +111,16 @@ class WalletConnection(asyncio.Protocol):
         srv = self.server
         addr = transport.get_extra_info("peername") or ("?", 0)
         self.ip, self.peer = str(addr[0]), f"{addr[0]}:{addr[1]}"
+        # Every connection counts from here, handshake finished or not: connections
+        # that never finish one would otherwise hold descriptors without limit.
+        self.refusal = srv.capacity_refusal(self.ip)
+        if self.refusal is None:
+            srv.count(self)
+        elif srv.refused_waiting >= REFUSED_WAITING:
+            self.transport.abort()
+            return
+        else:
+            srv.refused_waiting += 1
         fd = -1
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -101,6 +128,7 @@ class WalletConnection(asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
             if srv.direct_writes:
                 fd = sock.fileno()
+        self.fd = fd
         self.slot = srv.fanout.open(self.transport, fd)
         srv.conns[self.slot] = self
         self.ws = ServerProtocol(origins=cast(Any, srv.origins),
@@ -128,14 +156,24 @@ class WalletConnection(asyncio.Protocol):
         return None
 
     def pause_writing(self) -> None:
+        self.writing_paused = True
         self.server.fanout.pause(self.slot)
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
         self.server.fanout.resume(self.slot)
         self.server.schedule_flush()
+        if self.reading_paused and self.transport is not None:
+            # The replies it had not read are (nearly all) read: take requests again.
+            self.reading_paused = False
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         srv = self.server
+        if self.counted:
+            srv.uncount(self)
+        elif self.refusal is not None and self.ws is not None:
+            srv.refused_waiting -= 1
         if self.timer is not None:
             self.timer.cancel()
         if self.slot >= 0:
@@ -143,6 +181,7 @@ class WalletConnection(asyncio.Protocol):
             srv.conns.pop(self.slot, None)
         if self.session is not None:
             self.session.closed = True
+        srv.via_transport.discard(self)
         if self.opened:
             srv.forget(self)
             log.info("👋 Client %s disconnected", self.client_id)
@@ -171,10 +210,9 @@ class WalletConnection(asyncio.Protocol):
                 {"error": "not_found", "message": f"no such path {path}; wallets connect "
                  "to / or /ws/utxo-protocol"})))
             return
-        refusal = srv.capacity_refusal(self.ip)
-        if refusal is not None:
+        if self.refusal is not None:
             self._respond(http_response(503, "Service Unavailable", orjson.dumps(
-                {"error": "capacity", "message": refusal})))
+                {"error": "capacity", "message": self.refusal})))
             return
         response = self.ws.accept(request)
         if response.status_code == 403:
@@ -194,6 +232,7 @@ class WalletConnection(asyncio.Protocol):
         self.session = WalletSession(srv.ledger, srv.fanout, self.slot, srv.limits,
                                      self.client_id, self.peer, commits=srv.commits,
                                      wake=srv.schedule_flush)
+        self.session.overflow = self._reply_overflow
         srv.admit(self)
         log.info("📱 New WebSocket connection from: %s", self.peer)
 
@@ -204,11 +243,52 @@ class WalletConnection(asyncio.Protocol):
     # -- frames ------------------------------------------------------------------------
 
     def _on_frame(self, frame: Frame) -> None:
-        if frame.opcode is Opcode.TEXT:
-            if self.session is not None and not self.closing:
-                self.session.handle_text(bytes(frame.data))
-        elif frame.opcode is Opcode.BINARY and self.session is not None:
-            self.session.error("BAD_REQUEST", "the protocol uses text frames only")
+        ws, session = self.ws, self.session
+        # Frames parsed before websockets failed the connection are still answered
+        # (as websockets' own server does); the assembler takes none after it failed.
+        if ws is None or session is None or self.closing:
+            return
+        try:
+            message = self.assembler.feed(frame)
+        except MessageError as e:
+            ws.fail(e.code, e.reason)
+            return
+        if message is None:
+            return
+        if message[0] is Opcode.TEXT:
+            session.handle_text(message[1])
+        else:
+            session.error("BAD_REQUEST", "the protocol uses text frames only")
+
+    def _reply_overflow(self, frame: bytes) -> None:
+        """Write a large reply behind everything queued, outside the slot's limit.
+
+        Direct replies never count as lag (SPEC 3.1).  The slot's queued bytes go to
+        the transport first and the reply behind them; the fan-out then writes this
+        connection through the transport too (not the socket), so nothing overtakes
+        the reply, until the transport has drained (``WalletServer.flush``).  While
+        the wallet leaves more than SEND_BUFFER_BYTES of it unread, the node reads
+        no more of its requests: memory stays bounded by what it asked for.
+        """
+        srv, transport = self.server, self.transport
+        if transport is None or self.closing or srv.fanout.is_lagged(self.slot):
+            return
+        fan = srv.fanout
+        if self.fd >= 0:
+            fan.set_fd(self.slot, -1)
+            srv.via_transport.add(self)
+        if self.writing_paused:
+            fan.resume(self.slot)
+        fan.flush()
+        if self.writing_paused:
+            fan.pause(self.slot)
+        transport.write(frame)
+        # pause_writing came (synchronously) if the write passed the high-water mark;
+        # resume_writing will then come when it drains, and resumes reading.
+        if (self.writing_paused and not self.reading_paused
+                and transport.get_write_buffer_size() > srv.limits.send_buffer_bytes):
+            self.reading_paused = True
+            transport.pause_reading()
 
     def _pump(self) -> None:
         """Move what websockets wants sent into the slot, in order with everything else."""
@@ -232,12 +312,18 @@ class WalletConnection(asyncio.Protocol):
         self.server.flush()
         self._close_transport()
 
-    def _close_transport(self) -> None:
-        # close() writes what the transport holds first; abort() if the peer stalls.
+    def _close_transport(self, half: bool = True) -> None:
+        # Half-close once what the transport holds is written, and let the peer close
+        # its side: closing at once would reset the connection if the peer has sent
+        # more (its data unread here), and a reset can discard the close frame before
+        # the peer reads it.  abort() if the peer stalls.
         self.closing = True
         transport = self.transport
         if transport is not None:
-            transport.close()
+            if half and transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
             self.server.loop.call_later(CLOSE_TIMEOUT, transport.abort)
 
     def close(self, code: int, reason: str = "") -> None:
@@ -248,11 +334,13 @@ class WalletConnection(asyncio.Protocol):
         ws.send_close(code, reason)
         self._pump()
 
-    def lag_close(self, resume_from: int) -> None:
+    def lag_close(self, last_flushed: int) -> None:
         """Tell a slow wallet where to resume, then close it with 1013."""
         ws, transport = self.ws, self.transport
         if ws is None or transport is None or self.closing or ws.state is not State.OPEN:
             return
+        resume_from = (self.session.resume_from(last_flushed) if self.session is not None
+                       else max(0, last_flushed))
         # The slot takes no more bytes once lagged, so these go to the transport
         # directly, behind whatever it already holds.
         ws.send_text(orjson.dumps({"type": "Lagged", "data": {"resume_from": resume_from}}))
@@ -260,7 +348,8 @@ class WalletConnection(asyncio.Protocol):
         for chunk in ws.data_to_send():
             if chunk:
                 transport.write(chunk)
-        self._close_transport()
+        # A lagged wallet reads slowly: close() lets it read to the close frame.
+        self._close_transport(half=False)
         log.info("🐢 Client %s lagged; closed with 1013 (resume_from %d)",
                  self.client_id, resume_from)
 
@@ -298,8 +387,13 @@ class WalletServer:
         self.origins = origins
         self.direct_writes = direct_writes
         self.conns: dict[int, WalletConnection] = {}
-        self.open_count = 0
-        self.per_ip: dict[str, int] = {}
+        # Connections written through their transport since a large reply, until it
+        # drains (``WalletConnection._reply_overflow``).
+        self.via_transport: set[WalletConnection] = set()
+        self.open_count = 0  # wallets past their handshake
+        self.counted = 0  # TCP connections counted against MAX_CONNECTIONS
+        self.refused_waiting = 0  # past the caps, waiting for their 503
+        self.per_ip: dict[str, int] = {}  # counted connections per address
         self.serial = itertools.count(1)
         self.flush_scheduled = False
         self.events_published = 0
@@ -316,9 +410,12 @@ class WalletServer:
         """Start accepting; returns the bound addresses."""
         if ssl_context is not None:
             self.direct_writes = False
+        tls: dict[str, Any] = {}
+        if ssl_context is not None:
+            # A TLS handshake (before connection_made) obeys the same open timeout.
+            tls = {"ssl": ssl_context, "ssl_handshake_timeout": OPEN_TIMEOUT}
         server = await self.loop.create_server(lambda: WalletConnection(self), host, port,
-                                               ssl=ssl_context, backlog=4096,
-                                               reuse_address=True)
+                                               backlog=4096, reuse_address=True, **tls)
         self.servers.append(server)
         if self.heartbeat_interval > 0 and self._heartbeat is None:
             self._heartbeat = self.loop.call_later(self.heartbeat_interval, self._beat)
@@ -354,24 +451,34 @@ class WalletServer:
     # -- admission ---------------------------------------------------------------------
 
     def capacity_refusal(self, ip: str) -> str | None:
-        """Why a new wallet from ``ip`` cannot be admitted, or None."""
-        if self.open_count >= self.max_connections:
+        """Why a new connection from ``ip`` cannot be admitted, or None."""
+        if self.counted >= self.max_connections:
             return f"the node serves its maximum of {self.max_connections} connections"
         if self.max_per_ip and self.per_ip.get(ip, 0) >= self.max_per_ip:
             return f"at most {self.max_per_ip} connections from one IP address"
         return None
 
-    def admit(self, conn: WalletConnection) -> None:
-        self.open_count += 1
+    def count(self, conn: WalletConnection) -> None:
+        """A new TCP connection (handshake or not) counts against the caps."""
+        conn.counted = True
+        self.counted += 1
         self.per_ip[conn.ip] = self.per_ip.get(conn.ip, 0) + 1
 
-    def forget(self, conn: WalletConnection) -> None:
-        self.open_count -= 1
+    def uncount(self, conn: WalletConnection) -> None:
+        conn.counted = False
+        self.counted -= 1
         n = self.per_ip.get(conn.ip, 1) - 1
         if n:
             self.per_ip[conn.ip] = n
         else:
             self.per_ip.pop(conn.ip, None)
+
+    def admit(self, conn: WalletConnection) -> None:
+        """A wallet finished its handshake."""
+        self.open_count += 1
+
+    def forget(self, conn: WalletConnection) -> None:
+        self.open_count -= 1
 
     # -- the hot path ------------------------------------------------------------------
 
@@ -403,10 +510,19 @@ class WalletServer:
             for t, n in self.pending_stamps:
                 self.latency.observe(now - t, n)
             self.pending_stamps.clear()
-        for slot, resume_from in self.fanout.take_lagged():
+        for slot, last_flushed in self.fanout.take_lagged():
             conn = self.conns.get(slot)
             if conn is not None:
-                conn.lag_close(resume_from)
+                conn.lag_close(last_flushed)
+        if self.via_transport:
+            for conn in list(self.via_transport):
+                tr = conn.transport
+                if tr is None or conn.closing:
+                    self.via_transport.discard(conn)
+                elif tr.get_write_buffer_size() == 0:
+                    # Drained: nothing queued there can be overtaken any more.
+                    self.fanout.set_fd(conn.slot, conn.fd)
+                    self.via_transport.discard(conn)
 
     # -- HTTP --------------------------------------------------------------------------
 

@@ -17,12 +17,17 @@ import orjson
 
 from timefast import PROTOCOL_VERSION, _core
 from timefast.commits import GroupCommit
+from timefast.crypto import TXID
 from timefast.ledger import Event, Ledger, LedgerError, StorageError, unavailable
 from timefast.transaction import ADDRESS_RE
 
 # Messages a wallet may send per second (sustained) and in one burst.
 RATE_PER_SECOND = 1000.0
 RATE_BURST = 2000.0
+# Signatures one connection may have waiting to be checked (submitted, not yet
+# answered): bounds the verification work a wallet can queue (a transaction has at
+# most a few hundred inputs).
+SIGNATURE_BUDGET = 2048
 
 log = logging.getLogger("timefast.wallet")
 
@@ -129,12 +134,17 @@ class WalletSession:
         "closed",
         "commits",
         "fanout",
+        "floor",
+        "forgotten_to",
+        "history",
         "ledger",
         "limits",
         "live_since",
+        "overflow",
         "peer",
         "seen",
         "seen_broadcasts",
+        "signatures_waiting",
         "slot",
         "tokens",
         "tokens_at",
@@ -162,18 +172,48 @@ class WalletSession:
         # Broadcasts (NewBlock) reach a connection from its first message on: a
         # wallet resuming with since_seq gets its replay before any live event.
         self.live_since: int | None = None
+        # The lowest seq this connection is owed events after: where it resumes
+        # if it lags before any event reached it (see ``resume_from``).
+        self.floor: int | None = None
+        # Where a reply goes when the slot has no room for it (the server writes it
+        # behind the slot's bytes without counting it as lag); None: the slot.
+        self.overflow: Callable[[bytes], None] | None = None
         # What this connection already has, per address and for broadcasts (live
         # or replayed), so that a replay never repeats an event.
         self.seen: dict[str, Seen] = {}
         self.seen_broadcasts = Seen()
+        # Unsubscribed addresses whose ranges ``seen`` still holds, oldest first
+        # (bounded: ``_remember``), and the highest seq of any it forgot.
+        self.history: dict[str, None] = {}
+        self.forgotten_to = 0
         self.tokens = RATE_BURST
         self.tokens_at = clock()
+        self.signatures_waiting = 0
 
     # -- output ----------------------------------------------------------------------
 
     def send(self, payload: bytes) -> None:
-        """Queue one JSON message for this wallet."""
-        self.fanout.send(self.slot, _core.frame_text(payload))
+        """Queue one JSON message (a direct reply) for this wallet.
+
+        Replies never count as lag (SPEC 3.1): one that would fill more than half
+        of the slot's ``SEND_BUFFER_BYTES`` goes to ``overflow`` instead, so that
+        the events queued beside replies always have half the buffer to
+        themselves.
+        """
+        frame = _core.frame_text(payload)
+        fanout = self.fanout
+        if (self.overflow is not None
+                and fanout.pending(self.slot) + len(frame) > fanout.limit // 2):
+            self.overflow(frame)
+        else:
+            fanout.send(self.slot, frame)
+
+    def resume_from(self, last_flushed: int) -> int:
+        """The ``seq`` a lagged wallet resumes from: the last event that reached it,
+        or, when none did, the point its subscriptions started (never negative)."""
+        if last_flushed >= 0:
+            return last_flushed
+        return max(0, self.ledger.seq if self.floor is None else self.floor)
 
     def reply(self, type_: str, data: dict[str, Any] | None, msg_id: Any) -> None:
         obj: dict[str, Any] = {"type": type_}
@@ -202,6 +242,8 @@ class WalletSession:
         self._handle(text)
         if self.live_since is None:
             self.live_since = self.ledger.seq
+            if self.floor is None or self.floor > self.live_since:
+                self.floor = self.live_since
             self.seen_broadcasts.add(self.live_since, math.inf)
             self.fanout.set_live(self.slot)
 
@@ -271,10 +313,16 @@ class WalletSession:
         resync = False
         if since is not None:
             ok, replay = self.ledger.events_after(since)
-            resync = not ok
+            # An address whose history this connection forgot (see ``_remember``)
+            # might get again an event it had: a fresh snapshot instead.
+            resync = not ok or (since < self.forgotten_to
+                                and any(a not in self.seen for a in addrs))
         out: dict[str, Any] = {"addresses": addrs, "seq": self.ledger.seq}
         if want_snapshot or resync:
             out["snapshot"] = {a: self.ledger.snapshot(a) for a in addrs}
+        start = self.ledger.seq if since is None or resync else since
+        if self.floor is None or start < self.floor:
+            self.floor = start
         if resync:
             out["resync"] = True
         self.reply("Subscribed", out, msg_id)
@@ -284,37 +332,45 @@ class WalletSession:
             self.seen_broadcasts.add(since, now)
         # Replayed and subscribed in the same call: no live event can fall between.
         index.subscribe(self.slot, new)
+        # Only the addresses named are visited: the cost of a Subscribe follows its
+        # own length, never the connection's history.
         oldest = self.ledger.oldest_seq()
-        if len(self.seen) > 2 * index.count_of(self.slot) + 64:
-            # Unsubscribed addresses' ranges matter only while a replay can reach
-            # them: drop those that no kept event falls in (keeps the map bounded).
-            for a, sn in list(self.seen.items()):
-                if not index.holds(self.slot, a):
-                    sn.forget_before(oldest)
-                    if not sn.ranges:
-                        del self.seen[a]
+        history = self.history
         for a in addrs:
+            history.pop(a, None)
             seen = self.seen.get(a)
             if seen is None:
                 seen = self.seen[a] = Seen()
             else:
                 seen.forget_before(oldest)
-            seen.add(now if since is None or resync else since, math.inf)
+            seen.add(start, math.inf)
         if new:
             log.info("📢 Client %s subscribed to %d addresses", self.client_id, len(new))
 
     def _replay(self, events: list[Event], wanted: set[str]) -> None:
         seen = self.seen
+        frames: list[tuple[bytes, int]] = []
         for e in events:
             if e.addresses is None:
-                if e.seq not in self.seen_broadcasts:
-                    self.fanout.send(self.slot, _core.frame_text(e.payload), e.seq)
+                if e.seq in self.seen_broadcasts:
+                    continue
+            elif not any(a in wanted for a in e.addresses) or any(
+                    a in seen and e.seq in seen[a] for a in e.addresses):
                 continue
-            if not any(a in wanted for a in e.addresses):
-                continue
-            if any(a in seen and e.seq in seen[a] for a in e.addresses):
-                continue
-            self.fanout.send(self.slot, _core.frame_text(e.payload), e.seq)
+            frames.append((_core.frame_text(e.payload), e.seq))
+        if not frames:
+            return
+        fanout, slot = self.fanout, self.slot
+        size = sum(len(f) for f, _ in frames)
+        if self.overflow is not None and fanout.pending(slot) + size > fanout.limit // 2:
+            # The replay is part of Subscribe's answer: a long one goes the way of a
+            # large reply, not counted as lag.  The empty send records its last seq
+            # as queued, for ``resume_from`` should the wallet lag later.
+            self.overflow(b"".join(f for f, _ in frames))
+            fanout.send(slot, b"", frames[-1][1])
+            return
+        for f, seq in frames:
+            fanout.send(slot, f, seq)
 
     def on_unsubscribe(self, data: dict[str, Any], msg_id: Any) -> None:
         addrs = _addresses(data, self.limits.max_subscriptions)
@@ -324,7 +380,25 @@ class WalletSession:
             seen = self.seen.get(a)
             if seen is not None:
                 seen.close(now)
+                self._remember(a)
         self.reply("Unsubscribed", {"addresses": addrs}, msg_id)
+
+    def _remember(self, address: str) -> None:
+        """Keep an unsubscribed address's ranges, for a later resume of it.
+
+        At most MAX_SUBSCRIPTIONS such histories are kept, the most recently
+        unsubscribed: past that the oldest is forgotten, and ``forgotten_to`` notes
+        the highest seq it covered (a resume from below it gets a snapshot).
+        """
+        history = self.history
+        history.pop(address, None)
+        history[address] = None  # the newest last
+        while len(history) > self.limits.max_subscriptions:
+            old = next(iter(history))
+            del history[old]
+            ranges = self.seen.pop(old).ranges
+            if ranges:
+                self.forgotten_to = max(self.forgotten_to, int(ranges[-1]))
 
     def on_hello(self, data: dict[str, Any], msg_id: Any) -> None:
         led = self.ledger
@@ -335,7 +409,20 @@ class WalletSession:
 
     def on_get_utxos(self, data: dict[str, Any], msg_id: Any) -> None:
         addrs = _addresses(data, self.limits.max_subscriptions)
-        self.reply("Utxos", {a: self.ledger.snapshot(a) for a in addrs}, msg_id)
+        after = data.get("after")
+        cursor: tuple[str, int] | None = None
+        if after is not None:
+            txid, sep, vout = after.partition(":") if isinstance(after, str) else ("", "", "")
+            if not sep or not TXID.fullmatch(txid) or not vout.isascii() \
+                    or not vout.isdigit() or len(vout) > 10:
+                raise ProtocolError("BAD_REQUEST", 'after must be "txid:vout", the last UTXO '
+                                    "of the previous page")
+            if len(addrs) != 1:
+                raise ProtocolError("BAD_REQUEST", "after pages one address: give exactly one")
+            cursor = (txid, int(vout))
+        out: dict[str, Any] = {a: self.ledger.snapshot(a, cursor) for a in addrs}
+        out["seq"] = self.ledger.seq
+        self.reply("Utxos", out, msg_id)
 
     def on_get_transaction(self, data: dict[str, Any], msg_id: Any) -> None:
         self.reply("Transaction", self.ledger.get_transaction(data.get("txid")), msg_id)
@@ -353,7 +440,18 @@ class WalletSession:
             self.reply("TransactionAccepted", {"txid": txid}, msg_id)
             return
 
+        # Only a transaction that passes the checks that cost no signature has any
+        # checked (``Ledger.spendable``); those count against the budget.
+        prepared = self.ledger.prepare(tx)
+        cost = 0 if prepared is None or not self.ledger.spendable(prepared) \
+            else len(prepared.inputs)
+        if self.signatures_waiting + cost > SIGNATURE_BUDGET:
+            raise ProtocolError("RATE_LIMITED", f"more than {SIGNATURE_BUDGET} signatures "
+                                "waiting to be checked; wait for the answers first")
+        self.signatures_waiting += cost
+
         def done(txid: Any, err: BaseException | None) -> None:
+            self.signatures_waiting -= cost
             # The slot may belong to another wallet by now: answer only our own.
             if self.closed:
                 return
@@ -364,7 +462,6 @@ class WalletSession:
             if self.wake is not None:
                 self.wake()
 
-        prepared = self.ledger.prepare(tx)
         self.commits.submit(lambda: self.ledger.submit(prepared or tx), done, prepared)
 
 

@@ -135,6 +135,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HEARTBEAT_INTERVAL", "30",
             "seconds between server pings; no pong within two intervals: close", _float),
     Setting("REPLAY_EVENTS", "100000", "events kept for resume", _int(1)),
+    Setting("REPLAY_BYTES", "268435456",
+            "bytes of kept events for resume (with `REPLAY_EVENTS`, whichever binds first)",
+            _int(1)),
     Setting("TLS_CERT", None, "certificate (PEM); with `TLS_KEY`: wss:// on `WS_ADDR`", _str,
             "unset"),
     Setting("TLS_KEY", None, "private key (PEM) for `TLS_CERT`", _str, "unset"),
@@ -174,6 +177,7 @@ class Settings:
     send_buffer_bytes: int
     heartbeat_interval: float
     replay_events: int
+    replay_bytes: int
     tls_cert: str | None
     tls_key: str | None
     allowed_origins: tuple[str, ...] | None

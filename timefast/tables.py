@@ -382,14 +382,19 @@ class Tables:
             "SELECT txid, raw, addresses FROM txs WHERE status='finalized'"
             " ORDER BY finalized_seq")]
 
-    def events_from(self, seq: int) -> list[tuple[int, str, bytes | None, bytes,
-                                                  bytes | None, int | None]]:
-        """Stored events after ``seq``: ``(seq, type, addresses, payload, tx raw, tx_at)``."""
-        return [(s, t, a, bytes(p), None if raw is None else bytes(raw), at)
-                for s, t, a, p, raw, at in self.store.query(
-                    "SELECT e.seq, e.type, e.addresses, e.payload, t.raw, e.tx_at"
-                    " FROM events e LEFT JOIN txs t ON t.txid = e.tx_ref"
-                    " WHERE e.seq > ? ORDER BY e.seq", (seq,))]
+    def events_from(self, seq: int) -> Iterator[tuple[int, str, bytes | None, bytes,
+                                                      str | None, int | None]]:
+        """Stored events after ``seq``, one row at a time: ``(seq, type, addresses,
+        payload, tx_ref, tx_at)``."""
+        for s, t, a, p, ref, at in self.store.db.execute(
+                "SELECT seq, type, addresses, payload, tx_ref, tx_at FROM events"
+                " WHERE seq > ? ORDER BY seq", (seq,)):
+            yield s, t, a, bytes(p), ref, at
+
+    def tx_raw(self, txid: str) -> bytes | None:
+        """A stored transaction's JSON."""
+        row = self.store.one("SELECT raw FROM txs WHERE txid=?", (txid,))
+        return None if row is None else bytes(row[0])
 
     def utxo(self, op: Outpoint) -> Coin | None:
         """A UTXO's stored row."""
