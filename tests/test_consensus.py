@@ -566,6 +566,25 @@ def test_a_restore_while_waiting_for_a_proposal_waits_again() -> None:
     assert out.messages == [] and out.timeouts == [Timeout(PROPOSE, 3, 0, 3.0)]
 
 
+def test_a_node_from_an_old_backup_adopts_its_own_messages_from_peers() -> None:
+    """A record older than what the node signed: the votes it finds signed by itself
+    bind it, and it never signs a different one for that (round, step)."""
+    node = Node([key(i) for i in range(4)], key(0))
+    node.take(node.machine.start_height(1))
+    old = node.records[-1]  # before it prevoted
+    v = value_of(key(1), 1, 0)
+    node.take(node.machine.on_message(Proposal(1, 0, -1, v, key(1))))
+    lost = node.sent[-1]
+    assert lost == Prevote(1, 0, v, key(0))
+    again = Node([key(i) for i in range(4)], key(0))
+    again.restore(old)
+    again.take(again.machine.on_message(lost))  # a peer sends it back
+    # An equivocating proposer's other block would be prevoted by lines 22-27:
+    out = again.machine.on_message(Proposal(1, 0, -1, "v-other", key(1)))
+    assert out.messages == [] and again.machine.step == Step.PREVOTE
+    assert out.persist is not None and out.persist.prevote == lost
+
+
 def test_a_record_that_is_not_this_nodes_own_is_refused() -> None:
     _, record, _ = _prevoted_node()
     with pytest.raises(ValueError):
@@ -606,6 +625,7 @@ class Sim:
         self.dropped: list[tuple[str, Message]] = []
         self.history: dict[Message, None] = {}
         self.agreed: dict[int, Decision] = {}
+        self.crash_rate = 0.01  # a crash between persisting and sending
         self.relayed: set[Message] = set()
         self.to_start: list[str] = []
         self.values: list[str | None] = [None, "bad-1", "v-evil-1", "v-evil-2"]
@@ -682,7 +702,7 @@ class Sim:
             # Gossip: what an honest node received, every honest node gets.
             self.relayed.add(m)
             self.pending += [(x, m) for x in self.honest if x != to]
-        crash = self.rng.random() < 0.01
+        crash = self.rng.random() < self.crash_rate
         self._take(to, self.machines[to].on_message(m), crash_after_persist=crash)
         if sender_of(m) not in self.byz and m.block_hash not in self.values:
             self.values.append(m.block_hash)  # liars vote for honest values too
@@ -721,6 +741,7 @@ class Sim:
 
     def heal(self, max_events: int = 200_000) -> None:
         rng = self.rng
+        self.crash_rate = 0.0  # a stable period: no crashes, nothing lost
         self.pending += self.dropped
         self.dropped = []
         for k in self.honest:

@@ -366,6 +366,7 @@ class Consensus:
         self._decision: Decision | None = None
         self._rounds: dict[int, _Round] = {}
         self._own: dict[tuple[int, type], Message] = {}
+        self._adopted: set[tuple[int, type]] = set()
         self._future_rounds: dict[str, set[int]] = {}
         self._valid_yes: set[str] = set()
         self._valid_no: dict[str, int] = {}
@@ -666,6 +667,13 @@ class Consensus:
             count[m.block_hash] = count.get(m.block_hash, 0) + 1
         rd.senders.add(sender)
         self._dirty.add(m.round)
+        if sender == self.me and (m.round, type(m)) not in self._own:
+            # Signed by this node in an earlier life (a restore from an old backup,
+            # a crash before its record was written): it binds this node all the
+            # same, so it is adopted and nothing different is signed for that
+            # (round, step).  SPEC 7.5 has the caller fetch these from peers first.
+            self._own[(m.round, type(m))] = m
+            self._adopted.add((m.round, type(m)))
         return True
 
     def _room_ahead(self, sender: str, round: int) -> bool:
@@ -744,6 +752,7 @@ class Consensus:
         self._decision = None
         self._rounds = {}
         self._own = {}
+        self._adopted = set()
         self._future_rounds = {}
         self._valid_yes = set()
         self._valid_no = {}
@@ -769,6 +778,8 @@ class Consensus:
         key = (m.round, type(m))
         old = self._own.get(key)
         if old is not None and old != m:
+            if key in self._adopted:
+                return  # the adopted message stands; the step moves on all the same
             raise AssertionError(f"would sign {m!r} after {old!r}")
         self._own[key] = m
         self._out.messages.append(m)
