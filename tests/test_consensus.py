@@ -381,19 +381,25 @@ def test_an_equivocating_proposer_and_voter_leave_evidence_and_no_fork() -> None
         assert pairs & {(bv, bw), (bw, bv)}
 
 
-def test_equivocating_votes_count_once_first_one_wins() -> None:
-    m = Consensus([key(i) for i in range(4)], key(0), get_value=lambda h, r: "v-0",
-                  valid=is_valid)
-    m.start_height(1)
-    a, b = Prevote(1, 0, "v-a", key(2)), Prevote(1, 0, "v-b", key(2))
-    assert m.on_message(a).evidence == []
-    out = m.on_message(b)
-    assert [(e.first, e.second) for e in out.evidence] == [(a, b)]
-    assert m.on_message(b).evidence == []  # recorded once
-    m.on_message(Prevote(1, 0, "v-b", key(3)))
-    m.on_message(Prevote(1, 0, "v-b", key(1)))
-    # b has key(1), key(3): two. With key(2)'s second vote it would be q = 3.
-    assert m.step == Step.PROPOSE and m.locked == (None, -1)
+def test_an_equivocators_votes_count_once_per_value_and_leave_evidence() -> None:
+    node = Node([key(i) for i in range(4)], key(0))
+    m = node.machine
+    node.take(m.start_height(1))
+    b = "v-b"
+    node.take(m.on_message(Proposal(1, 0, -1, b, key(1))))
+    assert node.sent == [Prevote(1, 0, b, key(0))]
+    first, second = Prevote(1, 0, "v-a", key(2)), Prevote(1, 0, b, key(2))
+    assert m.on_message(first).evidence == []
+    out = m.on_message(second)
+    assert [(e.first, e.second) for e in out.evidence] == [(first, second)]
+    assert m.on_message(second).evidence == [] and len(m.evidence) == 1  # recorded once
+    # Two validators have prevoted, not three: no timeoutPrevote (line 34) yet.
+    assert out.timeouts == [] and m.step == Step.PREVOTE
+    out = m.on_message(Prevote(1, 0, "v-a", key(3)))
+    assert [t.kind for t in out.timeouts] == [PREVOTE]
+    # key(2)'s second vote counts for b: with key(1)'s it is a polka (lines 36-41).
+    out = m.on_message(Prevote(1, 0, b, key(1)))
+    assert out.messages == [Precommit(1, 0, b, key(0))] and m.locked == (b, 0)
 
 
 # -- q, not 2f+1 --
@@ -463,7 +469,7 @@ def test_outsiders_duplicates_wrong_proposers_and_old_heights_are_ignored() -> N
     for msg in (
         Prevote(5, 1, "v-a", outsider),
         Precommit(5, 1, "v-a", outsider),
-        Proposal(5, 0, -1, "v-a", key(2)),  # key(1) proposes (5, 0)... key((5+0)%4)
+        Proposal(5, 0, -1, "v-a", key(2)),  # (5, 0) is key(1)'s to propose
         Prevote(4, 3, "v-a", key(1)),
         Prevote(5, -1, "v-a", key(1)),
         Proposal(5, 0, 0, "v-a", m.proposer(5, 0)),  # valid_round must be < round

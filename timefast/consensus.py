@@ -458,7 +458,7 @@ class Consensus:
         for m in own:
             if (m.height, m.round, sender_of(m)) != (record.height, record.round, self.me):
                 raise ValueError("the record holds a message that is not this node's own")
-        if record.round < 0 or record.locked_round > record.round:
+        if record.round < 0 or max(record.locked_round, record.valid_round) > record.round:
             raise ValueError("the record's rounds are inconsistent")
         self._begin()
         self._reset(record.height)
@@ -471,15 +471,13 @@ class Consensus:
             self._add(m)
             self._out.messages.append(m)
         self._apply_buffer()
-        if self._step == Step.PROPOSE and record.proposal is None:
-            if self.proposer(record.height, record.round) == self.me:
+        if self._step == Step.PROPOSE:
+            if record.proposal is None and self.proposer(record.height, record.round) == self.me:
                 # Nothing was proposed in this round yet: StartRound may sign now.
                 self._start_round(record.round)
             else:
                 # The timer of line 21 died with the process.
                 self._schedule(TimeoutKind.PROPOSE)
-        elif self._step == Step.PROPOSE:
-            self._schedule(TimeoutKind.PROPOSE)
         self._dirty.update(self._rounds)
         self._last_record = record
         self._run()
