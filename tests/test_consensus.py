@@ -402,6 +402,20 @@ def test_an_equivocators_votes_count_once_per_value_and_leave_evidence() -> None
     assert out.messages == [Precommit(1, 0, b, key(0))] and m.locked == (b, 0)
 
 
+def test_a_node_that_missed_the_proposal_decides_once_it_holds_the_block() -> None:
+    known: set[str] = set()
+    m = Consensus([key(i) for i in range(4)], key(0), get_value=lambda h, r: "v-0",
+                  valid=lambda v: v in known)
+    m.start_height(1)
+    commit = tuple(Precommit(1, 0, "v-x", key(i)) for i in (1, 2, 3))
+    for c in commit:
+        assert m.on_message(c).decision is None  # the block is unknown
+    known.add("v-x")  # fetched from a peer by its hash
+    out = m.on_block("v-x")
+    assert out.decision == Decision(1, 0, "v-x", commit)
+    assert m.on_block("v-x").decision is None  # decided once
+
+
 # -- q, not 2f+1 --
 
 
@@ -799,6 +813,20 @@ class Sim:
 @pytest.mark.parametrize("seed", range(SIM_SEEDS))
 def test_random_network_agrees_and_terminates(n: int, seed: int) -> None:
     sim = Sim(seed * 1000 + n, n)
+    sim.chaos(sim.rng.randint(100, 1500))
+    sim.heal()
+    sim.check_agreement()
+
+
+@pytest.mark.parametrize(
+    ("seed", "n"),
+    [
+        (8008, 8),  # a proposer without the polka of its own validRound waited forever
+        (148006, 6),  # the decided block's proposal was over the bound at one node
+    ],
+)
+def test_random_network_seeds_that_once_failed(seed: int, n: int) -> None:
+    sim = Sim(seed, n)
     sim.chaos(sim.rng.randint(100, 1500))
     sim.heal()
     sim.check_agreement()

@@ -496,6 +496,17 @@ class Consensus:
     on_prevote = on_message
     on_precommit = on_message
 
+    def on_block(self, block_hash: str) -> Output:
+        """The caller now holds the block ``block_hash`` (fetched by hash after its
+        proposal was missed): an earlier negative ``valid`` answer is forgotten and
+        the rules are applied again, so q precommits for it decide it."""
+        self._begin()
+        if self._height is not None and self._decision is None:
+            self._valid_no.pop(block_hash, None)
+            self._dirty.update(self._rounds)
+            self._run()
+        return self._finish()
+
     def on_timeout(self, kind: TimeoutKind, height: int, round: int) -> Output:
         """A timeout scheduled by an earlier Output fired (lines 57-67)."""
         self._begin()
@@ -602,14 +613,19 @@ class Consensus:
         return False
 
     def _rule_decide(self, r: int) -> bool:
-        """Lines 49-54 for round r: a proposal of v and q precommits for v decide v."""
+        """Lines 49-54 for round r: q precommits for v decide v once v is known and
+        valid.  The paper asks for the proposal of v here only to have v; with values
+        that are block hashes, ``valid(v)`` (False for a block the caller does not
+        hold) stands for it, so a node that missed the proposal (a faulty proposer's
+        or one dropped over MAX_PROPOSALS_PER_ROUND) decides once it fetched the
+        block (:meth:`on_block`).  Safe: q precommits for v hold f+1 honest ones,
+        each made after a proposal and a polka for v."""
         assert self._height is not None
         rd = self._rounds.get(r)
         if rd is None:
             return False
-        for p in list(rd.proposals.values()):
-            v = p.block_hash
-            if rd.precommit_count.get(v, 0) >= self.q and self._valid(v):
+        for v, count in list(rd.precommit_count.items()):
+            if v is not None and count >= self.q and self._valid(v):
                 commit = tuple(
                     c for votes in rd.precommits.values() for c in votes if c.block_hash == v
                 )
