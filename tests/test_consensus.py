@@ -52,6 +52,15 @@ def is_valid(v: str) -> bool:
     return v.startswith("v-")
 
 
+def assert_covered(record: Record | None, messages: list[Message]) -> None:
+    """What a node sends is covered by the record on disk: never past its
+    position, and its messages of that round are the record's (SPEC 7.5)."""
+    for m in messages:
+        assert record is not None and (m.height, m.round) <= (record.height, record.round)
+        if (m.height, m.round) == (record.height, record.round):
+            assert m in (record.proposal, record.prevote, record.precommit), (m, record)
+
+
 class Node:
     """A validator's caller: persists each record before sending, keeps timers."""
 
@@ -72,13 +81,9 @@ class Node:
         return value_of(self.me, h, r) + self.tag
 
     def take(self, out: Output) -> list[Message]:
-        if out.messages:
-            # Anything signed is covered by a record written before it leaves.
-            assert out.persist is not None or self.records
-            if out.persist is not None:
-                self.records.append(out.persist)
-        elif out.persist is not None:
-            self.records.append(out.persist)
+        if out.persist is not None:
+            self.records.append(out.persist)  # durable before anything leaves
+        assert_covered(self.records[-1] if self.records else None, out.messages)
         for m in out.messages:
             assert sender_of(m) == self.me
         self.sent.extend(out.messages)
@@ -662,6 +667,7 @@ class Sim:
     def _take(self, k: str, out: Output, crash_after_persist: bool = False) -> None:
         if out.persist is not None:
             self.disk[k] = out.persist
+        assert_covered(self.disk[k], out.messages)
         if crash_after_persist:
             self._restart(k)  # what was persisted survives; what was to be sent does not
             return
