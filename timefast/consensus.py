@@ -20,7 +20,11 @@ Where SPEC 7 differs from the paper:
 * values are opaque block hashes; the caller keeps the blocks and answers
   ``valid(hash)`` (the paper's valid(v)) and ``get_value(height, round)`` (the
   paper's getValue(); the round is passed because a block names the round it was
-  made in).
+  made in);
+* the proposer waits timeoutPropose too (line 21), and line 49 decides on q
+  precommits for v once ``valid(v)`` (the caller holds the block), without the
+  proposal message (:meth:`Consensus.on_block`): both keep a node live that lost
+  part of its message log.
 
 Equal voting power: one vote per validator.  A validator that signs two different
 votes for one (round, step) is an equivocator: both messages are kept as
