@@ -218,3 +218,163 @@ def test_failover_to_another_node_resyncs_to_its_balance(kind, tmp_path):
             client.stop()
         first.kill()
         second.kill()
+
+
+# -- the Python client against a scripted node: what a real one does rarely ------------
+
+
+class ScriptedNode:
+    """A WebSocket server answering as a node would, from ``script(conn_no, msg)``:
+    it returns the messages to send back (replies and pushed events alike)."""
+
+    def __init__(self, script: Any) -> None:
+        self.script = script
+        self.connections = 0
+        self.received: list[tuple[int, dict[str, Any]]] = []
+        self.url = ""
+
+    async def __aenter__(self) -> ScriptedNode:
+        from websockets.asyncio.server import serve
+
+        async def handler(ws: Any) -> None:
+            self.connections += 1
+            n = self.connections
+            async for text in ws:
+                msg = orjson.loads(text)
+                self.received.append((n, msg))
+                for out in self.script(n, msg):
+                    if out == "CLOSE":
+                        await ws.close()
+                        return
+                    await ws.send(orjson.dumps(out).decode())
+
+        self._server = await serve(handler, "127.0.0.1", 0)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        self.url = f"ws://{host}:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+
+def _reply(msg: dict[str, Any], type_: str, data: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": type_, "data": data}
+    if "id" in msg:
+        out["id"] = msg["id"]
+    return out
+
+
+def _hello(msg: dict[str, Any], seq: int, node: str = "aa" * 32) -> dict[str, Any]:
+    return _reply(msg, "Hello", {"protocol": "1.0", "network": "regtest", "node": node,
+                                 "height": 0, "seq": seq, "limits": {}})
+
+
+def _utxo(txid: str, amount: int, vout: int = 0, state: str = "Unspent") -> dict[str, Any]:
+    return {"txid": txid, "vout": vout, "amount": amount, "state": state,
+            "spending_txid": None, "votes": 0, "block_height": None}
+
+
+def _change(seq: int, txid: str, amount: int, state: str, prev: str | None,
+            transaction: Any = None) -> dict[str, Any]:
+    return {"type": "UtxoStateChange", "data": {
+        "outpoint": {"txid": txid, "vout": 0}, "address": "addr", "amount": amount,
+        "state": state, "prev_state": prev, "spending_txid": None, "votes": 0, "quorum": 1,
+        "block_height": None, "transaction": transaction, "seq": seq}}
+
+
+async def _take(c: Any, n: int) -> list[Any]:
+    from timefast.client import Connected, Disconnected
+
+    out: list[Any] = []
+    async with asyncio_timeout(20):
+        async for ev in c:
+            if not isinstance(ev, Connected | Disconnected):
+                out.append(ev)
+            if len(out) == n:
+                return out
+    return out
+
+
+def asyncio_timeout(seconds: float) -> Any:
+    import asyncio
+    return asyncio.timeout(seconds)
+
+
+def test_python_client_pages_snapshots_and_takes_abbreviated_transactions():
+    import asyncio
+
+    from timefast.client import Snapshot, UtxoStateChange, WalletClient
+
+    page1 = [_utxo("c" * 64, 500), _utxo("b" * 64, 300)]
+    page2 = [_utxo("a" * 64, 200)]
+
+    def script(n: int, msg: dict[str, Any]) -> list[Any]:
+        if msg["type"] == "Hello":
+            return [_hello(msg, 10)]
+        if msg["type"] == "Subscribe":
+            return [_reply(msg, "Subscribed", {"addresses": ["addr"], "seq": 10, "snapshot": {
+                "addr": {"balance": 1000, "utxos": page1, "more": True, "utxo_count": 3}}})]
+        if msg["type"] == "GetUtxos":
+            if msg["data"].get("after") == f"{'b' * 64}:0":
+                return [_reply(msg, "Utxos", {"addr": {"balance": 1000, "utxos": page2},
+                                              "seq": 11})]
+            return [_reply(msg, "Utxos", {"addr": {"balance": 1000, "utxos": page1,
+                                                   "more": True, "utxo_count": 3}, "seq": 11})]
+        if msg["type"] == "Ping":
+            # A big transaction comes abbreviated (SPEC 3.2: over 4 KiB).
+            return [_reply(msg, "Pong", None),
+                    _change(11, "d" * 64, 50, "Unspent", None, {"txid": "d" * 64, "size": 9000})]
+        return []
+
+    async def main() -> None:
+        async with ScriptedNode(script) as node, WalletClient(node.url, ["addr"]) as c:
+            snap, change = await _take(c, 2)
+            assert isinstance(snap, Snapshot) and snap.balances == {"addr": 1000}
+            assert isinstance(change, UtxoStateChange) and change.transaction_abbreviated
+            assert c.balance("addr") == 1050 and c.seq == 11
+            assert [u["txid"][0] for u in (await c.utxos(["addr"]))["addr"]["utxos"]] == \
+                ["c", "b", "a"]
+
+    asyncio.run(main())
+
+
+def test_python_client_drops_a_repeated_event_and_snapshots_after_lagging_in_a_replay():
+    import asyncio
+
+    from timefast.client import Resynced, Snapshot, UtxoStateChange, WalletClient
+
+    def script(n: int, msg: dict[str, Any]) -> list[Any]:
+        t = msg["type"]
+        if t == "Hello":
+            return [_hello(msg, 30)]
+        if n == 1 and t == "Subscribe":
+            return [_reply(msg, "Subscribed", {"addresses": ["addr"], "seq": 20,
+                                               "snapshot": {"addr": {"balance": 0, "utxos": []}}})]
+        if n == 1 and t == "Ping":
+            # seq 21 twice (no node should, the client must not care), then a close.
+            return [_reply(msg, "Pong", None), _change(21, "e" * 64, 70, "Unspent", None),
+                    _change(21, "e" * 64, 70, "Unspent", None), "CLOSE"]
+        if n == 2 and t == "Subscribe":
+            # The resume from 21 replays more than the node queues: Lagged, closed.
+            return [{"type": "Lagged", "data": {"resume_from": 21}}, "CLOSE"]
+        if t == "Subscribe":
+            return [_reply(msg, "Subscribed", {"addresses": ["addr"], "seq": 40, "snapshot": {
+                "addr": {"balance": 90, "utxos": [_utxo("f" * 64, 90)]}}})]
+        if t == "Ping":
+            return [_reply(msg, "Pong", None), _change(41, "f" * 64, 90, "Locked", "Unspent")]
+        return []
+
+    async def main() -> None:
+        async with ScriptedNode(script) as node, WalletClient(node.url, ["addr"]) as c:
+            evs = await _take(c, 4)
+            assert [type(e) for e in evs] == [Snapshot, UtxoStateChange, Resynced,
+                                              UtxoStateChange]
+            assert [e.seq for e in evs] == [20, 21, 40, 41]
+            assert evs[2].reason == "lagged in the replay" and evs[2].balances == {"addr": 90}
+            subs = [m["data"] for _, m in node.received if m["type"] == "Subscribe"]
+            assert subs[1] == {"addresses": ["addr"], "since_seq": 21, "snapshot": False}
+            assert "since_seq" not in subs[2]
+            assert c.balance("addr") == 0  # its one coin is Locked
+
+    asyncio.run(main())

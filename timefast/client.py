@@ -168,8 +168,9 @@ class Resynced:
     """The state was rebuilt from a fresh snapshot as of ``seq``, not resumed.
 
     ``reason``: ``"another node"`` (failover: seq is per node), ``"replay window
-    passed"`` (the node no longer had every event since ours) or ``"node went back"``
-    (the node's seq is behind ours, e.g. restored from a backup).  Events between the
+    passed"`` (the node no longer had every event since ours), ``"lagged in the
+    replay"`` (the node closed us with ``Lagged`` while replaying them) or ``"node went
+    back"`` (the node's seq is behind ours, e.g. restored from a backup).  Events between the
     last one delivered and the snapshot were not delivered: the state is right, the
     history may have a gap.
     """
@@ -496,11 +497,13 @@ class WalletClient:
             finally:
                 self._ws = None
                 self._ready.clear()
-                for fut in self._requests.values():
-                    if not fut.done():
-                        fut.set_exception(_Dropped("connection lost"))
+                self._drop_requests()
             if self._closed:
                 break
+            if not synced and self._lagged:
+                # The replay since our seq was more than the node would queue: take a
+                # snapshot next time rather than ask for the same replay forever.
+                self._snapshot_next = True
             if synced:
                 self._emit(Disconnected(url, self._lagged or reason))
                 delay, failures = self.backoff_initial, 0
@@ -514,7 +517,18 @@ class WalletClient:
 
     async def _read(self, ws: ClientConnection) -> None:
         """Route replies to their requests; hold pushed events while syncing."""
-        self._lagged: str | None = None
+        self._lagged = None
+        try:
+            await self._route(ws)
+        finally:
+            self._drop_requests()
+
+    def _drop_requests(self) -> None:
+        for fut in self._requests.values():
+            if not fut.done():
+                fut.set_exception(_Dropped("connection lost"))
+
+    async def _route(self, ws: ClientConnection) -> None:
         async for text in ws:
             msg = orjson.loads(text)
             msg_id = msg.get("id")
@@ -539,6 +553,7 @@ class WalletClient:
 
     _buffer: list[dict[str, Any]] | None = None
     _lagged: str | None = None
+    _snapshot_next = False
 
     async def _sync(self, ws: ClientConnection, url: str, reader: asyncio.Future[None]) -> None:
         """Hello, then resume (same node) or snapshot (first time, or another node)."""
@@ -546,7 +561,8 @@ class WalletClient:
         try:
             hello = await self._request("Hello")
             same = (self.node is not None and hello["node"] == self.node
-                    and self.seq is not None and hello["seq"] >= self.seq)
+                    and self.seq is not None and hello["seq"] >= self.seq
+                    and not self._snapshot_next)
             had_state = self.node is not None
             sub: dict[str, Any] | None = None
             if self.addresses:
@@ -555,13 +571,12 @@ class WalletClient:
                     data.update(since_seq=self.seq, snapshot=False)
                 # Replies and replayed events come in order: once the Ping is answered,
                 # every replayed event is in the buffer.
-                sub_f = asyncio.ensure_future(self._request("Subscribe", data))
-                ping_f = asyncio.ensure_future(self._request("Ping"))
-                sub = await sub_f
-                await ping_f
+                sub, _ = await asyncio.gather(self._request("Subscribe", data),
+                                              self._request("Ping"))
             if not same or (sub is not None and sub.get("resync")):
                 why = ("another node" if hello["node"] != self.node
                        else "node went back" if self.seq is not None and hello["seq"] < self.seq
+                       else "lagged in the replay" if self._snapshot_next
                        else "replay window passed")
                 at = sub["seq"] if sub is not None else hello["seq"]
                 self.state = {}
@@ -576,6 +591,7 @@ class WalletClient:
                     self._emit(Snapshot(url, hello["node"], at, self.balances()))
             self.node = hello["node"]
             self.url = url
+            self._snapshot_next = False
             self._emit(Connected(url, hello["node"], hello["height"], hello["seq"]))
             buffered = sorted(self._buffer, key=lambda m: m.get("data", {}).get("seq", 0))
         finally:

@@ -41,7 +41,7 @@ export interface Snapshot { type: 'Snapshot'; url: string; node: string; seq: nu
 /** The state was rebuilt from a fresh snapshot, not resumed (failover, or the replay window passed). */
 export interface Resynced {
   type: 'Resynced'; url: string; node: string; seq: number;
-  reason: 'another node' | 'replay window passed' | 'node went back';
+  reason: 'another node' | 'replay window passed' | 'lagged in the replay' | 'node went back';
   balances: Record<string, number>;
 }
 export interface Connected { type: 'Connected'; url: string; node: string; height: number; seq: number }

@@ -63,6 +63,7 @@ export class WalletClient {
     this._closed = false;
     this._synced = false;
     this._task = null;
+    this._snapshotNext = false;
   }
 
   // -- lifecycle ---------------------------------------------------------------------
@@ -252,6 +253,11 @@ export class WalletClient {
       for (const [, r] of this._requests) { clearTimeout(r.timer); r.reject(new Dropped('connection lost')); }
       this._requests.clear();
       if (this._closed) break;
+      if (!synced && this._lastReason && this._lastReason.startsWith('lagged')) {
+        // The replay since our seq was more than the node would queue: take a
+        // snapshot next time rather than ask for the same replay forever.
+        this._snapshotNext = true;
+      }
       if (synced) {
         this._emit({ type: 'Disconnected', url, reason: String(this._lastReason || 'closed') });
         delay = this.options.backoffInitial;
@@ -298,7 +304,7 @@ export class WalletClient {
       const sync = async () => {
         const hello = await this._request('Hello');
         const sameNode = this.node !== null && hello.node === this.node
-          && this.seq !== null && hello.seq >= this.seq;
+          && this.seq !== null && hello.seq >= this.seq && !this._snapshotNext;
         const wasSynced = this.node !== null;
         let sub = null;
         if (this.addresses.length) {
@@ -314,7 +320,8 @@ export class WalletClient {
         let reason = null;
         if (!sameNode || (sub && sub.resync)) {
           reason = !wasSynced ? null : hello.node !== this.node ? 'another node'
-            : this.seq !== null && hello.seq < this.seq ? 'node went back' : 'replay window passed';
+            : this.seq !== null && hello.seq < this.seq ? 'node went back'
+            : this._snapshotNext ? 'lagged in the replay' : 'replay window passed';
           const at = sub ? sub.seq : hello.seq;
           this.state = new Map();
           if (sub && sub.snapshot) {
@@ -330,6 +337,7 @@ export class WalletClient {
         }
         this.node = hello.node;
         this.url = url;
+        this._snapshotNext = false;
         this._emit({ type: 'Connected', url, node: hello.node, height: hello.height, seq: hello.seq });
         buffer.sort((x, y) => (x.data?.seq ?? 0) - (y.data?.seq ?? 0));
         syncing = false;

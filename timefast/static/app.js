@@ -100,6 +100,7 @@ function watch(addresses) {
         const d = describe(ev);
         if (d) feed($('events'), `seq ${ev.seq} · ${d[0]}`, { txid: d[1], seq: ev.seq });
       }
+      if (c.connected && ev.type !== 'Disconnected') $('link').textContent = `live · seq ${c.seq}`;
       if (addresses.length) $('balance').textContent = `balance ${time(c.balance(addresses[0]))}`;
       schedule();
     },
