@@ -378,3 +378,15 @@ def test_python_client_drops_a_repeated_event_and_snapshots_after_lagging_in_a_r
             assert c.balance("addr") == 0  # its one coin is Locked
 
     asyncio.run(main())
+
+
+def test_js_client_suite_under_nodes_test_runner():
+    """clients/js/test (node --test): the JS client against a scripted node."""
+    nodejs = shutil.which("node")
+    if nodejs is None:
+        pytest.skip("node is not installed")
+    if not (JS / "node_modules" / "ws").exists():
+        pytest.skip("clients/js has no node_modules (npm ci --prefix clients/js)")
+    run = subprocess.run([nodejs, "--test", "test/"], cwd=JS, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

@@ -97,7 +97,8 @@ export class WalletClient {
         if (this._closed) return Promise.resolve({ value: undefined, done: true });
         return new Promise((resolve) => this._waiters.push(resolve));
       },
-      return: async () => { await this.close(); return { value: undefined, done: true }; },
+      // Leaving a for-await loop ends that loop only: the client runs on (close() stops it).
+      return: async () => ({ value: undefined, done: true }),
     };
   }
 
@@ -310,12 +311,9 @@ export class WalletClient {
         if (this.addresses.length) {
           const data = { addresses: this.addresses };
           if (sameNode) { data.since_seq = this.seq; data.snapshot = false; }
-          const subP = this._request('Subscribe', data);
           // Replies and replayed events come in order: once this Ping is answered
           // every replayed event is in `buffer`.
-          const pingP = this._request('Ping');
-          sub = await subP;
-          await pingP;
+          [sub] = await Promise.all([this._request('Subscribe', data), this._request('Ping')]);
         }
         let reason = null;
         if (!sameNode || (sub && sub.resync)) {
