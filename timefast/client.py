@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,8 @@ __all__ = [
     "UtxoStateChange",
     "WalletClient",
 ]
+
+log = logging.getLogger("timefast.client")
 
 
 class ClientError(Exception):
@@ -315,8 +318,8 @@ class WalletClient:
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task  # its error, if any, was the iteration's to raise
         self._events.put_nowait(None)
 
     def __aiter__(self) -> AsyncIterator[Event]:
@@ -530,26 +533,34 @@ class WalletClient:
 
     async def _route(self, ws: ClientConnection) -> None:
         async for text in ws:
-            msg = orjson.loads(text)
-            msg_id = msg.get("id")
-            fut = self._requests.get(msg_id) if msg_id is not None else None
-            if fut is not None:
-                if fut.done():
-                    continue
-                if msg.get("type") == "Error":
-                    d = msg.get("data", {})
-                    fut.set_exception(ClientError(d.get("code", ""), d.get("message", "")))
-                else:
-                    fut.set_result(msg.get("data"))
-                continue
-            type_ = msg.get("type")
-            if type_ == "Lagged":
-                self._lagged = f"lagged (resume from {msg['data']['resume_from']})"
-            elif type_ not in ("Error", "Pong"):
-                if self._buffer is not None:
-                    self._buffer.append(msg)
-                else:
-                    self._deliver(type_, msg.get("data", {}))
+            try:
+                self._route_one(orjson.loads(text))
+            except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+                # Not what SPEC 3 says a node sends: say so, keep the link.
+                log.warning("ignoring a malformed message from %s: %.200r", self.url, text)
+
+    def _route_one(self, msg: dict[str, Any]) -> None:
+        msg_id = msg.get("id")
+        fut = self._requests.get(msg_id) if msg_id is not None else None
+        if fut is not None:
+            if fut.done():
+                return
+            if msg.get("type") == "Error":
+                d = msg.get("data", {})
+                fut.set_exception(ClientError(d.get("code", ""), d.get("message", "")))
+            else:
+                fut.set_result(msg.get("data"))
+            return
+        type_ = str(msg["type"])
+        if type_ == "Lagged":
+            self._lagged = f"lagged (resume from {msg['data']['resume_from']})"
+        elif type_ not in ("Error", "Pong"):
+            if self._buffer is not None:
+                # Parsed now, so that a malformed event is found here, not later.
+                _event(type_, msg.get("data", {}))
+                self._buffer.append(msg)
+            else:
+                self._deliver(type_, msg.get("data", {}))
 
     _buffer: list[dict[str, Any]] | None = None
     _lagged: str | None = None
