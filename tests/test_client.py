@@ -390,3 +390,29 @@ def test_js_client_suite_under_nodes_test_runner():
     run = subprocess.run([nodejs, "--test", "test/"], cwd=JS, capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+def test_python_client_ends_with_the_error_of_a_refused_subscribe():
+    import asyncio
+
+    from timefast.client import ClientError, WalletClient
+
+    def script(n: int, msg: dict[str, Any]) -> list[Any]:
+        if msg["type"] == "Hello":
+            return [_hello(msg, 1)]
+        if msg["type"] == "Subscribe":
+            return [_reply(msg, "Error", {"code": "INVALID_ADDRESS", "message": "bad"})]
+        return [_reply(msg, "Pong", None)] if msg["type"] == "Ping" else []
+
+    async def main() -> None:
+        async with ScriptedNode(script) as node:
+            c = WalletClient(node.url, ["bad-address"])
+            with pytest.raises(ClientError) as e:
+                await c.start()
+            assert e.value.code == "INVALID_ADDRESS"
+            with pytest.raises(ConnectionError):
+                await c.__anext__()
+            await c.close()
+            assert node.connections == 1
+
+    asyncio.run(main())

@@ -64,6 +64,7 @@ export class WalletClient {
     this._synced = false;
     this._task = null;
     this._snapshotNext = false;
+    this._fatal = null;
   }
 
   // -- lifecycle ---------------------------------------------------------------------
@@ -85,7 +86,7 @@ export class WalletClient {
     this._closed = true;
     if (this._ws) this._ws.close(1000, 'client closed');
     for (const w of this._ready.splice(0)) w.reject(new Error('client closed'));
-    for (const w of this._waiters.splice(0)) w({ value: undefined, done: true });
+    for (const w of this._waiters.splice(0)) w.resolve({ value: undefined, done: true });
     if (this._task) await this._task.catch(() => {});
   }
 
@@ -94,8 +95,9 @@ export class WalletClient {
     return {
       next: () => {
         if (this._queue.length) return Promise.resolve({ value: this._queue.shift(), done: false });
+        if (this._fatal) return Promise.reject(this._fatal);
         if (this._closed) return Promise.resolve({ value: undefined, done: true });
-        return new Promise((resolve) => this._waiters.push(resolve));
+        return new Promise((resolve, reject) => this._waiters.push({ resolve, reject }));
       },
       // Leaving a for-await loop ends that loop only: the client runs on (close() stops it).
       return: async () => ({ value: undefined, done: true }),
@@ -182,7 +184,7 @@ export class WalletClient {
       try { this.options.onEvent(ev, this); } catch (e) { console.error(e); }
     }
     const w = this._waiters.shift();
-    if (w) w({ value: ev, done: false });
+    if (w) w.resolve({ value: ev, done: false });
     else if (!this.options.onEvent || this.options.queue) this._queue.push(ev);
   }
 
@@ -253,6 +255,11 @@ export class WalletClient {
       this._synced = false;
       for (const [, r] of this._requests) { clearTimeout(r.timer); r.reject(new Dropped('connection lost')); }
       this._requests.clear();
+      if (this._fatal) {
+        this._closed = true;
+        for (const w of this._ready.splice(0)) w.reject(this._fatal);
+        for (const w of this._waiters.splice(0)) w.reject(this._fatal);
+      }
       if (this._closed) break;
       if (!synced && this._lastReason && this._lastReason.startsWith('lagged')) {
         // The replay since our seq was more than the node would queue: take a
@@ -351,7 +358,12 @@ export class WalletClient {
       ws.onopen = () => {
         clearTimeout(openTimer);
         this.connected = true;  // requests may flow; the app sees it after the sync
-        sync().catch((e) => { this._lastReason = String(e); try { ws.close(); } catch { /* ignore */ } });
+        sync().catch((e) => {
+          // A refusal (an invalid address, say) would be refused again: it ends the client.
+          if (e instanceof ClientError) this._fatal = e;
+          if (!this._lastReason) this._lastReason = String(e);
+          try { ws.close(); } catch { /* closing anyway */ }
+        });
       };
       ws.onmessage = (e) => onMessage(typeof e.data === 'string' ? e.data : String(e.data));
       ws.onerror = () => {};

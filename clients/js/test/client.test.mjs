@@ -47,7 +47,7 @@ async function take(client, n) {
   return out;
 }
 
-test('pages a snapshot with GetUtxos after, and takes abbreviated transactions', async () => {
+test('pages a snapshot with GetUtxos after, and takes abbreviated transactions', { timeout: 30000 }, async () => {
   const page1 = [utxo('c'.repeat(64), 500), utxo('b'.repeat(64), 300)];
   const page2 = [utxo('a'.repeat(64), 200)];
   const node = await scriptedNode((n, msg) => {
@@ -82,7 +82,7 @@ test('pages a snapshot with GetUtxos after, and takes abbreviated transactions',
   }
 });
 
-test('drops a repeated event, and snapshots after lagging in a replay', async () => {
+test('drops a repeated event, and snapshots after lagging in a replay', { timeout: 30000 }, async () => {
   const node = await scriptedNode((n, msg) => {
     const t = msg.type;
     if (t === 'Hello') return [hello(msg, 30)];
@@ -118,7 +118,7 @@ test('drops a repeated event, and snapshots after lagging in a replay', async ()
   }
 });
 
-test('an Error reply rejects the request with its code', async () => {
+test('an Error reply rejects the request with its code', { timeout: 30000 }, async () => {
   const node = await scriptedNode((n, msg) => {
     if (msg.type === 'Hello') return [hello(msg, 1)];
     if (msg.type === 'Subscribe') return [reply(msg, 'Subscribed', { addresses: ['addr'], seq: 1, snapshot: { addr: { balance: 0, utxos: [] } } })];
@@ -130,6 +130,24 @@ test('an Error reply rejects the request with its code', async () => {
   try {
     await c.start();
     await assert.rejects(c.submit({ txid: 'x' }), (e) => e.code === 'TX_INVALID');
+  } finally {
+    await c.close();
+    await node.close();
+  }
+});
+
+test('a refused Subscribe ends the client with its error instead of retrying forever', { timeout: 30000 }, async () => {
+  const node = await scriptedNode((n, msg) => {
+    if (msg.type === 'Hello') return [hello(msg, 1)];
+    if (msg.type === 'Subscribe') return [reply(msg, 'Error', { code: 'INVALID_ADDRESS', message: 'bad' })];
+    if (msg.type === 'Ping') return [reply(msg, 'Pong')];
+    return [];
+  });
+  const c = new WalletClient(node.url, ['bad-address'], { backoffInitial: 20 });
+  try {
+    await assert.rejects(c.start(), (e) => e.code === 'INVALID_ADDRESS');
+    await assert.rejects(c[Symbol.asyncIterator]().next(), (e) => e.code === 'INVALID_ADDRESS');
+    assert.equal(node.connections, 1);
   } finally {
     await c.close();
     await node.close();
