@@ -168,6 +168,7 @@ def test_every_event_exactly_once_across_two_node_restarts(kind, tmp_path):
         sender.start()
         for mark in (170, 340):
             while sent[0] < mark:
+                assert sender.is_alive(), "the sender stopped"
                 time.sleep(0.01)
             box[0].kill()
             box[0] = _restart(box[0])
