@@ -116,17 +116,28 @@ def test_live_page_shows_a_payment_and_a_block(node, tmp_path):
     try:
         assert proc.stdout is not None and proc.stdin is not None
         assert proc.stdout.readline().strip() == "READY"
+
+        def command(line: str) -> str:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(line + "\n")
+            proc.stdin.flush()
+            return proc.stdout.readline().strip()
+
         tx = build([(coin, 0, ka)], [(new_wallet()[1], 600), (a, 400)], timestamp=9)
         result(node.rpc_url, "sendrawtransaction", tx.to_json())
+        assert command(f"TX {tx.txid}") == "SHOWN"
         height = result(node.rpc_url, "getinfo")["height"] + 1
         result(node.rpc_url, "generate", 1)
-        proc.stdin.write(f"{tx.txid} {height}\n")
-        proc.stdin.flush()
-        assert proc.stdout.readline().strip() == "SHOWN"
-        text = orjson.loads(proc.stdout.readline())
+        assert command(f"BLOCK {height}") == "SHOWN"
+        # A second payment, in flight when the picture is taken.
+        tx2 = build([(tx.txid, 1, ka)], [(new_wallet()[1], 150), (a, 250)], timestamp=10)
+        result(node.rpc_url, "sendrawtransaction", tx2.to_json())
+        assert command(f"TX {tx2.txid}") == "SHOWN"
+        text = orjson.loads(command("SHOT"))
         assert f"confirmed {tx.txid[:10]}" in text and f"#{height} " in text
         assert "SpentFinalized → Confirmed" in text
-        assert "balance 0.000004 TIME" in text
+        assert "finalized, awaiting a block" in text
+        assert "balance 0.0000025 TIME" in text
         assert proc.wait(30) == 0
         assert shot.stat().st_size > 10_000
     finally:

@@ -1,8 +1,10 @@
 // Loads the node's live page (GET / on the wallet port) in headless Chromium (Debian's,
 // via playwright-core).  argv: page URL, screenshot path.  Protocol on stdio: prints
-// READY once the page is live; then reads lines "TXID HEIGHT", waits until the page
-// shows that transaction in the address feed and that block in the block feed, saves
-// the screenshot and prints SHOWN followed by the page's text.  Exits by itself.
+// READY once the page is live; then reads commands, one a line: "TX txid" waits until
+// the page shows that transaction in the address's feed and in the table of
+// transactions in flight, "BLOCK height" until it shows that block, each answered
+// SHOWN; "SHOT" saves the screenshot and prints the page's text as JSON.  Exits by
+// itself.
 const readline = require('readline');
 const { chromium } = require(process.env.PLAYWRIGHT_CORE || 'playwright-core');
 
@@ -20,14 +22,19 @@ const { chromium } = require(process.env.PLAYWRIGHT_CORE || 'playwright-core');
   console.log('READY');
   const lines = readline.createInterface({ input: process.stdin });
   for await (const line of lines) {
-    const [txid, height] = line.trim().split(' ');
-    await page.waitForSelector(`#events li[data-txid="${txid}"]`);
-    await page.waitForSelector(`#blocks li[data-height="${height}"]`);
-    await page.waitForFunction((h) => document.getElementById('height').textContent === h, height);
-    await page.screenshot({ path: process.argv[3], fullPage: true });
+    const [cmd, arg] = line.trim().split(' ');
+    if (cmd === 'TX') {  // in the address's feed and in the table of transactions in flight
+      await page.waitForSelector(`#events li[data-txid="${arg}"]`);
+      await page.waitForSelector(`#pending tr[data-txid="${arg}"]`);
+    } else if (cmd === 'BLOCK') {  // in the block feed and as the height
+      await page.waitForSelector(`#blocks li[data-height="${arg}"]`);
+      await page.waitForFunction((h) => document.getElementById('height').textContent === h, arg);
+    } else if (cmd === 'SHOT') {
+      await page.screenshot({ path: process.argv[3], fullPage: true });
+      console.log(JSON.stringify(await page.evaluate(() => document.body.innerText)));
+      break;
+    }
     console.log('SHOWN');
-    console.log(JSON.stringify(await page.evaluate(() => document.body.innerText)));
-    break;
   }
   clearTimeout(timer);
   await browser.close();
