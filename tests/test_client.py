@@ -153,7 +153,8 @@ def _send_all(node_box: list[NodeProcess], txs: list, sent: list[int]) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_event_exactly_once_across_two_node_restarts(kind, tmp_path):
-    node = _node_process(tmp_path).start()
+    box = [_node_process(tmp_path).start()]  # the node process of the moment
+    node = box[0]
     client = None
     try:
         ka, a = new_wallet()
@@ -164,7 +165,7 @@ def test_every_event_exactly_once_across_two_node_restarts(kind, tmp_path):
         snap = client.wait_for(lambda e: e["type"] == "Snapshot")
         assert snap["balances"][a] == 500 * 1000
         client.wait_for(lambda e: e["type"] == "Connected")
-        box, sent = [node], [0]
+        sent = [0]
         sender = threading.Thread(target=_send_all, args=(box, txs, sent), daemon=True)
         sender.start()
         for mark in (170, 340):
@@ -187,11 +188,10 @@ def test_every_event_exactly_once_across_two_node_restarts(kind, tmp_path):
         assert not any(e["type"] == "Resynced" for e in client.lines)
         assert client.lines[-1]["balances"] == {
             a: result(box[0].rpc_url, "getbalance", a), b: result(box[0].rpc_url, "getbalance", b)}
-        node = box[0]
     finally:
         if client is not None:
             client.stop()
-        node.kill()
+        box[0].kill()
 
 
 @pytest.mark.parametrize("kind", KINDS)
