@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -991,6 +992,20 @@ class Ledger:
         """Transactions waiting for quorum (``pending``) and for a block
         (``unconfirmed``)."""
         return {"pending": len(self.pending), "unconfirmed": len(self.unconfirmed)}
+
+    def in_flight(self, limit: int, now: float | None = None
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Transactions awaiting quorum, with their tallies (``votes`` for,
+        ``against``), and those finalized awaiting a block: at most ``limit`` of each,
+        oldest first."""
+        now = self.clock() if now is None else now
+        pending = [{"txid": txid, "votes": len(p.approvals), "against": len(p.rejections),
+                    "quorum": self.quorum, "amount": sum(o.amount for o in p.tx.outputs),
+                    "age_s": round(max(0.0, now - p.accepted_at), 3)}
+                   for txid, p in islice(self.pending.items(), limit)]
+        unconfirmed = [{"txid": txid, "amount": sum(o.amount for o in f.tx.outputs)}
+                       for txid, f in islice(self.unconfirmed.items(), limit)]
+        return pending, unconfirmed
 
     def outcome_counts(self) -> dict[str, int]:
         """Transactions by outcome since start: accepted, finalized, confirmed,

@@ -32,6 +32,7 @@ from timefast.commits import GroupCommit
 from timefast.fragments import MessageAssembler, MessageError
 from timefast.ledger import Event, Ledger
 from timefast.metrics import Histogram, render
+from timefast.page import asset, status
 from timefast.session import Limits, WalletSession
 
 log = logging.getLogger("timefast.wallet")
@@ -204,6 +205,13 @@ class WalletConnection(asyncio.Protocol):
         if path == "/metrics":
             self._respond(http_response(200, "OK", srv.metrics(),
                                         "text/plain; version=0.0.4; charset=utf-8"))
+            return
+        if path == "/status":
+            self._respond(http_response(200, "OK", orjson.dumps(status(srv.ledger))))
+            return
+        page = asset(path, request.headers)
+        if page is not None:  # the live page; a WebSocket upgrade on / goes on below
+            self._respond(http_response(200, "OK", *page))
             return
         if path not in WS_PATHS:
             self._respond(http_response(404, "Not Found", orjson.dumps(

@@ -1,0 +1,1 @@
+../../clients/js/timefast-client.js
