@@ -474,10 +474,8 @@ def test_heartbeat_drops_silent_peer_and_keeps_live_one(tmp_path):
         n.stop()
 
 
-def test_handshake_timeout_closes_silent_socket(tmp_path, monkeypatch):
-    from timefast import server
-    monkeypatch.setattr(server, "OPEN_TIMEOUT", 0.3)
-    n = NodeThread(tmp_path).start()
+def test_handshake_timeout_closes_silent_socket(tmp_path):
+    n = NodeThread(tmp_path, OPEN_TIMEOUT=0.3).start()
     try:
         host, port = n.node.ws_addresses[0]
         s = socket.create_connection((host, port))
@@ -507,14 +505,12 @@ def test_tls(tmp_path):
         n.stop()
 
 
-def test_tls_handshake_obeys_the_open_timeout(tmp_path, monkeypatch):
-    from timefast import server
-    monkeypatch.setattr(server, "OPEN_TIMEOUT", 0.3)
+def test_tls_handshake_obeys_the_open_timeout(tmp_path):
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
                     str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"],
                    check=True, capture_output=True)
-    n = NodeThread(tmp_path / "d", TLS_CERT=cert, TLS_KEY=key).start()
+    n = NodeThread(tmp_path / "d", TLS_CERT=cert, TLS_KEY=key, OPEN_TIMEOUT=0.3).start()
     try:
         host, port = n.node.ws_addresses[0]
         s = socket.create_connection((host, port))

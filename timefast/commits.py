@@ -20,7 +20,7 @@ from timefast.transaction import Transaction
 
 log = logging.getLogger("timefast.commits")
 
-MAX_BATCH = 1024  # work items per commit; the rest wait for the next turn
+MAX_BATCH = 1024  # work items per commit by default; the rest wait for the next turn
 # Signatures in a batch worth checking on the checker thread: fewer are checked
 # inline, where the hand-off would cost more than it saves.
 CHECK_AHEAD_MIN = 8
@@ -39,9 +39,11 @@ class GroupCommit:
     Work runs in the order it was submitted, checked or not.
     """
 
-    def __init__(self, ledger: Ledger, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, ledger: Ledger, loop: asyncio.AbstractEventLoop,
+                 max_batch: int = MAX_BATCH) -> None:
         self.ledger = ledger
         self.loop = loop
+        self.max_batch = max_batch
         self.queue: list[_Item] = []    # submitted, signatures not yet checked
         self.ready: list[_Item] = []    # to run in the next batch, in order
         self.scheduled = False
@@ -81,7 +83,8 @@ class GroupCommit:
             else:
                 self._check(group, sigs)
         while self.ready:
-            items, self.ready = self.ready[:MAX_BATCH], self.ready[MAX_BATCH:]
+            n = self.max_batch
+            items, self.ready = self.ready[:n], self.ready[n:]
             self._run_batch(items)
         # Every checked signature has been used (or its work refused): forget them.
         self.ledger.forget_checked()

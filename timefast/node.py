@@ -113,17 +113,18 @@ class Node:
         self.ledger = Ledger(self.store, s.network, key, s.masternodes, s.finality_timeout,
                              s.replay_events, replay_bytes=s.replay_bytes)
         limits = Limits(s.max_subscriptions, s.max_message_bytes, s.send_buffer_bytes,
-                        s.replay_events)
+                        s.replay_events, s.wallet_rate, s.wallet_burst)
         origins: list[str | None] | None = None
         if s.allowed_origins:
             # websockets reads None in the list as "no Origin header": native wallets.
             origins = [*s.allowed_origins, *([None] if s.allow_no_origin else [])]
         # One group commit for every caller: wallets, the RPC and the timers.
-        self.commits = GroupCommit(self.ledger, asyncio.get_running_loop())
+        self.commits = GroupCommit(self.ledger, asyncio.get_running_loop(), s.commit_batch)
         self.wallets = WalletServer(self.ledger, limits, max_connections=s.max_connections,
                                     max_connections_per_ip=s.max_connections_per_ip,
                                     heartbeat_interval=s.heartbeat_interval, origins=origins,
-                                    commits=self.commits)
+                                    commits=self.commits, open_timeout=s.open_timeout,
+                                    close_timeout=s.close_timeout)
         ctx = None
         if s.tls_cert and s.tls_key:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -135,7 +135,7 @@ class WalletConnection(asyncio.Protocol):
         self.ws = ServerProtocol(origins=cast(Any, srv.origins),
                                  max_size=srv.limits.max_message_bytes)
         self.last_recv = time.monotonic()
-        self.timer = srv.loop.call_later(OPEN_TIMEOUT, self._open_timeout)
+        self.timer = srv.loop.call_later(srv.open_timeout, self._open_timeout)
 
     def data_received(self, data: bytes) -> None:
         ws = self.ws
@@ -332,7 +332,7 @@ class WalletConnection(asyncio.Protocol):
                 transport.write_eof()
             else:
                 transport.close()
-            self.server.loop.call_later(CLOSE_TIMEOUT, transport.abort)
+            self.server.loop.call_later(self.server.close_timeout, transport.abort)
 
     def close(self, code: int, reason: str = "") -> None:
         """Start the closing handshake with ``code``."""
@@ -382,7 +382,8 @@ class WalletServer:
                  max_connections_per_ip: int = 128, heartbeat_interval: float = 30.0,
                  origins: list[str | None] | None = None, direct_writes: bool = True,
                  loop: asyncio.AbstractEventLoop | None = None,
-                 commits: GroupCommit | None = None) -> None:
+                 commits: GroupCommit | None = None, open_timeout: float = OPEN_TIMEOUT,
+                 close_timeout: float = CLOSE_TIMEOUT) -> None:
         self.ledger = ledger
         self.limits = limits
         self.loop = loop or asyncio.get_running_loop()
@@ -394,6 +395,8 @@ class WalletServer:
         self.heartbeat_interval = heartbeat_interval
         self.origins = origins
         self.direct_writes = direct_writes
+        self.open_timeout = open_timeout
+        self.close_timeout = close_timeout
         self.conns: dict[int, WalletConnection] = {}
         # Connections written through their transport since a large reply, until it
         # drains (``WalletConnection._reply_overflow``).
@@ -421,7 +424,7 @@ class WalletServer:
         tls: dict[str, Any] = {}
         if ssl_context is not None:
             # A TLS handshake (before connection_made) obeys the same open timeout.
-            tls = {"ssl": ssl_context, "ssl_handshake_timeout": OPEN_TIMEOUT}
+            tls = {"ssl": ssl_context, "ssl_handshake_timeout": self.open_timeout}
         server = await self.loop.create_server(lambda: WalletConnection(self), host, port,
                                                backlog=4096, reuse_address=True, **tls)
         self.servers.append(server)
@@ -441,7 +444,7 @@ class WalletServer:
             elif conn.transport is not None:
                 conn.transport.close()
         self.flush()
-        deadline = self.loop.time() + CLOSE_TIMEOUT
+        deadline = self.loop.time() + self.close_timeout
         while self.conns and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self.conns.values()):

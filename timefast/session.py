@@ -21,9 +21,6 @@ from timefast.crypto import TXID
 from timefast.ledger import Event, Ledger, LedgerError, StorageError, unavailable
 from timefast.transaction import ADDRESS_RE
 
-# Messages a wallet may send per second (sustained) and in one burst.
-RATE_PER_SECOND = 1000.0
-RATE_BURST = 2000.0
 # Signatures one connection may have waiting to be checked (submitted, not yet
 # answered): bounds the verification work a wallet can queue (a transaction has at
 # most a few hundred inputs).
@@ -36,16 +33,20 @@ class Limits:
     """The per-connection limits a session enforces and ``Hello`` reports."""
 
     __slots__ = ("max_message_bytes", "max_subscriptions", "replay_events",
-                 "send_buffer_bytes")
+                 "send_buffer_bytes", "wallet_burst", "wallet_rate")
 
     def __init__(self, max_subscriptions: int = 10_000, max_message_bytes: int = 1 << 20,
-                 send_buffer_bytes: int = 1 << 20, replay_events: int = 100_000) -> None:
+                 send_buffer_bytes: int = 1 << 20, replay_events: int = 100_000,
+                 wallet_rate: float = 1000.0, wallet_burst: int = 2000) -> None:
         self.max_subscriptions = max_subscriptions
         self.max_message_bytes = max_message_bytes
         self.send_buffer_bytes = send_buffer_bytes
         self.replay_events = replay_events
+        # Messages a wallet may send per second (sustained) and in one burst.
+        self.wallet_rate = wallet_rate
+        self.wallet_burst = wallet_burst
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, float]:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
@@ -186,7 +187,7 @@ class WalletSession:
         # (bounded: ``_remember``), and the highest seq of any it forgot.
         self.history: dict[str, None] = {}
         self.forgotten_to = 0
-        self.tokens = RATE_BURST
+        self.tokens = float(limits.wallet_burst)
         self.tokens_at = clock()
         self.signatures_waiting = 0
 
@@ -230,7 +231,8 @@ class WalletSession:
 
     def _take_token(self) -> bool:
         now = self.clock()
-        self.tokens = min(RATE_BURST, self.tokens + (now - self.tokens_at) * RATE_PER_SECOND)
+        lim = self.limits
+        self.tokens = min(lim.wallet_burst, self.tokens + (now - self.tokens_at) * lim.wallet_rate)
         self.tokens_at = now
         if self.tokens < 1:
             return False
@@ -249,7 +251,8 @@ class WalletSession:
 
     def _handle(self, text: str | bytes) -> None:
         if not self._take_token():
-            self.error("RATE_LIMITED", f"more than {int(RATE_PER_SECOND)} messages a second")
+            self.error("RATE_LIMITED",
+                       f"more than {self.limits.wallet_rate:g} messages a second")
             return
         try:
             msg = orjson.loads(text)

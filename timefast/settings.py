@@ -138,6 +138,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("REPLAY_BYTES", "268435456",
             "bytes of kept events for resume (with `REPLAY_EVENTS`, whichever binds first)",
             _int(1)),
+    Setting("WALLET_RATE", "1000", "messages a wallet may send per second (`RATE_LIMITED` "
+            "beyond)", _float),
+    Setting("WALLET_BURST", "2000", "messages a wallet may send in one burst", _int(1)),
+    Setting("OPEN_TIMEOUT", "10", "seconds a wallet has to finish its TLS and WebSocket "
+            "handshake", _float),
+    Setting("CLOSE_TIMEOUT", "5", "seconds a closing wallet has before its TCP connection is "
+            "cut", _float),
+    Setting("COMMIT_BATCH", "1024", "ledger requests (wallets, RPC, timers) committed "
+            "together at most", _int(1)),
     Setting("TLS_CERT", None, "certificate (PEM); with `TLS_KEY`: wss:// on `WS_ADDR`", _str,
             "unset"),
     Setting("TLS_KEY", None, "private key (PEM) for `TLS_CERT`", _str, "unset"),
@@ -178,6 +187,11 @@ class Settings:
     heartbeat_interval: float
     replay_events: int
     replay_bytes: int
+    wallet_rate: float
+    wallet_burst: int
+    open_timeout: float
+    close_timeout: float
+    commit_batch: int
     tls_cert: str | None
     tls_key: str | None
     allowed_origins: tuple[str, ...] | None
