@@ -7,45 +7,7 @@ from libcpp.vector cimport vector
 from libcpp.unordered_set cimport unordered_set
 
 
-cdef extern from "_core_utxo.h":
-    ctypedef struct tf_outkey:
-        uint64_t w[4]
-        uint32_t vout
-    ctypedef struct tf_coin:
-        int64_t amount
-        int64_t block_height
-        uint32_t row
-        uint32_t pos
-        int32_t votes
-        uint8_t state
-        uint8_t has_spender
-        uint8_t spender[32]
-    cdef cppclass tf_entry:
-        tf_outkey first
-        tf_coin second
-    cdef cppclass tf_coin_map:
-        size_t size()
-        size_t erase(const tf_outkey&)
-    ctypedef vector[tf_entry*] tf_entry_list
-    tf_entry* tf_find(tf_coin_map& m, const tf_outkey& k)
-    tf_entry* tf_insert(tf_coin_map& m, const tf_outkey& k) except +
-
-
-cdef class UtxoTable:
-    # Records live in C (about 140 bytes a coin, against some 500 for Python
-    # objects): a node's memory is mostly its UTXO set.
-    cdef tf_coin_map _coins                 # outpoint -> record
-    cdef dict _rows                         # address -> row id (rows with a coin)
-    cdef list _row_address                  # row id -> address, None when free
-    cdef vector[tf_entry_list] _row_coins   # row id -> its coins, oldest first (NULL: gone)
-    cdef vector[uint32_t] _row_dead         # row id -> NULLs in its list
-    cdef vector[uint32_t] _free_rows
-    cdef tf_entry* _find(self, str txid, long vout) except NULL
-    cdef uint32_t _row_for(self, str address) except? 0xFFFFFFFF
-    cdef void _unlink(self, tf_entry* e) noexcept
-    cdef tf_entry_list* _coins_of(self, str address) except? NULL
-    cpdef int check_lock(self, str txid, list outpoints) except -1
-    cpdef int lock(self, str txid, list outpoints) except -1
+include "_core_utxo.pxd"
 
 
 cdef class SubscriberIndex:
