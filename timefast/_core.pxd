@@ -58,3 +58,6 @@ cdef class Fanout:
     cdef readonly uint64_t lag_closes
     cdef bint _append(self, uint32_t slot, const char* data, Py_ssize_t n, int64_t seq) noexcept
     cdef int _flush_one(self, uint32_t slot) except -1
+
+
+include "_core_verify.pxd"
