@@ -39,6 +39,13 @@ cdef enum:
     N_STATES = 5
 
 
+# One walk over an address's coins, oldest first (UtxoTable._walk, _next_coin).
+cdef struct _CoinWalk:
+    tf_entry_list* lst
+    size_t i
+    size_t n
+
+
 cdef class UtxoTable:
     # Records live in C (about 140 bytes a coin, against some 500 for Python
     # objects): a node's memory is mostly its UTXO set.
@@ -51,6 +58,6 @@ cdef class UtxoTable:
     cdef tf_entry* _find(self, str txid, long vout) except NULL
     cdef uint32_t _row_for(self, str address) except? 0xFFFFFFFF
     cdef void _unlink(self, tf_entry* e) noexcept
-    cdef tf_entry_list* _coins_of(self, str address) except? NULL
+    cdef inline _CoinWalk _walk(self, str address) except *
     cpdef int check_lock(self, str txid, list outpoints) except -1
     cpdef int lock(self, str txid, list outpoints) except -1

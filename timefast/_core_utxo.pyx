@@ -99,6 +99,24 @@ cdef inline bint _key(str txid, long vout, tf_outkey* k) noexcept:
     return _parse_txid(txid, <uint8_t*>k.w)
 
 
+cdef inline tf_entry* _next_coin(_CoinWalk* w, bint unspent_only) noexcept:
+    # The walk's next coin, or NULL at the end: coins gone from the list (NULL
+    # entries) are skipped, and all but Unspent ones when ``unspent_only``.
+    # Inlined with a constant ``unspent_only``, the test costs nothing per coin.
+    cdef tf_entry* e
+    if w.i >= w.n:
+        return NULL                             # at the end, or no coin (lst NULL)
+    # Read the list's storage afresh at each call: the caller makes Python objects
+    # between calls, and nothing here does.
+    cdef tf_entry** coins = w.lst.data()
+    while w.i < w.n:
+        e = coins[w.i]
+        w.i += 1
+        if e != NULL and (not unspent_only or e.second.state == UNSPENT):
+            return e
+    return NULL
+
+
 cdef class UtxoTable:
     """Outpoint ``(txid, vout)`` -> UTXO record, moved only along SPEC 4.2.
 
@@ -296,25 +314,26 @@ cdef class UtxoTable:
         self._unlink(e)
         self._coins.erase(k)
 
-    cdef tf_entry_list* _coins_of(self, str address) except? NULL:
-        # The address's coin list (NULL entries: coins gone), or NULL for none.
+    cdef inline _CoinWalk _walk(self, str address) except *:
+        # The walk over ``address``'s coins that by_address, unspent and balance
+        # step through with _next_coin.
+        cdef _CoinWalk w
+        w.lst = NULL
+        w.i = 0
+        w.n = 0
         r = self._rows.get(address)
-        if r is None:
-            return NULL
-        return &self._row_coins[<uint32_t>r]
+        if r is not None:
+            w.lst = &self._row_coins[<uint32_t>r]
+            w.n = w.lst.size()
+        return w
 
     def by_address(self, str address):
         """Outpoints owned by ``address``, oldest first."""
-        cdef tf_entry_list* lst = self._coins_of(address)
-        cdef size_t i
+        cdef _CoinWalk w = self._walk(address)
         cdef tf_entry* e
         out = []
-        if lst == NULL:
-            return out
-        for i in range(lst.size()):
-            e = lst[0][i]
-            if e != NULL:
-                out.append((_txid_str(<const uint8_t*>e.first.w), e.first.vout))
+        while (e := _next_coin(&w, False)) != NULL:
+            out.append((_txid_str(<const uint8_t*>e.first.w), e.first.vout))
         return out
 
     def unspent(self, str address):
@@ -323,29 +342,18 @@ cdef class UtxoTable:
         Only those become Python objects: an address may hold thousands of coins
         on their way out (spent, not yet in a block).
         """
-        cdef tf_entry_list* lst = self._coins_of(address)
-        cdef size_t i
+        cdef _CoinWalk w = self._walk(address)
         cdef tf_entry* e
         out = []
-        if lst == NULL:
-            return out
-        for i in range(lst.size()):
-            e = lst[0][i]
-            if e != NULL and e.second.state == UNSPENT:
-                out.append((_txid_str(<const uint8_t*>e.first.w), e.first.vout,
-                            e.second.amount))
+        while (e := _next_coin(&w, True)) != NULL:
+            out.append((_txid_str(<const uint8_t*>e.first.w), e.first.vout, e.second.amount))
         return out
 
     def balance(self, str address):
         """Sum of the amounts of ``address``'s Unspent UTXOs."""
-        cdef tf_entry_list* lst = self._coins_of(address)
-        cdef size_t i
+        cdef _CoinWalk w = self._walk(address)
         cdef tf_entry* e
         cdef int64_t total = 0
-        if lst == NULL:
-            return 0
-        for i in range(lst.size()):
-            e = lst[0][i]
-            if e != NULL and e.second.state == UNSPENT:
-                total += e.second.amount
+        while (e := _next_coin(&w, True)) != NULL:
+            total += e.second.amount
         return total
