@@ -1,7 +1,8 @@
-"""Exceptions raised by the compiled core and by its plain-Python model.
+"""Exceptions shared across layers: the compiled core's (and its plain-Python
+model's), and the refusal of a request with one of SPEC 3.4's error codes.
 
-They live in a plain module so that the core, the ledger and the test model all
-raise and catch the very same classes.
+They live in a plain module so that the core, the ledger, the ports and the test
+model all raise and catch the very same classes.
 """
 
 from __future__ import annotations
@@ -52,3 +53,14 @@ class LockConflict(CoreError):
         self.vout = vout
         self.state = state
         self.spending_txid = spending_txid
+
+
+class RequestError(Exception):
+    """A request refused with one of SPEC 3.4's error codes (``code``): raised by the
+    ledger (as ``LedgerError``) and by the wallet session alike, answered with an
+    ``Error`` (or a JSON-RPC error) and never closing the connection."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

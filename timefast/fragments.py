@@ -5,12 +5,14 @@ several frames comes as a TEXT or BINARY frame without FIN and then CONT frames.
 ``MessageAssembler`` joins them, refuses a message that grows past its limit
 (close 1009) and checks text as UTF-8 while it arrives, so that a bad byte in the
 first fragment fails the connection (close 1007) without waiting for the rest.
-The wallet port and the RPC's WebSocket both read their messages through it.
+The wallet port and the RPC's WebSocket both read their messages through it, and
+both hand what websockets wants sent to their transport through ``drain``.
 """
 
 from __future__ import annotations
 
 import codecs
+from collections.abc import Callable
 from typing import Any
 
 from websockets.frames import Frame, Opcode
@@ -20,6 +22,18 @@ MESSAGE_TOO_BIG = 1009
 PROTOCOL_ERROR = 1002
 
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+
+def drain(ws: Any, write: Callable[[bytes], object]) -> bool:
+    """Hand every chunk the sans-I/O protocol ``ws`` wants sent to ``write``; True
+    when it also asked for the end of the stream (its empty chunk: half-close)."""
+    eof = False
+    for chunk in ws.data_to_send():
+        if chunk:
+            write(chunk)
+        else:
+            eof = True
+    return eof
 
 
 class MessageError(Exception):

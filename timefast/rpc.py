@@ -28,7 +28,7 @@ from websockets.server import ServerProtocol
 
 from timefast import PROTOCOL_VERSION, __version__
 from timefast.commits import GroupCommit
-from timefast.fragments import MessageAssembler, MessageError
+from timefast.fragments import MessageAssembler, MessageError, drain
 from timefast.ledger import Ledger, LedgerError, StorageError, unavailable
 
 log = logging.getLogger("timefast.rpc")
@@ -590,11 +590,8 @@ class RpcConnection(asyncio.Protocol):
         ws, transport = self.ws, self.transport
         if ws is None or transport is None:
             return
-        for chunk in ws.data_to_send():
-            if chunk:
-                transport.write(chunk)
-            else:
-                transport.close()
+        if drain(ws, transport.write):
+            transport.close()
         if ws.close_expected() or ws.state is State.CLOSED:
             transport.close()
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from nacl.signing import SigningKey
 
 from timefast.crypto import NETWORK_PREFIX, WIRE_ADDRESS, address_of, public_key_hex, sha3
+from timefast.errors import RequestError
 from timefast.transaction import COIN, Transaction, TxOutput, txid_of
 
 GENESIS_TIMESTAMP = 1764150000
@@ -33,13 +34,8 @@ SignatureCheck = Callable[[bytes, bytes, bytes], bool]
 Decision = Literal["finalized", "rejected"] | None
 
 
-class LedgerError(Exception):
-    """A request the ledger refuses; ``code`` is one of SPEC 3.4's error codes."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+# The ledger's refusals are the one request error of every layer.
+LedgerError = RequestError
 
 
 # -- addresses ----------------------------------------------------------------------

@@ -29,7 +29,7 @@ from websockets.server import ServerProtocol
 
 from timefast import _core
 from timefast.commits import GroupCommit
-from timefast.fragments import MessageAssembler, MessageError
+from timefast.fragments import MessageAssembler, MessageError, drain
 from timefast.ledger import Event, Ledger
 from timefast.metrics import Histogram, render
 from timefast.page import asset, status
@@ -303,12 +303,8 @@ class WalletConnection(asyncio.Protocol):
         ws, srv = self.ws, self.server
         if ws is None:
             return
-        eof = False
-        for chunk in ws.data_to_send():
-            if chunk:
-                srv.fanout.send(self.slot, chunk)
-            else:
-                eof = True
+        slot, send = self.slot, srv.fanout.send
+        eof = drain(ws, lambda chunk: send(slot, chunk))
         srv.schedule_flush()
         if eof or ws.close_expected() or ws.state is State.CLOSED:
             self._finish()
@@ -353,9 +349,7 @@ class WalletConnection(asyncio.Protocol):
         # directly, behind whatever it already holds.
         ws.send_text(orjson.dumps({"type": "Lagged", "data": {"resume_from": resume_from}}))
         ws.send_close(1013, "lagged: resume from the seq given")
-        for chunk in ws.data_to_send():
-            if chunk:
-                transport.write(chunk)
+        drain(ws, transport.write)
         # A lagged wallet reads slowly: close() lets it read to the close frame.
         self._close_transport(half=False)
         log.info("🐢 Client %s lagged; closed with 1013 (resume_from %d)",

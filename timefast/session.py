@@ -18,7 +18,8 @@ import orjson
 from timefast import PROTOCOL_VERSION, _core
 from timefast.commits import GroupCommit
 from timefast.crypto import TXID
-from timefast.ledger import Event, Ledger, LedgerError, StorageError, unavailable
+from timefast.errors import RequestError
+from timefast.ledger import Event, Ledger, StorageError, unavailable
 from timefast.transaction import ADDRESS_RE
 
 # Signatures one connection may have waiting to be checked (submitted, not yet
@@ -50,25 +51,16 @@ class Limits:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-class ProtocolError(Exception):
-    """A request the node answers with ``Error``; the connection stays open."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def _addresses(data: dict[str, Any], limit: int) -> list[str]:
     addrs = data.get("addresses")
     if not isinstance(addrs, list) or not addrs:
-        raise ProtocolError("BAD_REQUEST", "data.addresses must be a non-empty array")
+        raise RequestError("BAD_REQUEST", "data.addresses must be a non-empty array")
     if len(addrs) > limit:
-        raise ProtocolError("TOO_MANY_SUBSCRIPTIONS",
+        raise RequestError("TOO_MANY_SUBSCRIPTIONS",
                             f"at most {limit} addresses per connection")
     for a in addrs:
         if not isinstance(a, str) or not ADDRESS_RE.fullmatch(a):
-            raise ProtocolError("INVALID_ADDRESS",
+            raise RequestError("INVALID_ADDRESS",
                                 f"{a!r} is not 1 to 128 characters of [A-Za-z0-9_]")
     return list(dict.fromkeys(addrs))
 
@@ -284,12 +276,12 @@ class WalletSession:
             return
         try:
             handler(self, data, msg_id)
-        except (ProtocolError, LedgerError, StorageError) as e:
+        except (RequestError, StorageError) as e:
             self.refuse(e, msg_id)
 
     def refuse(self, e: Exception, msg_id: Any) -> None:
         """Answer a refused request with the ``Error`` its exception stands for."""
-        if isinstance(e, ProtocolError | LedgerError):
+        if isinstance(e, RequestError):
             self.error(e.code, e.message, msg_id)
         elif isinstance(e, StorageError):
             self.error("UNAVAILABLE", unavailable(e), msg_id)
@@ -303,15 +295,15 @@ class WalletSession:
         addrs = _addresses(data, self.limits.max_subscriptions)
         new = [a for a in addrs if not index.holds(self.slot, a)]
         if index.count_of(self.slot) + len(new) > self.limits.max_subscriptions:
-            raise ProtocolError("TOO_MANY_SUBSCRIPTIONS",
+            raise RequestError("TOO_MANY_SUBSCRIPTIONS",
                                 f"at most {self.limits.max_subscriptions} addresses per "
                                 "connection")
         since = data.get("since_seq")
         if since is not None and (type(since) is not int or since < 0):
-            raise ProtocolError("BAD_REQUEST", "since_seq must be a non-negative integer")
+            raise RequestError("BAD_REQUEST", "since_seq must be a non-negative integer")
         want_snapshot = data.get("snapshot", True)
         if not isinstance(want_snapshot, bool):
-            raise ProtocolError("BAD_REQUEST", "snapshot must be true or false")
+            raise RequestError("BAD_REQUEST", "snapshot must be true or false")
         replay: list[Event] = []
         resync = False
         if since is not None:
@@ -418,10 +410,10 @@ class WalletSession:
             txid, sep, vout = after.partition(":") if isinstance(after, str) else ("", "", "")
             if not sep or not TXID.fullmatch(txid) or not vout.isascii() \
                     or not vout.isdigit() or len(vout) > 10:
-                raise ProtocolError("BAD_REQUEST", 'after must be "txid:vout", the last UTXO '
+                raise RequestError("BAD_REQUEST", 'after must be "txid:vout", the last UTXO '
                                     "of the previous page")
             if len(addrs) != 1:
-                raise ProtocolError("BAD_REQUEST", "after pages one address: give exactly one")
+                raise RequestError("BAD_REQUEST", "after pages one address: give exactly one")
             cursor = (txid, int(vout))
         out: dict[str, Any] = {a: self.ledger.snapshot(a, cursor) for a in addrs}
         out["seq"] = self.ledger.seq
@@ -436,7 +428,7 @@ class WalletSession:
 
     def on_submit(self, data: dict[str, Any], msg_id: Any) -> None:
         if "tx" not in data:
-            raise ProtocolError("BAD_REQUEST", "data.tx is required")
+            raise RequestError("BAD_REQUEST", "data.tx is required")
         tx = data["tx"]
         if self.commits is None:
             txid = self.ledger.submit(tx)
@@ -449,7 +441,7 @@ class WalletSession:
         cost = 0 if prepared is None or not self.ledger.spendable(prepared) \
             else len(prepared.inputs)
         if self.signatures_waiting + cost > SIGNATURE_BUDGET:
-            raise ProtocolError("RATE_LIMITED", f"more than {SIGNATURE_BUDGET} signatures "
+            raise RequestError("RATE_LIMITED", f"more than {SIGNATURE_BUDGET} signatures "
                                 "waiting to be checked; wait for the answers first")
         self.signatures_waiting += cost
 
