@@ -119,7 +119,7 @@ def test_lock_and_four_transitions(benchmark, name):
         a, b = (f"{i:064x}", 0), (f"{i:064x}", 1)
         t.add(a[0], 0, "A", 10)
         t.add(b[0], 1, "A", 10)
-        t.lock("spender", [a, b])
+        t.lock("ff" * 32, [a, b])  # txids are 64 lowercase hex
         for op in (a, b):
             t.transition(op[0], op[1], "SpentPending", votes=1)
             t.transition(op[0], op[1], "SpentFinalized")
