@@ -505,3 +505,47 @@ def test_python_client_ends_with_the_error_of_a_refused_subscribe():
             assert node.connections == 1
 
     asyncio.run(main())
+
+
+def test_python_client_history_walk_starts_again_on_another_node_and_gives_each_once():
+    """Node A's cursor means nothing to node B (its own storage order): after the
+    failover the walk starts again from B's top and skips what A already gave."""
+    import asyncio
+
+    from timefast.client import WalletClient
+
+    def page(msg: dict[str, Any], txids: list[str], next_: int | None) -> dict[str, Any]:
+        return _reply(msg, "History", {"address": "addr", "balance": 15, "tx_count": 3,
+                                       "next": next_, "txs": [{"txid": t, "status": "finalized",
+                                                "block_height": None, "timestamp": 1,
+                                                "received": 5, "sent": 0} for t in txids]})
+
+    def node_a(n: int, msg: dict[str, Any]) -> list[Any]:
+        if msg["type"] == "Hello":
+            return [_hello(msg, 1)]
+        if msg["type"] == "GetHistory" and "before" not in msg["data"]:
+            return [page(msg, ["t3", "t2"], 5)]
+        return ["CLOSE"]  # gone before the second page
+
+    def node_b(n: int, msg: dict[str, Any]) -> list[Any]:
+        if msg["type"] == "Hello":
+            return [_hello(msg, 1, node="bb" * 32)]
+        if msg["type"] != "GetHistory":
+            return []
+        before = msg["data"].get("before")
+        if before == 5:
+            return [page(msg, ["t9"], None)]  # A's cursor, read in B's order
+        return [page(msg, ["t2", "t3"], 7)] if before is None else [page(msg, ["t1"], None)]
+
+    async def main() -> None:
+        async with ScriptedNode(node_a) as a, ScriptedNode(node_b) as b, \
+                WalletClient([a.url, b.url], [], backoff_initial=0.02) as c:
+            got = [tx.txid async for tx in c.history_all("addr", page_size=2)]
+            assert got == ["t3", "t2", "t1"]
+            assert [m["data"] for _, m in b.received if m["type"] == "GetHistory"] == [
+                {"address": "addr", "limit": 2, "before": 5}, {"address": "addr", "limit": 2},
+                {"address": "addr", "limit": 2, "before": 7}]
+            first = await c.history("addr", 2)
+            assert first.next == 7 and first.txs[0].txid == "t2" and first.tx_count == 3
+
+    asyncio.run(main())
