@@ -5,7 +5,8 @@ headless Chromium.  Each runs as a child process that prints every event it deli
 as a JSON line (tests/clients/); the test kills and restarts nodes around it.
 Node, its ``ws`` module (``npm ci --prefix clients/js``), playwright-core and
 Debian's chromium come from ``.ci/run``; where one is missing the test says so and
-skips.
+skips.  Requests go to the client as JSON lines on its stdin (``Client.request``),
+answered by a ``Reply`` line.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ class Client:
     def __init__(self, kind: str, urls: list[str], addresses: list[str]) -> None:
         env = {**os.environ, "PLAYWRIGHT_CORE": str(NODE_MODULES / "playwright-core"),
                "CHROMIUM": os.environ.get("CHROMIUM") or shutil.which("chromium") or ""}
-        self.proc = subprocess.Popen(_argv(kind, urls, addresses), stdout=subprocess.PIPE,
-                                     text=True, env=env, cwd=ROOT)
+        self.proc = subprocess.Popen(_argv(kind, urls, addresses), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         self.lines: list[dict[str, Any]] = []
         self._new: queue.Queue[dict[str, Any]] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -108,6 +109,17 @@ class Client:
             if pred(line):
                 return line
         raise AssertionError(f"no such event in {timeout} s; last: {self.lines[-3:]}")
+
+    def send(self, cmd: dict[str, Any]) -> None:
+        """Ask the client for something (see tests/clients/py_runner.py)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(orjson.dumps(cmd).decode() + "\n")
+        self.proc.stdin.flush()
+
+    def request(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """``cmd``'s answer: ``{"result": ...}`` or ``{"error": code}``."""
+        self.send(cmd)
+        return self.wait_for(lambda e: e["type"] == "Reply")
 
     def stop(self) -> None:
         # SIGTERM first: playwright closes its browser on it.
@@ -222,6 +234,79 @@ def test_failover_to_another_node_resyncs_to_its_balance(kind, tmp_path):
             client.stop()
         first.kill()
         second.kill()
+
+
+def _entries(txs: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
+    return [(t["txid"], t["received"], t["sent"]) for t in txs]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_history_pages_payments_in_and_out_and_is_asked_again_after_a_restart(kind, tmp_path):
+    box = [_node_process(tmp_path).start()]
+    client = None
+    try:
+        ka, a = new_wallet()
+        _, b = new_wallet()
+        coin = result(box[0].rpc_url, "faucet", a, 10_000)  # in
+        spent = [(coin, 0, 10_000)]
+        txids = [coin]
+
+        def pay(i: int) -> None:  # out: 100 to b, the change back to a
+            txid, vout, amount = spent[-1]
+            tx = build([(txid, vout, ka)], [(b, 100), (a, amount - 100)], timestamp=i)
+            result(box[0].rpc_url, "sendrawtransaction", tx.to_json())
+            spent.append((tx.txid, 1, amount - 100))
+            txids.append(tx.txid)
+
+        for i in range(6):
+            pay(i)
+        client = Client(kind, [box[0].ws_url], [a])
+        client.wait_for(lambda e: e["type"] == "Connected")
+        every = result(box[0].rpc_url, "getaddresshistory", a, 1000)
+        assert every["tx_count"] == 7 and every["next"] is None
+        assert [t["txid"] for t in every["txs"]] == txids[::-1]
+
+        first = client.request({"op": "history", "address": a, "limit": 3})["result"]
+        assert first["address"] == a and first["tx_count"] == 7
+        assert first["balance"] == 10_000 - 600 and first["next"] is not None
+        assert _entries(first["txs"]) == _entries(every["txs"][:3])
+        assert first["txs"][0]["status"] in ("pending", "finalized", "confirmed")
+        # New payments while the wallet pages: they go on top, never inside the pages
+        # still to come, so following next loses and repeats nothing.
+        pay(6)
+        pay(7)
+        got, cursor = first["txs"], first["next"]
+        while cursor is not None:
+            page = client.request({"op": "history", "address": a, "limit": 3,
+                                   "before": cursor})["result"]
+            got, cursor = got + page["txs"], page["next"]
+        assert _entries(got) == _entries(every["txs"])
+        assert _entries(got)[-2:] == [(txids[1], 9_900, 10_000), (coin, 10_000, 0)]
+
+        # The whole history, two a page, asked while the node is down: sent again
+        # once it is back.
+        box[0].kill()
+        client.wait_for(lambda e: e["type"] == "Disconnected")
+        client.send({"op": "history_all", "address": a, "page_size": 2})
+        box[0] = _restart(box[0])
+        walked = client.wait_for(lambda e: e["type"] == "Reply")["result"]
+        now = result(box[0].rpc_url, "getaddresshistory", a, 1000)
+        assert now["tx_count"] == 9 and [t["txid"] for t in now["txs"]] == txids[::-1]
+        assert _entries(walked) == _entries(now["txs"])
+
+        # A refusal is the client's usual error, with the node's code.
+        assert client.request({"op": "history", "address": "not an address!"}) \
+            == {"type": "Reply", "op": "history", "error": "INVALID_ADDRESS"}
+        assert client.request({"op": "history", "address": a, "limit": 1001})["error"] \
+            == "BAD_REQUEST"
+        assert client.request({"op": "history_all", "address": "-"})["error"] \
+            == "INVALID_ADDRESS"
+        # An address the node has never seen has an empty history, not an error.
+        assert client.request({"op": "history", "address": b + "x"})["result"]["txs"] == []
+    finally:
+        if client is not None:
+            client.stop()
+        box[0].kill()
 
 
 # -- the Python client against a scripted node: what a real one does rarely ------------
@@ -418,5 +503,49 @@ def test_python_client_ends_with_the_error_of_a_refused_subscribe():
                 await c.__anext__()
             await c.close()
             assert node.connections == 1
+
+    asyncio.run(main())
+
+
+def test_python_client_history_walk_starts_again_on_another_node_and_gives_each_once():
+    """Node A's cursor means nothing to node B (its own storage order): after the
+    failover the walk starts again from B's top and skips what A already gave."""
+    import asyncio
+
+    from timefast.client import WalletClient
+
+    def page(msg: dict[str, Any], txids: list[str], next_: int | None) -> dict[str, Any]:
+        return _reply(msg, "History", {"address": "addr", "balance": 15, "tx_count": 3,
+                                       "next": next_, "txs": [{"txid": t, "status": "finalized",
+                                                "block_height": None, "timestamp": 1,
+                                                "received": 5, "sent": 0} for t in txids]})
+
+    def node_a(n: int, msg: dict[str, Any]) -> list[Any]:
+        if msg["type"] == "Hello":
+            return [_hello(msg, 1)]
+        if msg["type"] == "GetHistory" and "before" not in msg["data"]:
+            return [page(msg, ["t3", "t2"], 5)]
+        return ["CLOSE"]  # gone before the second page
+
+    def node_b(n: int, msg: dict[str, Any]) -> list[Any]:
+        if msg["type"] == "Hello":
+            return [_hello(msg, 1, node="bb" * 32)]
+        if msg["type"] != "GetHistory":
+            return []
+        before = msg["data"].get("before")
+        if before == 5:
+            return [page(msg, ["t9"], None)]  # A's cursor, read in B's order
+        return [page(msg, ["t2", "t3"], 7)] if before is None else [page(msg, ["t1"], None)]
+
+    async def main() -> None:
+        async with ScriptedNode(node_a) as a, ScriptedNode(node_b) as b, \
+                WalletClient([a.url, b.url], [], backoff_initial=0.02) as c:
+            got = [tx.txid async for tx in c.history_all("addr", page_size=2)]
+            assert got == ["t3", "t2", "t1"]
+            assert [m["data"] for _, m in b.received if m["type"] == "GetHistory"] == [
+                {"address": "addr", "limit": 2, "before": 5}, {"address": "addr", "limit": 2},
+                {"address": "addr", "limit": 2, "before": 7}]
+            first = await c.history("addr", 2)
+            assert first.next == 7 and first.txs[0].txid == "t2" and first.tx_count == 3
 
     asyncio.run(main())

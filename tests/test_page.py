@@ -93,52 +93,106 @@ def test_root_is_the_page_for_browsers_and_the_protocol_for_wallets(node):
     ws.close()
 
 
+class LivePage:
+    """The live page at ``url`` in headless Chromium (tests/browser/run_live_page.js),
+    driven by its commands; skips, saying why, where Node or Chromium is missing."""
+
+    def __init__(self, url: str, shot: Path) -> None:
+        nodejs = shutil.which("node")
+        if nodejs is None:
+            pytest.skip("node is not installed")
+        if not (NODE_MODULES / "playwright-core").exists():
+            pytest.skip("playwright-core is not installed (npm ci --prefix .ci)")
+        chromium = os.environ.get("CHROMIUM") or shutil.which("chromium")
+        if chromium is None:
+            pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+        env = {**os.environ, "CHROMIUM": chromium,
+               "PLAYWRIGHT_CORE": str(NODE_MODULES / "playwright-core")}
+        self.proc = subprocess.Popen(
+            [nodejs, str(ROOT / "tests" / "browser" / "run_live_page.js"), url, str(shot)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "READY"
+
+    def command(self, line: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def close(self) -> int:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        return self.proc.wait(30)
+
+
 def test_live_page_shows_a_payment_and_a_block(node, tmp_path):
-    nodejs = shutil.which("node")
-    if nodejs is None:
-        pytest.skip("node is not installed")
-    if not (NODE_MODULES / "playwright-core").exists():
-        pytest.skip("playwright-core is not installed (npm ci --prefix .ci)")
-    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     ka, a = new_wallet()
     coin = result(node.rpc_url, "faucet", a, 1000)
     result(node.rpc_url, "generate", 1)
     # UPDATE_SCREENSHOT=1 refreshes the one the README shows.
     shot = (ROOT / "docs" / "live-page.png" if os.environ.get("UPDATE_SCREENSHOT")
             else tmp_path / "live-page.png")
-    env = {**os.environ, "CHROMIUM": chromium,
-           "PLAYWRIGHT_CORE": str(NODE_MODULES / "playwright-core")}
-    proc = subprocess.Popen([nodejs, str(ROOT / "tests" / "browser" / "run_live_page.js"),
-                             f"{node.http_url}/#{a}", str(shot)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env)
+    page_ = LivePage(f"{node.http_url}/#{a}", shot)
     try:
-        assert proc.stdout is not None and proc.stdin is not None
-        assert proc.stdout.readline().strip() == "READY"
-
-        def command(line: str) -> str:
-            assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(line + "\n")
-            proc.stdin.flush()
-            return proc.stdout.readline().strip()
-
+        command = page_.command
         tx = build([(coin, 0, ka)], [(new_wallet()[1], 600), (a, 400)], timestamp=9)
         result(node.rpc_url, "sendrawtransaction", tx.to_json())
         assert command(f"TX {tx.txid}") == "SHOWN"
         height = result(node.rpc_url, "getinfo")["height"] + 1
         result(node.rpc_url, "generate", 1)
         assert command(f"BLOCK {height}") == "SHOWN"
+        # The payment in the address's history, confirmed by that block.
+        assert command(f"HIST {tx.txid} confirmed") == "SHOWN"
+        assert command(f"HIST {coin} confirmed") == "SHOWN"
         # A second payment, in flight when the picture is taken.
         tx2 = build([(tx.txid, 1, ka)], [(new_wallet()[1], 150), (a, 250)], timestamp=10)
         result(node.rpc_url, "sendrawtransaction", tx2.to_json())
         assert command(f"TX {tx2.txid}") == "SHOWN"
+        assert command(f"HIST {tx2.txid} finalized") == "SHOWN"
+        assert orjson.loads(command("ORDER")) == [tx2.txid, tx.txid, coin]
         text = orjson.loads(command("SHOT"))
         assert f"confirmed {tx.txid[:10]}" in text and f"#{height} " in text
         assert "SpentFinalized → Confirmed" in text
         assert "finalized, awaiting a block" in text
         assert "balance 0.0000025 TIME" in text
-        assert proc.wait(30) == 0
+        # tx in the history: 1,000 units out of the address, 400 back as change.
+        assert f"{tx.txid[:10]}…{tx.txid[-6:]}\tconfirmed\t+0.000004\t−0.00001\t#{height}" in text
+        assert "3 tx · showing 3" in text
+        assert page_.proc.wait(30) == 0
         assert shot.stat().st_size > 10_000
     finally:
-        proc.kill()
+        page_.proc.kill()
+
+
+def test_live_page_history_follows_more_and_takes_new_payments_on_top(node, tmp_path):
+    ka, a = new_wallet()
+    _, b = new_wallet()
+    coin = result(node.rpc_url, "faucet", a, 100_000)
+    txids, last = [coin], (coin, 0, 100_000)
+
+    def pay(i: int) -> str:
+        nonlocal last
+        txid, vout, amount = last
+        tx = build([(txid, vout, ka)], [(b, 100), (a, amount - 100)], timestamp=i)
+        result(node.rpc_url, "sendrawtransaction", tx.to_json())
+        last = (tx.txid, 1, amount - 100)
+        txids.append(tx.txid)
+        return tx.txid
+
+    for i in range(54):  # 55 transactions: a page of 50, and 5 behind "more"
+        pay(i)
+    page_ = LivePage(f"{node.http_url}/#{a}", tmp_path / "shot.png")
+    try:
+        assert page_.command("ROWS 50") == "SHOWN"
+        assert orjson.loads(page_.command("ORDER")) == txids[::-1][:50]
+        assert page_.command("MORE") == "CLICKED"
+        assert page_.command("ROWS 55") == "SHOWN"
+        assert orjson.loads(page_.command("ORDER")) == txids[::-1]
+        # A new payment goes on top; the rows "more" brought stay below.
+        new = pay(99)
+        assert page_.command(f"HIST {new} finalized") == "SHOWN"
+        assert orjson.loads(page_.command("ORDER")) == txids[::-1]
+        assert page_.close() == 0
+    finally:
+        page_.proc.kill()

@@ -12,9 +12,9 @@ another node the client rebuilds the state from a snapshot there and says so wit
             if isinstance(event, UtxoStateChange):
                 print(event.outpoint, event.state, c.balance(address))
 
-Requests (``submit``, ``utxos``, ``transaction``) wait for a connection and are sent
-again on the next one if the link drops before the reply: all of them are idempotent
-(SPEC 3.4).  The JavaScript client in ``clients/js`` behaves the same way.
+Requests (``submit``, ``utxos``, ``transaction``, ``history``) wait for a connection
+and are sent again on the next one if the link drops before the reply: all of them are
+idempotent (SPEC 3.4).  The JavaScript client in ``clients/js`` behaves the same way.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ __all__ = [
     "Connected",
     "Disconnected",
     "Event",
+    "History",
+    "HistoryEntry",
     "NewBlock",
     "Other",
     "Resynced",
@@ -222,6 +224,43 @@ class Utxo:
     as_of: int = field(default=0, compare=False)
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One transaction of an address's history (``GetHistory``).
+
+    ``received``/``sent``: what it paid to and took from the address (integer units);
+    ``status``: ``pending``, ``finalized``, ``confirmed`` or ``rejected``;
+    ``timestamp``: the block's, or when the node accepted it while unconfirmed.
+    """
+
+    txid: str
+    status: str
+    block_height: int | None
+    timestamp: int
+    received: int
+    sent: int
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """One page of an address's history, newest first; ``next`` is the ``before`` of
+    the following page (None on the last one)."""
+
+    address: str
+    balance: int
+    tx_count: int
+    txs: list[HistoryEntry]
+    next: int | None
+
+
+def _history(d: dict[str, Any]) -> History:
+    return History(d["address"], d["balance"], d["tx_count"],
+                   [HistoryEntry(t["txid"], t["status"], t.get("block_height"),
+                                 t["timestamp"], t["received"], t["sent"])
+                    for t in d["txs"]],
+                   d.get("next"))
+
+
 def _event(type_: str, d: dict[str, Any]) -> Event:
     # Fields a node may add later are ignored (SPEC 3: unknown fields are ignored).
     if type_ == "UtxoStateChange":
@@ -243,6 +282,13 @@ def _event(type_: str, d: dict[str, Any]) -> Event:
         return NewBlock(d["seq"], d["height"], d["hash"], d["prev_hash"], d["timestamp"],
                         d.get("tx_count", 0))
     return Other(type_, d)
+
+
+def _history_request(address: str, limit: int, before: int | None) -> dict[str, Any]:
+    data: dict[str, Any] = {"address": address, "limit": limit}
+    if before is not None:
+        data["before"] = before
+    return data
 
 
 # -- the client ------------------------------------------------------------------------
@@ -373,13 +419,56 @@ class WalletClient:
         """``{txid, status, votes, quorum, block_height, tx}``; ``ClientError`` NOT_FOUND."""
         return dict(await self._retrying("GetTransaction", {"txid": txid}))
 
+    async def history(self, address: str, limit: int = 50,
+                      before: int | None = None) -> History:
+        """One page of ``address``'s history, newest first: at most ``limit`` (1 to
+        1,000) transactions below ``before`` (the ``next`` of the page before).
+
+        Raises ``ClientError`` (``INVALID_ADDRESS``, ``BAD_REQUEST``) when refused.
+        """
+        reply, _ = await self._retrying_at("GetHistory", _history_request(address, limit, before))
+        return _history(reply)
+
+    async def history_all(self, address: str, page_size: int = 200) -> AsyncIterator[HistoryEntry]:
+        """Every transaction of ``address``'s history, newest first, page by page
+        (``next`` followed), each once.
+
+        A page lost with the link is asked again.  A cursor means something only to
+        the node that gave it (its own storage order): after a failover the walk
+        starts again from the top on the new node and skips what it already gave.
+        """
+        given: set[str] = set()
+        before: int | None = None
+        node: str | None = None
+        while True:
+            reply, at = await self._retrying_at(
+                "GetHistory", _history_request(address, page_size, before))
+            if before is not None and at != node:
+                before, node = None, at  # another node: its own order, from the top
+                continue
+            node = at
+            page = _history(reply)
+            for tx in page.txs:
+                if tx.txid not in given:
+                    given.add(tx.txid)
+                    yield tx
+            if page.next is None:
+                return
+            before = page.next
+
     async def _retrying(self, type_: str, data: dict[str, Any]) -> Any:
+        return (await self._retrying_at(type_, data))[0]
+
+    async def _retrying_at(self, type_: str, data: dict[str, Any]) -> tuple[Any, str | None]:
+        """The reply, and the node (``Hello.node``) that gave it."""
         while True:
             if self._closed:
                 raise ConnectionError("client closed")
             await self.start()
+            # In sync: ``node`` is the node of the connection the request goes out on.
+            node = self.node
             try:
-                return await self._request(type_, data)
+                return await self._request(type_, data), node
             except _Dropped:
                 continue
 

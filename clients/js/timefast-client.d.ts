@@ -64,6 +64,26 @@ export interface AddressUtxos {
   utxo_count?: number;
 }
 
+/** One transaction of an address's history: what it paid to (`received`) and took from (`sent`) the address. */
+export interface HistoryEntry {
+  txid: string;
+  status: 'pending' | 'finalized' | 'confirmed' | 'rejected';
+  block_height: number | null;
+  /** The block's, or when the node accepted it while unconfirmed (Unix seconds). */
+  timestamp: number;
+  received: number;
+  sent: number;
+}
+
+/** One page of an address's history, newest first; `next` is the `before` of the following page (null on the last). */
+export interface History {
+  address: string;
+  balance: number;
+  tx_count: number;
+  txs: HistoryEntry[];
+  next: number | null;
+}
+
 export interface ClientOptions {
   /** A WebSocket class (default: the global one, else the `ws` package). */
   WebSocket?: unknown;
@@ -106,5 +126,7 @@ export class WalletClient implements AsyncIterable<WalletEvent> {
   submit(tx: Transaction | string): Promise<string>;
   utxos(addresses: string[]): Promise<Record<string, AddressUtxos>>;
   transaction(txid: string): Promise<{ txid: string; status: string; votes: number; quorum: number; block_height: number | null; tx: Transaction }>;
+  history(address: string, options?: { limit?: number; before?: number | null }): Promise<History>;
+  historyAll(address: string, options?: { pageSize?: number }): AsyncGenerator<HistoryEntry, void, undefined>;
   [Symbol.asyncIterator](): AsyncIterator<WalletEvent>;
 }

@@ -32,6 +32,12 @@ async function socketClass(given) {
 
 function key(txid, vout) { return `${txid}:${vout}`; }
 
+function historyRequest(address, limit, before) {
+  const data = { address, limit };
+  if (before !== null && before !== undefined) data.before = before;
+  return data;
+}
+
 /**
  * A wallet's live view of its addresses on one or more masternodes.
  *
@@ -148,12 +154,67 @@ export class WalletClient {
   /** `{txid, status, votes, quorum, block_height, tx}` (raises NOT_FOUND). */
   transaction(txid) { return this._retrying('GetTransaction', { txid }); }
 
+  /**
+   * One page of `address`'s history, newest first: at most `limit` (1 to 1,000,
+   * default 50) transactions below `before` (the `next` of the page before).
+   * Resolves to `{address, balance, tx_count, txs, next}`; rejects with a
+   * ClientError (INVALID_ADDRESS, BAD_REQUEST) when refused.
+   */
+  async history(address, { limit = 50, before = null } = {}) {
+    return (await this._retryingAt('GetHistory', historyRequest(address, limit, before))).reply;
+  }
+
+  /**
+   * Every transaction of `address`'s history, newest first, page by page (`next`
+   * followed), each once. A page lost with the link is asked again; a cursor means
+   * something only to the node that gave it, so after a failover the walk starts
+   * again from the top on the new node and skips what it already gave.
+   */
+  async *historyAll(address, { pageSize = 200 } = {}) {
+    const given = new Set();
+    let before = null;
+    let node = null;
+    for (;;) {
+      const { reply, node: at } = await this._retryingAt('GetHistory',
+        historyRequest(address, pageSize, before));
+      if (before !== null && at !== node) {  // another node: its own order, from the top
+        before = null;
+        node = at;
+        continue;
+      }
+      node = at;
+      for (const tx of reply.txs) {
+        if (!given.has(tx.txid)) {
+          given.add(tx.txid);
+          yield tx;
+        }
+      }
+      if (reply.next === null || reply.next === undefined) return;
+      before = reply.next;
+    }
+  }
+
   async _retrying(type, data) {
     for (;;) {
       if (this._closed) throw new Error('client closed');
       if (!this.connected) await this.start();
       try {
         return await this._request(type, data);
+      } catch (e) {
+        if (!(e instanceof Dropped)) throw e;
+      }
+    }
+  }
+
+  // The reply and the node (Hello.node) that gave it: the request waits until the
+  // client is in sync, when `node` is that of the connection it goes out on.
+  async _retryingAt(type, data) {
+    for (;;) {
+      if (this._closed) throw this._fatal || new Error('client closed');
+      await this.start();
+      const node = this.node;
+      try {
+        return { reply: await this._request(type, data), node };
       } catch (e) {
         if (!(e instanceof Dropped)) throw e;
       }

@@ -3,8 +3,11 @@
 // READY once the page is live; then reads commands, one a line: "TX txid" waits until
 // the page shows that transaction in the address's feed and in the table of
 // transactions in flight, "BLOCK height" until it shows that block, each answered
-// SHOWN; "SHOT" saves the screenshot and prints the page's text as JSON.  Exits by
-// itself.
+// SHOWN; "HIST txid status" waits until the address's history table lists that
+// transaction with that status, "ROWS n" until the table has n rows, each answered
+// SHOWN; "MORE" clicks the history's "more" button and answers CLICKED; "ORDER"
+// prints the txids of the history table's rows as JSON; "SHOT" saves the screenshot
+// and prints the page's text as JSON.  Exits by itself (at SHOT, or when stdin ends).
 const readline = require('readline');
 const { chromium } = require(process.env.PLAYWRIGHT_CORE || 'playwright-core');
 
@@ -29,6 +32,18 @@ const { chromium } = require(process.env.PLAYWRIGHT_CORE || 'playwright-core');
     } else if (cmd === 'BLOCK') {  // in the block feed and as the height
       await page.waitForSelector(`#blocks li[data-height="${arg}"]`);
       await page.waitForFunction((h) => document.getElementById('height').textContent === h, arg);
+    } else if (cmd === 'HIST') {
+      const status = line.trim().split(' ')[2];
+      await page.waitForSelector(`#history tr[data-txid="${arg}"][data-status="${status}"]`);
+    } else if (cmd === 'ROWS') {
+      await page.waitForFunction((n) => document.querySelectorAll('#history tbody tr[data-txid]').length === n, Number(arg));
+    } else if (cmd === 'MORE') {
+      await page.click('#more');
+      console.log('CLICKED');
+      continue;
+    } else if (cmd === 'ORDER') {
+      console.log(JSON.stringify(await page.$$eval('#history tbody tr[data-txid]', (rows) => rows.map((r) => r.dataset.txid))));
+      continue;
     } else if (cmd === 'SHOT') {
       await page.screenshot({ path: process.argv[3], fullPage: true });
       console.log(JSON.stringify(await page.evaluate(() => document.body.innerText)));

@@ -1,8 +1,10 @@
 // Chromium: the same harness in a headless page (Debian's chromium via playwright-core).
 // node chromium_runner.cjs URLS ADDRESSES; prints the page's lines; runs until killed.
+// Request lines on stdin go to the page's harness (see harness.mjs).
 // The page comes from a small HTTP server on 127.0.0.1 (Chromium lets pages reach
 // loopback WebSockets only from a loopback origin), serving files of the tree.
 const fs = require('fs');
+const readline = require('readline');
 const http = require('http');
 const path = require('path');
 const { chromium } = require(process.env.PLAYWRIGHT_CORE || 'playwright-core');
@@ -13,9 +15,10 @@ const FILES = {
 };
 const PAGE = `<!doctype html><meta charset="utf-8"><script type="module">
 import { WalletClient } from '/timefast-client.js';
-import { run } from '/harness.mjs';
-run(WalletClient, ${JSON.stringify(process.argv[2].split(','))}, ${JSON.stringify(process.argv[3].split(','))},
-    (line) => console.log('EV ' + line)).catch((e) => console.log('ERR ' + e));
+import { answer, run } from '/harness.mjs';
+const print = (line) => console.log('EV ' + line);
+const client = run(WalletClient, ${JSON.stringify(process.argv[2].split(','))}, ${JSON.stringify(process.argv[3].split(','))}, print);
+window.answerLine = (line) => answer(client, line, print).catch((e) => console.log('ERR ' + e));
 </script>`;
 
 const server = http.createServer((req, res) => {
@@ -39,6 +42,12 @@ server.listen(0, '127.0.0.1', async () => {
     });
     page.on('pageerror', (e) => process.stderr.write(`page error: ${e}\n`));
     await page.goto(`http://127.0.0.1:${server.address().port}/`);
+    await page.waitForFunction(() => typeof window.answerLine === 'function');
+    for await (const line of readline.createInterface({ input: process.stdin })) {
+      // Not awaited: a request may wait for a reconnection while the next one goes.
+      page.evaluate((l) => { window.answerLine(l); }, line)
+        .catch((e) => process.stderr.write(`evaluate: ${e}\n`));
+    }
   } catch (e) {
     console.error(e);
     process.exit(1);

@@ -1,11 +1,12 @@
 // The live page: /status for the node's state, the wallet client (/client.js, the
-// same file as clients/js) for the block feed and an address's events.
+// same file as clients/js) for the block feed, an address's events and its history.
 import { WalletClient } from '/client.js';
 
 const $ = (id) => document.getElementById(id);
 const WS_URL = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/`;
 const COIN = 100000000;
 const MAX_FEED = 50;
+const HISTORY_PAGE = 50;
 
 const time = (units) => `${(units / COIN).toLocaleString('en', { maximumFractionDigits: 8 })} TIME`;
 const short = (h) => (h && h.length > 20 ? `${h.slice(0, 10)}…${h.slice(-6)}` : h || '');
@@ -76,6 +77,78 @@ function describe(ev) {
   }
 }
 
+// The watched address's history: the first page, and the pages "more" added below
+// it.  The node lists an address's transactions in the order it stored them, newest
+// first, and never reorders them: a fresh first page goes on top of what is shown
+// (replacing the rows it lists again, whose status may have changed), and `next`
+// stays the cursor below the last row shown.
+let shown = null;
+
+function amount(units) {
+  return units ? (units / COIN).toLocaleString('en', { maximumFractionDigits: 8 }) : '';
+}
+
+function drawHistory() {
+  const body = $('history').tBodies[0];
+  if (!shown) {
+    body.replaceChildren(row(['type an address to see its history', '', '', '', '']));
+    $('history-count').textContent = '';
+    $('more').hidden = true;
+    return;
+  }
+  if (shown.error) {
+    body.replaceChildren(row([shown.error, '', '', '', '']));
+    $('more').hidden = true;
+    return;
+  }
+  body.replaceChildren(...shown.txs.map((t) => {
+    const tr = row([short(t.txid), t.status, t.received ? `+${amount(t.received)}` : '',
+      t.sent ? `−${amount(t.sent)}` : '', t.block_height === null ? '' : `#${t.block_height}`]);
+    tr.className = t.status;
+    tr.dataset.txid = t.txid;
+    tr.dataset.status = t.status;
+    tr.title = `${t.txid}\n${new Date(t.timestamp * 1000).toISOString()}`;
+    return tr;
+  }));
+  if (!shown.txs.length && shown.loaded) body.append(row(['no transactions', '', '', '', '']));
+  $('history-count').textContent = shown.loaded ? `${shown.count} tx · showing ${shown.txs.length}` : '';
+  $('more').hidden = shown.next === null;
+}
+
+// One load at a time (a refresh and "more" would otherwise race for `next`).
+function loadHistory(c, address, more) {
+  const h = shown;
+  h.busy = h.busy.then(async () => {
+    if (c !== client || h !== shown) return;
+    try {
+      if (more) {
+        const page = await c.history(address, { limit: HISTORY_PAGE, before: h.next });
+        const have = new Set(h.txs.map((t) => t.txid));
+        h.txs.push(...page.txs.filter((t) => !have.has(t.txid)));
+        h.next = page.next;
+        h.count = page.tx_count;
+      } else {
+        const page = await c.history(address, { limit: HISTORY_PAGE });
+        const fresh = new Set(page.txs.map((t) => t.txid));
+        h.txs = [...page.txs, ...h.txs.filter((t) => !fresh.has(t.txid))];
+        if (!h.loaded) h.next = page.next;
+        h.count = page.tx_count;
+        h.loaded = true;
+      }
+      h.error = null;
+    } catch (e) {
+      h.error = `history: ${e.code || e.message}`;
+    }
+    if (h === shown) drawHistory();
+  });
+}
+
+let historyTimer = null;
+function refreshHistory(c, address) {
+  clearTimeout(historyTimer);
+  historyTimer = setTimeout(() => loadHistory(c, address, false), 150);
+}
+
 let client = null;
 let timer = null;
 const schedule = () => { clearTimeout(timer); timer = setTimeout(refresh, 150); };
@@ -83,12 +156,16 @@ const schedule = () => { clearTimeout(timer); timer = setTimeout(refresh, 150); 
 function watch(addresses) {
   if (client) client.close();
   $('events').replaceChildren();
+  shown = addresses.length ? { txs: [], next: null, count: 0, loaded: false, error: null,
+                               busy: Promise.resolve() } : null;
+  drawHistory();
   const c = new WalletClient([WS_URL], addresses, {
     onEvent(ev) {
       if (c !== client) return;
       if (ev.type === 'Connected') {
         $('link').textContent = `live · seq ${ev.seq}`;
         $('link').className = 'tag on';
+        if (addresses.length) refreshHistory(c, addresses[0]);
       } else if (ev.type === 'Disconnected') {
         $('link').textContent = 'reconnecting…';
         $('link').className = 'tag off';
@@ -98,7 +175,10 @@ function watch(addresses) {
         if (ev.type === 'Resynced') feed($('events'), `resynced from a snapshot (${ev.reason})`);
       } else {
         const d = describe(ev);
-        if (d) feed($('events'), `seq ${ev.seq} · ${d[0]}`, { txid: d[1], seq: ev.seq });
+        if (d) {
+          feed($('events'), `seq ${ev.seq} · ${d[0]}`, { txid: d[1], seq: ev.seq });
+          refreshHistory(c, addresses[0]);  // a new transaction, or a new status
+        }
       }
       if (c.connected && ev.type !== 'Disconnected') $('link').textContent = `live · seq ${c.seq}`;
       if (addresses.length) $('balance').textContent = `balance ${time(c.balance(addresses[0]))}`;
@@ -106,8 +186,17 @@ function watch(addresses) {
     },
   });
   client = c;
-  c.start().catch(() => {});
+  c.start().catch((e) => {
+    if (shown && c === client) {
+      shown.error = `history: ${e.code || e.message}`;
+      drawHistory();
+    }
+  });
 }
+
+$('more').addEventListener('click', () => {
+  if (client && shown && shown.next !== null) loadHistory(client, client.addresses[0], true);
+});
 
 $('watch').addEventListener('submit', (e) => {
   e.preventDefault();

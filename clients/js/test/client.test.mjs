@@ -153,3 +153,34 @@ test('a refused Subscribe ends the client with its error instead of retrying for
     await node.close();
   }
 });
+
+// The history walk after a failover: node A's cursor means nothing to node B (its
+// own storage order), so the walk starts again from B's top and skips what A gave.
+test('historyAll starts again from the top on another node and gives each transaction once', { timeout: 30000 }, async () => {
+  const entry = (txid) => ({ txid, status: 'finalized', block_height: null, timestamp: 1, received: 5, sent: 0 });
+  const page = (msg, txs, next) => reply(msg, 'History', { address: 'addr', balance: 15, tx_count: 3, txs: txs.map(entry), next });
+  const a = await scriptedNode((n, msg) => {
+    if (msg.type === 'Hello') return [hello(msg, 1)];
+    if (msg.type === 'GetHistory' && msg.data.before === undefined) return [page(msg, ['t3', 't2'], 5)];
+    return ['CLOSE'];  // gone before the second page
+  });
+  const b = await scriptedNode((n, msg) => {
+    if (msg.type === 'Hello') return [reply(hello(msg, 1), 'Hello', { ...hello(msg, 1).data, node: 'bb'.repeat(32) })];
+    if (msg.type !== 'GetHistory') return [];
+    if (msg.data.before === 5) return [page(msg, ['t9'], null)];  // A's cursor: B's t9
+    if (msg.data.before === undefined) return [page(msg, ['t2', 't3'], 7)];
+    return [page(msg, ['t1'], null)];
+  });
+  const c = new WalletClient([a.url, b.url], [], { backoffInitial: 20 });
+  try {
+    const got = [];
+    for await (const tx of c.historyAll('addr', { pageSize: 2 })) got.push(tx.txid);
+    assert.deepEqual(got, ['t3', 't2', 't1']);
+    assert.deepEqual(b.received.filter(([, m]) => m.type === 'GetHistory').map(([, m]) => m.data),
+      [{ address: 'addr', limit: 2, before: 5 }, { address: 'addr', limit: 2 }, { address: 'addr', limit: 2, before: 7 }]);
+  } finally {
+    await c.close();
+    await a.close();
+    await b.close();
+  }
+});
