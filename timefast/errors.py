@@ -56,9 +56,9 @@ class LockConflict(CoreError):
 
 
 class RequestError(Exception):
-    """A request refused with one of SPEC 3.4's error codes (``code``): raised by the
-    ledger (as ``LedgerError``) and by the wallet session alike, answered with an
-    ``Error`` (or a JSON-RPC error) and never closing the connection."""
+    """A request refused with one of SPEC 3.4's error codes (``code``), by the ledger
+    (``rules.LedgerError``) or by the wallet session: answered with an ``Error`` (or a
+    JSON-RPC error), never closing the connection."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

@@ -34,8 +34,9 @@ SignatureCheck = Callable[[bytes, bytes, bytes], bool]
 Decision = Literal["finalized", "rejected"] | None
 
 
-# The ledger's refusals are the one request error of every layer.
-LedgerError = RequestError
+class LedgerError(RequestError):
+    """A request the ledger refuses (the ledger's kind of ``RequestError``, which the
+    ports catch whatever refused it)."""
 
 
 # -- addresses ----------------------------------------------------------------------
