@@ -233,3 +233,18 @@ def parse_frames(data: bytes | bytearray) -> list[bytes]:
         out.append(bytes(data[i + h:i + h + n]))
         i += h + n
     return out
+
+
+def client_frame(opcode: int, payload: bytes = b"", fin: bool = True,
+                 mask: bytes | None = None) -> bytes:
+    """One masked WebSocket frame as a client sends it (RFC 6455 5.2)."""
+    mask = os.urandom(4) if mask is None else mask
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))

@@ -18,7 +18,7 @@ from websockets.frames import Frame, Opcode
 
 from timefast.fragments import MessageAssembler, MessageError
 
-from .helpers import NodeThread
+from .helpers import NodeThread, client_frame
 
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
 
@@ -85,16 +85,7 @@ def test_fragments_out_of_order_are_a_protocol_error():
 
 def frame(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
     """One masked client frame."""
-    mask = os.urandom(4)
-    n = len(payload)
-    head = bytes([(0x80 if fin else 0) | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-    else:
-        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return client_frame(opcode, payload, fin)
 
 
 def msg(text: bytes) -> bytes:

@@ -29,7 +29,7 @@ from websockets.sync.client import connect
 
 from timefast.transaction import build
 
-from .helpers import NodeProcess, NodeThread, fund_coins, new_wallet, result
+from .helpers import NodeProcess, NodeThread, client_frame, fund_coins, new_wallet, result
 
 
 @pytest.fixture(scope="module")
@@ -218,16 +218,7 @@ async def _raw_ws(host, port, path="/", headers=""):
 
 
 def _masked(payload: bytes, opcode=1) -> bytes:
-    mask = os.urandom(4)
-    n = len(payload)
-    head = bytes([0x80 | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-    else:
-        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return client_frame(opcode, payload)
 
 
 def test_lagged_message_and_readers_complete(tmp_path):
@@ -731,16 +722,7 @@ class _Transport:
 
 
 def _client_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    mask = b"\x01\x02\x03\x04"
-    n = len(payload)
-    head = bytes([(0x80 if fin else 0) | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
-    else:
-        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return client_frame(opcode, payload, fin, mask=b"\x01\x02\x03\x04")
 
 
 _addr = st.sampled_from(["a1", "a2", "b_3", "time1test"] + [f"x{i}" for i in range(30)])
