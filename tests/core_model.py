@@ -20,6 +20,9 @@ ALLOWED = {
     ("SpentPending", "SpentFinalized"),
     ("SpentPending", "Unspent"),
     ("SpentFinalized", "Confirmed"),
+    # Learnt from peers (SPEC 4.2).
+    ("Unspent", "SpentFinalized"),
+    ("Locked", "SpentFinalized"),
 }
 
 
@@ -112,11 +115,15 @@ class UtxoTable:
             raise IllegalTransition(txid, vout, u.state, new_state)
 
     def transition(self, txid: str, vout: int, new_state: str, votes: int | None = None,
-                   block_height: int | None = None) -> str:
+                   block_height: int | None = None, spending_txid: str | None = None) -> str:
         u = self._find(txid, vout)
         prev = u.state
         if not allowed(prev, new_state):
             raise IllegalTransition(txid, vout, prev, new_state)
+        if spending_txid is not None:
+            if not _is_txid(spending_txid):
+                raise ValueError("spending_txid must be 64 lowercase hex characters")
+            u.spending_txid = spending_txid
         u.state = new_state
         if new_state == "Unspent":
             u.spending_txid = None

@@ -248,11 +248,12 @@ class CoreVsModel(RuleBasedStateMachine):
         self.both("lock", self.c_tab, self.m_tab, txid, ops)
 
     @rule(op=st.sampled_from(OUTPOINTS), state=st.sampled_from(STATES),
-          votes=st.none() | st.integers(0, 5), height=st.none() | st.integers(0, 9))
-    def transition(self, op, state, votes, height):
+          votes=st.none() | st.integers(0, 5), height=st.none() | st.integers(0, 9),
+          spender=st.none() | st.sampled_from(["d" * 64, "f" * 64, "not a txid"]))
+    def transition(self, op, state, votes, height, spender):
         self.both("check", self.c_tab, self.m_tab, op[0], op[1], state)
         self.both("transition", self.c_tab, self.m_tab, op[0], op[1], state,
-                  votes=votes, block_height=height)
+                  votes=votes, block_height=height, spending_txid=spender)
 
     @rule(op=st.sampled_from(OUTPOINTS))
     def forget(self, op):

@@ -501,7 +501,13 @@ def test_a_block_made_by_one_ledger_is_accepted_by_another(tmp_path):
     seen = [e.type for e in events]
     # Wallets of the second node hear the transactions it learnt from the block.
     assert seen.count("TransactionFinalized") == 2 and seen.count("TransactionConfirmed") == 2
-    assert seen[-1] == "NewBlock"
+    assert seen[-1] == "NewBlock" and "TransactionPending" not in seen
+    # Each input goes Unspent -> SpentFinalized -> Confirmed (SPEC 7.5).
+    spent_moves = [(d["outpoint"]["vout"], d["prev_state"], d["state"])
+                   for d in (orjson.loads(e.payload)["data"] for e in events)
+                   if d.get("outpoint") == {"txid": paid, "vout": 0}]
+    assert spent_moves == [(0, None, "Unspent"), (0, "Unspent", "SpentFinalized"),
+                           (0, "SpentFinalized", "Confirmed")]
     # A restart of the second ledger agrees.
     again = Ledger(b.store, "regtest", b.key, clock=Clock())
     assert (again.height, again.tip) == (a.height, a.tip)
@@ -511,7 +517,7 @@ def test_a_block_beats_a_pending_conflicting_spend(tmp_path):
     keys = [crypto.new_key() for _ in range(4)]
     pubs = [crypto.public_key_hex(k) for k in keys]
     a, _ = make_ledger(tmp_path / "a")
-    b, _events = make_ledger(tmp_path / "b", key=keys[0], masternodes=pubs)
+    b, events = make_ledger(tmp_path / "b", key=keys[0], masternodes=pubs)
     ka, addr = new_wallet()
     # The same coin on both ledgers: a faucet payment made on a, learnt by b in a block.
     paid = a.faucet(addr, 5000)
@@ -521,8 +527,15 @@ def test_a_block_beats_a_pending_conflicting_spend(tmp_path):
     winner = build([(paid, 0, ka)], [(new_wallet()[1], 200)], timestamp=9)
     b.submit(loser.to_json())
     a.submit(winner.to_json())
+    events.clear()
     b.accept_block(a.get_block(a.make_block()["height"], with_txs=True))
     assert b.status_of(loser.txid) == "rejected"
+    # The contested coin goes from the loser's lock straight to the winner.
+    moves = [(d["prev_state"], d["state"], d["spending_txid"])
+             for d in (orjson.loads(e.payload)["data"] for e in events)
+             if d.get("outpoint") == {"txid": paid, "vout": 0}]
+    assert moves == [("SpentPending", "SpentFinalized", winner.txid),
+                     ("SpentFinalized", "Confirmed", winner.txid)]
     assert b.status_of(winner.txid) == "confirmed"
     assert b.get_transaction(loser.txid)["reason"] == "conflict"
     assert b.tip == a.tip

@@ -30,6 +30,11 @@ _ALLOWED[SPENT_PENDING][SPENT_PENDING] = True
 _ALLOWED[SPENT_PENDING][SPENT_FINALIZED] = True
 _ALLOWED[SPENT_PENDING][UNSPENT] = True
 _ALLOWED[SPENT_FINALIZED][CONFIRMED] = True
+# What a node learns from peers (SPEC 4.2): a transaction known with its quorum, or
+# from a committed block, spends an Unspent coin at once, or one that a conflicting
+# local transaction had locked (that one lost).
+_ALLOWED[UNSPENT][SPENT_FINALIZED] = True
+_ALLOWED[LOCKED][SPENT_FINALIZED] = True
 
 
 cdef inline int _state_id(str name) except -1:
@@ -278,16 +283,25 @@ cdef class UtxoTable:
         if not _ALLOWED[e.second.state][to]:
             raise IllegalTransition(txid, vout, _STATE_NAMES[e.second.state], new_state)
 
-    def transition(self, str txid, long vout, str new_state, votes=None, block_height=None):
+    def transition(self, str txid, long vout, str new_state, votes=None, block_height=None,
+                   spending_txid=None):
         """Move one outpoint; returns the previous state name.
 
-        Going back to Unspent (a rejected spend) clears the spending txid and votes.
+        Going back to Unspent (a rejected spend) clears the spending txid and votes;
+        ``spending_txid`` names the transaction that spends it from now on (one
+        learnt from peers that won over the local one, or the coin's first spender).
         """
         cdef tf_entry* e = self._find(txid, vout)
         cdef int to = _state_id(new_state)
         cdef int prev = e.second.state
+        cdef uint8_t spender[32]
         if not _ALLOWED[prev][to]:
             raise IllegalTransition(txid, vout, _STATE_NAMES[prev], new_state)
+        if spending_txid is not None:
+            if not isinstance(spending_txid, str) or not _parse_txid(spending_txid, spender):
+                raise ValueError("spending_txid must be 64 lowercase hex characters")
+            memcpy(e.second.spender, spender, 32)
+            e.second.has_spender = True
         cdef int new_votes = e.second.votes if votes is None else votes
         cdef int64_t new_height = e.second.block_height if block_height is None else block_height
         e.second.state = <uint8_t>to

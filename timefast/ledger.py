@@ -156,13 +156,17 @@ class _Step:
         self.core_ops.append(lambda: self.ledger.utxos.lock(txid, ops))
 
     def move(self, op: tuple[str, int], state: str, raw: bytes | None,
-             votes: int | None = None, height: int | None = None) -> None:
-        """Move one UTXO along the transition table (``IllegalTransition``)."""
+             votes: int | None = None, height: int | None = None,
+             spender: str | None = None) -> None:
+        """Move one UTXO along the transition table (``IllegalTransition``);
+        ``spender``: the transaction spending it from now on."""
         coin = self.utxo(op)
         prev = coin.state
         if not _core.allowed(prev, state):
             raise IllegalTransition(op[0], op[1], prev, state)
         coin.state = state
+        if spender is not None:
+            coin.spender = spender
         if state == "Unspent":
             coin.spender, coin.votes = None, 0
         if votes is not None:
@@ -172,7 +176,7 @@ class _Step:
         self.rows.put_utxo(op, coin, op in self.rows.new_utxos)
         self._moved(op, coin, prev, raw)
         self.core_ops.append(
-            lambda: self.ledger.utxos.transition(op[0], op[1], state, votes, height))
+            lambda: self.ledger.utxos.transition(op[0], op[1], state, votes, height, spender))
 
     def create(self, op: tuple[str, int], address: str, amount: int,
                raw: bytes | None, height: int | None = None) -> None:
@@ -577,11 +581,16 @@ class Ledger:
             self.outcomes["finalized"] += 1
         s.after.append(done)
 
-    def _reject(self, s: _Step, p: _Pending, reason: str) -> None:
+    def _reject(self, s: _Step, p: _Pending, reason: str,
+                keep: set[tuple[str, int]] | frozenset[tuple[str, int]] = frozenset()
+                ) -> None:
+        """Reject ``p``: its inputs go back to Unspent, but for those in ``keep``
+        (which the winning conflicting transaction moves itself)."""
         p.decided = True
         txid = p.tx.txid
         for op in p.tx.outpoints():
-            s.move(op, "Unspent", p.raw)
+            if op not in keep:
+                s.move(op, "Unspent", p.raw)
         s.emit(TxRejected(txid, reason, p.addresses))
         s.rows.set_tx(txid, TxChange("rejected", reason=reason))
 
@@ -784,24 +793,24 @@ class Ledger:
         addresses = tuple(dict.fromkeys([*(a for a, _ in spent), *tx.addresses()]))
         if self.status_of(txid) is None:
             self._index(s, tx, spent)
-        # Pending spends of the same coins lose to the block's.
-        for op in tx.outpoints():
+        ops = tx.outpoints()
+        # Pending spends of the same coins lose to the block's: their other inputs go
+        # back to Unspent, the contested ones straight to SpentFinalized under the
+        # block's transaction (SPEC 3.3).
+        for op in ops:
             spender = s.utxo(op).spender
             loser = self.pending.get(spender) if spender else None
             if loser is not None and not loser.decided:
-                self._reject(s, loser, "conflict")
-        s.rows.add_tx(TxRow(txid, raw, "pending", self.clock(), None, None,
+                self._reject(s, loser, "conflict", keep=set(ops))
+        # Learnt with its certificate (the block's commit): Unspent (or locked by the
+        # loser) -> SpentFinalized, its outputs Unspent, then finalized (SPEC 7.5).
+        for op in ops:
+            s.move(op, "SpentFinalized", raw, votes=self.quorum, spender=txid)
+        for vout, o in enumerate(tx.outputs):
+            s.create((txid, vout), o.address, o.amount, raw)
+        s.emit(TxFinalized(txid, self.quorum, addresses))
+        s.rows.add_tx(TxRow(txid, raw, "finalized", self.clock(), s.seq, None,
                             orjson.dumps(addresses), None))
-        s.emit(TxAccepted(txid, raw, addresses))
-        p = _Pending(tx, raw, self.clock(), addresses)
-        s.core_ops.append(lambda: self.utxos.lock(txid, tx.outpoints()))
-        for op in tx.outpoints():
-            coin_ = s.utxo(op)
-            prev = coin_.state
-            coin_.state, coin_.spender = "Locked", txid
-            s.rows.put_utxo(op, coin_, op in s.rows.new_utxos)
-            s._moved(op, coin_, prev, raw)
-        self._finalize(s, p)
         return _Final(tx, raw, addresses)
 
     def _add_block(self, s: _Step, block: dict[str, Any], final: list[_Final],
