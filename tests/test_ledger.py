@@ -752,3 +752,34 @@ def test_replay_window_is_bounded_in_bytes(tmp_path):
     led.store.close()
     led2, _ = make_ledger(tmp_path, replay_bytes=20_000)
     assert led2.journal.recent_bytes <= 20_000 and led2.recent[-1].seq == led.seq
+
+
+def test_a_refused_block_leaves_the_pending_tallies_as_they_were(tmp_path):
+    # The block's first transaction beats a pending spend here; its second is forged:
+    # the block is refused, and the pending spend must not stay marked as decided.
+    from timefast.rules import block_hash
+    keys = [crypto.new_key() for _ in range(4)]
+    pubs = [crypto.public_key_hex(k) for k in keys]
+    a, _ = make_ledger(tmp_path / "a")
+    b, _ = make_ledger(tmp_path / "b", key=keys[0], masternodes=pubs)
+    ka, addr = new_wallet()
+    paid = a.faucet(addr, 5000)
+    b.accept_block(a.get_block(a.make_block()["height"], with_txs=True))
+    loser = build([(paid, 0, ka)], [(new_wallet()[1], 100)], timestamp=8)
+    winner = build([(paid, 0, ka)], [(new_wallet()[1], 200)], timestamp=9)
+    b.submit(loser.to_json())
+    a.submit(winner.to_json())
+    good = a.get_block(a.make_block()["height"], with_txs=True)
+    forged = build([(paid, 1, ka)], [(addr, 1)], timestamp=10).to_json()  # not ka's coin
+    txids = [*good["txids"], forged["txid"]]
+    bad = good | {"txids": txids, "txs": [*good["txs"], forged],
+                  "hash": block_hash(good["height"], good["prev_hash"], good["timestamp"],
+                                     txids, good["producer"])}
+    seq = b.seq
+    with pytest.raises(LedgerError, match="does not own"):
+        b.accept_block(bad)
+    assert b.seq == seq and b.status_of(loser.txid) == "pending"
+    assert not b.pending[loser.txid].decided
+    for k in keys[1:3]:  # its own vote and two more: quorum, as if no block had come
+        b.submit_vote(crypto.sign_vote(k, loser.txid, True))
+    assert b.status_of(loser.txid) == "finalized"

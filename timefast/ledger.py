@@ -122,6 +122,19 @@ class _Step:
         self.core_ops: list[Callable[[], Any]] = []
         self.after: list[Callable[[], None]] = []
         self.coins: dict[tuple[str, int], Coin] = {}
+        # Pending transactions' tallies as they were before this step changed them.
+        self.kept: dict[str, tuple[_Pending, set[str], set[str], bool]] = {}
+
+    def keep(self, p: _Pending) -> None:
+        """Remember ``p``'s tally before this step changes it (see ``undo``)."""
+        if p.tx.txid not in self.kept:
+            self.kept[p.tx.txid] = (p, set(p.approvals), set(p.rejections), p.decided)
+
+    def undo(self) -> None:
+        """Put back the tallies a refused step changed (nothing else of it is
+        anywhere yet: its rows, core moves and events are still its own)."""
+        for p, approvals, rejections, decided in self.kept.values():
+            p.approvals, p.rejections, p.decided = approvals, rejections, decided
 
     def emit(self, change: Change) -> None:
         """Record one change, and the wallet event it makes (with the next ``seq``)."""
@@ -318,7 +331,11 @@ class Ledger:
 
     def _run(self, fn: Callable[[_Step], Any]) -> Any:
         step = _Step(self)
-        result = fn(step)  # a refusal raises here, with nothing staged anywhere
+        try:
+            result = fn(step)  # a refusal raises here, with nothing staged anywhere
+        except BaseException:
+            step.undo()  # tallies the step changed before it was refused
+            raise
         self._rows.absorb(step.rows)
         if self._held is not None:
             # Inside a batch: later steps see this one's effects, but nobody hears
@@ -551,6 +568,7 @@ class Ledger:
         s.changes.append(VoteRecorded(*vote))
         if p is None or p.decided:
             return
+        s.keep(p)
         (p.approvals if vote.approve else p.rejections).add(vote.voter)
         decision = tally(len(p.approvals), len(p.rejections), len(self.masternodes))
         if decision == "finalized":
@@ -562,6 +580,7 @@ class Ledger:
                 s.move(op, "SpentPending", p.raw, votes=len(p.approvals))
 
     def _finalize(self, s: _Step, p: _Pending) -> None:
+        s.keep(p)
         p.decided = True
         votes = len(p.approvals)
         txid = p.tx.txid
@@ -586,6 +605,7 @@ class Ledger:
                 ) -> None:
         """Reject ``p``: its inputs go back to Unspent, but for those in ``keep``
         (which the winning conflicting transaction moves itself)."""
+        s.keep(p)
         p.decided = True
         txid = p.tx.txid
         for op in p.tx.outpoints():
