@@ -279,7 +279,7 @@ int main(int argc, char **argv) {
                                   triggered);
                 }
                 int n = snprintf(req, sizeof req,
-                                 "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                 "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                                  "Content-Length: %d\r\n\r\n%s", bl, body);
                 sent_at[triggered] = now();
                 if (send_all(c->fd, req, (size_t)n) < 0) { failures++; break; }
