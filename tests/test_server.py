@@ -844,3 +844,20 @@ def test_any_message_sequence_keeps_a_connection_bounded_and_never_raises(
     conn.connection_lost(None)
     tracemalloc.stop()
     assert peak + SEND_BUF < CONNECTION_BOUND, peak
+
+
+def test_wallet_sockets_get_the_fixed_send_buffer(node):
+    """Each accepted wallet socket has SOCKET_SEND_BUFFER (the kernel doubles it),
+    not an autotuned one, though it is set once on the listening socket."""
+    from timefast import server
+    with connect(node.ws_url) as ws:
+        send(ws, {"type": "Ping"})
+        assert orjson.loads(ws.recv(timeout=10))["type"] == "Pong"
+        local = ws.socket.getsockname()
+        conns = [c for c in list(node.node.wallets.conns.values())
+                 if c.transport is not None
+                 and c.transport.get_extra_info("peername")[:2] == local[:2]]
+        assert len(conns) == 1
+        sock = conns[0].transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == \
+            2 * server.SOCKET_SEND_BUFFER

@@ -48,6 +48,11 @@ CLOSE_TIMEOUT = 5.0  # seconds a closing peer has before the TCP connection is c
 # Linux) so that a wallet that stops reading is noticed by SEND_BUFFER_BYTES soon and
 # holds little kernel memory; notifications never need a large window.
 SOCKET_SEND_BUFFER = 128 * 1024
+# listen() backlog: the kernel caps it at net.core.somaxconn (4096 by default), so
+# the node takes whatever the operator allows.  After a restart every wallet
+# connects at once; one refused by a full queue waits a second or more for its
+# SYN to be sent again (docs/OPERATIONS.md).
+LISTEN_BACKLOG = 65535
 
 
 def http_response(status: int, reason: str, body: bytes,
@@ -123,11 +128,11 @@ class WalletConnection(asyncio.Protocol):
         else:
             srv.refused_waiting += 1
         fd = -1
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
-            if srv.direct_writes:
+        # SOCKET_SEND_BUFFER is set on the listening socket: accepted sockets
+        # inherit it, a system call less per connection in a reconnect storm.
+        if srv.direct_writes:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
                 fd = sock.fileno()
         self.fd = fd
         self.slot = srv.fanout.open(self.transport, fd)
@@ -423,7 +428,11 @@ class WalletServer:
             # A TLS handshake (before connection_made) obeys the same open timeout.
             tls = {"ssl": ssl_context, "ssl_handshake_timeout": OPEN_TIMEOUT}
         server = await self.loop.create_server(lambda: WalletConnection(self), host, port,
-                                               backlog=4096, reuse_address=True, **tls)
+                                               backlog=LISTEN_BACKLOG, reuse_address=True,
+                                               **tls)
+        for sock in server.sockets:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
         self.servers.append(server)
         if self.heartbeat_interval > 0 and self._heartbeat is None:
             self._heartbeat = self.loop.call_later(self.heartbeat_interval, self._beat)
