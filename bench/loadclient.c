@@ -159,7 +159,310 @@ static void progress(const char *what, double done, double total, size_t deliver
     fflush(tty);
 }
 
+/* --mode storm: a node restart as wallets live it (issue 20).
+ *
+ * N wallets, wallet i subscribed to address i (`snapshot: false`), each keeping the
+ * last `seq` it saw (its `Subscribed` seq, then every event's).  Payments flow
+ * (`faucet(address_j, 100000 + id)`, K in flight, paced at --rate after the first
+ * --events); once --events are answered the client prints {"kill":true} and the
+ * harness kills the node (kill -9), restarts it and writes a line on stdin.  Then
+ * every wallet reconnects at once and subscribes with `since_seq` = its last seq,
+ * while --live more payments flow at --rate.  Reported: time from the restart to
+ * the last wallet's `Subscribed` and to the last one caught up (it holds every
+ * event of every payment answered before the kill), events replayed (seq not above
+ * the `Subscribed` seq) per second, latency of payments sent during the storm, and
+ * wallets that missed or repeated an event (each payment is 3 events to its
+ * wallet; seq strictly increases per wallet across both connections).  With
+ * --events 0 it stops after the first `Subscribed` of every wallet: the connect
+ * phase alone, for servers that cannot restart (the baselines).
+ */
+typedef struct {
+    long last_seq, sub_seq;
+    int subscribed, caught, events, repeats, owed_pre;
+} Wallet;
+
+static int storm_connect(Conn *c, Wallet *w, int ep, int i, const char *host, int port) {
+    char req[512];
+    c->fd = connect_to(host, port, 0);
+    c->len = 0;
+    c->state = WS_HANDSHAKE;
+    w->subscribed = 0;
+    if (c->fd < 0) { c->state = WS_DEAD; return -1; }
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+    epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
+    int n = snprintf(req, sizeof req,
+                     "GET / HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n", host, port);
+    if (send_all(c->fd, req, (size_t)n) < 0) { close(c->fd); c->state = WS_DEAD; return -1; }
+    return 0;
+}
+
+static void storm_drop(Conn *c, int ep) {
+    if (c->state == WS_DEAD) return;
+    epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    c->state = WS_DEAD;
+    c->busy = 0;
+    c->len = 0;
+}
+
+/* A blocking connect (a request is sent at once), then non-blocking. */
+static int rpc_connect(const char *host, int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return -1;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    inet_pton(AF_INET, host, &sa.sin_addr);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) { close(fd); return -1; }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    return fd;
+}
+
+static int storm(int argc, char **argv) {
+    const char *host = arg(argc, argv, "--host", "127.0.0.1");
+    int ws_port = atoi(arg(argc, argv, "--ws-port", "8765"));
+    int rpc_port = atoi(arg(argc, argv, "--rpc-port", "8766"));
+    int n = atoi(arg(argc, argv, "--conns", "100"));
+    int pre = atoi(arg(argc, argv, "--events", "100"));
+    int live = atoi(arg(argc, argv, "--live", "200"));
+    int inflight = atoi(arg(argc, argv, "--inflight", "4"));
+    double rate = atof(arg(argc, argv, "--rate", "200"));
+    double timeout = atof(arg(argc, argv, "--timeout", "120"));
+    if (n < 1 || pre < 0 || live < 0 || inflight < 1) return 2;
+    /* Payment ids: before the kill (payments go on until the node dies, at most
+       KILL_SLACK past --events), then the live ones from `live0`. */
+    enum { KILL_SLACK = 2000 };
+    int total = pre + KILL_SLACK + live, live0 = 0;
+    Conn *conns = calloc((size_t)n + (size_t)inflight, sizeof(Conn));
+    Wallet *w = calloc((size_t)n, sizeof(Wallet));
+    int *trig = calloc((size_t)n + (size_t)inflight, sizeof(int)); /* id in flight per rpc conn */
+    char *answered = calloc((size_t)total, 1), *got = calloc((size_t)total, 1);
+    double *sent_at = calloc((size_t)total, sizeof(double));
+    double *lat = malloc((size_t)total * sizeof(double));
+    size_t lat_n = 0;
+    int ep = epoll_create1(0);
+    const uint32_t STDIN_MARK = 0xfffffffeu;
+    double deadline = now() + timeout, t0 = now();
+    double connect_s = 0, t_go = 0, t_resumed = 0, t_caught = 0;
+    int phase = 0; /* 0 connecting, 1 paying, 2 waiting for the restart, 3 storm */
+    int subscribed = 0, caught = 0, triggered = 0, kill_sent = 0, n_answered = 0;
+    long replayed = 0;
+    int failures = 0, reconnects = 0;
+    struct epoll_event evs[512];
+    char req[1024], body[256];
+
+    for (int i = 0; i < n; i++)
+        if (storm_connect(&conns[i], &w[i], ep, i, host, ws_port) < 0) failures++;
+    for (int k = 0; k < inflight; k++) conns[n + k].state = WS_DEAD;
+
+    while (now() < deadline) {
+        double t = now();
+        if (phase == 0 && subscribed == n - failures) {
+            connect_s = t - t0;
+            printf("{\"ready\":%d,\"connect_s\":%.6f}\n", subscribed, connect_s);
+            fflush(stdout);
+            if (pre == 0) return 0; /* --events 0: the connect phase alone */
+            phase = 1;
+        }
+        if (phase >= 1) {
+            /* RPC connections, (re)opened as needed (not while the node is down); one
+               payment in flight on each. */
+            for (int k = 0; k < inflight; k++) {
+                Conn *c = &conns[n + k];
+                if (c->state == WS_DEAD) {
+                    if (phase == 2) continue;
+                    c->fd = rpc_connect(host, rpc_port);
+                    if (c->fd < 0) continue;
+                    c->is_rpc = 1; c->state = WS_READY; c->busy = 0; c->len = 0;
+                    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)(n + k)};
+                    epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
+                }
+                if (c->busy) continue;
+                /* Before the kill: as fast as answered; in the storm: --live at --rate. */
+                if (phase < 3 && triggered >= pre + KILL_SLACK) break;
+                if (phase == 3 && (triggered - live0 >= live || t < t_go + (triggered - live0) / rate))
+                    break;
+                int id = triggered, j = id % n;
+                char a[64];
+                address_of(j, a);
+                int bl = snprintf(body, sizeof body,
+                                  "{\"jsonrpc\":\"2.0\",\"id\":%d,\"method\":\"faucet\",\"params\":[\"%s\",%d]}",
+                                  id, a, 100000 + id);
+                int m = snprintf(req, sizeof req,
+                                 "POST / HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                                 "Content-Length: %d\r\n\r\n%s", host, rpc_port, bl, body);
+                sent_at[id] = t;
+                if (send_all(c->fd, req, (size_t)m) < 0) { storm_drop(c, ep); continue; }
+                c->busy = 1; trig[n + k] = id;
+                triggered++;
+            }
+        }
+        if (phase == 1 && n_answered >= pre && !kill_sent) {
+            /* Payments go on (and are in flight) until the node dies. */
+            printf("{\"kill\":true,\"answered\":%d}\n", n_answered);
+            fflush(stdout);
+            kill_sent = 1;
+            struct epoll_event ev = {.events = EPOLLIN, .data.u32 = STDIN_MARK};
+            epoll_ctl(ep, EPOLL_CTL_ADD, 0, &ev);
+            phase = 2;
+        }
+        if (phase == 3 && !t_caught && caught == n) t_caught = now();
+        if (phase == 3 && subscribed == n && !t_resumed) t_resumed = now();
+        if (phase == 3 && t_caught && triggered - live0 >= live) {
+            /* Done once every live payment is answered and delivered. */
+            int pending = 0;
+            for (int q = 0; q < inflight; q++) pending |= conns[n + q].busy;
+            for (int id = live0; id < triggered && !pending; id++) pending = answered[id] && !got[id];
+            if (!pending) break;
+        }
+        int k = epoll_wait(ep, evs, 512, 20);
+        for (int e = 0; e < k; e++) {
+            if (evs[e].data.u32 == STDIN_MARK) {
+                char line[64];
+                if (read(0, line, sizeof line) <= 0 || phase != 2) continue;
+                epoll_ctl(ep, EPOLL_CTL_DEL, 0, NULL);
+                /* The storm: every wallet at once. */
+                t_go = now();
+                phase = 3;
+                subscribed = 0;
+                live0 = triggered;
+                /* Owed: every event of every payment answered before the kill. */
+                for (int i = 0; i < n; i++) w[i].owed_pre = 0;
+                for (int id = 0; id < triggered; id++) if (answered[id]) w[id % n].owed_pre += 3;
+                for (int i = 0; i < n; i++) {
+                    storm_drop(&conns[i], ep);
+                    if (storm_connect(&conns[i], &w[i], ep, i, host, ws_port) < 0) failures++;
+                }
+                for (int q = 0; q < inflight; q++) storm_drop(&conns[n + q], ep);
+                continue;
+            }
+            int idx = (int)evs[e].data.u32;
+            Conn *c = &conns[idx];
+            char tmp[65536];
+            int closed = 0;
+            for (;;) {
+                ssize_t r = recv(c->fd, tmp, sizeof tmp, 0);
+                if (r > 0) { append(c, tmp, (size_t)r); if ((size_t)r < sizeof tmp) break; continue; }
+                if (r == 0 || (errno != EAGAIN && errno != EINTR)) closed = 1;
+                break;
+            }
+            t = now();
+            if (c->is_rpc) {
+                for (;;) {
+                    char *end = memmem(c->buf, c->len, "\r\n\r\n", 4);
+                    if (!end) break;
+                    long cl = find_number(c->buf, (size_t)(end - c->buf), "Content-Length: ");
+                    size_t tot = (size_t)(end - c->buf) + 4 + (size_t)(cl < 0 ? 0 : cl);
+                    if (c->len < tot) break;
+                    if (memmem(c->buf, tot, "\"result\"", 8)) { answered[trig[idx]] = 1; n_answered++; }
+                    memmove(c->buf, c->buf + tot, c->len - tot);
+                    c->len -= tot;
+                    c->busy = 0;
+                }
+                if (closed) storm_drop(c, ep);
+                continue;
+            }
+            Wallet *wl = &w[idx];
+            size_t off = 0;
+            if (c->state == WS_HANDSHAKE) {
+                char *end = memmem(c->buf, c->len, "\r\n\r\n", 4);
+                if (end) {
+                    if (c->len < 12 || memcmp(c->buf + 9, "101", 3)) closed = 1;
+                    else {
+                        off = (size_t)(end - c->buf) + 4;
+                        char a[64], msg[512];
+                        address_of(idx, a);
+                        int ml = phase < 3
+                            ? snprintf(msg, sizeof msg, "{\"type\":\"Subscribe\",\"data\":{\"snapshot\":false,\"addresses\":[\"%s\"]}}", a)
+                            : snprintf(msg, sizeof msg, "{\"type\":\"Subscribe\",\"data\":{\"snapshot\":false,\"since_seq\":%ld,\"addresses\":[\"%s\"]}}", wl->last_seq, a);
+                        send_text(c->fd, msg, (size_t)ml);
+                        c->state = WS_SUBSCRIBING;
+                    }
+                }
+            }
+            while (!closed && c->len - off >= 2) {
+                unsigned char *p = (unsigned char *)c->buf + off;
+                size_t plen = p[1] & 0x7f, h = 2;
+                if (plen == 126) { if (c->len - off < 4) break; plen = ((size_t)p[2] << 8) | p[3]; h = 4; }
+                else if (plen == 127) {
+                    if (c->len - off < 10) break;
+                    plen = 0;
+                    for (int b = 0; b < 8; b++) plen = (plen << 8) | p[2 + b];
+                    h = 10;
+                }
+                if (c->len - off < h + plen) break;
+                int op = p[0] & 0x0f;
+                const char *pl = (const char *)p + h;
+                if (op == 1) {
+                    long seq = find_number(pl, plen, "\"seq\":");
+                    if (plen > 20 && memmem(pl, plen, "\"Subscribed\"", 12)) {
+                        c->state = WS_READY;
+                        wl->subscribed = 1; subscribed++;
+                        wl->sub_seq = seq;
+                        /* A resumed subscription replays events up to its seq next. */
+                        if (phase < 3 && seq > wl->last_seq) wl->last_seq = seq;
+                    } else if (seq >= 0) {
+                        if (seq <= wl->last_seq) wl->repeats++;
+                        else wl->last_seq = seq;
+                        wl->events++;
+                        if (phase == 3 && seq <= wl->sub_seq) replayed++;
+                        if (memmem(pl, plen, "\"UtxoStateChange\"", 17)) {
+                            long amt = find_number(pl, plen, "\"amount\":");
+                            long id = amt - 100000;
+                            if (amt >= 100000 && id < total && !got[id]) {
+                                got[id] = 1;
+                                if (phase == 3 && id >= live0) lat[lat_n++] = t - sent_at[id];
+                            }
+                        }
+                    }
+                    if (phase == 3 && wl->subscribed && !wl->caught && wl->events >= wl->owed_pre) {
+                        wl->caught = 1; caught++;
+                    }
+                } else if (op == 9) {
+                    char pong[6] = {(char)0x8a, (char)0x80, 0, 0, 0, 0};
+                    send_all(c->fd, pong, 6);
+                } else if (op == 8) { closed = 1; break; }
+                off += h + plen;
+            }
+            if (!closed && off) { memmove(c->buf, c->buf + off, c->len - off); c->len -= off; }
+            if (closed) {
+                if (wl->subscribed) { wl->subscribed = 0; subscribed--; }
+                storm_drop(c, ep);
+                if (phase == 3 && reconnects < 10 * n) {
+                    /* Refused or reset in the storm: the wallet tries again. */
+                    reconnects++;
+                    if (storm_connect(c, wl, ep, idx, host, ws_port) < 0) failures++;
+                }
+            }
+        }
+    }
+    /* Missed: fewer events than 3 per committed payment (answered, or seen). */
+    int missed = 0, repeated = 0;
+    int *expect = calloc((size_t)n, sizeof(int));
+    for (int id = 0; id < triggered; id++) if (answered[id] || got[id]) expect[id % n] += 3;
+    for (int i = 0; i < n; i++) {
+        if (w[i].events < expect[i]) missed++;
+        if (w[i].repeats || w[i].events > expect[i]) repeated++;
+    }
+    qsort(lat, lat_n, sizeof(double), cmp_double);
+    double storm_s = t_caught ? t_caught - t_go : 0;
+    printf("{\"connections\":%d,\"connect_s\":%.6f,\"resumed\":%d,\"caught\":%d,"
+           "\"resume_s\":%.6f,\"storm_s\":%.6f,\"replayed\":%ld,\"replayed_per_s\":%.1f,"
+           "\"live_sent\":%d,\"live_seen\":%zu,\"live_p50_ms\":%.3f,\"live_p99_ms\":%.3f,"
+           "\"missed\":%d,\"repeated\":%d,\"conn_failures\":%d,\"reconnects\":%d,"
+           "\"complete\":%s}\n",
+           n, connect_s, subscribed, caught, t_resumed ? t_resumed - t_go : 0, storm_s,
+           replayed, storm_s > 0 ? replayed / storm_s : 0.0, triggered - live0, lat_n,
+           lat_n ? lat[(size_t)((lat_n - 1) * 0.5)] * 1e3 : 0.0,
+           lat_n ? lat[(size_t)((lat_n - 1) * 0.99)] * 1e3 : 0.0,
+           missed, repeated, failures, reconnects, t_caught ? "true" : "false");
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (!strcmp(arg(argc, argv, "--mode", ""), "storm")) return storm(argc, argv);
     const char *host = arg(argc, argv, "--host", "127.0.0.1");
     int ws_port = atoi(arg(argc, argv, "--ws-port", "8765"));
     int rpc_port = atoi(arg(argc, argv, "--rpc-port", "8766"));
@@ -279,8 +582,8 @@ int main(int argc, char **argv) {
                                   triggered);
                 }
                 int n = snprintf(req, sizeof req,
-                                 "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                                 "Content-Length: %d\r\n\r\n%s", bl, body);
+                                 "POST / HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                                 "Content-Length: %d\r\n\r\n%s", host, rpc_port, bl, body);
                 sent_at[triggered] = now();
                 if (send_all(c->fd, req, (size_t)n) < 0) { failures++; break; }
                 c->busy = 1;

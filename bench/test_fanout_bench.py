@@ -63,6 +63,7 @@ class Server:
     def __init__(self, name: str, argv: list[str], env: dict[str, str] | None,
                  ws_port: int, rpc_port: int) -> None:
         self.name, self.ws_port, self.rpc_port = name, ws_port, rpc_port
+        self.argv, self.env = argv, env  # to start it again (bench/test_storm_bench.py)
         self.proc = subprocess.Popen(argv, env={**os.environ, **(env or {})},
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 30

@@ -824,3 +824,46 @@ def test_any_message_sequence_keeps_a_connection_bounded_and_never_raises(
     conn.connection_lost(None)
     tracemalloc.stop()
     assert peak + SEND_BUF < CONNECTION_BOUND, peak
+
+
+def test_wallet_sockets_get_the_fixed_send_buffer(node):
+    """Each accepted wallet socket has SOCKET_SEND_BUFFER (the kernel doubles it),
+    not an autotuned one, though it is set once on the listening socket."""
+    from timefast import server
+    with connect(node.ws_url) as ws:
+        send(ws, {"type": "Ping"})
+        assert orjson.loads(ws.recv(timeout=10))["type"] == "Pong"
+        local = ws.socket.getsockname()
+        conns = [c for c in list(node.node.wallets.conns.values())
+                 if c.transport is not None
+                 and c.transport.get_extra_info("peername")[:2] == local[:2]]
+        assert len(conns) == 1
+        sock = conns[0].transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == \
+            2 * server.SOCKET_SEND_BUFFER
+
+
+_UPGRADE = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:1\r\nUpgrade: websocket\r\n"
+            b"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n")
+
+
+def test_plain_upgrade_answers_the_rfc_example_and_leaves_the_rest_to_websockets():
+    from timefast.server import plain_upgrade
+    response = plain_upgrade(_UPGRADE)
+    assert response is not None and response.startswith(b"HTTP/1.1 101 ")
+    assert b"\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in response  # RFC 6455
+    assert plain_upgrade(_UPGRADE.replace(b"GET / ", b"GET /ws/utxo-protocol ")) is not None
+    for other in (
+        _UPGRADE.replace(b"Host:", b"Origin: https://x\r\nHost:"),  # an origin to decide on
+        _UPGRADE.replace(b"Version: 13", b"Version: 8"),
+        _UPGRADE.replace(b"GET / ", b"GET /health "),
+        _UPGRADE.replace(b"GET / ", b"GET /?a=1 "),
+        _UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"short"),
+        _UPGRADE.replace(b"Host:", b"Sec-WebSocket-Protocol: x\r\nHost:"),
+        _UPGRADE.replace(b"Upgrade: websocket", b"Upgrade: h2c"),
+        _UPGRADE.replace(b"Host: 127.0.0.1:1", b"Upgrade: websocket"),  # twice
+        _UPGRADE[:-2],  # incomplete
+        _UPGRADE + b"\x81\x80abcd",  # a frame in the same read
+    ):
+        assert plain_upgrade(other) is None, other

@@ -167,6 +167,14 @@ class Journal:
         # payload (``recent_bytes``), whichever binds first (SPEC 3.2).
         self.recent: deque[Event] = deque()
         self.recent_bytes = 0
+        # The same window by address, and its broadcasts (NewBlock): a resuming
+        # wallet's replay is found from its own addresses' events, newest first,
+        # never by a scan of the whole window (a restart brings every wallet back
+        # at once).  Invariant: an event is in ``by_address[a]`` for each of its
+        # addresses, or in ``broadcasts``, exactly while it is in ``recent``; each
+        # deque is in seq order, and no deque is empty.
+        self.by_address: dict[str, deque[Event]] = {}
+        self.broadcasts: deque[Event] = deque()
 
     def payload_of(self, change: Change) -> tuple[str, dict[str, Any],
                                                   tuple[str, ...] | None,
@@ -253,6 +261,8 @@ class Journal:
         it.  The window is trimmed as it fills."""
         self.recent.clear()
         self.recent_bytes = 0
+        self.by_address.clear()
+        self.broadcasts.clear()
         txs: dict[str, bytes] = {}
         for seq, type_, addrs, payload, ref, at in rows:
             raw = None
@@ -270,13 +280,33 @@ class Journal:
     def keep_events(self, events: Iterable[Event]) -> None:
         """Add committed events to the window, dropping its oldest past either bound
         (one event, however large, is always kept)."""
-        recent = self.recent
+        recent, by_address = self.recent, self.by_address
         for e in events:
             recent.append(e)
             self.recent_bytes += e.size
+            if e.addresses is None:
+                self.broadcasts.append(e)
+            else:
+                for a in e.addresses:
+                    q = by_address.get(a)
+                    if q is None:
+                        q = by_address[a] = deque()
+                    if not q or q[-1] is not e:  # an address named twice
+                        q.append(e)
         while len(recent) > 1 and (len(recent) > self.keep
                                    or self.recent_bytes > self.keep_bytes):
-            self.recent_bytes -= recent.popleft().size
+            old = recent.popleft()
+            self.recent_bytes -= old.size
+            # The oldest kept event is the oldest in each of its deques.
+            if old.addresses is None:
+                self.broadcasts.popleft()
+                continue
+            for a in old.addresses:
+                q = by_address.get(a)
+                if q and q[0] is old:
+                    q.popleft()
+                    if not q:
+                        del by_address[a]
 
     def oldest(self, now: int) -> int:
         """The lowest ``seq`` a wallet may resume from and miss nothing (``now``
@@ -291,3 +321,21 @@ class Journal:
             return False, []
         start = seq + 1 - self.recent[0].seq
         return True, [self.recent[i] for i in range(start, len(self.recent))]
+
+    def events_for(self, addresses: Iterable[str], seq: int,
+                   now: int) -> tuple[bool, list[Event]]:
+        """Kept events with ``seq`` above the argument that name one of
+        ``addresses`` or go to every connection, in seq order; False if some
+        events after ``seq`` were dropped.  The cost follows the events found,
+        not the window's length."""
+        if seq >= now:
+            return True, []
+        if not self.recent or self.recent[0].seq > seq + 1:
+            return False, []
+        found: dict[int, Event] = {}
+        for q in (self.broadcasts, *(self.by_address.get(a, ()) for a in addresses)):
+            for e in reversed(q):
+                if e.seq <= seq:
+                    break
+                found[e.seq] = e
+        return True, [found[s] for s in sorted(found)]

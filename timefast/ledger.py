@@ -1045,6 +1045,11 @@ class Ledger:
         """Kept events with ``seq`` above the argument; False if some were dropped."""
         return self.journal.events_after(seq, self.seq)
 
+    def events_for(self, addresses: Iterable[str], seq: int) -> tuple[bool, list[Event]]:
+        """Kept events with ``seq`` above the argument that name one of ``addresses``
+        or go to every connection (a resume's replay); False if some were dropped."""
+        return self.journal.events_for(addresses, seq, self.seq)
+
     def oldest_seq(self) -> int:
         """The lowest ``seq`` a wallet may resume from and miss nothing."""
         return self.journal.oldest(self.seq)

@@ -11,6 +11,8 @@ once per loop turn.  There is no task per connection and none per message.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import itertools
 import logging
@@ -23,9 +25,10 @@ from typing import Any, cast
 import orjson
 from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
-from websockets.http11 import Request, Response
+from websockets.http11 import SERVER, Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.utils import accept_key
 
 from timefast import _core
 from timefast.commits import GroupCommit
@@ -48,6 +51,57 @@ CLOSE_TIMEOUT = 5.0  # seconds a closing peer has before the TCP connection is c
 # Linux) so that a wallet that stops reading is noticed by SEND_BUFFER_BYTES soon and
 # holds little kernel memory; notifications never need a large window.
 SOCKET_SEND_BUFFER = 128 * 1024
+# listen() backlog: the kernel caps it at net.core.somaxconn (4096 by default), so
+# the node takes whatever the operator allows.  After a restart every wallet
+# connects at once; one refused by a full queue waits a second or more for its
+# SYN to be sent again (docs/OPERATIONS.md).
+LISTEN_BACKLOG = 65535
+
+
+_FAST_PATHS = {p.encode() for p in WS_PATHS}
+
+
+def plain_upgrade(data: bytes) -> bytes | None:
+    """The 101 response to ``data`` when it is exactly one plain WebSocket upgrade
+    request (GET on a wallet path, version 13, a valid key; no Origin,
+    subprotocol or extension to decide on), else None: websockets then parses
+    and answers it (errors, origins, the HTTP pages).
+
+    A restart brings every wallet back at once; websockets' general parser and
+    response builder cost several times this per handshake.
+    """
+    if not data.startswith(b"GET ") or len(data) > 4096 \
+            or data.find(b"\r\n\r\n") != len(data) - 4:  # nothing after the request
+        return None
+    lines = data[:-4].split(b"\r\n")
+    method_path = lines[0].split(b" ")
+    if len(method_path) != 3 or method_path[1] not in _FAST_PATHS \
+            or method_path[2] != b"HTTP/1.1":
+        return None
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        name = name.lower()
+        if not sep or not name or name in headers or name != name.strip():
+            return None
+        headers[name] = value.strip()
+    if b"origin" in headers or b"sec-websocket-protocol" in headers \
+            or b"sec-websocket-extensions" in headers \
+            or headers.get(b"upgrade", b"").lower() != b"websocket" \
+            or b"upgrade" not in [t.strip() for t in
+                                  headers.get(b"connection", b"").lower().split(b",")] \
+            or headers.get(b"sec-websocket-version") != b"13":
+        return None
+    key = headers.get(b"sec-websocket-key", b"")
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            return None
+    except binascii.Error:
+        return None
+    accept = accept_key(key.decode()).encode()
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept
+            + b"\r\nServer: " + SERVER.encode() + b"\r\n\r\n")
 
 
 def http_response(status: int, reason: str, body: bytes,
@@ -123,11 +177,11 @@ class WalletConnection(asyncio.Protocol):
         else:
             srv.refused_waiting += 1
         fd = -1
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
-            if srv.direct_writes:
+        # SOCKET_SEND_BUFFER is set on the listening socket: accepted sockets
+        # inherit it, a system call less per connection in a reconnect storm.
+        if srv.direct_writes:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
                 fd = sock.fileno()
         self.fd = fd
         self.slot = srv.fanout.open(self.transport, fd)
@@ -142,6 +196,18 @@ class WalletConnection(asyncio.Protocol):
         if ws is None:
             return
         self.last_recv = time.monotonic()
+        if not self.opened and self.refusal is None and self.transport is not None \
+                and self.server.origins is None and ws.state is State.CONNECTING \
+                and not ws.reader.buffer:
+            response = plain_upgrade(data)
+            if response is not None:
+                # Answered here: websockets starts at OPEN, parsing frames only.
+                self.ws = ServerProtocol(origins=None,
+                                         max_size=self.server.limits.max_message_bytes,
+                                         state=State.OPEN)
+                self.transport.write(response)
+                self._opened()
+                return
         ws.receive_data(data)
         for event in ws.events_received():
             if isinstance(event, Frame):
@@ -232,6 +298,11 @@ class WalletConnection(asyncio.Protocol):
         # websockets' parser keeps the request alive for the connection's life;
         # its headers are not needed once the handshake is answered (~1.5 KB each).
         request.headers.clear()
+        self._opened()
+
+    def _opened(self) -> None:
+        """The WebSocket is open: the wallet's session starts."""
+        srv = self.server
         self.opened = True
         if self.timer is not None:
             self.timer.cancel()
@@ -420,7 +491,11 @@ class WalletServer:
             # A TLS handshake (before connection_made) obeys the same open timeout.
             tls = {"ssl": ssl_context, "ssl_handshake_timeout": self.open_timeout}
         server = await self.loop.create_server(lambda: WalletConnection(self), host, port,
-                                               backlog=4096, reuse_address=True, **tls)
+                                               backlog=LISTEN_BACKLOG, reuse_address=True,
+                                               **tls)
+        for sock in server.sockets:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
         self.servers.append(server)
         if self.heartbeat_interval > 0 and self._heartbeat is None:
             self._heartbeat = self.loop.call_later(self.heartbeat_interval, self._beat)

@@ -307,7 +307,7 @@ class WalletSession:
         replay: list[Event] = []
         resync = False
         if since is not None:
-            ok, replay = self.ledger.events_after(since)
+            ok, replay = self.ledger.events_for(addrs, since)
             # An address whose history this connection forgot (see ``_remember``)
             # might get again an event it had: a fresh snapshot instead.
             resync = not ok or (since < self.forgotten_to
