@@ -21,9 +21,13 @@ from timefast.storage import StorageError
 from timefast.tables import EventRow
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """One pushed event: ``payload`` is the exact JSON message wallets receive.
+
+    Shared by every connection and the replay window, and never changed once made
+    (not frozen only because a frozen dataclass costs several times as much to
+    build, and a payment makes seven).
 
     An event that embeds a transaction keeps ``stored`` (its payload without the
     transaction) and ``tx`` (the transaction's JSON, inserted at ``at``): every
@@ -53,12 +57,15 @@ class Event:
 
 
 # -- typed changes ------------------------------------------------------------------
+# Plain (not frozen) slotted dataclasses: a payment makes about ten of them, and a
+# frozen one costs several times as much to build.  Listeners read them, never
+# change them.
 # ``raw`` is a transaction's JSON, serialized once and spliced into every event that
 # carries it.  ``addresses`` are those a transaction touches (its inputs' and
 # outputs'), the wallets that hear of it.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UtxoMoved:
     """A coin was created (``prev_state`` None) or changed state."""
 
@@ -74,7 +81,7 @@ class UtxoMoved:
     raw: bytes | None  # the spending or creating transaction
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TxAccepted:
     """A transaction was accepted and waits for votes."""
 
@@ -83,7 +90,7 @@ class TxAccepted:
     addresses: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TxFinalized:
     """A transaction reached quorum."""
 
@@ -92,7 +99,7 @@ class TxFinalized:
     addresses: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TxRejected:
     """A transaction was rejected for good."""
 
@@ -101,7 +108,7 @@ class TxRejected:
     addresses: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TxConfirmed:
     """A block holds a transaction."""
 
@@ -111,7 +118,7 @@ class TxConfirmed:
     addresses: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BlockAdded:
     """A block extends the chain."""
 
@@ -122,7 +129,7 @@ class BlockAdded:
     txids: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class VoteRecorded:
     """A masternode's vote was stored (wallets hear of its effect, not of the vote)."""
 
