@@ -513,7 +513,11 @@ def test_a_block_made_by_one_ledger_is_accepted_by_another(tmp_path):
     assert (again.height, again.tip) == (a.height, a.tip)
 
 
-def test_a_block_beats_a_pending_conflicting_spend(tmp_path):
+def _race(tmp_path):
+    """Ledger ``a`` (one masternode) and ``b`` (one of four) share a coin; its owner
+    spends it one way at ``b`` (pending there: ``b`` needs three votes) and another
+    at ``a`` (finalized).  Returns ``(a, b, b's events, the voting keys, owner key,
+    address, coin's txid, loser, winner)``."""
     keys = [crypto.new_key() for _ in range(4)]
     pubs = [crypto.public_key_hex(k) for k in keys]
     a, _ = make_ledger(tmp_path / "a")
@@ -522,11 +526,15 @@ def test_a_block_beats_a_pending_conflicting_spend(tmp_path):
     # The same coin on both ledgers: a faucet payment made on a, learnt by b in a block.
     paid = a.faucet(addr, 5000)
     b.accept_block(a.get_block(a.make_block()["height"], with_txs=True))
-    # b's wallet spends it one way (pending: b needs three votes), a's another.
     loser = build([(paid, 0, ka)], [(new_wallet()[1], 100)], timestamp=8)
     winner = build([(paid, 0, ka)], [(new_wallet()[1], 200)], timestamp=9)
     b.submit(loser.to_json())
     a.submit(winner.to_json())
+    return a, b, events, keys, ka, addr, paid, loser, winner
+
+
+def test_a_block_beats_a_pending_conflicting_spend(tmp_path):
+    a, b, events, _, _, _, paid, loser, winner = _race(tmp_path)
     events.clear()
     b.accept_block(a.get_block(a.make_block()["height"], with_txs=True))
     assert b.status_of(loser.txid) == "rejected"
@@ -758,17 +766,7 @@ def test_a_refused_block_leaves_the_pending_tallies_as_they_were(tmp_path):
     # The block's first transaction beats a pending spend here; its second is forged:
     # the block is refused, and the pending spend must not stay marked as decided.
     from timefast.rules import block_hash
-    keys = [crypto.new_key() for _ in range(4)]
-    pubs = [crypto.public_key_hex(k) for k in keys]
-    a, _ = make_ledger(tmp_path / "a")
-    b, _ = make_ledger(tmp_path / "b", key=keys[0], masternodes=pubs)
-    ka, addr = new_wallet()
-    paid = a.faucet(addr, 5000)
-    b.accept_block(a.get_block(a.make_block()["height"], with_txs=True))
-    loser = build([(paid, 0, ka)], [(new_wallet()[1], 100)], timestamp=8)
-    winner = build([(paid, 0, ka)], [(new_wallet()[1], 200)], timestamp=9)
-    b.submit(loser.to_json())
-    a.submit(winner.to_json())
+    a, b, _, keys, ka, addr, paid, loser, _ = _race(tmp_path)
     good = a.get_block(a.make_block()["height"], with_txs=True)
     forged = build([(paid, 1, ka)], [(addr, 1)], timestamp=10).to_json()  # not ka's coin
     txids = [*good["txids"], forged["txid"]]
