@@ -123,6 +123,24 @@ static int send_text(int fd, const char *payload, size_t n) {
 
 static void address_of(int j, char *out) { sprintf(out, "TIME0%040x", j + 1); }
 
+/* The header of a server frame (unmasked) at p, with avail bytes there: its payload
+   length and header size, 0 until the whole frame has arrived. */
+static int frame_header(const unsigned char *p, size_t avail, size_t *plen, size_t *h) {
+    if (avail < 2) return 0;
+    size_t n = p[1] & 0x7f, hl = 2;
+    if (n == 126) { if (avail < 4) return 0; n = ((size_t)p[2] << 8) | p[3]; hl = 4; }
+    else if (n == 127) {
+        if (avail < 10) return 0;
+        n = 0;
+        for (int b = 0; b < 8; b++) n = (n << 8) | p[2 + b];
+        hl = 10;
+    }
+    if (avail < hl + n) return 0;
+    *plen = n;
+    *h = hl;
+    return 1;
+}
+
 static long find_number(const char *p, size_t n, const char *key) {
     size_t k = strlen(key);
     for (size_t i = 0; i + k < n; i++) {
@@ -384,15 +402,8 @@ static int storm(int argc, char **argv) {
             }
             while (!closed && c->len - off >= 2) {
                 unsigned char *p = (unsigned char *)c->buf + off;
-                size_t plen = p[1] & 0x7f, h = 2;
-                if (plen == 126) { if (c->len - off < 4) break; plen = ((size_t)p[2] << 8) | p[3]; h = 4; }
-                else if (plen == 127) {
-                    if (c->len - off < 10) break;
-                    plen = 0;
-                    for (int b = 0; b < 8; b++) plen = (plen << 8) | p[2 + b];
-                    h = 10;
-                }
-                if (c->len - off < h + plen) break;
+                size_t plen, h;
+                if (!frame_header(p, c->len - off, &plen, &h)) break;
                 int op = p[0] & 0x0f;
                 const char *pl = (const char *)p + h;
                 if (op == 1) {
@@ -661,15 +672,8 @@ int main(int argc, char **argv) {
             /* Frames from the server are unmasked. */
             while (c->len - off >= 2) {
                 unsigned char *p = (unsigned char *)c->buf + off;
-                size_t plen = p[1] & 0x7f, h = 2;
-                if (plen == 126) { if (c->len - off < 4) break; plen = ((size_t)p[2] << 8) | p[3]; h = 4; }
-                else if (plen == 127) {
-                    if (c->len - off < 10) break;
-                    plen = 0;
-                    for (int b = 0; b < 8; b++) plen = (plen << 8) | p[2 + b];
-                    h = 10;
-                }
-                if (c->len - off < h + plen) break;
+                size_t plen, h;
+                if (!frame_header(p, c->len - off, &plen, &h)) break;
                 int op = p[0] & 0x0f;
                 const char *pl = (const char *)p + h;
                 if (op == 1) {
