@@ -154,6 +154,16 @@ static long find_number(const char *p, size_t n, const char *key) {
     return -1;
 }
 
+/* Bytes of the first whole HTTP response in buf (header and Content-Length body),
+   0 until all of it has arrived. */
+static size_t http_response_length(const char *buf, size_t len) {
+    const char *end = memmem(buf, len, "\r\n\r\n", 4);
+    if (!end) return 0;
+    long cl = find_number(buf, (size_t)(end - buf), "Content-Length: ");
+    size_t total = (size_t)(end - buf) + 4 + (size_t)(cl < 0 ? 0 : cl);
+    return len < total ? 0 : total;
+}
+
 /* The progress bar: redrawn at most every 0.2 s, on /dev/tty only. */
 static FILE *tty;
 static const char *bar_label;
@@ -369,11 +379,8 @@ static int storm(int argc, char **argv) {
             t = now();
             if (c->is_rpc) {
                 for (;;) {
-                    char *end = memmem(c->buf, c->len, "\r\n\r\n", 4);
-                    if (!end) break;
-                    long cl = find_number(c->buf, (size_t)(end - c->buf), "Content-Length: ");
-                    size_t tot = (size_t)(end - c->buf) + 4 + (size_t)(cl < 0 ? 0 : cl);
-                    if (c->len < tot) break;
+                    size_t tot = http_response_length(c->buf, c->len);
+                    if (!tot) break;
                     if (memmem(c->buf, tot, "\"result\"", 8)) { answered[trig[idx]] = 1; n_answered++; }
                     memmove(c->buf, c->buf + tot, c->len - tot);
                     c->len -= tot;
@@ -629,11 +636,8 @@ int main(int argc, char **argv) {
             if (c->is_rpc) {
                 /* HTTP responses: header, Content-Length, body. */
                 for (;;) {
-                    char *end = memmem(c->buf, c->len, "\r\n\r\n", 4);
-                    if (!end) break;
-                    long cl = find_number(c->buf, (size_t)(end - c->buf), "Content-Length: ");
-                    size_t total = (size_t)(end - c->buf) + 4 + (size_t)(cl < 0 ? 0 : cl);
-                    if (c->len < total) break;
+                    size_t total = http_response_length(c->buf, c->len);
+                    if (!total) break;
                     memmove(c->buf, c->buf + total, c->len - total);
                     c->len -= total;
                     c->busy = 0;
