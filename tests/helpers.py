@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import signal
@@ -20,11 +21,23 @@ import orjson
 from timefast import crypto
 from timefast.ledger import Ledger
 from timefast.node import Node
+from timefast.p2p import wire
 from timefast.settings import load
 from timefast.storage import Store
 from timefast.transaction import Transaction, build
 
 BANNER = re.compile(r"wallets wss?://([\d.]+):(\d+), RPC http://([\d.]+):(\d+)")
+
+
+_batch_numbers: dict[str, itertools.count[int]] = {}
+
+
+def batch_vote(led: Ledger, key: Any, txid: str, approve: bool = True) -> dict[str, Any]:
+    """``key``'s vote on ``txid`` for ``led``'s network, as a signed batch of one
+    (TIMEVOTES/1, the form ``submitvote`` takes in a network); numbers count up per key
+    from 1,000 (below: the ledger's own batches)."""
+    n = next(_batch_numbers.setdefault(crypto.public_key_hex(key), itertools.count(1000)))
+    return wire.sign_votes(key, led.network_id, n, [(txid, approve)]).to_data()
 
 
 def rpc(url: str, method: str, *params: Any, auth: str | None = None) -> Any:

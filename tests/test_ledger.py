@@ -10,10 +10,11 @@ import pytest
 
 from timefast import crypto
 from timefast.ledger import FAUCET_KEY, GENESIS_SUPPLY, Ledger, LedgerError
+from timefast.p2p import wire
 from timefast.storage import StorageError, Store
 from timefast.transaction import build
 
-from .helpers import ledger_with_coins, new_wallet
+from .helpers import batch_vote, ledger_with_coins, new_wallet
 
 
 class Clock:
@@ -30,7 +31,23 @@ def make_ledger(path, key=None, masternodes=None, clock=None, **kw):
                  **kw)
     events = []
     led.listeners.append(events.extend)
+    if led.networked:
+        signing(led)
     return led, events
+
+
+def signing(led):
+    """Sign a network ledger's own votes after each transaction it accepts, as the
+    node's peer layer does a few milliseconds later."""
+    def signed(call):
+        def wrapped(*args, **kw):
+            out = call(*args, **kw)
+            while led.sign_batch() is not None:
+                pass
+            return out
+        return wrapped
+    for name in ("submit", "faucet"):
+        setattr(led, name, signed(getattr(led, name)))
 
 
 def kinds(events):
@@ -224,7 +241,7 @@ def _four(tmp_path, clock=None):
     # The faucet's own payment needs quorum too: vote it through.
     t = led.faucet(a, 1000)
     for k in keys[1:3]:
-        led.submit_vote(crypto.sign_vote(k, t, True))
+        led.submit_vote(batch_vote(led, k, t, True))
     assert led.balance(a) == 1000
     u = led.list_unspent(a)[0]
     tx = build([(u["txid"], u["vout"], ka)], [(new_wallet()[1], 900)], timestamp=5)
@@ -238,23 +255,26 @@ def test_four_masternodes_three_approvals_finalize(tmp_path):
     assert led.quorum == 3
     assert led.status_of(tx.txid) == "pending"
     assert led.utxos.get(u["txid"], u["vout"])[2:5] == ("SpentPending", tx.txid, 1)
-    r = led.submit_vote(crypto.sign_vote(keys[1], tx.txid, True))
+    r = led.submit_vote(batch_vote(led, keys[1], tx.txid, True))
     assert r["status"] == "pending"
     assert led.utxos.get(u["txid"], u["vout"])[4] == 2
-    r = led.submit_vote(crypto.sign_vote(keys[2], tx.txid, True))
+    r = led.submit_vote(batch_vote(led, keys[2], tx.txid, True))
     assert r["status"] == "finalized"
     assert [k[1] if len(k) > 1 else k[0] for k in kinds(events)] == [
         "Locked", "TransactionPending", "SpentPending", "SpentPending", "SpentFinalized",
         "Unspent", "TransactionFinalized"]
     # A late vote is recorded but changes nothing.
-    assert led.submit_vote(crypto.sign_vote(keys[3], tx.txid, True))["status"] == "finalized"
+    assert led.submit_vote(batch_vote(led, keys[3], tx.txid, True))["status"] == "finalized"
 
 
-def test_four_masternodes_two_against_reject_and_unlock(tmp_path):
+def test_four_masternodes_three_against_reject_and_unlock(tmp_path):
+    # Rejected only past n - q + f = 4 - 3 + 1 = 2 rejections (SPEC 7.4): with two,
+    # one equivocator could still join the two approvals to a quorum.
     led, events, keys, tx, u = _four(tmp_path)
-    led.submit_vote(crypto.sign_vote(keys[1], tx.txid, False))
+    led.submit_vote(batch_vote(led, keys[1], tx.txid, False))
+    led.submit_vote(batch_vote(led, keys[2], tx.txid, False))
     assert led.status_of(tx.txid) == "pending"
-    led.submit_vote(crypto.sign_vote(keys[2], tx.txid, False))
+    led.submit_vote(batch_vote(led, keys[3], tx.txid, False))
     assert led.status_of(tx.txid) == "rejected"
     assert led.utxos.get(u["txid"], u["vout"]) == (u["address"], 1000, "Unspent", None, 0, None)
     assert kinds(events)[-2:] == [("UtxoStateChange", "Unspent", "SpentPending"),
@@ -262,36 +282,58 @@ def test_four_masternodes_two_against_reject_and_unlock(tmp_path):
     assert orjson.loads(events[-1].payload)["data"]["reason"] == "quorum against"
 
 
-def test_four_masternodes_silence_rejects_at_timeout(tmp_path):
+def test_four_masternodes_silence_decides_nothing_and_asks_again(tmp_path):
+    # In a network a timeout never releases a coin (SPEC 7.4): the transaction stays
+    # pending and is named, once per FINALITY_TIMEOUT, for the peers to be asked.
     clock = Clock()
-    led, events, _, tx, u = _four(tmp_path, clock)
+    led, _, keys, tx, u = _four(tmp_path, clock)
     clock.now += 9.9
-    assert led.expire() == 0
+    assert led.overdue() == []
     clock.now += 0.2
-    assert led.expire() == 1
-    assert led.status_of(tx.txid) == "rejected"
-    assert led.utxos.state(u["txid"], u["vout"]) == "Unspent"
-    assert orjson.loads(events[-1].payload)["data"]["reason"] == "finality timeout"
-    # The unlocked coin can be spent again, and the old tx may be retried.
-    assert led.submit(tx.to_json()) == tx.txid
+    assert led.expire() == 0
+    assert led.overdue() == [tx.txid]
+    assert led.overdue() == []
+    clock.now += 10
+    assert led.overdue() == [tx.txid]
     assert led.status_of(tx.txid) == "pending"
+    assert led.utxos.state(u["txid"], u["vout"]) == "SpentPending"
+    led.submit_vote(batch_vote(led, keys[1], tx.txid, True))
+    led.submit_vote(batch_vote(led, keys[2], tx.txid, True))
+    assert led.status_of(tx.txid) == "finalized"
 
 
 def test_votes_refused(tmp_path):
     led, _, keys, tx, _ = _four(tmp_path)
     outsider = crypto.new_key()
+    flipped = batch_vote(led, keys[1], tx.txid, True)
+    flipped["votes"][0][1] = False
+    other_net = wire.sign_votes(keys[1], b"\0" * 32, 1, [(tx.txid, True)]).to_data()
     cases = [
-        (crypto.sign_vote(outsider, tx.txid, True), "BAD_REQUEST", "not in the masternode set"),
-        (crypto.sign_vote(keys[1], tx.txid, True) | {"approve": False}, "BAD_REQUEST",
-         "bad vote signature"),
-        (crypto.sign_vote(keys[0], tx.txid, True), "BAD_REQUEST", "duplicate vote"),
-        ({"txid": 1}, "BAD_REQUEST", "vote.txid"),
-        ("nope", "BAD_REQUEST", "must be an object"),
+        (batch_vote(led, outsider, tx.txid, True), "not in the masternode set"),
+        (flipped, "signature does not verify"),
+        (other_net, "signature does not verify"),
+        (crypto.sign_vote(keys[1], tx.txid, True), "binds no network"),
+        ({"voter": "ab", "votes": []}, "vote: "),
+        ("nope", "must be an object"),
     ]
-    for vote, code, words in cases:
+    for vote, words in cases:
         with pytest.raises(LedgerError) as e:
             led.submit_vote(vote)
-        assert (e.value.code, words in e.value.message) == (code, True), e.value.message
+        assert (e.value.code, words in e.value.message) == ("BAD_REQUEST", True), \
+            e.value.message
+    assert led.pending[tx.txid].rejections == set()
+
+
+def test_the_timevote_form_is_taken_with_one_masternode_only(tmp_path):
+    key = crypto.new_key()
+    led, _ = make_ledger(tmp_path, key=key)
+    _, a = new_wallet()
+    assert not led.networked
+    t = led.faucet(a, 10)
+    with pytest.raises(LedgerError, match="duplicate vote"):
+        led.submit_vote(crypto.sign_vote(key, t, True))
+    with pytest.raises(LedgerError, match=r"vote\.txid"):
+        led.submit_vote({"txid": 1})
 
 
 def test_restart_rebuilds_everything(tmp_path):
@@ -300,7 +342,7 @@ def test_restart_rebuilds_everything(tmp_path):
     led, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs)
     _ka, a = new_wallet()
     t = led.faucet(a, 1000)
-    led.submit_vote(crypto.sign_vote(keys[1], t, True))
+    led.submit_vote(batch_vote(led, keys[1], t, True))
     seq_before = led.seq
     led.store.db.close()
     led2, events = make_ledger(tmp_path, key=keys[0], masternodes=pubs)
@@ -308,7 +350,7 @@ def test_restart_rebuilds_everything(tmp_path):
     assert led2.status_of(t) == "pending"
     assert led2.pending[t].approvals == {pubs[0], pubs[1]}
     # The restored pending transaction finalizes with one more vote, seq continues.
-    led2.submit_vote(crypto.sign_vote(keys[2], t, True))
+    led2.submit_vote(batch_vote(led2, keys[2], t, True))
     assert led2.status_of(t) == "finalized"
     assert events[0].seq == seq_before + 1
     assert led2.balance(a) == 1000
@@ -325,11 +367,11 @@ def test_restart_replays_the_very_bytes_announced(tmp_path):
     led, events = make_ledger(tmp_path, key=keys[0], masternodes=pubs, clock=clock)
     _ka, a = new_wallet()
     paid = led.faucet(a, 1000)
-    led.submit_vote(crypto.sign_vote(keys[1], paid, True))
-    led.submit_vote(crypto.sign_vote(keys[2], paid, True))
+    led.submit_vote(batch_vote(led, keys[1], paid, True))
+    led.submit_vote(batch_vote(led, keys[2], paid, True))
     refused = led.faucet(a, 2000)
-    led.submit_vote(crypto.sign_vote(keys[1], refused, False))
-    led.submit_vote(crypto.sign_vote(keys[2], refused, False))
+    for k in keys[1:4]:
+        led.submit_vote(batch_vote(led, k, refused, False))
     led.make_block()
     assert {e.type for e in events} >= {"UtxoStateChange", "TransactionPending",
                                         "TransactionFinalized", "TransactionRejected",
@@ -411,13 +453,13 @@ def test_votes_before_their_transaction_are_kept_and_counted(tmp_path):
     ka, a = new_wallet()
     t = led.faucet(a, 1000)
     for k in keys[1:3]:
-        led.submit_vote(crypto.sign_vote(k, t, True))
+        led.submit_vote(batch_vote(led, k, t, True))
     tx = build([(t, 0, ka)], [(new_wallet()[1], 900)], timestamp=5)
     for k in keys[1:3]:
-        assert led.submit_vote(crypto.sign_vote(k, tx.txid, True)) == {
+        assert led.submit_vote(batch_vote(led, k, tx.txid, True)) == {
             "txid": tx.txid, "status": None}
-    with pytest.raises(LedgerError, match="duplicate vote"):
-        led.submit_vote(crypto.sign_vote(keys[1], tx.txid, True))
+    # The same vote again, in another batch, is kept once.
+    led.submit_vote(batch_vote(led, keys[1], tx.txid, True))
     assert led.status_of(tx.txid) is None
     led.submit(tx.to_json())
     # Its own vote and the two kept ones: quorum (3 of 4) in the step that accepts it.
@@ -435,14 +477,14 @@ def test_kept_early_votes_are_bounded(tmp_path, monkeypatch):
     led, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs, clock=clock)
     txids = [f"{i:064x}" for i in range(8)]
     for t in txids:
-        led.submit_vote(crypto.sign_vote(keys[1], t, True))
+        led.submit_vote(batch_vote(led, keys[1], t, True))
     assert list(led._early) == txids[-5:]  # the oldest went first
     clock.now += ledger_module.EARLY_VOTES_TTL + 1
-    led.submit_vote(crypto.sign_vote(keys[2], "ff" * 32, True))
+    led.submit_vote(batch_vote(led, keys[2], "ff" * 32, True))
     assert list(led._early) == ["ff" * 32]  # the stale ones went
 
 
-def test_add_votes_takes_a_batch_of_one_voter(tmp_path):
+def test_add_batch_counts_a_signed_batch_of_many_once(tmp_path):
     keys = [crypto.new_key() for _ in range(4)]
     pubs = [crypto.public_key_hex(k) for k in keys]
     led, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs)
@@ -451,23 +493,24 @@ def test_add_votes_takes_a_batch_of_one_voter(tmp_path):
     for amount in (100, 200):
         t = led.faucet(a, amount)
         for k in keys[1:3]:
-            led.submit_vote(crypto.sign_vote(k, t, True))
+            led.submit_vote(batch_vote(led, k, t, True))
         coins.append((t, 0, ka))
     txs = [build([c], [(new_wallet()[1], 50)], timestamp=5) for c in coins]
     for tx in txs:
         led.submit(tx.to_json())
-    for k in keys[1:3]:
-        batch = [(tx.txid, True, crypto.sign_vote(k, tx.txid, True)["signature"])
-                 for tx in txs]
-        led.add_votes(crypto.public_key_hex(k), batch)
+    batches = [wire.sign_votes(k, led.network_id, 7, [(tx.txid, True) for tx in txs])
+               for k in keys[1:3]]
+    assert [led.add_batch(b) for b in batches] == [True, True]
     assert [led.status_of(tx.txid) for tx in txs] == ["finalized", "finalized"]
-    # A bad signature refuses the whole batch; one already counted is ignored.
-    bad = [(txs[0].txid, False, "00" * 64)]
-    with pytest.raises(LedgerError, match="bad vote signature"):
-        led.add_votes(pubs[3], bad)
+    # The same batch again is known: nothing changes, nothing to relay.
     seq = led.seq
-    led.add_votes(pubs[1], [(txs[0].txid, True, "00" * 64)], verified=True)
+    assert led.add_batch(batches[0]) is False
     assert led.seq == seq
+    # Each finality certificate: the signed batches of q distinct voters.
+    cert = led.certificate(txs[0].txid)
+    assert sorted(b.voter for b in cert) == sorted(pubs[:3])
+    for b in cert:
+        wire.verify_votes(b, led.network_id)
 
 
 def _mirror(tmp_path):
@@ -578,14 +621,14 @@ def test_history_shows_payments_in_and_out_rejections_and_blocks(tmp_path):
     _, b = new_wallet()
     paid = led.faucet(a, 1000)
     for k in keys[1:3]:
-        led.submit_vote(crypto.sign_vote(k, paid, True))
+        led.submit_vote(batch_vote(led, k, paid, True))
     clock.now += 5
     block = led.make_block()
     out = build([(paid, 0, ka)], [(b, 600), (a, 350)], timestamp=5)
     led.submit(out.to_json())
     clock.now += 5
-    for k in keys[1:3]:  # two against: rejected
-        led.submit_vote(crypto.sign_vote(k, out.txid, False))
+    for k in keys[1:4]:  # three against: rejected
+        led.submit_vote(batch_vote(led, k, out.txid, False))
     assert led.status_of(out.txid) == "rejected"
     again = build([(paid, 0, ka)], [(b, 900)], timestamp=6)
     led.submit(again.to_json())  # pending
@@ -779,5 +822,5 @@ def test_a_refused_block_leaves_the_pending_tallies_as_they_were(tmp_path):
     assert b.seq == seq and b.status_of(loser.txid) == "pending"
     assert not b.pending[loser.txid].decided
     for k in keys[1:3]:  # its own vote and two more: quorum, as if no block had come
-        b.submit_vote(crypto.sign_vote(k, loser.txid, True))
+        b.submit_vote(batch_vote(b, k, loser.txid, True))
     assert b.status_of(loser.txid) == "finalized"

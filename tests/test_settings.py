@@ -15,7 +15,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_readme_table_matches_the_code():
-    rows = re.findall(r"^\| `([A-Z_]+)` \| (.*?) \| (.*?) \|$", README.read_text(), re.M)
+    rows = re.findall(r"^\| `([A-Z0-9_]+)` \| (.*?) \| (.*?) \|$", README.read_text(), re.M)
     assert [r[0] for r in rows] == [s.name for s in SETTINGS]
     for (name, default, meaning), s in zip(rows, SETTINGS, strict=True):
         assert default == shown_default(s), name

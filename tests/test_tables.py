@@ -11,7 +11,7 @@ from timefast.storage import StorageError, Store
 from timefast.tables import Coin, EventRow, Rows, Tables, TxChange, TxRow, Vote
 from timefast.transaction import build
 
-from .helpers import ledger_with_coins, new_wallet
+from .helpers import batch_vote, ledger_with_coins, new_wallet
 
 
 class CountingDb:
@@ -189,11 +189,17 @@ def test_the_ledger_counts_inline_and_table_votes(tmp_path):
     pubs = [crypto.public_key_hex(k) for k in keys]
     led = Ledger(Store(tmp_path / "l.db"), "regtest", keys[0], pubs)
     _, a = new_wallet()
-    t = led.faucet(a, 10)
+    with led.batch():  # the own batch signed in the commit that stores the transaction
+        t = led.faucet(a, 10)
+        led.sign_batch()
     assert led.store.query("SELECT * FROM votes") == []
     assert led.get_transaction(t)["votes"] == 1
-    led.submit_vote(crypto.sign_vote(keys[1], t, True))
+    led.submit_vote(batch_vote(led, keys[1], t, True))
+    assert len(led.store.query("SELECT * FROM votes")) == 1
     assert led.get_transaction(t)["votes"] == 2
-    for k in (keys[0], keys[1]):  # the node's own (inline) and another's (table)
-        with pytest.raises(LedgerError, match="duplicate vote"):
-            led.submit_vote(crypto.sign_vote(k, t, True))
+    # Both kinds name their signed batch, which the certificate finds.
+    assert sorted(b.voter for b in led.certificate(t)) == sorted(pubs[:2])
+    led.store.close()
+    led = Ledger(Store(tmp_path / "l.db"), "regtest", keys[0], pubs)
+    assert led.pending[t].approvals == set(pubs[:2])
+    assert led.next_batch == 2

@@ -8,10 +8,18 @@ updates the in-memory state and hands the changes to listeners.  A step that fai
 (a rule, a full disk) leaves the core, the database and the listeners as they
 were: durable before announced.
 
-Entry points, for wallets, the RPC and next the peers: ``submit`` (a transaction),
-``add_votes`` (votes of one masternode), ``accept_block`` (a block the network
-committed), ``make_block`` (this node's block), ``expire`` (the timeout of a
-one-masternode network).  The ledger never touches a socket.
+Entry points, for wallets, the RPC and the peers: ``submit`` (a transaction;
+``relayed`` for one from a peer), ``add_votes`` (votes of one masternode),
+``add_batch`` (a peer's signed vote batch), ``sign_batch`` (this masternode's own
+votes, SPEC 7.4), ``accept_block`` (a block the network committed), ``make_block``
+(this node's block), ``expire`` (the timeout of a one-masternode network).  The
+ledger never touches a socket.
+
+In a network (more than one masternode, or this node outside the voting set) the
+node's own votes are not cast inside the step that accepts a transaction: the
+decision (approve once per outpoint) is queued and ``sign_batch`` signs up to 256
+of them at once, storing the batch (and with it the approvals) in the commit
+before anyone may send it.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ from timefast.journal import (
     VoteRecorded,
     kept,
 )
+from timefast.p2p import wire
 from timefast.rules import (
     FAUCET_KEY,
     GENESIS_SUPPLY,
@@ -66,13 +75,24 @@ from timefast.rules import (
     check_address,
     check_block_header,
     check_transaction,
+    genesis_hash,
     genesis_transaction,
     quorum,
     signed_bytes,
     tally,
 )
 from timefast.storage import StorageError, Store, unavailable
-from timefast.tables import BlockRow, Coin, HistoryRow, Rows, Tables, TxChange, TxRow, Vote
+from timefast.tables import (
+    BlockRow,
+    Coin,
+    EvidenceRow,
+    HistoryRow,
+    Rows,
+    Tables,
+    TxChange,
+    TxRow,
+    Vote,
+)
 from timefast.transaction import ADDRESS_RE, U32, Transaction, TxFormatError, build, parse
 
 log = logging.getLogger("timefast")
@@ -86,6 +106,12 @@ EARLY_VOTES_TTL = 600.0
 HISTORY_CACHE = 100_000
 HISTORY_LIMIT = 1_000  # transactions on one page of GetHistory
 SNAPSHOT_PAGE = 1000  # UTXOs per address in a snapshot or Utxos reply (SPEC 3.1)
+# Relayed transactions whose inputs are not known yet (SPEC 7.4): kept this many, of at
+# most this many bytes in all, for this many seconds.
+ORPHANS_MAX = 10_000
+ORPHAN_BYTES = 32 << 20
+ORPHAN_TTL = 600.0
+BATCH_VOTES = wire.MAX_VOTES_PER_BATCH  # own votes signed together at most
 
 
 @dataclass(slots=True)
@@ -97,6 +123,10 @@ class _Pending:
     approvals: set[str] = field(default_factory=set)
     rejections: set[str] = field(default_factory=set)
     decided: bool = False  # finalized or rejected by a step that has not committed yet
+    # Whether it holds the lock on its inputs: a relayed spend of coins another
+    # pending transaction locked is stored and voted on, but locks nothing (SPEC 7.4).
+    holds: bool = True
+    asked_at: float = 0.0  # when peers were last asked for its votes
 
 
 @dataclass(slots=True)
@@ -250,6 +280,27 @@ class Ledger:
         self._history_cache: dict[str, int] = {}
         self.outcomes = {"accepted": 0, "finalized": 0, "confirmed": 0, "rejected": 0,
                          "invalid": 0, "conflict": 0}
+        # -- the network (SPEC 7) --
+        self.network_id = wire.network_id(genesis_hash(network), self.masternodes)
+        self.voting = self.public_key in self.masternodes
+        # A one-masternode network votes inline (TIMEVOTE), as it always has; any
+        # other signs batches and waits for its peers.
+        self.networked = len(self.masternodes) > 1 or not self.voting
+        # Own approvals of pending transactions, per outpoint (approve once).
+        self.approved: dict[tuple[str, int], str] = {}
+        # Pending transactions spending each outpoint (more than one: a conflict).
+        self.spenders: dict[tuple[str, int], set[str]] = {}
+        self.own_queue: list[tuple[str, bool]] = []  # decided, not yet signed
+        self.next_batch = 1
+        # Called when ``own_queue`` gains votes (the peer layer then calls
+        # ``sign_batch``); None: nobody signs (a node without peers yet).
+        self.vote_wanted: Callable[[], None] | None = None
+        self.orphans: OrderedDict[str, tuple[Transaction, float, int]] = OrderedDict()
+        self._orphan_bytes = 0
+        self.equivocations: dict[str, int] = {}
+        self.last_vote: dict[str, float] = {}
+        if self.networked:
+            store.durable()
         self._load()
 
     @property
@@ -285,6 +336,34 @@ class Ledger:
             self.unconfirmed[txid] = _Final(parse(orjson.loads(raw)), raw,
                                             tuple(orjson.loads(addrs)))
         self.journal.load(t.events_from(self.seq - self.replay_events), t.tx_raw)
+        self._load_network()
+
+    def _load_network(self) -> None:
+        """Rebuild the network's in-memory state from the database."""
+        self.spenders.clear()
+        self.approved.clear()
+        self.own_queue.clear()
+        self.next_batch = self.tables.last_batch(self.public_key) + 1
+        self.equivocations = {}
+        for row in self.tables.evidence():
+            self.equivocations[row.voter] = self.equivocations.get(row.voter, 0) + 1
+        for txid, p in sorted(self.pending.items(), key=lambda kv: kv[1].accepted_at):
+            ops = p.tx.outpoints()
+            try:
+                p.holds = self.utxos.get(*ops[0])[3] == txid
+            except UnknownOutpoint:
+                p.holds = False
+            for op in ops:
+                self.spenders.setdefault(op, set()).add(txid)
+            if not (self.networked and self.voting):
+                continue
+            if self.public_key in p.approvals:
+                for op in ops:
+                    self.approved[op] = txid
+            elif self.public_key not in p.rejections:
+                # Decided before a crash but never signed (so never sent): decide again,
+                # in the order they were accepted, as the first time.
+                self.own_queue.append((txid, self._own_decision(p)))
 
     def _genesis(self) -> None:
         gtx = genesis_transaction(self.network)
@@ -476,13 +555,17 @@ class Ledger:
             return spent.address, spent.amount, spent.state, spent.spender
         return address, amount, state, spender
 
-    def submit(self, obj: Any) -> str:
+    def submit(self, obj: Any, relayed: bool = False) -> str:
         """Validate and accept a transaction; returns its txid (idempotent).
 
         ``obj`` is the upstream JSON object, or a ``Transaction`` from ``prepare``.
+        ``relayed``: it came from a peer (SPEC 7.4): one that spends coins another
+        pending transaction locked is stored and voted on all the same, locking
+        nothing; one whose inputs are not known yet waits as an orphan
+        (``TX_ORPHAN``) and is tried again by ``take_orphans``.
 
-        Raises ``LedgerError`` with ``TX_INVALID`` or ``TX_CONFLICT``, or
-        ``StorageError`` when it could not be stored (nothing is then accepted).
+        Raises ``LedgerError`` with ``TX_INVALID``, ``TX_CONFLICT`` or ``TX_ORPHAN``,
+        or ``StorageError`` when it could not be stored (nothing is then accepted).
         """
         try:
             tx = obj if isinstance(obj, Transaction) else parse(obj)
@@ -494,8 +577,24 @@ class Ledger:
         known = self.status_of(tx.txid)
         if known not in (None, "rejected"):
             return tx.txid
+        coin_of: Callable[[str, int], tuple[str, int, str, str | None] | None] = self._coin
+        contested = False
+        if relayed:
+            if any(self._coin(i.prev_txid, i.vout) is None
+                   and self.status_of(i.prev_txid) in (None, "pending") for i in tx.inputs):
+                self._keep_orphan(tx)
+                raise LedgerError("TX_ORPHAN", f"transaction {tx.txid} waits for its inputs")
+
+            def contested_coin(t: str, v: int) -> tuple[str, int, str, str | None] | None:
+                nonlocal contested
+                found = self._coin(t, v)
+                if found is not None and found[2] in ("Locked", "SpentPending"):
+                    contested = True
+                    return found[0], found[1], "Unspent", None
+                return found
+            coin_of = contested_coin
         try:
-            _, spent = check_transaction(tx, msg, self.network, self._coin,
+            _, spent = check_transaction(tx, msg, self.network, coin_of,
                                          self._good_signature)
         except LedgerError as e:
             raise self._refuse(e) from None
@@ -505,10 +604,15 @@ class Ledger:
         ops = tx.outpoints()
 
         def step(s: _Step) -> str:
-            try:
-                s.lock(tx.txid, ops, raw)
-            except LockConflict as e:
-                raise self._refuse(LedgerError("TX_CONFLICT", f"TX_CONFLICT: {e}")) from None
+            # A wallet's spend of a locked coin is refused; a peer's is kept unlocked.
+            held = not (relayed and (contested or any(s.utxo(op).state != "Unspent"
+                                                      for op in ops)))
+            if held:
+                try:
+                    s.lock(tx.txid, ops, raw)
+                except LockConflict as e:
+                    raise self._refuse(LedgerError("TX_CONFLICT",
+                                                   f"TX_CONFLICT: {e}")) from None
             if known == "rejected":
                 # A transaction rejected earlier may be tried again: its old votes go.
                 s.rows.clear_votes(tx.txid)
@@ -517,11 +621,14 @@ class Ledger:
             s.rows.add_tx(TxRow(tx.txid, raw, "pending", now, None, None,
                                 orjson.dumps(addresses), None))
             s.emit(TxAccepted(tx.txid, raw, addresses))
-            p = _Pending(tx, raw, now, addresses)
-            s.after.append(lambda: self.pending.__setitem__(tx.txid, p))
+            p = _Pending(tx, raw, now, addresses, holds=held)
+            s.after.append(lambda: self._add_pending(p))
             s.after.append(lambda: self.outcomes.__setitem__(
                 "accepted", self.outcomes["accepted"] + 1))
-            if self.public_key in self.masternodes:
+            if self.networked:
+                if self.voting:
+                    s.after.append(lambda: self._queue_own(p))
+            elif self.voting:
                 own = sign_vote(self.key, tx.txid, True)
                 self._record_vote(s, p, Vote(tx.txid, self.public_key, True,
                                              str(own["signature"])))
@@ -563,9 +670,14 @@ class Ledger:
             if address in cache:
                 cache[address] = k
 
-    def _record_vote(self, s: _Step, p: _Pending | None, vote: Vote) -> None:
-        s.rows.add_vote(vote)
-        s.changes.append(VoteRecorded(*vote))
+    def _record_vote(self, s: _Step, p: _Pending | None, vote: Vote,
+                     stored: bool = True) -> None:
+        """Count ``vote`` (on ``p``, None when its transaction is decided); ``stored``:
+        write its row (not for the second, contradicting vote of an equivocator,
+        kept as evidence instead)."""
+        if stored:
+            s.rows.add_vote(vote)
+            s.changes.append(VoteRecorded(*vote))
         if p is None or p.decided:
             return
         s.keep(p)
@@ -575,7 +687,7 @@ class Ledger:
             self._finalize(s, p)
         elif decision == "rejected":
             self._reject(s, p, "quorum against")
-        elif vote.approve:
+        elif vote.approve and p.holds:
             for op in p.tx.outpoints():
                 s.move(op, "SpentPending", p.raw, votes=len(p.approvals))
 
@@ -584,7 +696,13 @@ class Ledger:
         p.decided = True
         votes = len(p.approvals)
         txid = p.tx.txid
-        for op in p.tx.outpoints():
+        ops = p.tx.outpoints()
+        self._beat_conflicts(s, txid, ops)
+        for op in ops:
+            if s.utxo(op).spender != txid:
+                # Held by a conflicting spend (rejected just above) or by nobody.
+                s.move(op, "SpentFinalized", p.raw, votes=votes, spender=txid)
+                continue
             if s.utxo(op).state == "Locked":
                 s.move(op, "SpentPending", p.raw, votes=votes)
             s.move(op, "SpentFinalized", p.raw, votes=votes)
@@ -595,10 +713,24 @@ class Ledger:
         final = _Final(p.tx, p.raw, p.addresses)
 
         def done() -> None:
-            self.pending.pop(txid, None)
+            self._drop_pending(txid)
             self.unconfirmed[txid] = final
             self.outcomes["finalized"] += 1
         s.after.append(done)
+
+    def _beat_conflicts(self, s: _Step, txid: str, ops: list[tuple[str, int]]) -> None:
+        """``txid`` is finalized or confirmed: every pending spend of its inputs is
+        rejected (``conflict``), the contested inputs left for ``txid`` to take."""
+        losers = {t for op in ops for t in self.spenders.get(op, ()) if t != txid}
+        for op in ops:
+            spender = s.utxo(op).spender
+            if spender and spender != txid:
+                losers.add(spender)
+        keep = set(ops)
+        for t in sorted(losers):
+            loser = self.pending.get(t)
+            if loser is not None and not loser.decided:
+                self._reject(s, loser, "conflict", keep=keep)
 
     def _reject(self, s: _Step, p: _Pending, reason: str,
                 keep: set[tuple[str, int]] | frozenset[tuple[str, int]] = frozenset()
@@ -609,15 +741,36 @@ class Ledger:
         p.decided = True
         txid = p.tx.txid
         for op in p.tx.outpoints():
-            if op not in keep:
+            if op not in keep and s.utxo(op).spender == txid:
                 s.move(op, "Unspent", p.raw)
         s.emit(TxRejected(txid, reason, p.addresses))
         s.rows.set_tx(txid, TxChange("rejected", reason=reason))
 
         def done() -> None:
-            self.pending.pop(txid, None)
+            self._drop_pending(txid)
             self.outcomes["rejected"] += 1
         s.after.append(done)
+
+    def _add_pending(self, p: _Pending) -> None:
+        txid = p.tx.txid
+        self.pending[txid] = p
+        for op in p.tx.outpoints():
+            self.spenders.setdefault(op, set()).add(txid)
+
+    def _drop_pending(self, txid: str) -> None:
+        p = self.pending.pop(txid, None)
+        if p is None:
+            return
+        for op in p.tx.outpoints():
+            held = self.spenders.get(op)
+            if held is not None:
+                held.discard(txid)
+                if not held:
+                    del self.spenders[op]
+            if self.approved.get(op) == txid:
+                # Decided: the coin is spent for good, or free again (a rejection
+                # certificate releases the approval, SPEC 7.4).
+                del self.approved[op]
 
     # -- votes ------------------------------------------------------------------------
 
@@ -627,6 +780,8 @@ class Ledger:
         the vote is kept until it arrives)."""
         if not isinstance(vote, dict):
             raise LedgerError("BAD_REQUEST", "vote must be an object")
+        if self.networked:
+            return self._submit_batch(vote)
         txid, voter, approve, sig = (vote.get("txid"), vote.get("voter"),
                                      vote.get("approve"), vote.get("signature"))
         if not isinstance(txid, str) or not TXID.fullmatch(txid):
@@ -645,6 +800,22 @@ class Ledger:
         if self._has_vote(txid, voter):
             raise LedgerError("BAD_REQUEST", f"duplicate vote by {voter} on {txid}")
         self.add_votes(voter, [(txid, approve, sig.lower())], verified=True)
+        return {"txid": txid, "status": self.status_of(txid)}
+
+    def _submit_batch(self, vote: dict[str, Any]) -> dict[str, Any]:
+        """``submitvote`` in a network: a signed ``Votes`` batch (SPEC 7.4; the
+        ``TIMEVOTE`` form binds no network and is refused)."""
+        if "txid" in vote and "votes" not in vote:
+            raise LedgerError("BAD_REQUEST", "in a network of masternodes a vote is a signed "
+                              "batch {voter, batch, votes: [[txid, approve]], signature} "
+                              "(TIMEVOTES/1); the TIMEVOTE form binds no network")
+        try:
+            msg = wire.Votes.from_data(vote)
+            wire.verify_votes(msg, self.network_id)
+        except wire.WireError as e:
+            raise LedgerError("BAD_REQUEST", f"vote: {e}") from None
+        self.add_batch(msg)
+        txid = msg.votes[0][0]
         return {"txid": txid, "status": self.status_of(txid)}
 
     def _has_vote(self, txid: str, voter: str) -> bool:
@@ -708,10 +879,234 @@ class Ledger:
         elif len(entry[1]) < len(self.masternodes):
             entry[1].append(vote)
 
+    # -- the network's votes (SPEC 7.4) ------------------------------------------------
+
+    def _own_decision(self, p: _Pending) -> bool:
+        """Approve once per outpoint: approve ``p`` unless this masternode approved
+        another spend of one of its inputs that is still undecided."""
+        txid = p.tx.txid
+        ops = p.tx.outpoints()
+        if any(self.approved.get(op, txid) != txid for op in ops):
+            return False
+        for op in ops:
+            self.approved[op] = txid
+        return True
+
+    def _queue_own(self, p: _Pending) -> None:
+        """Decide this masternode's vote on a newly accepted transaction; signed and
+        stored by the next ``sign_batch`` before it may leave."""
+        self.own_queue.append((p.tx.txid, self._own_decision(p)))
+        if self.vote_wanted is not None:
+            self.vote_wanted()
+
+    def sign_batch(self) -> wire.Votes | None:
+        """Sign up to 256 queued own votes as the next batch and count them; returns
+        the batch to send once this step has committed (None: nothing queued).
+
+        The batch, its number and the approvals it holds are written in the same
+        commit (``synchronous=FULL`` on a network node), so a restarted masternode
+        never signs a second batch under one number nor approves a second spend."""
+        if not self.own_queue:
+            return None
+        votes = self.own_queue[:BATCH_VOTES]
+        batch = self.next_batch
+        msg = wire.sign_votes(self.key, self.network_id, batch, votes)
+
+        def step(s: _Step) -> None:
+            self._record_batch(s, msg)
+
+            def done() -> None:
+                del self.own_queue[:len(votes)]
+                self.next_batch = batch + 1
+            s.after.append(done)
+        self._run(step)
+        return msg
+
+    def add_batch(self, msg: wire.Votes) -> bool:
+        """Count a peer's signed vote batch; the caller verified its signature
+        (``wire.verify_votes``, off the event loop).  Returns False when this very
+        batch was counted before (relay it no further)."""
+        if msg.voter not in self.masternodes:
+            raise LedgerError("BAD_REQUEST", f"voter {msg.voter} is not in the masternode "
+                              "set")
+        if msg.voter == self.public_key and msg.batch >= self.next_batch:
+            # Our own key signed a batch we have no record of: a restore from an
+            # old backup (or a stolen key).  Never reuse that number.
+            log.error("a batch %d signed by this masternode's key came from a peer; "
+                      "own batches now continue after it", msg.batch)
+        return bool(self._run(lambda s: self._record_batch(s, msg)))
+
+    def _record_batch(self, s: _Step, msg: wire.Votes) -> bool:
+        digest = msg.content_hash(self.network_id)
+        key = (msg.voter, msg.batch, digest)
+        if key in s.rows.batches or key in self._rows.batches:
+            return False
+        stored = self.tables.batch_bodies(msg.voter, msg.batch)
+        if digest in stored:
+            return False
+        body = orjson.dumps(msg.to_data())
+        now = self.clock()
+        others = [b for k, b in self._rows.batches.items() if k[:2] == key[:2]]
+        others += list(stored.values())
+        if others:
+            self._evidence(s, EvidenceRow(msg.voter, "batch", others[0], body, now))
+        s.rows.batches[key] = body
+        for txid, approve in msg.votes:
+            self._count_vote(s, Vote(txid, msg.voter, approve, f"@{msg.batch}"), body, now)
+
+        def done() -> None:
+            self.last_vote[msg.voter] = now
+            if msg.voter == self.public_key:
+                self.next_batch = max(self.next_batch, msg.batch + 1)
+        s.after.append(done)
+        return True
+
+    def _evidence(self, s: _Step, row: EvidenceRow) -> None:
+        s.rows.evidence.append(row)
+        log.warning("equivocation by masternode %s (%s): evidence kept", row.voter, row.kind)
+
+        def done() -> None:
+            self.equivocations[row.voter] = self.equivocations.get(row.voter, 0) + 1
+        s.after.append(done)
+
+    def _count_vote(self, s: _Step, vote: Vote, body: bytes, now: float) -> None:
+        """Count one vote of a signed batch, once per (voter, txid, approve)."""
+        p = self.pending.get(vote.txid)
+        if p is None:
+            status = self.status_of(vote.txid)
+            if status is None:
+                self._keep_early(vote, now)
+            return  # decided already: its outcome stands, the vote changes nothing
+        mine, other = ((p.approvals, p.rejections) if vote.approve
+                       else (p.rejections, p.approvals))
+        if vote.voter in mine:
+            return
+        if vote.voter in other:
+            # Signed both ways: both count (SPEC 7.4), the first one's row stays.
+            self._evidence(s, EvidenceRow(vote.voter, "vote", self._batch_of(p, vote),
+                                          body, now))
+            self._record_vote(s, p, vote, stored=False)
+            return
+        if vote.approve:
+            for op in p.tx.outpoints():
+                for t in self.spenders.get(op, ()):
+                    q = self.pending.get(t)
+                    if t != vote.txid and q is not None and vote.voter in q.approvals:
+                        self._evidence(s, EvidenceRow(vote.voter, "conflict",
+                                                      self._batch_of(q, vote), body, now))
+                        break
+        self._record_vote(s, p, vote)
+
+    def _batch_of(self, p: _Pending, vote: Vote) -> bytes:
+        """The stored signed batch holding ``vote.voter``'s earlier vote on ``p``."""
+        for voter, _, sig in self.tables.vote_refs(p.tx.txid):
+            if voter == vote.voter and sig.startswith("@"):
+                bodies = self.tables.batch_bodies(voter, int(sig[1:]))
+                if bodies:
+                    return next(iter(bodies.values()))
+        staged = self._rows.votes.get((p.tx.txid, vote.voter))
+        if staged is not None and staged.signature.startswith("@"):
+            n = int(staged.signature[1:])
+            for k, b in self._rows.batches.items():
+                if k[0] == vote.voter and k[1] == n:
+                    return b
+        return b""
+
+    def certificate(self, txid: str) -> list[wire.Votes]:
+        """The signed batches holding the approvals stored for ``txid`` (its finality
+        certificate once they are q)."""
+        self._flush_staged()
+        out: dict[tuple[str, int], wire.Votes] = {}
+        for voter, approve, sig in self.tables.vote_refs(txid):
+            if not approve or not sig.startswith("@"):
+                continue
+            for body in self.tables.batch_bodies(voter, int(sig[1:])).values():
+                msg = wire.Votes.from_data(orjson.loads(body))
+                if (txid, True) in msg.votes:
+                    out[(voter, msg.batch)] = msg
+                    break
+        return list(out.values())
+
+    def pending_for(self, txids: Sequence[str] | None, max_bytes: int
+                    ) -> tuple[list[Transaction], list[wire.Votes]]:
+        """What a peer's ``GetPending`` asks for: unconfirmed transactions (those
+        named, or all) and the signed batches that vote on them, within about
+        ``max_bytes``, parents before children."""
+        self._flush_staged()
+        if txids is None:
+            wanted = [*self.unconfirmed, *sorted(self.pending,
+                                                 key=lambda t: self.pending[t].accepted_at)]
+        else:
+            wanted = [t for t in txids if t in self.pending or t in self.unconfirmed]
+        txs: list[Transaction] = []
+        batches: dict[tuple[str, int, bytes], wire.Votes] = {}
+        size = 0
+        for txid in wanted:
+            held = self.pending.get(txid) or self.unconfirmed.get(txid)
+            assert held is not None
+            size += len(held.raw)
+            refs = [(v, int(sig[1:])) for v, _, sig in self.tables.vote_refs(txid)
+                    if sig.startswith("@")]
+            for voter, n in refs:
+                for digest, body in self.tables.batch_bodies(voter, n).items():
+                    if (voter, n, digest) not in batches:
+                        batches[(voter, n, digest)] = wire.Votes.from_data(orjson.loads(body))
+                        size += len(body)
+            if size > max_bytes and txs:
+                break
+            txs.append(held.tx)
+        return txs, list(batches.values())
+
+    def overdue(self, now: float | None = None) -> list[str]:
+        """Pending transactions that waited ``FINALITY_TIMEOUT`` since they were
+        accepted or last asked about: the peer layer asks peers for their votes
+        (in a network a timeout decides nothing, SPEC 7.4)."""
+        now = self.clock() if now is None else now
+        due = [p for p in self.pending.values()
+               if max(p.accepted_at, p.asked_at) + self.finality_timeout <= now]
+        for p in due:
+            p.asked_at = now
+        return [p.tx.txid for p in due]
+
+    def _keep_orphan(self, tx: Transaction) -> None:
+        if tx.txid in self.orphans:
+            return
+        now = self.clock()
+        size = len(orjson.dumps(tx.to_json()))
+        self.orphans[tx.txid] = (tx, now, size)
+        self._orphan_bytes += size
+        while self.orphans:
+            txid, (_, seen, n) = next(iter(self.orphans.items()))
+            if (seen + ORPHAN_TTL > now and len(self.orphans) <= ORPHANS_MAX
+                    and self._orphan_bytes <= ORPHAN_BYTES):
+                break
+            del self.orphans[txid]
+            self._orphan_bytes -= n
+
+    def take_orphans(self, parents: Iterable[str]) -> list[Transaction]:
+        """Orphans spending outputs of ``parents`` (just finalized or confirmed),
+        taken out to be submitted again."""
+        wanted = set(parents)
+        found = [txid for txid, (tx, _, _) in self.orphans.items()
+                 if any(i.prev_txid in wanted for i in tx.inputs)]
+        out = []
+        for txid in found:
+            tx, _, n = self.orphans.pop(txid)
+            self._orphan_bytes -= n
+            out.append(tx)
+        return out
+
+    def masternode_info(self, key: str) -> dict[str, Any]:
+        """What ``masternodelist`` shows of one masternode's votes."""
+        return {"last_vote": self.last_vote.get(key),
+                "equivocations": self.equivocations.get(key, 0)}
+
     # -- time -------------------------------------------------------------------------
 
     def expire(self, now: float | None = None) -> int:
         """Reject every transaction that waited past FINALITY_TIMEOUT; returns how many."""
+        if self.networked:
+            return 0  # a timeout decides nothing in a network (``overdue``)
         now = self.clock() if now is None else now
         late = [p for p in self.pending.values()
                 if p.accepted_at + self.finality_timeout <= now]
@@ -817,11 +1212,7 @@ class Ledger:
         # Pending spends of the same coins lose to the block's: their other inputs go
         # back to Unspent, the contested ones straight to SpentFinalized under the
         # block's transaction (SPEC 3.3).
-        for op in ops:
-            spender = s.utxo(op).spender
-            loser = self.pending.get(spender) if spender else None
-            if loser is not None and not loser.decided:
-                self._reject(s, loser, "conflict", keep=set(ops))
+        self._beat_conflicts(s, txid, ops)
         # Learnt with its certificate (the block's commit): Unspent (or locked by the
         # loser) -> SpentFinalized, its outputs Unspent, then finalized (SPEC 7.5).
         for op in ops:

@@ -16,10 +16,11 @@ from timefast.commits import GroupCommit
 from timefast.crypto import KeyFormatError, load_or_create_key
 from timefast.datadir import DataDirError, DataDirLock, check_network
 from timefast.ledger import Ledger
+from timefast.p2p.peers import PeerNetwork
 from timefast.rpc import RpcDispatcher, RpcLimits, RpcService
 from timefast.server import REFUSED_WAITING, WalletServer
 from timefast.session import Limits
-from timefast.settings import Settings
+from timefast.settings import Settings, p2p_listen
 from timefast.storage import Store
 
 log = logging.getLogger("timefast")
@@ -81,7 +82,9 @@ class Node:
         self.commits: GroupCommit | None = None
         self.wallets: WalletServer | None = None
         self.rpc: RpcService | None = None
+        self.peers: PeerNetwork | None = None
         self.ws_addresses: list[tuple[str, int]] = []
+        self.p2p_addresses: list[tuple[str, int]] = []
         self.rpc_addresses: list[tuple[str, int]] = []
         self._timers: list[asyncio.TimerHandle] = []
         self._trim_timer: asyncio.TimerHandle | None = None
@@ -130,8 +133,19 @@ class Node:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(s.tls_cert, s.tls_key)
         self.ws_addresses = await self.wallets.listen(*s.ws_addr, ssl_context=ctx)
+        listen = p2p_listen(s, self.ledger.public_key)
+        if listen is not None or self.ledger.networked:
+            self.peers = PeerNetwork(self.ledger, self.commits, key, listen=listen,
+                                     advertise=s.p2p_advertise, discovery=s.p2p_discovery,
+                                     max_peers=s.max_peers,
+                                     max_message_bytes=s.max_p2p_message_bytes)
+            await self.peers.start(s.peers or ())
+            self.p2p_addresses = self.peers.addresses
+            self.wallets.extra_metrics = self.peers.metrics
+            self.wallets.peer_info = self.peers.peer_info
         auth = (s.rpc_user, s.rpc_password) if s.rpc_user and s.rpc_password else None
-        dispatcher = RpcDispatcher(self.ledger, extra_info=self._extra_info)
+        dispatcher = RpcDispatcher(self.ledger, extra_info=self._extra_info,
+                                   peers=self.peers)
         self.rpc = RpcService(dispatcher, auth, self.commits, rpc_limits)
         self.rpc_addresses = await self.rpc.listen(*s.rpc_addr)
         loop = asyncio.get_running_loop()
@@ -142,9 +156,11 @@ class Node:
             self._trim_timer = loop.call_later(TRIM_INTERVAL, self._release_memory)
         scheme = "wss" if ctx else "ws"
         led = self.ledger
-        log.info("⏱  timefast %s on %s: wallets %s://%s:%d, RPC http://%s:%d, masternode %s "
+        peers = (f", peers ws://{self.p2p_addresses[0][0]}:{self.p2p_addresses[0][1]}/p2p"
+                 if self.p2p_addresses else "")
+        log.info("⏱  timefast %s on %s: wallets %s://%s:%d, RPC http://%s:%d%s, masternode %s "
                  "(%d in the voting set, quorum %d), height %d, seq %d", __version__,
-                 led.network, scheme, *self.ws_addresses[0], *self.rpc_addresses[0],
+                 led.network, scheme, *self.ws_addresses[0], *self.rpc_addresses[0], peers,
                  led.address, len(led.masternodes), led.quorum, led.height, led.seq)
 
     def _extra_info(self) -> dict[str, Any]:
@@ -196,6 +212,8 @@ class Node:
             self._trim_timer.cancel()
         if self.rpc is not None:
             self.rpc.close()
+        if self.peers is not None:
+            await self.peers.stop()
         if self.wallets is not None:
             await self.wallets.shutdown(1001, "going away")
         if self.commits is not None:

@@ -30,12 +30,14 @@ ASSETS = {
 }
 
 
-def status(ledger: Ledger, now: float | None = None) -> dict[str, Any]:
+def status(ledger: Ledger, now: float | None = None,
+           peers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """What ``GET /status`` answers: the chain, peers, transactions in flight, consensus.
 
     ``pending`` lists transactions awaiting quorum with their tallies (``votes`` for,
     ``against``), ``unconfirmed`` those finalized and awaiting a block; each at most
-    ``MAX_LISTED``, oldest first, with the full counts beside them.
+    ``MAX_LISTED``, oldest first, with the full counts beside them; ``peers`` as
+    ``getpeerinfo`` shows them.
     """
     pending, unconfirmed = ledger.in_flight(MAX_LISTED, now)
     counts = ledger.counts()
@@ -43,8 +45,7 @@ def status(ledger: Ledger, now: float | None = None) -> dict[str, Any]:
         "network": ledger.network, "node": ledger.public_key, "address": ledger.address,
         "height": ledger.height, "tip": ledger.tip, "tip_timestamp": ledger.tip_timestamp,
         "seq": ledger.seq,
-        # No peer layer yet: a single masternode (SPEC 7 adds peers here).
-        "peers": [],
+        "peers": peers or [],
         "masternodes": len(ledger.masternodes), "quorum": ledger.quorum,
         "pending": pending, "pending_count": counts["pending"],
         "unconfirmed": unconfirmed, "unconfirmed_count": counts["unconfirmed"],

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import h11
 import orjson
@@ -28,8 +28,13 @@ from websockets.server import ServerProtocol
 
 from timefast import PROTOCOL_VERSION, __version__
 from timefast.commits import GroupCommit
+from timefast.crypto import address_of
 from timefast.fragments import MessageAssembler, MessageError, drain
 from timefast.ledger import Ledger, LedgerError, StorageError, unavailable
+from timefast.settings import SettingsError, host_port
+
+if TYPE_CHECKING:
+    from timefast.p2p.peers import PeerNetwork
 
 log = logging.getLogger("timefast.rpc")
 
@@ -84,8 +89,10 @@ class RpcDispatcher:
     """JSON-RPC methods of SPEC 5 over a ledger; ``extra_info`` adds to ``getinfo``."""
 
     def __init__(self, ledger: Ledger, make_block: Callable[[], dict[str, Any]] | None = None,
-                 extra_info: Callable[[], dict[str, Any]] | None = None) -> None:
+                 extra_info: Callable[[], dict[str, Any]] | None = None,
+                 peers: PeerNetwork | None = None) -> None:
         self.ledger = ledger
+        self.peers = peers
         self.make_block = make_block or ledger.make_block
         self.extra_info = extra_info
         self.methods: dict[str, tuple[tuple[str, ...], int, Callable[..., Any]]] = {
@@ -101,6 +108,8 @@ class RpcDispatcher:
             "getaddresshistory": (("address", "limit", "before"), 1, ledger.history),
             "masternodelist": ((), 0, self.masternodelist),
             "submitvote": (("vote",), 1, ledger.submit_vote),
+            "getpeerinfo": ((), 0, self.getpeerinfo),
+            "addnode": (("address",), 1, self.addnode),
         }
         if ledger.network == "regtest":
             self.methods["generate"] = (("n",), 0, self.generate)
@@ -113,6 +122,7 @@ class RpcDispatcher:
                 "height": led.height, "best_block_hash": led.tip, "seq": led.seq,
                 "masternode": led.public_key, "address": led.address,
                 "masternodes": len(led.masternodes), "quorum": led.quorum,
+                "peers": 0 if self.peers is None else len(self.peers.by_key),
                 **led.counts()}
         if self.extra_info is not None:
             info.update(self.extra_info())
@@ -135,9 +145,27 @@ class RpcDispatcher:
         return self.ledger.balance(self._address(address))
 
     def masternodelist(self) -> list[dict[str, Any]]:
-        from timefast.crypto import address_of
-        return [{"public_key": k, "address": address_of(k, self.ledger.network),
-                 "self": k == self.ledger.public_key} for k in self.ledger.masternodes]
+        led = self.ledger
+        return [{"public_key": k, "address": address_of(k, led.network),
+                 "self": k == led.public_key,
+                 "connected": k == led.public_key or (self.peers is not None
+                                                     and self.peers.connected(k)),
+                 **led.masternode_info(k)} for k in led.masternodes]
+
+    def getpeerinfo(self) -> list[dict[str, Any]]:
+        return [] if self.peers is None else self.peers.peer_info()
+
+    def addnode(self, address: Any) -> dict[str, Any]:
+        if not isinstance(address, str):
+            raise RpcError(INVALID_PARAMS, "address must be a host:port string")
+        try:
+            address = host_port(address)
+        except SettingsError as e:
+            raise RpcError(INVALID_PARAMS, f"address: {e}") from None
+        if self.peers is None:
+            raise RpcError(INVALID_PARAMS, "this node has no peer network (set P2P_ADDR, "
+                           "PEERS or MASTERNODES)")
+        return {"address": address, "added": self.peers.add_node(address)}
 
     def generate(self, n: Any = None) -> list[str]:
         n = 1 if n is None else n

@@ -59,13 +59,22 @@ def quorum(n: int) -> int:
     return math.ceil(2 * n / 3)
 
 
+def faults(n: int) -> int:
+    """Faulty masternodes a voting set of ``n`` tolerates: f = ⌊(n−1)/3⌋."""
+    return (n - 1) // 3
+
+
 def tally(approvals: int, rejections: int, n: int) -> Decision:
-    """What the votes so far decide: finalized at quorum; rejected once the
-    rejections leave too few voters to reach it; None while still open."""
+    """What the votes so far decide (SPEC 4.3, 7.4): finalized at quorum q; rejected
+    once rejections exceed n − q + f; None while still open.
+
+    Both can never hold for one transaction with at most f faulty voters: that would
+    take q + (n − q + f + 1) = n + f + 1 votes from n voters, f + 1 of them signing
+    both ways.  (n − q alone would let f equivocators reject what q approved.)"""
     q = quorum(n)
     if approvals >= q:
         return "finalized"
-    if rejections > n - q:
+    if rejections > n - q + faults(n):
         return "rejected"
     return None
 

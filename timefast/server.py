@@ -20,6 +20,7 @@ import secrets
 import socket
 import ssl
 import time
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import orjson
@@ -273,7 +274,8 @@ class WalletConnection(asyncio.Protocol):
                                         "text/plain; version=0.0.4; charset=utf-8"))
             return
         if path == "/status":
-            self._respond(http_response(200, "OK", orjson.dumps(status(srv.ledger))))
+            self._respond(http_response(200, "OK", orjson.dumps(status(
+                srv.ledger, peers=srv.peer_info() if srv.peer_info is not None else None))))
             return
         page = asset(path, request.headers)
         if page is not None:  # the live page; a WebSocket upgrade on / goes on below
@@ -474,6 +476,10 @@ class WalletServer:
         self.flush_scheduled = False
         self.events_published = 0
         self.latency = Histogram()
+        # More gauges and counters for /metrics (the node's peers), when set.
+        self.extra_metrics: Callable[[], Iterable[tuple[str, str, str, float | int]]] | None \
+            = None
+        self.peer_info: Callable[[], list[dict[str, Any]]] | None = None  # for /status
         self.pending_stamps: list[tuple[float, int]] = []
         self.servers: list[asyncio.AbstractServer] = []
         self._heartbeat: asyncio.TimerHandle | None = None
@@ -632,6 +638,7 @@ class WalletServer:
                  "Connections closed with Lagged", f.lag_closes),
                 ("timefast_pending_transactions", "gauge", "Transactions awaiting quorum",
                  led.counts()["pending"]),
+                *(self.extra_metrics() if self.extra_metrics is not None else ()),
             ],
             [("timefast_transactions_total", "outcome", "Transactions by outcome",
               led.outcome_counts())],

@@ -67,6 +67,17 @@ def _str(text: str) -> str:
     return text
 
 
+def host_port(text: str) -> str:
+    host, port = parse_addr(text.strip())
+    if not host or host in ("0.0.0.0", "::") or port == 0:
+        raise SettingsError(f"{text!r} is not an address others can dial")
+    return text.strip()
+
+
+def _peers(text: str) -> tuple[str, ...]:
+    return tuple(host_port(p) for p in _list(text))
+
+
 def _private_key(text: str) -> str:
     try:
         crypto.parse_private_key(text)
@@ -125,6 +136,19 @@ SETTINGS: tuple[Setting, ...] = (
             _public_keys, "this node alone"),
     Setting("FINALITY_TIMEOUT", "10",
             "seconds a transaction may wait for quorum before it is rejected", _float),
+    Setting("P2P_ADDR", None, "listen address for peers (WebSocket, path `/p2p`); the node "
+            "listens only when `P2P_ADDR` or `PEERS` is set or `MASTERNODES` names more than "
+            "itself", parse_addr, "mainnet `0.0.0.0:24000`, testnet `0.0.0.0:24100`, regtest "
+            "`127.0.0.1:24200`"),
+    Setting("P2P_ADVERTISE", None, "`host:port` others should dial (in `Hello.listen` and "
+            "`Addr`)", host_port, "the listen address when it is not 0.0.0.0"),
+    Setting("PEERS", None, "comma-separated `host:port` the node dials and keeps dialling "
+            "(backoff 1 s doubling to 30 s)", _peers, "unset"),
+    Setting("P2P_DISCOVERY", "1", "`0`: dial `PEERS` only, ignore `Addr`", _bool),
+    Setting("MAX_PEERS", "64", "inbound peer connections (masternodes of the voting set are "
+            "always let in)", _int(0)),
+    Setting("MAX_P2P_MESSAGE_BYTES", "8388608", "a larger peer message closes the link "
+            "(1009)", _int(65536)),
     Setting("MAX_CONNECTIONS", "10000", "above it: HTTP 503", _int(1)),
     Setting("MAX_CONNECTIONS_PER_IP", "128", "`0` = no limit", _int(0)),
     Setting("MAX_SUBSCRIPTIONS", "10000", "addresses per connection", _int(1)),
@@ -179,6 +203,12 @@ class Settings:
     masternode_key: str | None
     masternodes: tuple[str, ...] | None
     finality_timeout: float
+    p2p_addr: tuple[str, int] | None
+    p2p_advertise: str | None
+    peers: tuple[str, ...] | None
+    p2p_discovery: bool
+    max_peers: int
+    max_p2p_message_bytes: int
     max_connections: int
     max_connections_per_ip: int
     max_subscriptions: int
@@ -201,6 +231,22 @@ class Settings:
     rpc_allowed_hosts: tuple[str, ...]
     log_level: str
     log_format: str
+
+
+P2P_DEFAULTS = {"mainnet": ("0.0.0.0", 24000), "testnet": ("0.0.0.0", 24100),
+                "regtest": ("127.0.0.1", 24200)}
+
+
+def p2p_listen(s: Settings, public_key: str) -> tuple[str, int] | None:
+    """Where the node listens for peers, or None when it does not (SPEC 7.1): only
+    when ``P2P_ADDR`` or ``PEERS`` is set or ``MASTERNODES`` names more than this
+    node (``public_key``)."""
+    if s.p2p_addr is not None:
+        return s.p2p_addr
+    others = [k for k in (s.masternodes or ()) if k.lower() != public_key]
+    if s.peers or others:
+        return P2P_DEFAULTS[s.network]
+    return None
 
 
 def shown_default(s: Setting) -> str:
@@ -248,6 +294,8 @@ def load(argv: Sequence[str] | None = None,
     values["data_dir"] = Path(values["data_dir"]).expanduser()
     if values["masternodes"] == ():
         values["masternodes"] = None
+    if values["peers"] == ():
+        values["peers"] = None
     if bool(values["tls_cert"]) != bool(values["tls_key"]):
         raise SettingsError("TLS_CERT and TLS_KEY must be set together")
     if bool(values["rpc_user"]) != bool(values["rpc_password"]):

@@ -46,6 +46,12 @@ CREATE TABLE IF NOT EXISTS history (
     address TEXT NOT NULL, k INTEGER NOT NULL, txid TEXT NOT NULL,
     received INTEGER NOT NULL, sent INTEGER NOT NULL,
     PRIMARY KEY (address, k)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batches (
+    voter TEXT NOT NULL, batch INTEGER NOT NULL, digest BLOB NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (voter, batch, digest)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS evidence (
+    voter TEXT NOT NULL, kind TEXT NOT NULL, first BLOB NOT NULL, second BLOB NOT NULL,
+    at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY, type TEXT NOT NULL, addresses BLOB, payload BLOB NOT NULL,
     tx_ref TEXT, tx_at INTEGER);
@@ -151,14 +157,26 @@ class EventRow(NamedTuple):
     tx_at: int | None
 
 
+class EvidenceRow(NamedTuple):
+    """Two signed messages of one voter that contradict each other (SPEC 7.4):
+    ``kind`` is ``batch`` (two batches under one number) or ``vote`` (approve and
+    reject of one transaction); ``first`` and ``second`` are the signed batches."""
+
+    voter: str
+    kind: str
+    first: bytes
+    second: bytes
+    at: float
+
+
 # -- staging ----------------------------------------------------------------------
 
 
 class Rows:
     """Rows staged by a step or a batch (see the module docstring)."""
 
-    __slots__ = ("blocks", "changed_utxos", "cleared_votes", "events", "history",
-                 "history_last", "new_txs", "new_utxos", "tx_changes", "votes")
+    __slots__ = ("batches", "blocks", "changed_utxos", "cleared_votes", "events", "evidence",
+                 "history", "history_last", "new_txs", "new_utxos", "tx_changes", "votes")
 
     def __init__(self) -> None:
         self.clear()
@@ -173,6 +191,9 @@ class Rows:
         self.votes: dict[tuple[str, str], Vote] = {}
         self.cleared_votes: set[str] = set()
         self.blocks: list[BlockRow] = []
+        # Signed vote batches (SPEC 7.4): (voter, batch, digest) -> body.
+        self.batches: dict[tuple[str, int, bytes], bytes] = {}
+        self.evidence: list[EvidenceRow] = []
         self.events: list[EventRow] = []
         self.history: list[HistoryRow] = []
         # address -> the highest ``k`` staged for it here.
@@ -181,7 +202,7 @@ class Rows:
     def __bool__(self) -> bool:
         return bool(self.new_txs or self.tx_changes or self.new_utxos or self.changed_utxos
                     or self.votes or self.cleared_votes or self.blocks or self.events
-                    or self.history)
+                    or self.history or self.batches or self.evidence)
 
     def add_history(self, row: HistoryRow) -> None:
         """One address's next transaction (``row.k`` one above its last)."""
@@ -242,6 +263,8 @@ class Rows:
             self.put_utxo(op, coin, False)
         self.votes.update(step.votes)
         self.blocks.extend(step.blocks)
+        self.batches.update(step.batches)
+        self.evidence.extend(step.evidence)
         self.events.extend(step.events)
         self.history.extend(step.history)
         self.history_last.update(step.history_last)
@@ -314,6 +337,11 @@ class Rows:
         if self.blocks:
             db.executemany("INSERT INTO blocks (height, hash, prev_hash, timestamp, txids,"
                            " producer, commit_) VALUES (?,?,?,?,?,?,?)", self.blocks)
+        if self.batches:
+            db.executemany("INSERT OR IGNORE INTO batches VALUES (?,?,?,?)",
+                           [(*k, body) for k, body in self.batches.items()])
+        if self.evidence:
+            db.executemany("INSERT INTO evidence VALUES (?,?,?,?,?)", self.evidence)
         if self.events:
             db.executemany("INSERT INTO events (seq, type, addresses, payload, tx_ref, tx_at)"
                            " VALUES (?,?,?,?,?,?)", self.events)
@@ -408,6 +436,37 @@ class Tables:
         rows = self.store.query("SELECT voter, approve FROM votes WHERE txid=?", (txid,))
         inline = self.store.one("SELECT inline_votes FROM txs WHERE txid=?", (txid,))
         return [(v, bool(a)) for v, a in rows] + inline_votes(inline[0] if inline else None)
+
+    def vote_refs(self, txid: str) -> list[tuple[str, bool, str]]:
+        """``(voter, approve, signature)`` of every stored vote on ``txid`` (a vote
+        that came in a signed batch has ``@<batch>`` for its signature)."""
+        rows = self.store.query("SELECT voter, approve, signature FROM votes WHERE txid=?",
+                                (txid,))
+        inline = self.store.one("SELECT inline_votes FROM txs WHERE txid=?", (txid,))
+        out = [(v, bool(a), str(sig)) for v, a, sig in rows]
+        if inline and inline[0] is not None:
+            out += [(v[0], bool(v[1]), str(v[2])) for v in orjson.loads(inline[0])]
+        return out
+
+    def batch_bodies(self, voter: str, batch: int) -> dict[bytes, bytes]:
+        """The signed batches stored under ``(voter, batch)``, by content digest (more
+        than one only from an equivocating voter)."""
+        return {bytes(d): bytes(b) for d, b in self.store.query(
+            "SELECT digest, body FROM batches WHERE voter=? AND batch=?", (voter, batch))}
+
+    def last_batch(self, voter: str) -> int:
+        """The highest batch number stored for ``voter`` (0: none)."""
+        row = self.store.one("SELECT MAX(batch) FROM batches WHERE voter=?", (voter,))
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def evidence(self, voter: str | None = None) -> list[EvidenceRow]:
+        """Equivocation evidence kept, oldest first (of ``voter`` when given)."""
+        sql = "SELECT voter, kind, first, second, at FROM evidence"
+        args: tuple[Any, ...] = ()
+        if voter is not None:
+            sql, args = sql + " WHERE voter=?", (voter,)
+        return [EvidenceRow(v, k, bytes(a), bytes(b), t)
+                for v, k, a, b, t in self.store.query(sql + " ORDER BY rowid", args)]
 
     def tx_status(self, txid: str) -> str | None:
         """A stored transaction's status."""

@@ -1,0 +1,152 @@
+"""A network of masternodes as real processes on loopback (SPEC 7): the harness the
+peer, block and fault tests share.
+
+``Network(root, n)`` makes ``n`` keys, gives every node the same ``MASTERNODES`` and
+its own ``P2P_ADDR`` and sets each one's ``PEERS`` to the others; ``start`` runs
+them (``time-masternode`` processes) and waits until every link is up.  Nodes can be
+killed (``kill -9``), stopped and started again on the same data directory and
+ports.  ``rpc(i, ...)`` calls node ``i``; ``wait_for`` polls a condition.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from timefast import crypto
+
+from .helpers import NodeProcess, new_wallet, rpc
+
+DEFAULTS = {"FINALITY_TIMEOUT": "2", "LOG_LEVEL": "INFO"}
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` TCP ports the OS had free just now (held together, so all differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Network:
+    """``n`` masternodes on loopback, each one's ``PEERS`` the others."""
+
+    def __init__(self, root: Path, n: int, **settings: Any) -> None:
+        self.root = root
+        self.keys = [crypto.new_key() for _ in range(n)]
+        self.pubs = [crypto.public_key_hex(k) for k in self.keys]
+        self.ports = free_ports(n)
+        self.settings = {**DEFAULTS, **{k: str(v) for k, v in settings.items()}}
+        self.nodes: list[NodeProcess] = [self._node(i) for i in range(n)]
+
+    def _node(self, i: int, **extra: Any) -> NodeProcess:
+        peers = ",".join(f"127.0.0.1:{p}" for j, p in enumerate(self.ports) if j != i)
+        env = {"MASTERNODE_KEY": crypto.format_private_key(self.keys[i]),
+               "MASTERNODES": ",".join(self.pubs), "P2P_ADDR": f"127.0.0.1:{self.ports[i]}",
+               "PEERS": peers, **self.settings, **extra}
+        return NodeProcess(self.root / f"node{i}", **env)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    # -- life ------------------------------------------------------------------------
+
+    def start(self, linked: bool = True, timeout: float = 30) -> Network:
+        """Start every node; with ``linked``, wait until each has all others as peers."""
+        for node in self.nodes:
+            node.start()
+        if linked:
+            self.wait_linked(timeout=timeout)
+        return self
+
+    def up(self) -> list[int]:
+        """Indexes of the nodes running now."""
+        return [i for i, n in enumerate(self.nodes)
+                if n.proc is not None and n.proc.poll() is None]
+
+    def wait_linked(self, nodes: list[int] | None = None, timeout: float = 30) -> None:
+        """Wait until each of ``nodes`` (default: those running) has every other of
+        them as an authenticated peer."""
+        nodes = self.up() if nodes is None else nodes
+        want = len(nodes) - 1
+        self.wait_for(lambda: all(self.rpc(i, "getinfo")["peers"] >= want for i in nodes),
+                      timeout, f"nodes {nodes} linked")
+
+    def kill(self, i: int) -> None:
+        """``kill -9`` node ``i``."""
+        self.nodes[i].kill()
+
+    def stop(self, i: int) -> int:
+        """SIGTERM node ``i``; its exit status."""
+        return self.nodes[i].terminate()
+
+    def restart(self, i: int, **extra: Any) -> NodeProcess:
+        """Start node ``i`` again on its data directory and ports."""
+        self.nodes[i].kill()
+        self.nodes[i] = self._node(i, **extra)
+        return self.nodes[i].start()
+
+    def close(self) -> None:
+        """Kill every node."""
+        for node in self.nodes:
+            node.kill()
+
+    def __enter__(self) -> Network:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- calls -----------------------------------------------------------------------
+
+    def rpc(self, i: int, method: str, *params: Any) -> Any:
+        """Call node ``i``; the result, or ``RuntimeError`` with the error."""
+        reply = rpc(self.nodes[i].rpc_url, method, *params)
+        if "error" in reply:
+            raise RuntimeError(f"node {i} {method}: {reply['error']}")
+        return reply["result"]
+
+    def status(self, i: int, txid: str) -> str | None:
+        """A transaction's status at node ``i`` (None: unknown there)."""
+        reply = rpc(self.nodes[i].rpc_url, "gettransaction", txid)
+        return None if "error" in reply else reply["result"]["status"]
+
+    @staticmethod
+    def wait_for(cond: Callable[[], Any], timeout: float = 30, what: str = "condition"
+                 ) -> Any:
+        """Poll ``cond`` until it is true; its value, or ``TimeoutError``."""
+        deadline = time.monotonic() + timeout
+        last: BaseException | None = None
+        while time.monotonic() < deadline:
+            try:
+                value = cond()
+                if value:
+                    return value
+            except (OSError, RuntimeError, KeyError) as e:  # a node starting or gone
+                last = e
+            time.sleep(0.05)
+        raise TimeoutError(f"{what}: not within {timeout} s" + (f" ({last})" if last else ""))
+
+    def wait_status(self, txid: str, status: str, nodes: list[int] | None = None,
+                    timeout: float = 30) -> None:
+        """Wait until ``txid`` has ``status`` on every one of ``nodes``."""
+        nodes = self.up() if nodes is None else nodes
+        self.wait_for(lambda: all(self.status(i, txid) == status for i in nodes), timeout,
+                      f"{txid[:16]} {status} on nodes {nodes}")
+
+    def fund(self, i: int, amount: int, nodes: list[int] | None = None) -> tuple[Any, str, str]:
+        """A fresh wallet paid ``amount`` by node ``i``'s faucet, finalized on ``nodes``;
+        ``(key, address, txid)`` (the coin is output 0)."""
+        key, address = new_wallet()
+        txid = self.rpc(i, "faucet", address, amount)
+        self.wait_status(txid, "finalized", nodes)
+        return key, address, txid
