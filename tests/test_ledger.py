@@ -824,3 +824,130 @@ def test_a_refused_block_leaves_the_pending_tallies_as_they_were(tmp_path):
     for k in keys[1:3]:  # its own vote and two more: quorum, as if no block had come
         b.submit_vote(batch_vote(b, k, loser.txid, True))
     assert b.status_of(loser.txid) == "finalized"
+
+
+# -- the network's rules (SPEC 7.4) ---------------------------------------------------
+
+
+def _net(tmp_path, clock=None):
+    """A masternode of four with a finalized coin of 5,000 for a fresh wallet."""
+    keys = [crypto.new_key() for _ in range(4)]
+    pubs = [crypto.public_key_hex(k) for k in keys]
+    led, events = make_ledger(tmp_path, key=keys[0], masternodes=pubs, clock=clock)
+    ka, a = new_wallet()
+    coin = led.faucet(a, 5000)
+    for k in keys[1:3]:
+        led.submit_vote(batch_vote(led, k, coin, True))
+    assert led.status_of(coin) == "finalized"
+    return led, events, keys, pubs, ka, coin
+
+
+def _own_vote(led, txid):
+    p = led.pending[txid]
+    return (True if led.public_key in p.approvals
+            else False if led.public_key in p.rejections else None)
+
+
+def test_a_relayed_conflicting_spend_is_stored_unlocked_voted_against_and_may_win(tmp_path):
+    led, events, keys, _, ka, coin = _net(tmp_path)
+    t1 = build([(coin, 0, ka)], [(new_wallet()[1], 1000)], timestamp=1)
+    t2 = build([(coin, 0, ka)], [(new_wallet()[1], 2000)], timestamp=2)
+    led.submit(t1.to_json())
+    with pytest.raises(LedgerError, match="TX_CONFLICT"):
+        led.submit(t2.to_json())  # from a wallet: refused, as ever
+    led.submit(t2.to_json(), relayed=True)  # from a peer: kept, locking nothing
+    assert led.status_of(t2.txid) == "pending" and not led.pending[t2.txid].holds
+    assert led.utxos.get(coin, 0)[2:4] == ("SpentPending", t1.txid)
+    assert (_own_vote(led, t1.txid), _own_vote(led, t2.txid)) == (True, False)
+    events.clear()
+    for k in keys[1:4]:  # the rest of the network went the other way
+        led.submit_vote(batch_vote(led, k, t2.txid, True))
+    assert (led.status_of(t1.txid), led.status_of(t2.txid)) == ("rejected", "finalized")
+    assert led.get_transaction(t1.txid)["reason"] == "conflict"
+    assert led.utxos.get(coin, 0)[2:4] == ("SpentFinalized", t2.txid)
+    assert [k for k in kinds(events) if k[0] != "UtxoStateChange" or k[1] != "Unspent"] == [
+        ("TransactionRejected",), ("UtxoStateChange", "SpentFinalized", "SpentPending"),
+        ("TransactionFinalized",)]
+
+
+def test_a_vote_both_ways_counts_twice_and_is_kept_as_evidence(tmp_path):
+    led, _, keys, pubs, ka, coin = _net(tmp_path)
+    tx = build([(coin, 0, ka)], [(new_wallet()[1], 1000)], timestamp=1)
+    led.submit(tx.to_json())
+    led.submit_vote(batch_vote(led, keys[1], tx.txid, True))
+    led.submit_vote(batch_vote(led, keys[1], tx.txid, False))
+    p = led.pending[tx.txid]
+    assert pubs[1] in p.approvals and pubs[1] in p.rejections
+    assert led.masternode_info(pubs[1])["equivocations"] == 1
+    # Two different batches under one number: evidence too, and both count.
+    a = wire.sign_votes(keys[2], led.network_id, 5, [(tx.txid, False)])
+    b = wire.sign_votes(keys[2], led.network_id, 5, [(coin, True)])
+    assert led.add_batch(a) and led.add_batch(b)
+    assert led.masternode_info(pubs[2])["equivocations"] == 1
+    kinds_kept = [r.kind for r in led.tables.evidence()]
+    assert kinds_kept == ["vote", "batch"]
+    for row in led.tables.evidence():  # each piece is a batch signed by the voter
+        for body in (row.first, row.second):
+            wire.verify_votes(wire.Votes.from_data(orjson.loads(body)), led.network_id)
+    # Rejections past n - q + f = 2 reject it: keys 1 and 2 and one more.
+    led.submit_vote(batch_vote(led, keys[3], tx.txid, False))
+    assert led.status_of(tx.txid) == "rejected"
+    led.store.close()
+    again, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs)
+    assert again.masternode_info(pubs[1])["equivocations"] == 1
+
+
+def test_an_orphan_waits_for_its_parent(tmp_path):
+    led, _, keys, _, ka, coin = _net(tmp_path)
+    kb, b = new_wallet()
+    parent = build([(coin, 0, ka)], [(b, 1000)], timestamp=1)
+    child = build([(parent.txid, 0, kb)], [(new_wallet()[1], 900)], timestamp=2)
+    with pytest.raises(LedgerError) as e:
+        led.submit(child.to_json(), relayed=True)
+    assert e.value.code == "TX_ORPHAN" and child.txid in led.orphans
+    led.submit(parent.to_json(), relayed=True)
+    with pytest.raises(LedgerError, match="TX_ORPHAN"):
+        led.submit(child.to_json(), relayed=True)  # the parent is only pending
+    assert led.take_orphans(["ff" * 32]) == []
+    for k in keys[1:3]:
+        led.submit_vote(batch_vote(led, k, parent.txid, True))
+    assert led.status_of(parent.txid) == "finalized"
+    assert [t.txid for t in led.take_orphans([parent.txid])] == [child.txid]
+    assert led.submit(child, relayed=True) == child.txid
+    assert led.status_of(child.txid) == "pending" and not led.orphans
+
+
+def test_approve_once_holds_across_a_restart_and_ends_with_a_rejection(tmp_path):
+    led, _, keys, pubs, ka, coin = _net(tmp_path)
+    t1 = build([(coin, 0, ka)], [(new_wallet()[1], 1000)], timestamp=1)
+    t2 = build([(coin, 0, ka)], [(new_wallet()[1], 2000)], timestamp=2)
+    t3 = build([(coin, 0, ka)], [(new_wallet()[1], 3000)], timestamp=3)
+    led.submit(t1.to_json())
+    batches = led.next_batch
+    led.store.close()
+    led, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs)
+    assert led.next_batch == batches  # numbers go on after the last one stored
+    led.submit(t2.to_json(), relayed=True)
+    assert (_own_vote(led, t1.txid), _own_vote(led, t2.txid)) == (True, False)
+    # t1 gets a rejection certificate (3 > n - q + f): the coin is free, and this
+    # masternode may approve another spend of it.
+    for k in keys[1:4]:
+        led.submit_vote(batch_vote(led, k, t1.txid, False))
+    assert led.status_of(t1.txid) == "rejected"
+    led.submit(t3.to_json(), relayed=True)
+    assert _own_vote(led, t3.txid) is True
+
+
+def test_an_own_vote_decided_but_not_signed_is_decided_again_after_a_crash(tmp_path):
+    keys = [crypto.new_key() for _ in range(4)]
+    pubs = [crypto.public_key_hex(k) for k in keys]
+    led = Ledger(Store(tmp_path / "t.db"), "regtest", keys[0], pubs, clock=Clock())
+    _, a = new_wallet()
+    t = led.faucet(a, 10)  # accepted; its own vote queued, never signed (a crash)
+    assert led.own_queue == [(t, True)] and led.next_batch == 1
+    led.store.close()
+    again = Ledger(Store(tmp_path / "t.db"), "regtest", keys[0], pubs, clock=Clock())
+    assert again.own_queue == [(t, True)]
+    msg = again.sign_batch()
+    assert (msg.batch, msg.votes) == (1, ((t, True),))
+    assert again.pending[t].approvals == {pubs[0]}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sqlite3
 import threading
 import time
@@ -11,12 +13,12 @@ import orjson
 import pytest
 from websockets.sync.client import connect
 
-from timefast import crypto
+from timefast import cli, crypto
 from timefast.p2p import wire
 from timefast.p2p.link import Link
 from timefast.transaction import build
 
-from .helpers import new_wallet, rpc
+from .helpers import NodeThread, new_wallet, result, rpc
 from .network import Network
 
 
@@ -82,6 +84,13 @@ def test_a_payment_at_one_node_finalizes_on_all_and_a_wallet_elsewhere_hears(fou
     views = [net.rpc(i, "gettransaction", txid) for i in range(4)]
     assert {v["status"] for v in views} == {"finalized"}
     assert all(v["votes"] >= 3 and v["quorum"] == 3 for v in views)
+    # time-cli shows the links.
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["--rpc-addr", net.nodes[1].rpc_url.split("/")[2], "peers"]) == 0
+    shown = out.getvalue()
+    assert "masternodes connected: 4 of 4" in shown
+    assert all(p[:16] in shown for j, p in enumerate(net.pubs) if j != 1)
     # Every masternode is connected to every other; nothing misbehaved.
     for i in range(4):
         info = net.rpc(i, "getpeerinfo")
@@ -258,3 +267,36 @@ def test_bad_peers_are_closed_and_counted_and_the_node_carries_on(four):
     key, _, coin = net.fund(0, 100)
     _, to = new_wallet()
     net.wait_status(pay(net, 0, key, coin, to, 50), "finalized")
+
+
+def test_a_single_masternode_has_no_peer_port_and_says_so(tmp_path):
+    node = NodeThread(tmp_path).start()
+    try:
+        assert node.node.peers is None and node.node.p2p_addresses == []
+        assert result(node.rpc_url, "getpeerinfo") == []
+        assert result(node.rpc_url, "getinfo")["peers"] == 0
+        err = rpc(node.rpc_url, "addnode", "127.0.0.1:9")["error"]
+        assert "no peer network" in err["message"]
+        err = rpc(node.rpc_url, "addnode", "nowhere")["error"]
+        assert "HOST:PORT" in err["message"]
+        # And finality is as it always was: its own vote, inline.
+        _, a = new_wallet()
+        txid = result(node.rpc_url, "faucet", a, 10)
+        assert result(node.rpc_url, "gettransaction", txid)["status"] == "finalized"
+    finally:
+        node.stop()
+
+
+def test_a_node_given_one_peer_finds_the_others_by_addr(tmp_path):
+    net = Network(tmp_path, 3)
+    # Node 2 knows only node 0; nodes 0 and 1 know each other.
+    net.nodes[2] = net._node(2, PEERS=f"127.0.0.1:{net.ports[0]}")
+    net.nodes[1] = net._node(1, PEERS=f"127.0.0.1:{net.ports[0]}")
+    net.nodes[0] = net._node(0, PEERS="")
+    try:
+        net.start(linked=False)
+        net.wait_linked(timeout=30)
+        assert {p["public_key"] for p in net.rpc(2, "getpeerinfo")} == {net.pubs[0],
+                                                                       net.pubs[1]}
+    finally:
+        net.close()

@@ -240,10 +240,30 @@ def cmd_status(args: argparse.Namespace, rpc: Rpc) -> Any:
             f"height       {info['height']} ({info['best_block_hash'][:16]})\n"
             f"masternode   {info['address']} (quorum {info['quorum']} of "
             f"{info['masternodes']})\n"
+            f"peers        {info.get('peers', 0)}\n"
             f"connections  {info.get('connections', 0)}\n"
             f"subscriptions {info.get('subscriptions', 0)}\n"
             f"events/s     {rate:.1f}\n"
             f"pending tx   {info['pending']}, finalized unconfirmed {info['unconfirmed']}")
+
+
+def cmd_peers(args: argparse.Namespace, rpc: Rpc) -> Any:
+    peers = rpc.call("getpeerinfo")
+    masternodes = rpc.call("masternodelist")
+    lines = [f"{'public key':<16}  {'address':<21}  {'dir':<3}  {'kind':<10}  "
+             f"{'height':>6}  {'ms':>7}  misbehaviour"]
+    for p in peers:
+        ms = "-" if p["latency_ms"] is None else f"{p['latency_ms']:.1f}"
+        lines.append(f"{p['public_key'][:16]}  {p['address']:<21}  "
+                     f"{'in' if p['inbound'] else 'out':<3}  "
+                     f"{'masternode' if p['masternode'] else 'full node':<10}  "
+                     f"{p['height']:>6}  {ms:>7}  {p['misbehaviour']}")
+    up = sum(1 for m in masternodes if m.get("connected"))
+    lines.append(f"masternodes connected: {up} of {len(masternodes)} (this node included)")
+    for m in masternodes:
+        if m.get("equivocations"):
+            lines.append(f"equivocations by {m['public_key'][:16]}: {m['equivocations']}")
+    return "\n".join(lines)
 
 
 def cmd_history(args: argparse.Namespace, rpc: Rpc) -> Any:
@@ -302,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("address")
     h.add_argument("--limit", type=int, default=50, help="transactions per page (<= 1000)")
     h.add_argument("--before", type=int, default=None, help="the next of the previous page")
+    sub.add_parser("peers", help="peer links and which masternodes are connected")
     f = sub.add_parser("faucet", help="regtest: pay from the faucet")
     f.add_argument("address")
     f.add_argument("units", nargs="?", help="amount in units of 10^-8 TIME")
@@ -311,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"keygen": cmd_keygen, "address": cmd_address, "send": cmd_send,
             "faucet": cmd_faucet, "watch": cmd_watch, "status": cmd_status,
-            "history": cmd_history}
+            "history": cmd_history, "peers": cmd_peers}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -583,7 +583,8 @@ class Ledger:
             if any(self._coin(i.prev_txid, i.vout) is None
                    and self.status_of(i.prev_txid) in (None, "pending") for i in tx.inputs):
                 self._keep_orphan(tx)
-                raise LedgerError("TX_ORPHAN", f"transaction {tx.txid} waits for its inputs")
+                raise LedgerError("TX_ORPHAN",
+                                  f"TX_ORPHAN: transaction {tx.txid} waits for its inputs")
 
             def contested_coin(t: str, v: int) -> tuple[str, int, str, str | None] | None:
                 nonlocal contested
