@@ -65,3 +65,32 @@ def test_systemd_unit_verifies_and_rates_ok(tmp_path):
         pytest.skip("this systemd-analyze cannot rate a unit file offline (systemd < 250)")
     level = re.search(r"Overall exposure level for \S+: (\d+\.\d)", p.stdout)
     assert p.returncode == 0 and level and float(level.group(1)) <= 2.0, p.stdout[-500:]
+
+
+def test_the_network_compose_file_links_four_masternodes_each_to_the_others():
+    """deploy/compose.network.yml (docs/NETWORK.md): one voting set, each node its own
+    key and data, advertised under its service name, dialling the other three."""
+    import yaml
+
+    from timefast.settings import load
+
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.network.yml").read_text())
+    services = compose["services"]
+    assert sorted(services) == ["mn0", "mn1", "mn2", "mn3"]
+    keys = {f"MN{i}_PUB": f"{i:x}" * 64 for i in range(4)}
+    seen_keys, volumes, ports = set(), set(), set()
+    for name, svc in services.items():
+        env = {k: str(v) for k, v in svc["environment"].items()}
+        env = {k: re.sub(r"\$\{(\w+)\}", lambda m: keys.get(m.group(1), m.group(0)), v)
+               for k, v in env.items()}
+        assert env["MASTERNODES"] == ",".join(keys.values())
+        assert env["P2P_ADVERTISE"] == f"{name}:24100"
+        assert sorted(env["PEERS"].split(",")) == sorted(
+            f"{other}:24100" for other in services if other != name)
+        seen_keys.add(env.pop("MASTERNODE_KEY"))
+        s = load([], env)  # every value is one the node takes
+        assert s.network == "testnet" and s.p2p_addr == ("0.0.0.0", 24100)
+        volumes.add(svc["volumes"][0].split(":")[0])
+        ports.add(svc["ports"][0].split(":")[0])
+    assert len(seen_keys) == len(volumes) == len(ports) == 4
+    assert volumes <= set(compose["volumes"])
