@@ -13,7 +13,7 @@ from timefast.ledger import FAUCET_KEY, GENESIS_SUPPLY, Ledger, LedgerError
 from timefast.storage import StorageError, Store
 from timefast.transaction import build
 
-from .helpers import ledger_with_coins, new_wallet
+from .helpers import commit_for, commit_next, ledger_with_coins, new_wallet
 
 
 class Clock:
@@ -81,7 +81,19 @@ def test_payment_event_sequence_and_balances(tmp_path):
     assert led.get_transaction(tx.txid)["status"] == "finalized"
     events.clear()
     block = led.make_block()
-    assert block["txids"] == [t1, tx.txid]
+    # The block starts with its coinbase, which pays the fee to the producer (SPEC 7.5).
+    coinbase = block["txids"][0]
+    assert block["txids"] == [coinbase, t1, tx.txid]
+    fee = 10_0000_0000 - 6_0000_0000 - 3_9999_0000
+    cb = led.get_transaction(coinbase)
+    assert (cb["status"], cb["block_height"]) == ("confirmed", 1)
+    assert cb["tx"]["inputs"] == [] and cb["tx"]["lock_time"] == 1
+    assert cb["tx"]["outputs"] == [{"amount": fee, "address": led.address}]
+    assert led.balance(led.address) == fee
+    # Its coin is Unspent before anything is confirmed; NewBlock comes last.
+    assert kinds(events)[:2] == [("UtxoStateChange", "Unspent", None),
+                                 ("TransactionConfirmed",)]
+    assert events[0].addresses == (led.address,)
     assert kinds(events)[-3:] == [("UtxoStateChange", "Confirmed", "SpentFinalized"),
                                   ("TransactionConfirmed",), ("NewBlock",)]
     assert events[-1].addresses is None
@@ -471,9 +483,10 @@ def test_add_votes_takes_a_batch_of_one_voter(tmp_path):
 
 
 def _mirror(tmp_path):
-    """Two ledgers of one regtest genesis (different keys, one voting set each)."""
+    """Two ledgers of one regtest network: ``a`` its one masternode, ``b`` a full node
+    (its own key, not in the voting set) that accepts ``a``'s blocks."""
     a, _ = make_ledger(tmp_path / "a")
-    b, events = make_ledger(tmp_path / "b")
+    b, events = make_ledger(tmp_path / "b", masternodes=[a.public_key])
     return a, b, events
 
 
@@ -491,16 +504,19 @@ def test_a_block_made_by_one_ledger_is_accepted_by_another(tmp_path):
     a.submit(child.to_json())  # spends the faucet payment: a parent and its child
     block = a.make_block()
     full = a.get_block(block["height"], with_txs=True)
-    assert [t["txid"] for t in full["txs"]] == block["txids"] == [paid, child.txid]
-    b.accept_block(full, commit=[{"voter": a.public_key}])
+    coinbase = block["txids"][0]  # the child's fee of 100, to a
+    assert [t["txid"] for t in full["txs"]] == block["txids"] == [coinbase, paid, child.txid]
+    assert full["commit"] == block["commit"] and len(block["commit"]) == 1
+    b.accept_block(full, full["commit"])
     assert (b.height, b.tip) == (a.height, a.tip)
     assert _utxo_set(a) == _utxo_set(b)
     assert b.get_block(1) == a.get_block(1)
-    assert [b.status_of(t) for t in block["txids"]] == ["confirmed", "confirmed"]
+    assert [b.status_of(t) for t in block["txids"]] == ["confirmed"] * 3
     assert b.balance(addr) == a.balance(addr) == 900
+    assert b.balance(a.address) == a.balance(a.address) == 100
     seen = [e.type for e in events]
     # Wallets of the second node hear the transactions it learnt from the block.
-    assert seen.count("TransactionFinalized") == 2 and seen.count("TransactionConfirmed") == 2
+    assert seen.count("TransactionFinalized") == 2 and seen.count("TransactionConfirmed") == 3
     assert seen[-1] == "NewBlock" and "TransactionPending" not in seen
     # Each input goes Unspent -> SpentFinalized -> Confirmed (SPEC 7.5).
     spent_moves = [(d["outpoint"]["vout"], d["prev_state"], d["state"])
@@ -520,23 +536,33 @@ def _race(tmp_path):
     address, coin's txid, loser, winner)``."""
     keys = [crypto.new_key() for _ in range(4)]
     pubs = [crypto.public_key_hex(k) for k in keys]
-    a, _ = make_ledger(tmp_path / "a")
+    a, _ = make_ledger(tmp_path / "a", key=keys[1], masternodes=pubs)
     b, events = make_ledger(tmp_path / "b", key=keys[0], masternodes=pubs)
     ka, addr = new_wallet()
-    # The same coin on both ledgers: a faucet payment made on a, learnt by b in a block.
+    # The same coin on both ledgers: a faucet payment finalized on a, learnt by b in a
+    # block the four commit.
     paid = a.faucet(addr, 5000)
-    b.accept_block(a.get_block(a.make_block()["height"], with_txs=True))
+    _finalize(a, paid, keys[2:])
+    commit_next([a, b], keys)
     loser = build([(paid, 0, ka)], [(new_wallet()[1], 100)], timestamp=8)
     winner = build([(paid, 0, ka)], [(new_wallet()[1], 200)], timestamp=9)
     b.submit(loser.to_json())
     a.submit(winner.to_json())
+    _finalize(a, winner.txid, keys[2:])
     return a, b, events, keys, ka, addr, paid, loser, winner
 
 
+def _finalize(led, txid, keys):
+    """Votes of ``keys`` that finalize ``txid`` at ``led`` (with its own)."""
+    for k in keys:
+        led.submit_vote(crypto.sign_vote(k, txid, True))
+    assert led.status_of(txid) == "finalized"
+
+
 def test_a_block_beats_a_pending_conflicting_spend(tmp_path):
-    a, b, events, _, _, _, paid, loser, winner = _race(tmp_path)
+    a, b, events, keys, _, _, paid, loser, winner = _race(tmp_path)
     events.clear()
-    b.accept_block(a.get_block(a.make_block()["height"], with_txs=True))
+    commit_next([a, b], keys)
     assert b.status_of(loser.txid) == "rejected"
     # The contested coin goes from the loser's lock straight to the winner.
     moves = [(d["prev_state"], d["state"], d["spending_txid"])
@@ -559,13 +585,14 @@ def test_a_block_that_does_not_follow_is_refused_and_changes_nothing(tmp_path):
         (good | {"height": 5}, "not the next block"),
         (good | {"prev_hash": "11" * 32}, "does not extend"),
         (good | {"timestamp": good["timestamp"] + 1}, "hash does not match"),
-        (good | {"txs": []}, "does not carry"),
+        (good | {"round": 1}, "hash does not match"),
+        (good | {"txs": []}, "do not match its txids"),
         (good | {"txs": [dict(good["txs"][0], timestamp=1)]}, "txid does not match"),
     ]:
         with pytest.raises(LedgerError, match=words):
-            b.accept_block(bad)
+            b.accept_block(bad, good["commit"])
         assert (b.seq, b.height) == (seq, 0)
-    b.accept_block(good)
+    b.accept_block(good, good["commit"])
     assert b.tip == a.tip
 
 
@@ -665,7 +692,8 @@ def test_an_older_data_directory_gets_its_history_built_once(tmp_path, caplog):
     again, _ = make_ledger(tmp_path)
     assert again.history(a, 1000) == want
     assert again.history(faucet["address"], 1000) == faucet
-    assert "address history built: 3 transactions" in caplog.text
+    # genesis, the payment, the spend and the block's coinbase (the spend's fee)
+    assert "address history built: 4 transactions" in caplog.text
     caplog.clear()
     make_ledger(tmp_path)  # once
     assert "address history" not in caplog.text
@@ -765,9 +793,9 @@ def test_replay_window_is_bounded_in_bytes(tmp_path):
 def test_a_refused_block_leaves_the_pending_tallies_as_they_were(tmp_path):
     # The block's first transaction beats a pending spend here; its second is forged:
     # the block is refused, and the pending spend must not stay marked as decided.
-    from timefast.rules import block_hash
+    from timefast.rules import block_hash, proposer
     a, b, _, keys, ka, addr, paid, loser, _ = _race(tmp_path)
-    good = a.get_block(a.make_block()["height"], with_txs=True)
+    good = a.propose_block(0, proposer(a.masternodes, 2, 0), 1_800_000_000)
     forged = build([(paid, 1, ka)], [(addr, 1)], timestamp=10).to_json()  # not ka's coin
     txids = [*good["txids"], forged["txid"]]
     bad = good | {"txids": txids, "txs": [*good["txs"], forged],
@@ -775,7 +803,7 @@ def test_a_refused_block_leaves_the_pending_tallies_as_they_were(tmp_path):
                                      txids, good["producer"])}
     seq = b.seq
     with pytest.raises(LedgerError, match="does not own"):
-        b.accept_block(bad)
+        b.accept_block(bad, commit_for(bad, keys[:3], b.network_id))
     assert b.seq == seq and b.status_of(loser.txid) == "pending"
     assert not b.pending[loser.txid].decided
     for k in keys[1:3]:  # its own vote and two more: quorum, as if no block had come

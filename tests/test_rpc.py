@@ -53,8 +53,11 @@ def test_every_method(node):
     assert result(url, "getblockcount") == height + 1
     assert result(url, "getbestblockhash") == h
     blk = result(url, "getblock", height + 1)
-    assert set(blk) == {"height", "hash", "prev_hash", "timestamp", "txids", "producer"}
+    assert set(blk) == {"height", "hash", "prev_hash", "timestamp", "txids", "producer",
+                        "round", "commit"}
     assert tx.txid in blk["txids"] and result(url, "getblock", h) == blk
+    # One masternode: round 0, committed by its one precommit (SPEC 7.5).
+    assert blk["round"] == 0 and [c["voter"] for c in blk["commit"]] == [info["masternode"]]
     got = result(url, "gettransaction", tx.txid)
     assert (got["status"], got["block_height"]) == ("confirmed", height + 1)
     assert result(url, "getbalance", b) == 2_0000_0000
