@@ -9,9 +9,11 @@ updates the in-memory state and hands the changes to listeners.  A step that fai
 were: durable before announced.
 
 Entry points, for wallets, the RPC and next the peers: ``submit`` (a transaction),
-``add_votes`` (votes of one masternode), ``accept_block`` (a block the network
-committed), ``make_block`` (this node's block), ``expire`` (the timeout of a
-one-masternode network).  The ledger never touches a socket.
+``add_votes`` (votes of one masternode), ``propose_block`` and ``validate_proposal``
+(a block proposed, by this node or to it, neither committed), ``accept_block`` (a
+block the network committed, with its commit), ``make_block`` (the block of a
+one-masternode network), ``expire`` (the timeout of a one-masternode network).  The
+ledger never touches a socket.
 """
 
 from __future__ import annotations
