@@ -898,8 +898,11 @@ class Ledger:
             raise LedgerError("BAD_REQUEST", f"block {header.height}: its producer "
                               f"{header.producer} is not the proposer of round "
                               f"{header.round} ({want})")
+        # The commit to check is the one given apart (a proposal has none; a block of
+        # ``Blocks`` carries its own, which the caller passes as ``commit``).
+        fields = {k: v for k, v in block.items() if k != "commit"}
         try:
-            parsed = wire.Block.from_data({**block, "round": header.round}, "block")
+            parsed = wire.Block.from_data(fields | {"round": header.round}, "block")
         except wire.ParseError as e:
             raise LedgerError("BAD_REQUEST", str(e)) from None
         sigs: tuple[wire.CommitSig, ...] = ()
