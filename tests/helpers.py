@@ -22,6 +22,7 @@ from timefast import crypto
 from timefast.ledger import Ledger
 from timefast.node import Node
 from timefast.p2p import wire
+from timefast.rules import proposer
 from timefast.settings import load
 from timefast.storage import Store
 from timefast.transaction import Transaction, build
@@ -76,6 +77,33 @@ def fund_coins(rpc_url: str, key: Any, address: str, n: int,
         result(rpc_url, "sendrawtransaction", split.to_json())
         coins += [(split.txid, vout) for vout in range(per_split)]
     return coins[:n]
+
+
+def commit_for(block: dict[str, Any], keys: list[Any], network_id: bytes,
+               round_: int | None = None) -> list[dict[str, Any]]:
+    """A block's commit (SPEC 7.5): a precommit by each of ``keys`` for its height and
+    hash in ``round_`` (default: the block's own round)."""
+    r = block["round"] if round_ is None else round_
+    return [{"voter": crypto.public_key_hex(k), "round": r,
+             "signature": k.sign(wire.bft_bytes(network_id, wire.STEP_PRECOMMIT,
+                                                block["height"], r, block["hash"])
+                                 ).signature.hex()} for k in keys]
+
+
+def commit_next(ledgers: list[Ledger], keys: list[Any], round_: int = 0,
+                timestamp: int | None = None) -> dict[str, Any]:
+    """The network of ``keys`` (the voting set of every ledger in ``ledgers``) commits
+    the next block: the first ledger builds the proposal of round ``round_``'s
+    proposer, a quorum of ``keys`` precommits it, every ledger accepts it.  Returns the
+    block with its ``txs`` and ``commit``."""
+    first = ledgers[0]
+    producer = proposer(first.masternodes, first.height + 1, round_)
+    block = first.propose_block(round_, producer,
+                                int(first.clock()) if timestamp is None else timestamp)
+    block["commit"] = commit_for(block, keys[:first.quorum], first.network_id)
+    for led in ledgers:
+        led.accept_block(block, block["commit"])
+    return block
 
 
 def ledger_with_coins(path: Path) -> tuple[Ledger, Any, str, Transaction]:

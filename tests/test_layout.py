@@ -34,6 +34,19 @@ def test_the_ledger_never_imports_io_or_the_ports():
         assert not bad, f"timefast/{module}.py imports {sorted(bad)}"
 
 
+def test_the_ledger_takes_only_the_wire_formats_from_the_peers():
+    # The rules check signed vote batches and commits in the peers' own layouts
+    # (p2p.wire, sans-I/O); links, relay and sync stay above the ledger, which they
+    # call: importing them from here would make a cycle.
+    for module in LEDGER:
+        bad = {name for name in imports(module)
+               if name.startswith("timefast.p2p") and name != "timefast.p2p"
+               and not name.startswith("timefast.p2p.wire")}
+        assert not bad, f"timefast/{module}.py imports {sorted(bad)}"
+    wire = imports("p2p/wire")
+    assert not {n for n in wire if n.startswith(("timefast.ledger", "timefast.rules"))}
+
+
 def test_the_ports_never_import_storage():
     for module in PORTS:
         bad = {n for n in imports(module) if n.startswith("timefast.storage")

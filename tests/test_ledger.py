@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -11,10 +12,11 @@ import pytest
 from timefast import crypto
 from timefast.ledger import FAUCET_KEY, GENESIS_SUPPLY, Ledger, LedgerError
 from timefast.p2p import wire
+from timefast.rules import coinbase, proposer
 from timefast.storage import StorageError, Store
 from timefast.transaction import build
 
-from .helpers import batch_vote, ledger_with_coins, new_wallet
+from .helpers import batch_vote, commit_for, commit_next, ledger_with_coins, new_wallet
 
 
 class Clock:
@@ -98,7 +100,19 @@ def test_payment_event_sequence_and_balances(tmp_path):
     assert led.get_transaction(tx.txid)["status"] == "finalized"
     events.clear()
     block = led.make_block()
-    assert block["txids"] == [t1, tx.txid]
+    # The block starts with its coinbase, which pays the fee to the producer (SPEC 7.5).
+    coinbase = block["txids"][0]
+    assert block["txids"] == [coinbase, t1, tx.txid]
+    fee = 10_0000_0000 - 6_0000_0000 - 3_9999_0000
+    cb = led.get_transaction(coinbase)
+    assert (cb["status"], cb["block_height"]) == ("confirmed", 1)
+    assert cb["tx"]["inputs"] == [] and cb["tx"]["lock_time"] == 1
+    assert cb["tx"]["outputs"] == [{"amount": fee, "address": led.address}]
+    assert led.balance(led.address) == fee
+    # Its coin is Unspent before anything is confirmed; NewBlock comes last.
+    assert kinds(events)[:2] == [("UtxoStateChange", "Unspent", None),
+                                 ("TransactionConfirmed",)]
+    assert events[0].addresses == (led.address,)
     assert kinds(events)[-3:] == [("UtxoStateChange", "Confirmed", "SpentFinalized"),
                                   ("TransactionConfirmed",), ("NewBlock",)]
     assert events[-1].addresses is None
@@ -514,9 +528,10 @@ def test_add_batch_counts_a_signed_batch_of_many_once(tmp_path):
 
 
 def _mirror(tmp_path):
-    """Two ledgers of one regtest genesis (different keys, one voting set each)."""
+    """Two ledgers of one regtest network: ``a`` its one masternode, ``b`` a full node
+    (its own key, not in the voting set) that accepts ``a``'s blocks."""
     a, _ = make_ledger(tmp_path / "a")
-    b, events = make_ledger(tmp_path / "b")
+    b, events = make_ledger(tmp_path / "b", masternodes=[a.public_key])
     return a, b, events
 
 
@@ -534,16 +549,19 @@ def test_a_block_made_by_one_ledger_is_accepted_by_another(tmp_path):
     a.submit(child.to_json())  # spends the faucet payment: a parent and its child
     block = a.make_block()
     full = a.get_block(block["height"], with_txs=True)
-    assert [t["txid"] for t in full["txs"]] == block["txids"] == [paid, child.txid]
-    b.accept_block(full, commit=[{"voter": a.public_key}])
+    coinbase = block["txids"][0]  # the child's fee of 100, to a
+    assert [t["txid"] for t in full["txs"]] == block["txids"] == [coinbase, paid, child.txid]
+    assert full["commit"] == block["commit"] and len(block["commit"]) == 1
+    b.accept_block(full, full["commit"])
     assert (b.height, b.tip) == (a.height, a.tip)
     assert _utxo_set(a) == _utxo_set(b)
     assert b.get_block(1) == a.get_block(1)
-    assert [b.status_of(t) for t in block["txids"]] == ["confirmed", "confirmed"]
+    assert [b.status_of(t) for t in block["txids"]] == ["confirmed"] * 3
     assert b.balance(addr) == a.balance(addr) == 900
+    assert b.balance(a.address) == a.balance(a.address) == 100
     seen = [e.type for e in events]
     # Wallets of the second node hear the transactions it learnt from the block.
-    assert seen.count("TransactionFinalized") == 2 and seen.count("TransactionConfirmed") == 2
+    assert seen.count("TransactionFinalized") == 2 and seen.count("TransactionConfirmed") == 3
     assert seen[-1] == "NewBlock" and "TransactionPending" not in seen
     # Each input goes Unspent -> SpentFinalized -> Confirmed (SPEC 7.5).
     spent_moves = [(d["outpoint"]["vout"], d["prev_state"], d["state"])
@@ -563,23 +581,33 @@ def _race(tmp_path):
     address, coin's txid, loser, winner)``."""
     keys = [crypto.new_key() for _ in range(4)]
     pubs = [crypto.public_key_hex(k) for k in keys]
-    a, _ = make_ledger(tmp_path / "a")
+    a, _ = make_ledger(tmp_path / "a", key=keys[1], masternodes=pubs)
     b, events = make_ledger(tmp_path / "b", key=keys[0], masternodes=pubs)
     ka, addr = new_wallet()
-    # The same coin on both ledgers: a faucet payment made on a, learnt by b in a block.
+    # The same coin on both ledgers: a faucet payment finalized on a, learnt by b in a
+    # block the four commit.
     paid = a.faucet(addr, 5000)
-    b.accept_block(a.get_block(a.make_block()["height"], with_txs=True))
+    _finalize(a, paid, keys[2:])
+    commit_next([a, b], keys)
     loser = build([(paid, 0, ka)], [(new_wallet()[1], 100)], timestamp=8)
     winner = build([(paid, 0, ka)], [(new_wallet()[1], 200)], timestamp=9)
     b.submit(loser.to_json())
     a.submit(winner.to_json())
+    _finalize(a, winner.txid, keys[2:])
     return a, b, events, keys, ka, addr, paid, loser, winner
 
 
+def _finalize(led, txid, keys):
+    """Votes of ``keys`` that finalize ``txid`` at ``led`` (with its own)."""
+    for k in keys:
+        led.submit_vote(batch_vote(led, k, txid, True))
+    assert led.status_of(txid) == "finalized"
+
+
 def test_a_block_beats_a_pending_conflicting_spend(tmp_path):
-    a, b, events, _, _, _, paid, loser, winner = _race(tmp_path)
+    a, b, events, keys, _, _, paid, loser, winner = _race(tmp_path)
     events.clear()
-    b.accept_block(a.get_block(a.make_block()["height"], with_txs=True))
+    commit_next([a, b], keys)
     assert b.status_of(loser.txid) == "rejected"
     # The contested coin goes from the loser's lock straight to the winner.
     moves = [(d["prev_state"], d["state"], d["spending_txid"])
@@ -602,13 +630,14 @@ def test_a_block_that_does_not_follow_is_refused_and_changes_nothing(tmp_path):
         (good | {"height": 5}, "not the next block"),
         (good | {"prev_hash": "11" * 32}, "does not extend"),
         (good | {"timestamp": good["timestamp"] + 1}, "hash does not match"),
-        (good | {"txs": []}, "does not carry"),
+        (good | {"round": 1}, "hash does not match"),
+        (good | {"txs": []}, "do not match its txids"),
         (good | {"txs": [dict(good["txs"][0], timestamp=1)]}, "txid does not match"),
     ]:
         with pytest.raises(LedgerError, match=words):
-            b.accept_block(bad)
+            b.accept_block(bad, good["commit"])
         assert (b.seq, b.height) == (seq, 0)
-    b.accept_block(good)
+    b.accept_block(good, good["commit"])
     assert b.tip == a.tip
 
 
@@ -708,7 +737,8 @@ def test_an_older_data_directory_gets_its_history_built_once(tmp_path, caplog):
     again, _ = make_ledger(tmp_path)
     assert again.history(a, 1000) == want
     assert again.history(faucet["address"], 1000) == faucet
-    assert "address history built: 3 transactions" in caplog.text
+    # genesis, the payment, the spend and the block's coinbase (the spend's fee)
+    assert "address history built: 4 transactions" in caplog.text
     caplog.clear()
     make_ledger(tmp_path)  # once
     assert "address history" not in caplog.text
@@ -810,7 +840,7 @@ def test_a_refused_block_leaves_the_pending_tallies_as_they_were(tmp_path):
     # the block is refused, and the pending spend must not stay marked as decided.
     from timefast.rules import block_hash
     a, b, _, keys, ka, addr, paid, loser, _ = _race(tmp_path)
-    good = a.get_block(a.make_block()["height"], with_txs=True)
+    good = a.propose_block(0, proposer(a.masternodes, 2, 0), 1_800_000_000)
     forged = build([(paid, 1, ka)], [(addr, 1)], timestamp=10).to_json()  # not ka's coin
     txids = [*good["txids"], forged["txid"]]
     bad = good | {"txids": txids, "txs": [*good["txs"], forged],
@@ -818,7 +848,7 @@ def test_a_refused_block_leaves_the_pending_tallies_as_they_were(tmp_path):
                                      txids, good["producer"])}
     seq = b.seq
     with pytest.raises(LedgerError, match="does not own"):
-        b.accept_block(bad)
+        b.accept_block(bad, commit_for(bad, keys[:3], b.network_id))
     assert b.seq == seq and b.status_of(loser.txid) == "pending"
     assert not b.pending[loser.txid].decided
     for k in keys[1:3]:  # its own vote and two more: quorum, as if no block had come
@@ -951,3 +981,220 @@ def test_an_own_vote_decided_but_not_signed_is_decided_again_after_a_crash(tmp_p
     msg = again.sign_batch()
     assert (msg.batch, msg.votes) == (1, ((t, True),))
     assert again.pending[t].approvals == {pubs[0]}
+
+
+# -- blocks of a network (SPEC 7.5) ------------------------------------------------------
+
+
+def _rehash(block, **changes):
+    """``block`` with ``changes`` and the hash of its new header."""
+    from timefast.rules import block_hash
+    b = block | changes
+    if "txs" in changes and "txids" not in changes:
+        b["txids"] = [t["txid"] for t in b["txs"]]
+    b["hash"] = block_hash(b["height"], b["prev_hash"], b["timestamp"], b["txids"],
+                           b["producer"], b["round"])
+    return b
+
+
+def _paid_with_fee(led, fee=100):
+    """A finalized payment at ``led`` (one masternode) that leaves ``fee``."""
+    ka, addr = new_wallet()
+    paid = led.faucet(addr, 5000)
+    tx = build([(paid, 0, ka)], [(new_wallet()[1], 5000 - fee)], timestamp=7)
+    led.submit(tx.to_json())
+    return tx
+
+
+def test_a_block_without_a_valid_commit_is_refused_and_changes_nothing(tmp_path):
+    a, b, _ = _mirror(tmp_path)
+    _paid_with_fee(a)
+    good = a.get_block(a.make_block()["height"], with_txs=True)
+    stranger = crypto.new_key()
+    seq = b.seq
+    for commit, words in [
+        (None, "committed with its commit"),
+        ([], "holds 0 of 1 precommits"),
+        ({"voter": a.public_key}, "commit must be a list"),
+        ([{"voter": a.public_key}], r"commit\[0\]"),
+        (commit_for(good, [stranger], b.network_id), "not a masternode"),
+        # a's precommit, but for another round than the one it signed
+        ([good["commit"][0] | {"round": 1}], "does not verify"),
+        # a's precommit for this block in another network
+        (commit_for(good, [a.key], wire.network_id("00" * 32, [a.public_key])),
+         "does not verify"),
+    ]:
+        with pytest.raises(LedgerError, match=words):
+            b.accept_block(good, commit)
+        assert (b.seq, b.height) == (seq, 0)
+    b.accept_block(good, good["commit"])
+    assert b.get_block(1)["commit"] == good["commit"] and b.tip == a.tip
+
+
+def test_a_block_with_a_greedy_missing_or_misplaced_coinbase_is_refused(tmp_path):
+    a, b, _ = _mirror(tmp_path)
+    spend = _paid_with_fee(a, fee=100)
+    good = a.propose_block(0, a.public_key, 1_800_000_000)
+    assert a.height == 0 and a.status_of(spend.txid) == "finalized"  # nothing committed
+    cb = good["txs"][0]
+    greedy = coinbase("regtest", 1, good["timestamp"], a.public_key, 101).to_json()
+    other = good | {"producer": b.public_key}  # paid to b, who is not the proposer
+    seq = b.seq
+    for bad, words in [
+        (_rehash(good, txs=[greedy, *good["txs"][1:]]), "must pay exactly the fees"),
+        (_rehash(good, txs=good["txs"][1:]), "no coinbase for its fees of 100"),
+        (_rehash(good, txs=[*good["txs"][1:], cb]), r"txs\[2\]: .* at least one input"),
+        # the spend before the faucet payment it spends
+        (_rehash(good, txs=[cb, *good["txs"][:0:-1]]), "does not come before it"),
+        (_rehash(other), "is not the proposer of round 0"),
+    ]:
+        with pytest.raises(LedgerError, match=words):
+            b.accept_block(bad, commit_for(bad, [a.key], b.network_id))
+        assert (b.seq, b.height) == (seq, 0)
+    b.accept_block(good, commit_for(good, [a.key], b.network_id))
+    assert b.balance(a.address) == 100 and b.status_of(cb["txid"]) == "confirmed"
+
+
+def test_a_proposal_needs_a_certificate_for_what_is_not_finalized_here(tmp_path):
+    keys = [crypto.new_key() for _ in range(4)]
+    pubs = [crypto.public_key_hex(k) for k in keys]
+    a, _ = make_ledger(tmp_path / "a", key=keys[1], masternodes=pubs)
+    b, _ = make_ledger(tmp_path / "b", key=keys[0], masternodes=pubs)
+    _, addr = new_wallet()
+    paid = a.faucet(addr, 5000)
+    _finalize(a, paid, keys[2:])  # finalized at a; b has never seen it
+    block = a.propose_block(0, proposer(pubs, 1, 0), int(b.clock()))
+    a.validate_proposal(block)  # finalized there: its own votes are its certificate
+    seq = b.seq
+    with pytest.raises(LedgerError, match=f"{paid} is not finalized: its certificate "
+                       "holds 0 of 3 approvals"):
+        b.validate_proposal(block)
+    cert = [wire.sign_votes(k, b.network_id, 1, [(paid, True)]) for k in keys[1:]]
+    with pytest.raises(LedgerError, match="holds 2 of 3"):
+        b.validate_proposal(block, cert[:2])
+    with pytest.raises(LedgerError, match="bad signature"):
+        b.validate_proposal(block, [*cert[:2], replace(cert[2], batch=2)])
+    assert b.validate_proposal(block, cert) is None
+    assert (b.seq, b.height, b.status_of(paid)) == (seq, 0, None)  # nothing changed
+    # Committed, the block needs no certificate: its commit stands for it.
+    commit = commit_for(block, keys[:3], b.network_id)
+    for led in (a, b):
+        led.accept_block(block, commit)
+    assert b.status_of(paid) == "confirmed" and b.balance(addr) == 5000
+    assert b.get_block(1) == a.get_block(1)
+
+
+def test_a_proposal_at_most_30_s_ahead_of_the_clock(tmp_path):
+    a, b, _ = _mirror(tmp_path)
+    now = int(b.clock())
+    ahead = a.propose_block(0, a.public_key, now + 31)
+    with pytest.raises(LedgerError, match="more than 30 s ahead"):
+        b.validate_proposal(ahead)
+    b.validate_proposal(a.propose_block(0, a.public_key, now + 30))
+    # A committed block is the network's decision whatever this node's clock says.
+    b.accept_block(ahead, commit_for(ahead, [a.key], b.network_id))
+    assert b.tip_timestamp == now + 31
+    # The next proposal's timestamp is never before its parent's.
+    assert b.propose_block(0, b.masternodes[0], now)["timestamp"] == now + 31
+
+
+def test_propose_block_fills_a_block_within_its_limits_parents_first(tmp_path, monkeypatch):
+    from timefast import ledger as ledger_module
+    led, _ = make_ledger(tmp_path)
+    kx, x = new_wallet()
+    _, y = new_wallet()
+    t1 = led.faucet(x, 10_000)
+    # A wide transaction (too big for the limit set below) and its small child ...
+    wide = build([(t1, 0, kx)], [(x, 100)] * 40 + [(y, 5000)], timestamp=1)
+    led.submit(wide.to_json())
+    child = build([(wide.txid, 0, kx)], [(y, 90)], timestamp=2)
+    led.submit(child.to_json())
+    # ... and a small one after them, which fits.
+    small = _paid_with_fee(led, fee=7)
+    raws = {t: len(f.raw) for t, f in led.unconfirmed.items()}
+    assert raws[wide.txid] > raws[child.txid]
+    room = led.COINBASE_BYTES + sum(n for t, n in raws.items() if t != wide.txid)
+    monkeypatch.setattr(ledger_module, "MAX_BLOCK_BYTES", room)
+    seq, counts = led.seq, led.counts()
+    block = led.propose_block(0, led.public_key, 1_800_000_000)
+    # The child waits with its parent; the coinbase pays the fees of what is in.
+    faucet_paid = [t for t in raws if t not in (wide.txid, child.txid, small.txid)]
+    assert block["txids"][1:] == [t1, *faucet_paid[1:], small.txid]
+    assert block["txs"][0]["outputs"] == [{"amount": 7, "address": led.address}]
+    assert (led.seq, led.counts(), led.height) == (seq, counts, 0)
+    led.validate_proposal(block)
+    # At most MAX_BLOCK_TXS in all, the coinbase included.
+    monkeypatch.setattr(ledger_module, "MAX_BLOCK_BYTES", 4 << 20)
+    monkeypatch.setattr(ledger_module, "MAX_BLOCK_TXS", 3)
+    assert len(led.propose_block(0, led.public_key, 1_800_000_000)["txids"]) == 3
+    led.accept_block(block, commit_for(block, [led.key], led.network_id))
+    assert led.get_block(1, with_txs=True) == block | {"commit": led.get_block(1)["commit"]}
+    monkeypatch.setattr(ledger_module, "MAX_BLOCK_TXS", 10_000)
+    # Then the next block: the parent, then its child.
+    nxt = led.make_block()
+    assert nxt["txids"][1:] == [wide.txid, child.txid]
+    assert led.counts() == {"pending": 0, "unconfirmed": 0}
+
+
+def _unspent_total(led):
+    [(total,)] = led.store.query("SELECT SUM(amount) FROM utxos WHERE state='Unspent'")
+    return total
+
+
+def test_payments_with_fees_and_blocks_keep_the_total_supply(tmp_path):
+    import random
+    rng = random.Random(16)
+    a, b, _ = _mirror(tmp_path)
+    wallets = [new_wallet() for _ in range(20)]
+    for _, addr in wallets:
+        a.faucet(addr, 1_0000_0000)
+    fees = 0
+    for n in range(1000):
+        key, addr = rng.choice(wallets)
+        coins = [u for u in a.list_unspent(addr) if u["state"] == "Unspent"]
+        coin = max(coins, key=lambda u: u["amount"])
+        fee = rng.randrange(0, 1000)
+        pay = rng.randrange(1, max(2, coin["amount"] // 3))
+        outs = [(rng.choice(wallets)[1], pay), (addr, coin["amount"] - pay - fee)]
+        a.submit(build([(coin["txid"], coin["vout"], key)], outs, timestamp=n).to_json())
+        fees += fee
+        if n % 100 == 99:
+            blk = a.get_block(a.make_block()["height"], with_txs=True)
+            b.accept_block(blk, blk["commit"])
+    blk = a.get_block(a.make_block()["height"], with_txs=True)
+    b.accept_block(blk, blk["commit"])
+    # Every fee went to the producer; nothing was made or burned.
+    assert a.balance(a.address) == b.balance(a.address) == fees > 0
+    everyone = [a.address, crypto.address_of(crypto.public_key_hex(FAUCET_KEY), "regtest"),
+                *(addr for _, addr in wallets)]
+    for led in (a, b, Ledger(a.store, "regtest", a.key, clock=Clock())):
+        assert _unspent_total(led) == GENESIS_SUPPLY
+        assert sum(led.balance(addr) for addr in everyone) == GENESIS_SUPPLY
+
+
+def test_an_older_data_directory_shows_its_blocks_with_round_0_and_no_commit(tmp_path):
+    import sqlite3
+    led, _ = make_ledger(tmp_path)
+    _paid_with_fee(led)
+    old = led.make_block()
+    led.store.close()
+    # As a node from before rounds and commits left its blocks table.
+    db = sqlite3.connect(tmp_path / "t.db")
+    db.executescript("""
+        CREATE TABLE old (height INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE,
+            prev_hash TEXT NOT NULL, timestamp INTEGER NOT NULL, txids BLOB NOT NULL,
+            producer TEXT NOT NULL);
+        INSERT INTO old SELECT height, hash, prev_hash, timestamp, txids, producer
+            FROM blocks;
+        DROP TABLE blocks;
+        ALTER TABLE old RENAME TO blocks;""")
+    db.commit()
+    db.close()
+    again, _ = make_ledger(tmp_path)
+    got = again.get_block(1)
+    assert got == old | {"commit": [], "round": 0}
+    assert again.get_block(0)["commit"] == [] and again.get_block(0)["round"] == 0
+    # The chain goes on from there.
+    _paid_with_fee(again)
+    assert again.make_block()["prev_hash"] == old["hash"]
+    assert again.get_block(2)["commit"] != []

@@ -74,7 +74,7 @@ def test_data_dir_keeps_its_network(tmp_path):
     """A regtest DATA_DIR (faucet coins and all) does not start as mainnet."""
     n = NodeProcess(tmp_path).start()
     assert n.terminate() == 0
-    _refused(_start(tmp_path, NETWORK="mainnet"), "regtest", "mainnet")
+    _refused(_start(tmp_path, NETWORK="mainnet", BLOCK_INTERVAL=600), "regtest", "mainnet")
     # A DATA_DIR from before the network was kept: it is taken as the current one's.
     db = sqlite3.connect(tmp_path / "timefast.db")
     with db:
@@ -82,7 +82,7 @@ def test_data_dir_keeps_its_network(tmp_path):
     db.close()
     n = NodeProcess(tmp_path, NETWORK="regtest").start()
     assert n.terminate() == 0
-    _refused(_start(tmp_path, NETWORK="testnet"), "regtest", "testnet")
+    _refused(_start(tmp_path, NETWORK="testnet", BLOCK_INTERVAL=600), "regtest", "testnet")
 
 
 def test_one_node_per_data_dir(tmp_path):

@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from timefast import crypto
+from timefast.ledger import FAUCET_KEY, GENESIS_SUPPLY
 from timefast.transaction import build
 
 from .helpers import NodeThread, new_wallet, result, rpc
@@ -53,8 +54,11 @@ def test_every_method(node):
     assert result(url, "getblockcount") == height + 1
     assert result(url, "getbestblockhash") == h
     blk = result(url, "getblock", height + 1)
-    assert set(blk) == {"height", "hash", "prev_hash", "timestamp", "txids", "producer"}
+    assert set(blk) == {"height", "hash", "prev_hash", "timestamp", "txids", "producer",
+                        "round", "commit"}
     assert tx.txid in blk["txids"] and result(url, "getblock", h) == blk
+    # One masternode: round 0, committed by its one precommit (SPEC 7.5).
+    assert blk["round"] == 0 and [c["voter"] for c in blk["commit"]] == [info["masternode"]]
     got = result(url, "gettransaction", tx.txid)
     assert (got["status"], got["block_height"]) == ("confirmed", height + 1)
     assert result(url, "getbalance", b) == 2_0000_0000
@@ -459,3 +463,37 @@ def test_address_history_over_rpc_and_time_cli(node):
     assert [t["txid"] for t in orjson.loads(out.stdout)["txs"]] == [paid[2]]
     err = rpc(node.rpc_url, "getaddresshistory", a, 5000)
     assert "limit" in err["error"]["message"]
+
+
+def test_fees_go_to_the_producer_and_the_supply_stays_whole(tmp_path):
+    node = NodeThread(tmp_path).start()
+    try:
+        url = node.rpc_url
+        producer = result(url, "getinfo")["address"]
+        faucet = crypto.address_of(crypto.public_key_hex(FAUCET_KEY), "regtest")
+        wallets = [new_wallet() for _ in range(5)]
+        for _, addr in wallets:
+            result(url, "faucet", addr, 1_0000_0000)
+        fees = 0
+        for n in range(100):
+            key, addr = wallets[n % 5]
+            coin = max((u for u in result(url, "listunspent", addr) if u["state"] == "Unspent"),
+                       key=lambda u: u["amount"])
+            fee = 10 + n
+            tx = build([(coin["txid"], coin["vout"], key)],
+                       [(wallets[(n + 1) % 5][1], 1000), (addr, coin["amount"] - 1000 - fee)],
+                       timestamp=n)
+            assert result(url, "sendrawtransaction", tx.to_json()) == tx.txid
+            fees += fee
+            if n % 25 == 24:
+                [h] = result(url, "generate", 1)
+                block = result(url, "getblock", h)
+                # The block's coinbase comes first and pays its fees to the producer.
+                coinbase = result(url, "gettransaction", block["txids"][0])
+                assert coinbase["tx"]["inputs"] == [] and coinbase["status"] == "confirmed"
+                assert coinbase["tx"]["outputs"][0]["address"] == producer
+        assert result(url, "getbalance", producer) == fees
+        owners = [faucet, producer, *(addr for _, addr in wallets)]
+        assert sum(result(url, "getbalance", a) for a in owners) == GENESIS_SUPPLY
+    finally:
+        node.stop()

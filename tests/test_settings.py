@@ -63,3 +63,33 @@ def test_bad_setting_exits_2_with_a_message():
     p = subprocess.run([sys.executable, "-m", "timefast", "--network", "moon"],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "moon" in p.stderr
+
+
+def test_blocks_only_on_generate_is_for_regtest():
+    assert load([], {"BLOCK_INTERVAL": "0"}).block_interval == 0
+    for network in ("testnet", "mainnet"):
+        with pytest.raises(SettingsError, match="BLOCK_INTERVAL=0"):
+            load([], {"BLOCK_INTERVAL": "0", "NETWORK": network})
+
+
+def test_peer_settings():
+    s = load([], {"PEERS": "10.0.0.1:24100, node-b:24100", "P2P_ADDR": "0.0.0.0:24100",
+                  "P2P_ADVERTISE": "node-a:24100", "MAX_PEERS": "8"})
+    assert s.peers == ("10.0.0.1:24100", "node-b:24100") and s.max_peers == 8
+    assert s.p2p_addr == ("0.0.0.0", 24100) and s.p2p_advertise == "node-a:24100"
+    for name, value in [("PEERS", "nohost"), ("P2P_ADVERTISE", "0.0.0.0:24100"),
+                        ("PEERS", "a:0")]:
+        with pytest.raises(SettingsError, match=name):
+            load([], {name: value})
+
+
+def test_the_node_listens_for_peers_only_when_it_has_some():
+    from timefast.settings import p2p_listen
+    me, other = "a" * 64, "b" * 64
+    assert p2p_listen(load([], {}), me) is None
+    assert p2p_listen(load([], {"MASTERNODES": me}), me) is None
+    assert p2p_listen(load([], {"MASTERNODES": f"{me},{other}"}), me) == ("127.0.0.1", 24200)
+    assert p2p_listen(load([], {"PEERS": "h:1"}), me) == ("127.0.0.1", 24200)
+    assert p2p_listen(load([], {"P2P_ADDR": "127.0.0.1:0"}), me) == ("127.0.0.1", 0)
+    assert p2p_listen(load([], {"NETWORK": "testnet", "PEERS": "h:1"}), me) == (
+        "0.0.0.0", 24100)

@@ -231,6 +231,11 @@ def cmd_watch(args: argparse.Namespace, rpc: Rpc) -> Any:
         return 0
 
 
+def _consensus(info: dict[str, Any]) -> str:
+    c = info.get("consensus") or {}
+    return f"height {c.get('height')} round {c.get('round')} {c.get('step')}"
+
+
 def cmd_status(args: argparse.Namespace, rpc: Rpc) -> Any:
     first = rpc.call("getinfo")
     time.sleep(args.interval)
@@ -241,6 +246,7 @@ def cmd_status(args: argparse.Namespace, rpc: Rpc) -> Any:
             f"masternode   {info['address']} (quorum {info['quorum']} of "
             f"{info['masternodes']})\n"
             f"peers        {info.get('peers', 0)}\n"
+            f"consensus    {_consensus(info)}\n"
             f"connections  {info.get('connections', 0)}\n"
             f"subscriptions {info.get('subscriptions', 0)}\n"
             f"events/s     {rate:.1f}\n"

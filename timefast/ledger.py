@@ -11,9 +11,11 @@ were: durable before announced.
 Entry points, for wallets, the RPC and the peers: ``submit`` (a transaction;
 ``relayed`` for one from a peer), ``add_votes`` (votes of one masternode),
 ``add_batch`` (a peer's signed vote batch), ``sign_batch`` (this masternode's own
-votes, SPEC 7.4), ``accept_block`` (a block the network committed), ``make_block``
-(this node's block), ``expire`` (the timeout of a one-masternode network).  The
-ledger never touches a socket.
+votes, SPEC 7.4), ``propose_block`` and ``validate_proposal`` (a block proposed, by
+this node or to it, neither committed), ``accept_block`` (a block the network
+committed, with its commit), ``make_block`` (the block of a one-masternode network),
+``expire`` (the timeout of a one-masternode network).  The ledger never touches a
+socket.
 
 In a network (more than one masternode, or this node outside the voting set) the
 node's own votes are not cast inside the step that accepts a transaction: the
@@ -31,7 +33,7 @@ from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Any
 
@@ -69,14 +71,24 @@ from timefast.rules import (
     FAUCET_KEY,
     GENESIS_SUPPLY,
     GENESIS_TIMESTAMP,
+    MAX_BLOCK_BYTES,
+    MAX_BLOCK_TXS,
     ZERO_HASH,
+    Header,
     LedgerError,
     block_hash,
     check_address,
+    check_block_body,
     check_block_header,
+    check_certificates,
+    check_coinbase,
+    check_commit,
     check_transaction,
+    coinbase,
     genesis_hash,
     genesis_transaction,
+    parse_commit,
+    proposer,
     quorum,
     signed_bytes,
     tally,
@@ -134,6 +146,20 @@ class _Final:
     tx: Transaction
     raw: bytes
     addresses: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _BlockTx:
+    """A transaction of a block being made or checked, with what committing it needs."""
+
+    tx: Transaction
+    raw: bytes
+    fee: int
+    spent: list[tuple[str, int]]  # (address, amount) of each input
+    # coinbase; final: finalized here (``final``); pending: voted on here, short of
+    # quorum; new: first learnt from the block.
+    kind: str
+    final: _Final | None
 
 
 class _Step:
@@ -1121,94 +1147,229 @@ class Ledger:
         return len(late)
 
     # -- blocks -----------------------------------------------------------------------
+    # A block is made (``propose_block``), checked (``validate_proposal``) and
+    # committed (``accept_block``) by the same few functions whatever the voting set;
+    # with one masternode ``make_block`` is the whole consensus: it proposes round 0
+    # as this node and commits the block with its own precommit.
 
     def make_block(self) -> dict[str, Any]:
-        """Confirm every finalized transaction in a new block made by this node;
-        returns the block's header."""
-        final = list(self.unconfirmed.values())
-        txids = [f.tx.txid for f in final]
-        height = self.height + 1
-        ts = max(int(self.clock()), self.tip_timestamp)
-        h = block_hash(height, self.tip, ts, txids, self.public_key)
-        block = {"height": height, "hash": h, "prev_hash": self.tip, "timestamp": ts,
-                 "txids": txids, "producer": self.public_key}
-        self._run(lambda s: self._add_block(s, block, final, None))
-        return block
+        """Make and commit this node's block of every finalized, unconfirmed
+        transaction (as many as a block holds), its coinbase first; returns the block
+        as ``get_block`` shows it.
 
-    def accept_block(self, block: Any, commit: Any = None) -> None:
-        """Apply a block the network committed (header, ``txs`` for the transactions
-        this node may not hold, and its ``commit``, kept as given).
+        The block of a one-masternode network: round 0, this node's key as producer,
+        committed with this node's one precommit (n = 1: q = 1).  With more
+        masternodes blocks are the network's decision (``propose_block``,
+        ``validate_proposal``, ``accept_block``)."""
+        header, items = self._propose(0, self.public_key, int(self.clock()))
+        commit = [{"voter": self.public_key, "round": header.round,
+                   "signature": self.key.sign(wire.bft_bytes(
+                       self.network_id, wire.STEP_PRECOMMIT, header.height, header.round,
+                       header.hash)).signature.hex()}]
+        self._run(lambda s: self._add_block(s, header, items, commit))
+        return self._header_json(header, commit)
 
-        Each transaction must be finalized here already, or valid against the chain
-        as the block has it (parents before children): one first learnt from the
-        block goes ``SpentFinalized`` then ``Confirmed`` on its inputs, with
-        ``TransactionFinalized`` then ``TransactionConfirmed``; a pending one that
-        spends the same coins is rejected (``conflict``).  Raises ``LedgerError``
-        (BAD_REQUEST) for a block that is not the valid next one, with nothing
-        changed.
+    def propose_block(self, round_: int, producer: str, timestamp: int) -> dict[str, Any]:
+        """The block ``producer`` proposes for the next height in round ``round_``
+        (SPEC 7.5), without committing it: ``{height, prev_hash, timestamp, txids,
+        producer, round, hash, txs}``, the coinbase first when there are fees, then
+        finalized unconfirmed transactions in finality order (parents before
+        children), at most ``MAX_BLOCK_TXS`` and ``MAX_BLOCK_BYTES``.  The timestamp
+        is ``max(timestamp, the tip's)``.  Raises ``LedgerError(BAD_REQUEST)`` for a
+        producer that is not a public key or a round out of range."""
+        if type(round_) is not int or not 0 <= round_ <= U32:
+            raise LedgerError("BAD_REQUEST", f"round {round_!r} is out of range")
+        if not isinstance(producer, str) or not TXID.fullmatch(producer):
+            raise LedgerError("BAD_REQUEST", "producer must be a public key "
+                              "(64 lowercase hex characters)")
+        header, items = self._propose(round_, producer, int(timestamp))
+        out = self._header_json(header, [])
+        del out["commit"]  # a proposal has none yet
+        out["txs"] = [orjson.loads(i.raw) for i in items]
+        return out
+
+    def validate_proposal(self, block: Any, certificates: Sequence[wire.Votes] = ()
+                          ) -> None:
+        """Whether a validator may prevote ``block`` (header and ``txs``) for the next
+        height (SPEC 7.5): returns None, or raises ``LedgerError(BAD_REQUEST)`` saying
+        why not; nothing changes either way.
+
+        Beyond what ``accept_block`` checks, the timestamp may be at most
+        ``MAX_FUTURE_S`` ahead of this node's clock, and each transaction not
+        finalized here must hold a finality certificate among ``certificates`` (the
+        proposal's signed ``Votes`` batches): q approvals of distinct masternodes."""
+        self._check_block(block, None, certificates, self.clock())
+
+    def accept_block(self, block: Any, commit: Any) -> None:
+        """Commit a block the network decided: ``block`` is its header and ``txs``
+        (the coinbase first when there are fees), ``commit`` its precommits
+        ``[{voter, round, signature}]``, stored with it.
+
+        Refused with ``LedgerError(BAD_REQUEST)``, and nothing changed, unless it
+        is the valid next block: the commit holds q distinct precommits of the
+        voting set for its height and hash in one round, its producer is the
+        proposer of its round, its transactions are its txids (at most
+        ``MAX_BLOCK_TXS`` and ``MAX_BLOCK_BYTES``, parents before children), each
+        valid against the chain, and its coinbase pays exactly their fees to the
+        producer.  A transaction not finalized here needs no certificate: the
+        commit stands for it (q validators checked it before they prevoted;
+        catch-up carries blocks with commits only).
+
+        A transaction first learnt from the block goes ``SpentFinalized`` then
+        ``Confirmed`` on its inputs, with ``TransactionFinalized`` then
+        ``TransactionConfirmed``; a pending one that spends the same coins is
+        rejected (``conflict``); the coinbase's output becomes ``Unspent`` before
+        any ``TransactionConfirmed``, and ``NewBlock`` comes last.
         """
-        _, _, _, txids, _ = check_block_header(block, self.height + 1, self.tip,
-                                               self.tip_timestamp)
-        given: dict[str, Any] = {}
-        for obj in block.get("txs") or []:
-            if isinstance(obj, dict) and isinstance(obj.get("txid"), str):
-                given[obj["txid"]] = obj
-        wanted = [t for t in txids if t not in self.unconfirmed]
-        stored = self.tables.txs_raw([t for t in wanted if t not in given])
-        header = {k: block[k] for k in ("height", "hash", "prev_hash", "timestamp", "txids",
-                                        "producer")}
+        if commit is None:
+            raise LedgerError("BAD_REQUEST", "a block is committed with its commit")
+        header, items, stored = self._check_block(block, commit, None, None)
+        self._run(lambda s: self._add_block(s, header, items, stored))
 
-        def step(s: _Step) -> None:
-            final: list[_Final] = []
-            for txid in txids:
-                f = self.unconfirmed.get(txid)
-                if f is None:
-                    f = self._learn(s, txid, given.get(txid), stored.get(txid))
-                final.append(f)
-            self._add_block(s, header, final, commit)
-        self._run(step)
+    # The coinbase's JSON takes at most this many bytes (a txid, one output of at most
+    # 20 digits to a 45-character address, a lock_time and a timestamp): room kept
+    # for it when a proposal is filled up to MAX_BLOCK_BYTES.
+    COINBASE_BYTES = 512
 
-    def _learn(self, s: _Step, txid: str, obj: Any, stored: bytes | None) -> _Final:
-        """Finalize, inside a block's step, a transaction the block holds."""
-        if self.status_of(txid) in ("confirmed", "finalized"):
-            raise LedgerError("BAD_REQUEST", f"transaction {txid} is already in a block")
-        if obj is None and stored is not None:
-            obj = orjson.loads(stored)
-        if obj is None:
-            raise LedgerError("BAD_REQUEST", f"the block does not carry transaction {txid}")
+    def _propose(self, round_: int, producer: str, timestamp: int
+                 ) -> tuple[Header, list[_BlockTx]]:
+        height = self.height + 1
+        ts = max(timestamp, self.tip_timestamp)
+        items: list[_BlockTx] = []
+        taken: set[str] = set()
+        size = self.COINBASE_BYTES
+        fees = 0
+        for txid, f in self.unconfirmed.items():
+            if len(items) >= MAX_BLOCK_TXS - 1:  # one place kept for the coinbase
+                break
+            if size + len(f.raw) > MAX_BLOCK_BYTES:
+                continue  # a smaller one later may fit
+            # A child of a transaction left out waits with it (parents before children).
+            if any(i.prev_txid in self.unconfirmed and i.prev_txid not in taken
+                   for i in f.tx.inputs):
+                continue
+            spent = [self._spent(op) for op in f.tx.outpoints()]
+            fee = sum(a for _, a in spent) - sum(o.amount for o in f.tx.outputs)
+            items.append(_BlockTx(f.tx, f.raw, fee, spent, "final", f))
+            taken.add(txid)
+            size += len(f.raw)
+            fees += fee
+        cb = coinbase(self.network, height, ts, producer, fees)
+        if cb is not None:
+            items.insert(0, _BlockTx(cb, kept(orjson.dumps(cb.to_json())), 0, [],
+                                     "coinbase", None))
+        txids = [i.tx.txid for i in items]
+        h = block_hash(height, self.tip, ts, txids, producer, round_)
+        return Header(height, h, self.tip, ts, txids, producer, round_), items
+
+    def _spent(self, op: tuple[str, int]) -> tuple[str, int]:
+        """``(address, amount)`` of a coin a finalized transaction spends (live)."""
+        coin = self._coin(*op)
+        if coin is None:  # the ledger's own state: a finalized spend's coins are held
+            raise LedgerError("UNAVAILABLE", f"coin {op[0]}:{op[1]} is missing")
+        return coin[0], coin[1]
+
+    @staticmethod
+    def _header_json(header: Header, commit: list[dict[str, Any]]) -> dict[str, Any]:
+        """A block's header as ``get_block`` shows it."""
+        return {"height": header.height, "hash": header.hash, "prev_hash": header.prev_hash,
+                "timestamp": header.timestamp, "txids": list(header.txids),
+                "producer": header.producer, "round": header.round, "commit": commit}
+
+    def _check_block(self, block: Any, commit: Any, certificates: Sequence[wire.Votes] | None,
+                     now: float | None
+                     ) -> tuple[Header, list[_BlockTx], list[dict[str, Any]]]:
+        """Every check of the next block (see ``accept_block``; ``commit`` None: no
+        commit to check; ``certificates`` None: none needed; ``now``: the clock to
+        hold the timestamp against, or None).  Changes nothing.  Returns the
+        header, the transactions with their fees, and the commit as stored."""
+        header = check_block_header(block, self.height + 1, self.tip, self.tip_timestamp,
+                                    now)
+        want = proposer(self.masternodes, header.height, header.round)
+        if header.producer != want:
+            raise LedgerError("BAD_REQUEST", f"block {header.height}: its producer "
+                              f"{header.producer} is not the proposer of round "
+                              f"{header.round} ({want})")
+        # The commit to check is the one given apart (a proposal has none; a block of
+        # ``Blocks`` carries its own, which the caller passes as ``commit``).
+        fields = {k: v for k, v in block.items() if k != "commit"}
         try:
-            tx = parse(obj)
-            msg = signed_bytes(tx)
-        except (TxFormatError, LedgerError) as e:
-            raise LedgerError("BAD_REQUEST", f"transaction {txid}: {e}") from None
-        if tx.txid != txid:
-            raise LedgerError("BAD_REQUEST", f"transaction {txid} does not match its txid")
+            parsed = wire.Block.from_data(fields | {"round": header.round}, "block")
+        except wire.ParseError as e:
+            raise LedgerError("BAD_REQUEST", str(e)) from None
+        sigs: tuple[wire.CommitSig, ...] = ()
+        if commit is not None:
+            sigs = parse_commit(commit, header.height)
+            check_commit(replace(parsed, commit=sigs), self.network_id, self.masternodes,
+                         self.quorum)
+        txs = parsed.txs
+        raws = [kept(orjson.dumps(tx.to_json())) for tx in txs]
+        check_block_body(txs, [len(r) for r in raws], header)
+        items = self._check_chain(txs, raws, header)
+        fees = sum(i.fee for i in items)
+        if check_coinbase(txs, header, fees, self.network):
+            items.insert(0, _BlockTx(txs[0], raws[0], 0, [], "coinbase", None))
+        if certificates is not None:
+            check_certificates([i.tx.txid for i in items if i.kind in ("pending", "new")],
+                               certificates, self.network_id, self.masternodes,
+                               self.quorum)
+        return header, items, [c.to_data() for c in sigs]
+
+    def _check_chain(self, txs: Sequence[Transaction], raws: Sequence[bytes],
+                     header: Header) -> list[_BlockTx]:
+        """Each transaction of a block (but a coinbase) valid against the chain as the
+        block has it: its inputs exist and nothing but itself spends them for good
+        (a pending spend here loses to the block's); returns each with its fee."""
+        # Coins as the block's earlier transactions leave them.
+        overlay: dict[tuple[str, int], tuple[str, int, str, str | None]] = {}
+
+        def coin(t: str, v: int) -> tuple[str, int, str, str | None] | None:
+            c = overlay.get((t, v)) or self._coin(t, v)
+            if c is not None and c[2] in ("Locked", "SpentPending"):
+                return c[0], c[1], "Unspent", c[3]
+            return c
+
+        items = []
+        for tx, raw in zip(txs, raws, strict=True):
+            if not tx.inputs:
+                continue  # the coinbase, checked by rules.check_coinbase
+            txid = tx.txid
+            f = self.unconfirmed.get(txid)
+            if f is not None:
+                # Finalized here: its inputs are SpentFinalized by it, and no one
+                # else's (a later transaction of the block spending them fails below).
+                spent = [self._spent(op) for op in tx.outpoints()]
+                fee = sum(a for _, a in spent) - sum(o.amount for o in tx.outputs)
+                items.append(_BlockTx(f.tx, f.raw, fee, spent, "final", f))
+                continue
+            if self.status_of(txid) == "confirmed":
+                raise LedgerError("BAD_REQUEST", f"transaction {txid} is already in a block")
+            try:
+                fee, spent = check_transaction(tx, signed_bytes(tx), self.network, coin,
+                                               self._good_signature)
+            except LedgerError as e:
+                raise LedgerError("BAD_REQUEST", f"block {header.height}: transaction "
+                                  f"{txid}: {e.message}") from None
+            for op, (address, amount) in zip(tx.outpoints(), spent, strict=True):
+                overlay[op] = (address, amount, "SpentFinalized", txid)
+            for vout, o in enumerate(tx.outputs):
+                overlay[(txid, vout)] = (o.address, o.amount, "Unspent", None)
+            items.append(_BlockTx(tx, raw, fee, spent,
+                                  "pending" if txid in self.pending else "new", None))
+        return items
+
+    def _learn(self, s: _Step, item: _BlockTx) -> _Final:
+        """Finalize, inside a block's step, a transaction the block holds that was
+        not finalized here (checked by ``_check_chain``)."""
+        tx, raw, txid = item.tx, item.raw, item.tx.txid
         p = self.pending.get(txid)
         if p is not None:
             # Known and voted on here: the block's commit stands for its quorum.
             self._finalize(s, p)
             return _Final(p.tx, p.raw, p.addresses)
-
-        def coin(t: str, v: int) -> tuple[str, int, str, str | None] | None:
-            # As the block has it: a coin this block's earlier transactions made, or
-            # one a pending conflicting spend holds (the block's spend wins).
-            c = s.coins.get((t, v))
-            if c is None:
-                found = self._coin(t, v)
-                if found is None:
-                    return None
-                c = Coin(found[0], found[1], found[2], found[3], 0, None)
-            state = "Unspent" if c.state in ("Locked", "SpentPending") else c.state
-            return c.address, c.amount, state, c.spender
-
-        try:
-            _, spent = check_transaction(tx, msg, self.network, coin, verify)
-        except LedgerError as e:
-            raise LedgerError("BAD_REQUEST", f"transaction {txid}: {e.message}") from None
-        raw = kept(orjson.dumps(tx.to_json()))
-        addresses = tuple(dict.fromkeys([*(a for a, _ in spent), *tx.addresses()]))
+        addresses = tuple(dict.fromkeys([*(a for a, _ in item.spent), *tx.addresses()]))
         if self.status_of(txid) is None:
-            self._index(s, tx, spent)
+            self._index(s, tx, item.spent)
         ops = tx.outpoints()
         # Pending spends of the same coins lose to the block's: their other inputs go
         # back to Unspent, the contested ones straight to SpentFinalized under the
@@ -1225,20 +1386,27 @@ class Ledger:
                             orjson.dumps(addresses), None))
         return _Final(tx, raw, addresses)
 
-    def _add_block(self, s: _Step, block: dict[str, Any], final: list[_Final],
-                   commit: Any) -> None:
-        height, h, prev, ts = (block["height"], block["hash"], block["prev_hash"],
-                               block["timestamp"])
-        txids = [f.tx.txid for f in final]
-        s.rows.blocks.append(BlockRow(height, h, prev, ts, orjson.dumps(txids),
-                                      block["producer"],
-                                      None if commit is None else orjson.dumps(commit)))
+    def _add_block(self, s: _Step, header: Header, items: list[_BlockTx],
+                   commit: list[dict[str, Any]]) -> None:
+        height, h, prev, ts = header.height, header.hash, header.prev_hash, header.timestamp
+        s.rows.blocks.append(BlockRow(height, h, prev, ts, orjson.dumps(header.txids),
+                                      header.producer, orjson.dumps(commit), header.round))
+        final: list[_Final] = []
+        cb: _BlockTx | None = None
+        for item in items:
+            if item.kind == "coinbase":
+                cb = item
+                self._mint(s, item, height)
+            else:
+                final.append(item.final if item.final is not None else self._learn(s, item))
+        if cb is not None:
+            s.emit(TxConfirmed(cb.tx.txid, height, h, tuple(cb.tx.addresses())))
         for f in final:
             for op in f.tx.outpoints():
                 s.move(op, "Confirmed", f.raw, height=height)
             s.rows.set_tx(f.tx.txid, TxChange("confirmed", block_height=height))
             s.emit(TxConfirmed(f.tx.txid, height, h, f.addresses))
-        s.emit(BlockAdded(height, h, prev, ts, tuple(txids)))
+        s.emit(BlockAdded(height, h, prev, ts, tuple(header.txids)))
 
         def done() -> None:
             # A Confirmed coin never moves again: memory keeps the live set only
@@ -1246,11 +1414,20 @@ class Ledger:
             for f in final:
                 for op in f.tx.outpoints():
                     self.utxos.forget(*op)
-            for t in txids:
-                self.unconfirmed.pop(t, None)
+                self.unconfirmed.pop(f.tx.txid, None)
             self.height, self.tip, self.tip_timestamp = height, h, ts
-            self.outcomes["confirmed"] += len(txids)
+            self.outcomes["confirmed"] += len(final)
         s.after.append(done)
+
+    def _mint(self, s: _Step, item: _BlockTx, height: int) -> None:
+        """Stage a block's coinbase: stored confirmed, its output Unspent (announced
+        to the producer's wallets), in the producer's history."""
+        tx = item.tx
+        self._index(s, tx, [])
+        for vout, o in enumerate(tx.outputs):
+            s.create((tx.txid, vout), o.address, o.amount, item.raw, height=height)
+        s.rows.add_tx(TxRow(tx.txid, item.raw, "confirmed", self.clock(), None, None,
+                            orjson.dumps(tx.addresses()), height))
 
     # -- reads ------------------------------------------------------------------------
 
@@ -1387,8 +1564,10 @@ class Ledger:
                 "next": last if len(rows) == limit and last > 1 else None}
 
     def get_block(self, ref: int | str, with_txs: bool = False) -> dict[str, Any]:
-        """A block by height or hash; raises NOT_FOUND.  ``with_txs``: with its
-        transactions (``txs``, in block order), as ``accept_block`` takes it."""
+        """A block by height or hash: ``{height, hash, prev_hash, timestamp, txids,
+        producer, round, commit}``; raises NOT_FOUND.  ``with_txs``: with its
+        transactions (``txs``, in block order, the coinbase first), as
+        ``accept_block`` takes it."""
         if isinstance(ref, bool) or not isinstance(ref, int | str):
             raise LedgerError("BAD_REQUEST", "block reference must be a height or a hash")
         self._flush_staged()
@@ -1402,8 +1581,11 @@ class Ledger:
         if row is None:
             raise LedgerError("NOT_FOUND", f"no block {ref}")
         txids = orjson.loads(row.txids)
+        # A block stored before commits (and genesis) shows ``commit: []``.
         out = {"height": row.height, "hash": row.hash, "prev_hash": row.prev_hash,
-               "timestamp": row.timestamp, "txids": txids, "producer": row.producer}
+               "timestamp": row.timestamp, "txids": txids, "producer": row.producer,
+               "round": row.round,
+               "commit": [] if row.commit is None else orjson.loads(row.commit)}
         if with_txs:
             raw = self.tables.txs_raw(txids)
             out["txs"] = [orjson.loads(raw[t]) for t in txids]

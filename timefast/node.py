@@ -13,10 +13,12 @@ from typing import Any, cast
 
 from timefast import __version__
 from timefast.commits import GroupCommit
+from timefast.consensus import Timeouts
 from timefast.crypto import KeyFormatError, load_or_create_key
 from timefast.datadir import DataDirError, DataDirLock, check_network
 from timefast.ledger import Ledger
 from timefast.p2p.peers import PeerNetwork
+from timefast.p2p.rounds import BlockRounds
 from timefast.rpc import RpcDispatcher, RpcLimits, RpcService
 from timefast.server import REFUSED_WAITING, WalletServer
 from timefast.session import Limits
@@ -83,6 +85,7 @@ class Node:
         self.wallets: WalletServer | None = None
         self.rpc: RpcService | None = None
         self.peers: PeerNetwork | None = None
+        self.rounds: BlockRounds | None = None
         self.ws_addresses: list[tuple[str, int]] = []
         self.p2p_addresses: list[tuple[str, int]] = []
         self.rpc_addresses: list[tuple[str, int]] = []
@@ -139,29 +142,58 @@ class Node:
                                      advertise=s.p2p_advertise, discovery=s.p2p_discovery,
                                      max_peers=s.max_peers,
                                      max_message_bytes=s.max_p2p_message_bytes)
+            if self.ledger.networked:
+                peers = self.peers
+                self.rounds = BlockRounds(
+                    self.ledger, self.commits, key, block_interval=s.block_interval,
+                    timeouts=Timeouts(s.timeout_propose, s.timeout_prevote,
+                                      s.timeout_precommit),
+                    send=peers.send, send_to=peers.send_to, misbehaved=peers.misbehaved,
+                    max_message_bytes=s.max_p2p_message_bytes)
+                peers.rounds = self.rounds
             await self.peers.start(s.peers or ())
+            if self.rounds is not None:
+                self.rounds.start()
             self.p2p_addresses = self.peers.addresses
-            self.wallets.extra_metrics = self.peers.metrics
+            self.wallets.extra_metrics = self._network_metrics
             self.wallets.peer_info = self.peers.peer_info
         auth = (s.rpc_user, s.rpc_password) if s.rpc_user and s.rpc_password else None
         dispatcher = RpcDispatcher(self.ledger, extra_info=self._extra_info,
-                                   peers=self.peers)
+                                   peers=self.peers, rounds=self.rounds)
         self.rpc = RpcService(dispatcher, auth, self.commits, rpc_limits)
         self.rpc_addresses = await self.rpc.listen(*s.rpc_addr)
         loop = asyncio.get_running_loop()
         self._timers.append(loop.call_later(EXPIRY_CHECK, self._expire))
-        if s.block_interval > 0:
+        if s.block_interval > 0 and self.rounds is None:
+            # A network's heights are started by its rounds (BlockRounds).
             self._timers.append(loop.call_later(s.block_interval, self._block))
         if self._trim is not None:
             self._trim_timer = loop.call_later(TRIM_INTERVAL, self._release_memory)
         scheme = "wss" if ctx else "ws"
         led = self.ledger
-        peers = (f", peers ws://{self.p2p_addresses[0][0]}:{self.p2p_addresses[0][1]}/p2p"
-                 if self.p2p_addresses else "")
+        listening = (f", peers ws://{self.p2p_addresses[0][0]}:{self.p2p_addresses[0][1]}"
+                     "/p2p" if self.p2p_addresses else "")
         log.info("⏱  timefast %s on %s: wallets %s://%s:%d, RPC http://%s:%d%s, masternode %s "
                  "(%d in the voting set, quorum %d), height %d, seq %d", __version__,
-                 led.network, scheme, *self.ws_addresses[0], *self.rpc_addresses[0], peers,
+                 led.network, scheme, *self.ws_addresses[0], *self.rpc_addresses[0], listening,
                  led.address, len(led.masternodes), led.quorum, led.height, led.seq)
+
+    def _network_metrics(self) -> list[tuple[str, str, str, float | int]]:
+        assert self.peers is not None
+        rows = self.peers.metrics()
+        r = self.rounds
+        if r is not None:
+            info = r.info()
+            rows += [
+                ("timefast_consensus_height", "gauge", "Height being decided", info["height"]),
+                ("timefast_consensus_round", "gauge", "Round of that height", info["round"]),
+                ("timefast_blocks_refused_total", "counter",
+                 "Blocks refused (proposals not valid, fetched blocks whose commit or "
+                 "content failed)", r.refused_blocks),
+                ("timefast_consensus_equivocations_total", "counter",
+                 "Validators seen signing two different votes for one round and step",
+                 r.evidence)]
+        return rows
 
     def _extra_info(self) -> dict[str, Any]:
         w = self.wallets
@@ -212,6 +244,8 @@ class Node:
             self._trim_timer.cancel()
         if self.rpc is not None:
             self.rpc.close()
+        if self.rounds is not None:
+            self.rounds.close()
         if self.peers is not None:
             await self.peers.stop()
         if self.wallets is not None:

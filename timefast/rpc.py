@@ -35,6 +35,7 @@ from timefast.settings import SettingsError, host_port
 
 if TYPE_CHECKING:
     from timefast.p2p.peers import PeerNetwork
+    from timefast.p2p.rounds import BlockRounds
 
 log = logging.getLogger("timefast.rpc")
 
@@ -90,9 +91,10 @@ class RpcDispatcher:
 
     def __init__(self, ledger: Ledger, make_block: Callable[[], dict[str, Any]] | None = None,
                  extra_info: Callable[[], dict[str, Any]] | None = None,
-                 peers: PeerNetwork | None = None) -> None:
+                 peers: PeerNetwork | None = None, rounds: BlockRounds | None = None) -> None:
         self.ledger = ledger
         self.peers = peers
+        self.rounds = rounds
         self.make_block = make_block or ledger.make_block
         self.extra_info = extra_info
         self.methods: dict[str, tuple[tuple[str, ...], int, Callable[..., Any]]] = {
@@ -123,6 +125,8 @@ class RpcDispatcher:
                 "masternode": led.public_key, "address": led.address,
                 "masternodes": len(led.masternodes), "quorum": led.quorum,
                 "peers": 0 if self.peers is None else len(self.peers.by_key),
+                "consensus": (self.rounds.info() if self.rounds is not None else
+                              {"height": led.height + 1, "round": 0, "step": "NewHeight"}),
                 **led.counts()}
         if self.extra_info is not None:
             info.update(self.extra_info())
@@ -168,10 +172,65 @@ class RpcDispatcher:
         return {"address": address, "added": self.peers.add_node(address)}
 
     def generate(self, n: Any = None) -> list[str]:
+        n = self._generate_count(n)
+        return [self.make_block()["hash"] for _ in range(n)]
+
+    @staticmethod
+    def _generate_count(n: Any) -> int:
         n = 1 if n is None else n
         if type(n) is not int or not 1 <= n <= MAX_GENERATE:
             raise RpcError(INVALID_PARAMS, f"n must be an integer from 1 to {MAX_GENERATE}")
-        return [self.make_block()["hash"] for _ in range(n)]
+        return int(n)
+
+    def deferred(self, body: bytes) -> asyncio.Future[bytes] | None:
+        """The answer of a request that waits for the network (``generate`` of a
+        network of masternodes: the blocks the rounds commit), or None for any other
+        request (answered by ``handle_bytes``)."""
+        if self.rounds is None or b'"generate"' not in body:
+            return None
+        try:
+            req = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(req, dict) or req.get("method") != "generate":
+            return None
+        rid = req.get("id")
+        loop = asyncio.get_running_loop()
+        out: asyncio.Future[bytes] = loop.create_future()
+        try:
+            (n,) = _params(req.get("params"), ("n",), 0)
+            k = self._generate_count(n)
+        except RpcError as e:
+            out.set_result(orjson.dumps(_error(rid, e)))
+            return out
+        fut = self.rounds.generate(k)
+        # FINALITY_TIMEOUT x k without the blocks: fail (SPEC 7.5).
+        limit = max(10.0, self.ledger.finality_timeout * k)
+
+        def finished(f: asyncio.Future[list[str]]) -> None:
+            if out.done():
+                return
+            if f.cancelled():
+                e = RpcError(INTERNAL, "generate was cancelled")
+            elif f.exception() is not None:
+                exc = f.exception()
+                e = (RpcError(INVALID_PARAMS, exc.message, exc.code)
+                     if isinstance(exc, LedgerError) else RpcError(INTERNAL, str(exc)))
+            else:
+                out.set_result(orjson.dumps({"jsonrpc": "2.0", "id": rid,
+                                             "result": f.result()}))
+                return
+            out.set_result(orjson.dumps(_error(rid, e)))
+
+        def late() -> None:
+            if not out.done():
+                if self.rounds is not None:
+                    self.rounds.generate_cancel()
+                out.set_result(orjson.dumps(_error(rid, RpcError(
+                    INTERNAL, f"the network did not commit {k} block(s) in {limit:g} s"))))
+        fut.add_done_callback(finished)
+        loop.call_later(limit, late)
+        return out
 
     def call(self, method: str, params: Any) -> Any:
         """Run one method; raises ``RpcError``."""
@@ -554,6 +613,10 @@ class RpcConnection(asyncio.Protocol):
                     self._arm(self.limits.idle_timeout)
                 self._continue()
 
+        waiting = self.dispatcher.deferred(body)
+        if waiting is not None:
+            waiting.add_done_callback(lambda f: answered(f.result()))
+            return
         if self.commits is None:
             answered(self.dispatcher.handle_bytes(body))
             return

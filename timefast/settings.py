@@ -149,6 +149,12 @@ SETTINGS: tuple[Setting, ...] = (
             "always let in)", _int(0)),
     Setting("MAX_P2P_MESSAGE_BYTES", "8388608", "a larger peer message closes the link "
             "(1009)", _int(65536)),
+    Setting("TIMEOUT_PROPOSE", "3", "seconds a round waits for a proposal (round r: the value "
+            "+ r × half of it)", _float),
+    Setting("TIMEOUT_PREVOTE", "1", "seconds a round waits for prevotes after q of any kind",
+            _float),
+    Setting("TIMEOUT_PRECOMMIT", "1", "seconds a round waits for precommits after q of any "
+            "kind", _float),
     Setting("MAX_CONNECTIONS", "10000", "above it: HTTP 503", _int(1)),
     Setting("MAX_CONNECTIONS_PER_IP", "128", "`0` = no limit", _int(0)),
     Setting("MAX_SUBSCRIPTIONS", "10000", "addresses per connection", _int(1)),
@@ -209,6 +215,9 @@ class Settings:
     p2p_discovery: bool
     max_peers: int
     max_p2p_message_bytes: int
+    timeout_propose: float
+    timeout_prevote: float
+    timeout_precommit: float
     max_connections: int
     max_connections_per_ip: int
     max_subscriptions: int
@@ -296,6 +305,9 @@ def load(argv: Sequence[str] | None = None,
         values["masternodes"] = None
     if values["peers"] == ():
         values["peers"] = None
+    if values["block_interval"] == 0 and values["network"] != "regtest":
+        # A network whose blocks come only from generate would never confirm.
+        raise SettingsError("BLOCK_INTERVAL=0 (blocks only on generate) is for regtest")
     if bool(values["tls_cert"]) != bool(values["tls_key"]):
         raise SettingsError("TLS_CERT and TLS_KEY must be set together")
     if bool(values["rpc_user"]) != bool(values["rpc_password"]):

@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS votes (
 CREATE TABLE IF NOT EXISTS blocks (
     height INTEGER PRIMARY KEY, hash TEXT NOT NULL UNIQUE, prev_hash TEXT NOT NULL,
     timestamp INTEGER NOT NULL, txids BLOB NOT NULL, producer TEXT NOT NULL,
-    commit_ BLOB);
+    commit_ BLOB, round INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS history (
     address TEXT NOT NULL, k INTEGER NOT NULL, txid TEXT NOT NULL,
     received INTEGER NOT NULL, sent INTEGER NOT NULL,
@@ -66,6 +66,9 @@ MIGRATIONS = [
     ("txs", "inline_votes", "BLOB"),
     # A block's commit as the consensus layer gave it (opaque to the ledger).
     ("blocks", "commit_", "BLOB"),
+    # The consensus round a block was made in (SPEC 7.5); blocks from before rounds
+    # were all made at once by their producer: round 0.
+    ("blocks", "round", "INTEGER NOT NULL DEFAULT 0"),
 ]
 
 
@@ -123,7 +126,9 @@ class Vote(NamedTuple):
 
 
 class BlockRow(NamedTuple):
-    """A block as stored: ``txids`` is its JSON list, ``commit`` opaque JSON or None."""
+    """A block as stored: ``txids`` is its JSON list, ``commit`` the JSON list of its
+    precommits ``[{voter, round, signature}]`` (None for a block stored before
+    commits, and for genesis), ``round`` the round it was made in."""
 
     height: int
     hash: str
@@ -132,6 +137,7 @@ class BlockRow(NamedTuple):
     txids: bytes
     producer: str
     commit: bytes | None = None
+    round: int = 0
 
 
 class HistoryRow(NamedTuple):
@@ -336,7 +342,7 @@ class Rows:
             db.executemany("INSERT INTO votes VALUES (?,?,?,?)", table)
         if self.blocks:
             db.executemany("INSERT INTO blocks (height, hash, prev_hash, timestamp, txids,"
-                           " producer, commit_) VALUES (?,?,?,?,?,?,?)", self.blocks)
+                           " producer, commit_, round) VALUES (?,?,?,?,?,?,?,?)", self.blocks)
         if self.batches:
             db.executemany("INSERT OR IGNORE INTO batches VALUES (?,?,?,?)",
                            [(*k, body) for k, body in self.batches.items()])
@@ -492,7 +498,7 @@ class Tables:
 
     def block(self, height: int | None = None, hash_: str | None = None) -> BlockRow | None:
         """A block by height or by hash."""
-        cols = "height, hash, prev_hash, timestamp, txids, producer, commit_"
+        cols = "height, hash, prev_hash, timestamp, txids, producer, commit_, round"
         if height is not None:
             row = self.store.one(f"SELECT {cols} FROM blocks WHERE height=?", (height,))
         else:
@@ -500,7 +506,7 @@ class Tables:
         if row is None:
             return None
         return BlockRow(row[0], row[1], row[2], row[3], bytes(row[4]), row[5],
-                        None if row[6] is None else bytes(row[6]))
+                        None if row[6] is None else bytes(row[6]), int(row[7]))
 
     def history_count(self, address: str) -> int:
         """How many transactions touched ``address`` (its highest ``k``)."""
@@ -561,7 +567,7 @@ class Tables:
                       coins: list[tuple[Outpoint, Coin]], network: str) -> None:
         """The genesis block, its transaction and coins, and the network's name."""
         db.execute("INSERT INTO blocks (height, hash, prev_hash, timestamp, txids, producer,"
-                   " commit_) VALUES (?,?,?,?,?,?,?)", block)
+                   " commit_, round) VALUES (?,?,?,?,?,?,?,?)", block)
         if tx is not None:
             db.execute("INSERT INTO txs (txid, raw, status, accepted_at, block_height,"
                        " addresses) VALUES (?,?,?,?,?,?)",

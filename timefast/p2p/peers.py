@@ -124,6 +124,9 @@ class PeerNetwork:
         self._signing = False
         self._own_addr: wire.Addr | None = None
         self._closing = False
+        # Blocks by rounds (set by the node): takes Proposal, Prevote, Precommit,
+        # GetBlocks, Blocks, StartHeight and Status.
+        self.rounds: Any = None
 
     # -- life ------------------------------------------------------------------------
 
@@ -393,6 +396,8 @@ class PeerNetwork:
         for addr in self.addrs.records(time.time()):
             link.send(addr)
         link.send(wire.GetPending(None))
+        if self.rounds is not None:
+            self.rounds.peer_up(peer, ev.hello.height)
         return True
 
     # -- messages ------------------------------------------------------------------
@@ -413,13 +418,13 @@ class PeerNetwork:
                 self._take_tx(peer, tx)
             for votes in msg.votes:
                 self._take_votes(peer, votes)
-        elif isinstance(msg, wire.Status):
-            peer.height, peer.tip = msg.height, msg.tip
         elif isinstance(msg, wire.Addr):
             self._take_addr(peer, msg)
-        # Blocks and rounds (Proposal, Prevote, Precommit, GetBlocks, Blocks,
-        # StartHeight) are not taken from peers by this version: each node makes its
-        # own blocks.
+        else:
+            if isinstance(msg, wire.Status):
+                peer.height, peer.tip = msg.height, msg.tip
+            if self.rounds is not None:
+                self.rounds.on_message(peer, msg)
 
     def _take_tx(self, peer: Peer, tx: Transaction) -> None:
         txid = tx.txid
@@ -505,6 +510,22 @@ class PeerNetwork:
                 and key not in self.by_key and addr.listen not in self._dialling):
             self._dial_keys.setdefault(addr.listen, key)
             self.add_node(addr.listen)
+
+    def send_to(self, peer: Peer, msg: wire.Message) -> None:
+        """Send ``msg`` to one peer (dropped when its link is not open)."""
+        if peer.link.authenticated:
+            peer.link.send(msg)
+            self._flush(peer)
+
+    def send(self, msg: wire.Message, but: Peer | None = None) -> None:
+        """Send ``msg`` to every peer but ``but``."""
+        self._broadcast(msg, but)
+
+    def misbehaved(self, peer: Peer, reason: str) -> None:
+        """``peer`` sent something this node checked and refused: count and close."""
+        peer.link.misbehaved(reason)
+        self._events(peer)
+        self._flush(peer)
 
     def _broadcast(self, msg: wire.Message, but: Peer | None = None) -> int:
         """Send ``msg`` to every authenticated peer but ``but``: encoded once."""

@@ -1,0 +1,223 @@
+"""Blocks every masternode agrees on (SPEC 7.5): Tendermint rounds over real peers."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+from websockets.sync.client import connect
+
+from timefast import crypto
+from timefast.p2p import wire
+from timefast.p2p.link import Link
+from timefast.transaction import build
+
+from .helpers import new_wallet
+from .network import Network, free_ports
+
+
+def hashes(net: Network, i: int, upto: int) -> list[str]:
+    return [net.rpc(i, "getblock", h)["hash"] for h in range(upto + 1)]
+
+
+def same_chain(net: Network, nodes: list[int], upto: int) -> list[str]:
+    chains = [hashes(net, i, upto) for i in nodes]
+    assert all(c == chains[0] for c in chains), "the chains differ"
+    return chains[0]
+
+
+@pytest.fixture
+def four(tmp_path):
+    net = Network(tmp_path, 4)
+    try:
+        yield net.start()
+    finally:
+        net.close()
+
+
+def test_generate_commits_blocks_on_every_node_with_their_commits(four):
+    net = four
+    key, _, coin = net.fund(0, 5000)
+    _, to = new_wallet()
+    tx = build([(coin, 0, key)], [(to, 4900)], timestamp=1)  # a fee of 100
+    net.rpc(2, "sendrawtransaction", tx.to_json())
+    net.wait_status(tx.txid, "finalized")
+    made = net.rpc(1, "generate", 2)
+    assert len(made) == 2
+    net.wait_for(lambda: all(net.rpc(i, "getblockcount") == 2 for i in range(4)), 10)
+    assert same_chain(net, list(range(4)), 2)[1:] == made
+    block = net.rpc(3, "getblock", 1)
+    assert len({c["voter"] for c in block["commit"]}) >= 3
+    assert all(c["round"] == block["round"] for c in block["commit"])
+    # The coinbase pays the fee to the block's producer, first in the block.
+    cb = net.rpc(3, "gettransaction", block["txids"][0])["tx"]
+    assert cb["inputs"] == [] and sum(o["amount"] for o in cb["outputs"]) == 100
+    assert [net.status(i, tx.txid) for i in range(4)] == ["confirmed"] * 4
+    info = net.rpc(0, "getinfo")["consensus"]
+    assert info["height"] == 2 and info["step"] == "Commit"
+
+
+def test_blocks_by_the_interval_are_the_same_on_every_node(tmp_path):
+    net = Network(tmp_path, 4, BLOCK_INTERVAL=1)
+    try:
+        net.start()
+        net.wait_for(lambda: min(net.rpc(i, "getblockcount") for i in range(4)) >= 30, 90,
+                     "30 blocks")
+        chain = same_chain(net, list(range(4)), 30)
+        assert len(set(chain)) == 31
+        stamps = [net.rpc(0, "getblock", h)["timestamp"] for h in range(2, 31)]
+        # No drift: each height starts an interval after the block before.
+        assert all(1 <= b - a <= 3 for a, b in itertools.pairwise(stamps))
+    finally:
+        net.close()
+
+
+def test_a_dead_proposer_s_height_is_committed_in_a_later_round(four):
+    net = four
+    net.rpc(0, "generate", 1)
+    net.wait_for(lambda: all(net.rpc(i, "getblockcount") == 1 for i in range(4)), 10)
+    # The proposer of height 2, round 0: sorted(MASTERNODES)[(2 + 0) mod 4].
+    dead = net.pubs.index(sorted(net.pubs)[2 % 4])
+    net.kill(dead)
+    alive = [i for i in range(4) if i != dead]
+    made = net.rpc(alive[0], "generate", 1)
+    block = net.rpc(alive[1], "getblock", 2)
+    assert block["hash"] == made[0] and block["round"] >= 1
+    assert block["producer"] != net.pubs[dead]
+    same_chain(net, alive, 2)
+
+
+def test_a_node_down_for_20_blocks_catches_up_and_takes_part_again(four):
+    net = four
+    net.kill(3)
+    for _ in range(4):
+        net.rpc(0, "generate", 5)
+    net.restart(3)
+    net.wait_linked(timeout=30)
+    net.wait_for(lambda: net.rpc(3, "getblockcount") == 20, 30, "node 3 caught up")
+    same_chain(net, list(range(4)), 20)
+    # And it takes part: with another node down, its precommit is needed for q = 3.
+    net.kill(1)
+    made = net.rpc(3, "generate", 1)
+    commit = net.rpc(0, "getblock", 21)["commit"]
+    assert net.rpc(0, "getblock", 21)["hash"] == made[0]
+    assert net.pubs[3] in {c["voter"] for c in commit}
+
+
+def _peer(net: Network, i: int, port: int):
+    """A raw authenticated link to node ``i`` (listening on ``port``) as a full node
+    (a key outside the set)."""
+    net_id = wire.network_id(net.rpc(i, "getblock", 0)["hash"], net.pubs)
+    ws = connect(f"ws://127.0.0.1:{port}/p2p").__enter__()
+    link = Link(crypto.new_key(), net_id, net.pubs, outbound=True, now=0, height=0,
+                tip="00" * 32, listen=None)
+    for frame in link.data_to_send():
+        ws.send(frame.decode())
+    while not link.authenticated:
+        link.receive_frame(ws.recv(timeout=10), 0)
+        for frame in link.data_to_send():
+            ws.send(frame.decode())
+    return ws, net_id
+
+
+def _closed(ws) -> int | None:
+    try:
+        while True:
+            ws.recv(timeout=10)
+    except Exception:
+        return ws.close_code
+
+
+def test_blocks_with_a_forged_commit_or_a_greedy_coinbase_are_refused_and_counted(four):
+    net = four
+    net.kill(3)
+    net.rpc(0, "generate", 1)
+    good = net.rpc(0, "getblock", 1) | {"txs": []}
+    good["txs"] = [net.rpc(0, "gettransaction", t)["tx"] for t in good["txids"]]
+    node3 = None
+    try:
+        # Node 3 is behind, on a port the others do not know; a lying peer offers
+        # height 1 with a commit of one signer.
+        (port,) = free_ports(1)
+        net.nodes[3] = net._node(3, PEERS="", P2P_DISCOVERY=0, P2P_ADDR=f"127.0.0.1:{port}")
+        node3 = net.nodes[3].start()
+        ws, _ = _peer(net, 3, port)
+        forged = dict(good, commit=good["commit"][:1])
+        ws.send(wire.encode(wire.Blocks((wire.Block.from_data(forged, "b"),))).decode())
+        assert _closed(ws) == 1008
+        ws, _ = _peer(net, 3, port)
+        other = dict(good, commit=[dict(c, signature="00" * 64) for c in good["commit"]])
+        ws.send(wire.encode(wire.Blocks((wire.Block.from_data(other, "b"),))).decode())
+        assert _closed(ws) == 1008
+        assert net.rpc(3, "getblockcount") == 0
+        # The true block, with its commit, is taken.
+        ws, _ = _peer(net, 3, port)
+        ws.send(wire.encode(wire.Blocks((wire.Block.from_data(good, "b"),))).decode())
+        net.wait_for(lambda: net.rpc(3, "getblockcount") == 1, 10)
+        ws.close()
+        text = __import__("urllib.request").request.urlopen(
+            net.nodes[3].ws_url.replace("ws://", "http://") + "/metrics", timeout=10).read()
+        assert b"timefast_blocks_refused_total 2" in text
+    finally:
+        if node3 is not None:
+            node3.kill()
+
+
+def test_blocks_commit_while_a_masternode_approved_the_losing_spend(tmp_path):
+    net = Network(tmp_path, 4)
+    try:
+        net.start()
+        key, _, coin = net.fund(0, 5000)
+        _, a = new_wallet()
+        _, b = new_wallet()
+        t1 = build([(coin, 0, key)], [(a, 1000)], timestamp=1)
+        t2 = build([(coin, 0, key)], [(b, 2000)], timestamp=2)
+        # Node 3 alone sees t2 first and approves it; the others finalize t1.
+        net.kill(0)
+        net.kill(1)
+        net.kill(2)
+        net.rpc(3, "sendrawtransaction", t2.to_json())
+        net.kill(3)
+        for i in (0, 1, 2):
+            net.restart(i)
+        net.wait_linked([0, 1, 2])
+        net.rpc(0, "sendrawtransaction", t1.to_json())
+        net.wait_status(t1.txid, "finalized", [0, 1, 2])
+        net.restart(3)
+        net.kill(2)  # one other masternode down: node 3's precommit is needed
+        net.wait_linked([0, 1, 3])
+        made = net.rpc(0, "generate", 1)
+        net.wait_for(lambda: net.rpc(3, "getblockcount") == 1, 20)
+        assert net.rpc(3, "getblock", 1)["hash"] == made[0]
+        assert net.status(3, t1.txid) == "confirmed"
+        assert net.status(3, t2.txid) == "rejected"
+    finally:
+        net.close()
+
+
+def test_the_supply_is_whole_after_payments_with_fees_and_blocks(four):
+    net = four
+    key, address, coin = net.fund(0, 100_000)
+    prev = (coin, 0)
+    balance = 100_000
+    for n in range(20):
+        _, to = new_wallet()
+        tx = build([(*prev, key)], [(address, balance - 1000 - 7), (to, 1000)],
+                   timestamp=n + 2)
+        net.rpc(n % 4, "sendrawtransaction", tx.to_json())
+        net.wait_status(tx.txid, "finalized", timeout=20)
+        prev, balance = (tx.txid, 0), balance - 1007
+        if n % 5 == 4:
+            net.rpc(n % 4, "generate", 1)
+    time.sleep(0.5)
+    heights = {net.rpc(i, "getblockcount") for i in range(4)}
+    assert heights == {4}
+    chain = same_chain(net, list(range(4)), 4)
+    fees = 0
+    for h in range(1, 5):
+        block = net.rpc(0, "getblock", chain[h])
+        cb = net.rpc(0, "gettransaction", block["txids"][0])["tx"]
+        assert cb["inputs"] == []
+        fees += sum(o["amount"] for o in cb["outputs"])
+    assert fees == 20 * 7
