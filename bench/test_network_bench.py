@@ -59,11 +59,14 @@ def _finalized_everywhere(txid: str, urls: list[str], timeout: float = 60) -> No
     raise TimeoutError(f"{txid} not finalized on every node")
 
 
-async def _run(ws_urls: list[str], txs, receivers: list[str], rate: float | None
+async def _run(ws_urls: list[str], txs, receivers: list[str], rate: float | None,
+               blocks: list[tuple[float, int, int]] | None = None
                ) -> tuple[float, list[float]]:
     """Submit ``txs`` (tx i pays receivers[i % RECEIVERS]); receiver r listens on node
     r % k, and a payment to it is submitted on the next node.  Returns the elapsed
-    seconds and each payment's delay to finality as its receiver's wallet heard it."""
+    seconds and each payment's delay to finality as its receiver's wallet heard it;
+    ``blocks`` gets (arrival unix time, height, timestamp) of each NewBlock heard on
+    the first node."""
     k = len(ws_urls)
     sent: dict[str, float] = {}
     delays: list[float] = []
@@ -82,6 +85,8 @@ async def _run(ws_urls: list[str], txs, receivers: list[str], rate: float | None
     async def listen(ws) -> None:
         async for raw in ws:
             msg = orjson.loads(raw)
+            if msg["type"] == "NewBlock" and blocks is not None and ws is listeners[0]:
+                blocks.append((time.time(), msg["data"]["height"], msg["data"]["timestamp"]))
             if msg["type"] == "TransactionFinalized":
                 t0 = sent.pop(msg["data"]["txid"], None)
                 if t0 is not None:
@@ -132,6 +137,14 @@ def _payments(coins, key, address, receivers, start: int, n: int):
             for i in range(n)]
 
 
+def _block_delays(blocks: list[tuple[float, int, int]], interval: float) -> list[float]:
+    """Seconds from each height's start (the block before's timestamp + the
+    interval) to its NewBlock at a wallet."""
+    by_height = {h: (at, ts) for at, h, ts in blocks}
+    return [at - (by_height[h - 1][1] + interval) for h, (at, _) in sorted(by_height.items())
+            if h - 1 in by_height]
+
+
 def test_four_masternodes_finality(benchmark, tmp_path):
     n_paced = PACED_RATE * PACED_SECONDS
     out: dict[str, dict[str, float]] = {}
@@ -151,6 +164,26 @@ def test_four_masternodes_finality(benchmark, tmp_path):
         benchmark.pedantic(run, rounds=1, iterations=1)
     finally:
         net.close()
+    # The same, while the network makes a block every second.
+    net = Network(tmp_path / "blocks", 4, FINALITY_TIMEOUT=30, BLOCK_INTERVAL=1)
+    try:
+        net.start()
+        rpcs = [n.rpc_url for n in net.nodes]
+        ka, a, coins = _fund(rpcs, _finalized_everywhere, n_paced + N_TX)
+        receivers = [new_wallet()[1] for _ in range(RECEIVERS)]
+        paced = _payments(coins, ka, a, receivers, 0, n_paced)
+        fast = _payments(coins, ka, a, receivers, n_paced, N_TX)
+        ws = [n.ws_url for n in net.nodes]
+        blocks: list[tuple[float, int, int]] = []
+        out["paced_blocks"] = _stats(*asyncio.run(_run(ws, paced, receivers, PACED_RATE,
+                                                       blocks)))
+        out["network_blocks"] = _stats(*asyncio.run(_run(ws, fast, receivers, None, blocks)))
+        delays = sorted(_block_delays(blocks, 1.0))
+        out["block_commit"] = {"blocks": len(delays),
+                               "p50_ms": statistics.median(delays) * 1e3,
+                               "p99_ms": delays[max(0, int(len(delays) * 0.99) - 1)] * 1e3}
+    finally:
+        net.close()
     single = NodeProcess(tmp_path / "single").start()
     try:
         ka, a, coins = _fund([single.rpc_url], _finalized_everywhere, N_TX)
@@ -161,7 +194,7 @@ def test_four_masternodes_finality(benchmark, tmp_path):
         single.terminate()
     benchmark.extra_info.update({f"{k}_{m}": v for k, r in out.items() for m, v in r.items()})
     for name, r in out.items():
-        print(f"\n{name}: {r['tx_per_s']:,.0f} tx/s, p50 {r['p50_ms']:.1f} ms, "
+        print(f"\n{name}: {r.get('tx_per_s', 0):,.0f} tx/s, p50 {r['p50_ms']:.1f} ms, "
               f"p99 {r['p99_ms']:.1f} ms")
     rows = [
         f"| four masternodes, as fast as taken ({N_TX:,}, {IN_FLIGHT} in flight) | "
@@ -170,8 +203,15 @@ def test_four_masternodes_finality(benchmark, tmp_path):
         f"| four masternodes, paced at {PACED_RATE} tx/s ({n_paced:,}) | "
         f"{out['paced']['tx_per_s']:,.0f} | {out['paced']['p50_ms']:.1f} | "
         f"{out['paced']['p99_ms']:.1f} |",
+        f"| four masternodes making a block a second, paced at {PACED_RATE} tx/s | "
+        f"{out['paced_blocks']['tx_per_s']:,.0f} | {out['paced_blocks']['p50_ms']:.1f} | "
+        f"{out['paced_blocks']['p99_ms']:.1f} |",
+        f"| four masternodes making a block a second, as fast as taken | "
+        f"{out['network_blocks']['tx_per_s']:,.0f} | "
+        f"{out['network_blocks']['p50_ms']:.1f} | {out['network_blocks']['p99_ms']:.1f} |",
         f"| one masternode, as fast as taken ({N_TX:,}) | {out['single']['tx_per_s']:,.0f} | "
         f"{out['single']['p50_ms']:.1f} | {out['single']['p99_ms']:.1f} |"]
+    bc = out["block_commit"]
     report.set_section("network", "\n".join([
         "## Finality across four masternodes", "",
         f"{report.stamp()} Four masternode processes on this machine (quorum 3), each "
@@ -180,4 +220,7 @@ def test_four_masternodes_finality(benchmark, tmp_path):
         "`TransactionFinalized` a wallet on another node hears. Every payment is "
         "checked (signatures) and stored on all four nodes and voted on by each: the "
         "four processes share this machine's cores.", "",
-        "| run | tx/s | p50 ms | p99 ms |", "|---|---:|---:|---:|", *rows]))
+        "| run | tx/s | p50 ms | p99 ms |", "|---|---:|---:|---:|", *rows, "",
+        f"Blocks (BLOCK_INTERVAL=1, during the payments): {bc['blocks']} heights, from a "
+        f"height's start (the block before's timestamp + 1 s) to its `NewBlock` at a "
+        f"wallet: p50 {bc['p50_ms']:.0f} ms, p99 {bc['p99_ms']:.0f} ms."]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import urllib.request
 
 import pytest
 from websockets.sync.client import connect
@@ -11,8 +12,10 @@ from websockets.sync.client import connect
 from timefast import crypto
 from timefast.p2p import wire
 from timefast.p2p.link import Link
+from timefast.rules import block_hash, coinbase
 from timefast.transaction import build
 
+from .byzantine import Byzantine
 from .helpers import new_wallet
 from .network import Network, free_ports
 
@@ -156,7 +159,7 @@ def test_blocks_with_a_forged_commit_or_a_greedy_coinbase_are_refused_and_counte
         ws.send(wire.encode(wire.Blocks((wire.Block.from_data(good, "b"),))).decode())
         net.wait_for(lambda: net.rpc(3, "getblockcount") == 1, 10)
         ws.close()
-        text = __import__("urllib.request").request.urlopen(
+        text = urllib.request.urlopen(
             net.nodes[3].ws_url.replace("ws://", "http://") + "/metrics", timeout=10).read()
         assert b"timefast_blocks_refused_total 2" in text
     finally:
@@ -221,3 +224,45 @@ def test_the_supply_is_whole_after_payments_with_fees_and_blocks(four):
         assert cb["inputs"] == []
         fees += sum(o["amount"] for o in cb["outputs"])
     assert fees == 20 * 7
+
+
+def test_a_greedy_proposal_by_a_lying_masternode_is_refused_and_the_height_goes_on(
+        tmp_path):
+    # Node 3's key is the test's: it proposes, for its own height, a block whose
+    # coinbase pays itself a million with no fees. Every honest validator refuses it
+    # (prevotes nil, counted); the next round's proposer commits the height.
+    net = Network(tmp_path, 4)
+    try:
+        for i in range(3):
+            net.nodes[i].start()
+        net.wait_linked([0, 1, 2])
+        liar = Byzantine(net, net.keys[3]).connect([0, 1, 2])
+        # The first height whose round-0 proposer is the liar.
+        order = sorted(net.pubs)
+        h = next(h for h in range(1, 5) if order[h % 4] == net.pubs[3])
+        if h > 1:
+            net.rpc(0, "generate", h - 1)  # (a height of the liar's would time out)
+        net.wait_for(lambda: all(net.rpc(i, "getblockcount") == h - 1 for i in range(3)),
+                     20)
+        tip = net.rpc(0, "getblock", h - 1)
+        ts = tip["timestamp"]
+        cb = coinbase("regtest", h, ts, net.pubs[3], 1_000_000)
+        txids = [cb.txid]
+        block = wire.Block(h, tip["hash"], ts, tuple(txids), net.pubs[3], 0,
+                           block_hash(h, tip["hash"], ts, txids, net.pubs[3], 0), (cb,))
+        liar.send_all(wire.sign_proposal(net.keys[3], liar.network_id, h, 0, -1, block))
+        net.wait_for(lambda: all(net.rpc(i, "getblockcount") == h for i in range(3)), 30,
+                     f"height {h} committed")
+        committed = net.rpc(1, "getblock", h)
+        assert committed["round"] >= 1 and committed["producer"] != net.pubs[3]
+        assert committed["hash"] != block.hash
+        same_chain(net, [0, 1, 2], h)
+        for i in range(3):
+            text = urllib.request.urlopen(net.nodes[i].ws_url.replace("ws://", "http://")
+                                          + "/metrics", timeout=10).read().decode()
+            refused = next(line for line in text.splitlines()
+                           if line.startswith("timefast_blocks_refused_total"))
+            assert int(refused.split()[1]) >= 1
+        liar.close()
+    finally:
+        net.close()
