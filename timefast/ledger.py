@@ -54,6 +54,7 @@ from timefast.journal import (
     TxRejected,
     UtxoMoved,
     VoteRecorded,
+    events_of_rows,
     kept,
 )
 from timefast.rules import (
@@ -237,6 +238,9 @@ class Ledger:
         self.tip_timestamp = 0
         # Wallet events of committed steps, and every typed change (peers).
         self.listeners: list[Callable[[list[Event]], None]] = []
+        # With EVENT_BUS: the last event the bus has stored.  Stored events above it
+        # are never pruned, so that the publisher can always catch up from SQLite.
+        self.publish_floor: int | None = None
         self.watchers: list[Callable[[list[Change]], None]] = []
         # Inside ``batch()``: events and changes of committed-to-be steps.
         self._held: tuple[list[Event], list[Change]] | None = None
@@ -348,7 +352,8 @@ class Ledger:
         try:
             with self.store.transaction() as db:
                 self._rows.flush(db)
-                self.tables.write_seq(db, self.seq, step.seq, self.replay_events)
+                self.tables.write_seq(db, self.seq, step.seq, self.replay_events,
+                                     self.publish_floor)
         except BaseException:
             # The step may have changed in-memory tallies before its commit failed.
             self._load()
@@ -397,7 +402,8 @@ class Ledger:
                 yield
                 committed = self._rows.history_last
                 self._rows.flush(db)
-                self.tables.write_seq(db, seq_before, self.seq, self.replay_events)
+                self.tables.write_seq(db, seq_before, self.seq, self.replay_events,
+                                     self.publish_floor)
         except BaseException:
             self._held = None
             self._load()
@@ -1053,6 +1059,12 @@ class Ledger:
     def oldest_seq(self) -> int:
         """The lowest ``seq`` a wallet may resume from and miss nothing."""
         return self.journal.oldest(self.seq)
+
+    def stored_events(self, seq: int, limit: int) -> list[Event]:
+        """Up to ``limit`` committed events after ``seq``, read from the database
+        (an event bus catching up: they may be older than the replay window)."""
+        t = self.tables
+        return list(events_of_rows(islice(t.events_from(seq), limit), t.tx_raw))
 
     # -- regtest ----------------------------------------------------------------------
 

@@ -81,6 +81,7 @@ class Node:
         self.commits: GroupCommit | None = None
         self.wallets: WalletServer | None = None
         self.rpc: RpcService | None = None
+        self.bus: Any = None  # timefast.bus.Publisher, with EVENT_BUS
         self.ws_addresses: list[tuple[str, int]] = []
         self.rpc_addresses: list[tuple[str, int]] = []
         self._timers: list[asyncio.TimerHandle] = []
@@ -134,6 +135,7 @@ class Node:
         dispatcher = RpcDispatcher(self.ledger, extra_info=self._extra_info)
         self.rpc = RpcService(dispatcher, auth, self.commits, rpc_limits)
         self.rpc_addresses = await self.rpc.listen(*s.rpc_addr)
+        self._start_bus()
         loop = asyncio.get_running_loop()
         self._timers.append(loop.call_later(EXPIRY_CHECK, self._expire))
         if s.block_interval > 0:
@@ -147,12 +149,25 @@ class Node:
                  led.network, scheme, *self.ws_addresses[0], *self.rpc_addresses[0],
                  led.address, len(led.masternodes), led.quorum, led.height, led.seq)
 
+    def _start_bus(self) -> None:
+        """EVENT_BUS: publish committed events to NATS JetStream for edges."""
+        s = self.settings
+        if not s.event_bus:
+            return
+        assert self.ledger is not None
+        from timefast.bus import Publisher  # NATS is imported only with EVENT_BUS
+        self.bus = Publisher(self.ledger, s.event_bus, s.replay_events)
+        self.bus.start()
+        log.info("📡 publishing events to %s, stream %s", ",".join(s.event_bus),
+                 self.bus.stream)
+
     def _extra_info(self) -> dict[str, Any]:
         w = self.wallets
         assert w is not None
         return {"connections": w.open_count,
                 "subscriptions": w.fanout.index.subscription_count,
-                "events_published": w.events_published}
+                "events_published": w.events_published,
+                **({"event_bus": self.bus.info()} if self.bus is not None else {})}
 
     def _expire(self) -> None:
         assert self.ledger is not None and self.commits is not None
@@ -198,6 +213,8 @@ class Node:
             self.rpc.close()
         if self.wallets is not None:
             await self.wallets.shutdown(1001, "going away")
+        if self.bus is not None:
+            await self.bus.close()
         if self.commits is not None:
             self.commits.close()
         if self.store is not None:

@@ -520,9 +520,11 @@ class Tables:
         db.execute("INSERT OR REPLACE INTO meta VALUES ('history', '1')")
 
     @staticmethod
-    def write_seq(db: Any, old: int, new: int, keep: int) -> None:
-        """Record the event counter; every 1,024 events, drop those past ``keep``."""
+    def write_seq(db: Any, old: int, new: int, keep: int, floor: int | None = None) -> None:
+        """Record the event counter; every 1,024 events, drop those past ``keep``,
+        and none above ``floor`` (when given: the last event an event bus stored)."""
         if new != old:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(new),))
             if new // 1024 != old // 1024:
-                db.execute("DELETE FROM events WHERE seq <= ?", (new - keep,))
+                last = new - keep if floor is None else min(new - keep, floor)
+                db.execute("DELETE FROM events WHERE seq <= ?", (last,))
