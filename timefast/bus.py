@@ -69,8 +69,7 @@ def decode(seq: int, body: bytes) -> Event:
 
 # What a lost or refusing NATS raises: the publisher waits and tries again.
 FAILURES: tuple[type[BaseException], ...] = (nats.errors.Error, OSError, TimeoutError,
-                                              asyncio.TimeoutError, ConnectionError,
-                                              ValueError)
+                                              ConnectionError, ValueError, KeyError)
 
 
 class Publisher:

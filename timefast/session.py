@@ -375,32 +375,51 @@ class WalletSession:
         resync = since is not None and since < self.source.seq and (
             since < self.source.oldest_seq()
             or (since < self.forgotten_to and any(a not in self.seen for a in addrs)))
+        src = self.source
+        if since is not None and since > src.seq:
+            # A wallet ahead of this port (an edge still reading its stream): its
+            # Subscribe waits for the stream, lest it get again what it had.
+            self._deferred(lambda done: src.reach(since, done), lambda _: self._subscribe(
+                addrs, new, since, resync, want_snapshot or resync, msg_id), msg_id)
+            return
         self._subscribe(addrs, new, since, resync, want_snapshot or resync, msg_id)
 
-    def _subscribe(self, addrs: list[str], new: list[str], since: int | None, resync: bool,
-                   snapshot: bool, msg_id: Any) -> None:
-        if not snapshot:
-            self._subscribed(addrs, new, since, resync, None, msg_id)
-            return
-
+    def _deferred(self, begin: Callable[[Callable[[Any, BaseException | None], None]], None],
+                  then: Callable[[Any], bool], msg_id: Any) -> bool:
+        """``begin(done)`` asks the source; ``then(result)`` goes on (False: it asked
+        again).  While the answer is awaited the session waits (``handle_text``).
+        Returns whether all was answered at once."""
         answered = False
+        finished = True
+        waited = False
 
         def done(value: Any, err: BaseException | None) -> None:
-            nonlocal answered
+            nonlocal answered, finished
             answered = True
             if self.closed:
                 return
-            finished = True
             if err is not None:
                 self.refuse(err, msg_id)
+                finished = True
             else:
-                finished = self._subscribed(addrs, new, since, resync, value, msg_id)
-            if finished and self.waiting:  # answered later: the session waited
+                finished = then(value)
+            if waited and finished:
                 self._resume()
 
-        self.source.snapshots(addrs, None, done)
-        if not answered:
-            self.waiting = True
+        begin(done)
+        if answered:
+            return finished
+        waited = True
+        self.waiting = True
+        return False
+
+    def _subscribe(self, addrs: list[str], new: list[str], since: int | None, resync: bool,
+                   snapshot: bool, msg_id: Any) -> bool:
+        if not snapshot:
+            return self._subscribed(addrs, new, since, resync, None, msg_id)
+        return self._deferred(
+            lambda done: self.source.snapshots(addrs, None, done),
+            lambda value: self._subscribed(addrs, new, since, resync, value, msg_id), msg_id)
 
     def _subscribed(self, addrs: list[str], new: list[str], since: int | None, resync: bool,
                     snapshot: tuple[int, dict[str, Any]] | None, msg_id: Any) -> bool:
@@ -419,8 +438,7 @@ class WalletSession:
         if not ok:
             # The kept window moved past ``start`` while the snapshot was on its way
             # (an edge only): start again with a fresh snapshot.
-            self._subscribe(addrs, new, since, since is not None, True, msg_id)
-            return not self.waiting
+            return self._subscribe(addrs, new, since, since is not None, True, msg_id)
         out: dict[str, Any] = {"addresses": addrs,
                                "seq": now if snapshot is None else snapshot[0]}
         if snapshot is not None:

@@ -60,6 +60,10 @@ class WalletSource(ABC):
         ``addresses`` or go to everyone; False when some were dropped."""
 
     @abstractmethod
+    def reach(self, seq: int, done: Done) -> None:
+        """``done(None)`` once ``self.seq`` has reached ``seq``."""
+
+    @abstractmethod
     def snapshots(self, addresses: list[str], after: tuple[str, int] | None,
                   done: Done) -> None:
         """``done((seq, {address: snapshot}))``, taken atomically at ``seq``; called
@@ -116,6 +120,11 @@ class LedgerSource(WalletSource):
 
     def events_for(self, addresses: Iterable[str], seq: int) -> tuple[bool, list[Event]]:
         return self.ledger.events_for(addresses, seq)
+
+    def reach(self, seq: int, done: Done) -> None:
+        # The ledger is the source of every seq: a wallet ahead of it (a database
+        # replaced under it) is answered from where the ledger is.
+        done(None, None)
 
     def snapshots(self, addresses: list[str], after: tuple[str, int] | None,
                   done: Done) -> None:
