@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import yaml
 from websockets.sync.client import ClientConnection, connect
 
+from timefast.settings import load
 from timefast.transaction import build
 
 from .helpers import EdgeProcess, NatsServer, NodeProcess, new_wallet, result, rpc
@@ -310,3 +313,33 @@ def test_kill_9_of_an_edge_mid_burst_its_wallets_resume_on_another(cluster):
         # Its wallets come back on a new edge process, resuming from the stream.
         current[0] = cluster.edge()
     _mid_burst(cluster, kill, wallets, a)
+
+
+def test_the_compose_file_wires_nats_a_masternode_and_three_edges():
+    compose = yaml.safe_load((Path(__file__).resolve().parent.parent / "deploy"
+                              / "compose.edges.yml").read_text())
+    services = compose["services"]
+    assert "-js" in services["nats"]["command"]
+
+    def env(name: str) -> dict[str, str]:
+        return dict(e.split("=", 1) for e in services[name]["environment"])
+    node = env("masternode")
+    node_settings = load([], node)
+    assert node_settings.event_bus == ("nats://nats:4222",)
+    edges = [n for n, s in services.items() if s.get("command") == ["time-masternode",
+                                                                      "edge"]]
+    assert len(edges) == 3
+    host_ports = set()
+    for name in edges:
+        s = load([], env(name))
+        assert s.event_bus == node_settings.event_bus
+        assert s.node_rpc is not None
+        rpc = urllib.parse.urlsplit(s.node_rpc)
+        # The edge reaches the masternode's RPC, which answers to that name.
+        assert rpc.hostname == "masternode" and rpc.port == node_settings.rpc_addr[1]
+        assert rpc.hostname in node_settings.rpc_allowed_hosts
+        assert node_settings.rpc_addr[0] == "0.0.0.0"
+        (port,) = services[name]["ports"]
+        assert port.rpartition(":")[2] == str(s.ws_addr[1])
+        host_ports.add(port.partition(":")[0])
+    assert len(host_ports) == 3
