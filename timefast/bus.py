@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from typing import Any
 
 import nats
 import nats.errors
 import nats.js.errors
+import orjson
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from timefast.journal import Event
@@ -35,12 +37,13 @@ from timefast.ledger import Ledger
 
 log = logging.getLogger("timefast.bus")
 
-WINDOW = 512  # messages in flight at once (each acknowledged by the stream)
+WINDOW = 1024  # messages in flight at once (each acknowledged by the stream)
 ACK_TIMEOUT = 5.0  # seconds for the stream to acknowledge a message
 RETRY = 0.5  # seconds between attempts while NATS cannot be reached
 BUFFER = 65_536  # events kept in memory for the publisher; past it, SQLite serves
 DUPLICATE_WINDOW = 120.0  # seconds the stream remembers message ids
 MSG_ID = "Nats-Msg-Id"
+EXPECTED_LAST = "Nats-Expected-Last-Sequence"
 
 
 def stream_name(network: str, public_key: str) -> str:
@@ -73,7 +76,13 @@ FAILURES: tuple[type[BaseException], ...] = (nats.errors.Error, OSError, Timeout
 
 
 class Publisher:
-    """Publishes the ledger's committed events to its JetStream stream."""
+    """Publishes the ledger's committed events to its JetStream stream.
+
+    Up to WINDOW messages are in flight; the stream's acknowledgements come back on
+    an inbox of this publisher (``<inbox>.<epoch>.<seq>``), each moving ``acked``.
+    A failure starts a new epoch: acknowledgements of the old one are ignored, and
+    the publisher resumes from what the stream says it holds.
+    """
 
     def __init__(self, ledger: Ledger, servers: tuple[str, ...], keep: int) -> None:
         self.ledger = ledger
@@ -85,10 +94,16 @@ class Publisher:
         self.buffer: deque[Event] = deque()
         self.target = ledger.seq  # the last committed event
         self.acked: int | None = None  # the last event the stream holds; None: not asked
-        self.stream_last = 0  # the stream's own sequence of its last message
+        self.sent = 0  # the last event sent in this epoch
+        self.in_flight = 0  # sent, not yet acknowledged
+        self.stream_sent = 0  # the stream sequence the last sent message is to get
         self.connected = False
         self.published = 0
         self.nc: Any = None
+        self.inbox = ""
+        self.epoch = 0
+        self.failure: str | None = None
+        self._progress = 0.0  # when the last acknowledgement came
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Until the stream has said what it holds, nothing may be pruned.
@@ -132,6 +147,8 @@ class Publisher:
                         servers=self.servers, connect_timeout=2, reconnect_time_wait=RETRY,
                         max_reconnect_attempts=-1, allow_reconnect=True,
                         name=f"timefast {self.stream}")
+                    self.inbox = self.nc.new_inbox()
+                    await self.nc.subscribe(f"{self.inbox}.>", cb=self._on_ack)
                 js = self.nc.jetstream()
                 await self._sync(js)
                 if failed:
@@ -139,11 +156,7 @@ class Publisher:
                              self.stream, self.acked)
                 failed = False
                 self.connected = True
-                while True:
-                    await self._publish(js)
-                    if self.acked is not None and self.acked >= self.target:
-                        self._wake.clear()
-                        await self._wake.wait()
+                await self._publish()
             except asyncio.CancelledError:
                 raise
             except FAILURES as e:
@@ -158,7 +171,9 @@ class Publisher:
                 await asyncio.sleep(RETRY)
 
     async def _sync(self, js: Any) -> None:
-        """Make sure the stream exists; learn the last event it holds."""
+        """Make sure the stream exists; learn the last event it holds; a new epoch."""
+        self.epoch += 1
+        self.failure = None
         config = StreamConfig(name=self.stream, subjects=[self.subject],
                               max_msgs=self.keep, discard=DiscardPolicy.OLD,
                               storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW)
@@ -180,46 +195,71 @@ class Publisher:
             await js.purge_stream(self.stream)
             info = await js.stream_info(self.stream)
             acked = 0
-        self.stream_last = info.state.last_seq
-        self.acked = acked
+        self.stream_sent = info.state.last_seq
+        self.acked = self.sent = acked
+        self.in_flight = 0
         self.ledger.publish_floor = acked
 
-    def _take(self, after: int) -> list[Event]:
+    def _take(self, after: int, n: int) -> list[Event]:
         """The next events after ``after``: from memory, else from SQLite."""
         buf = self.buffer
         while buf and buf[0].seq <= after:
             buf.popleft()
         if buf and buf[0].seq == after + 1:
-            return [buf[i] for i in range(min(WINDOW, len(buf)))]
-        return self.ledger.stored_events(after, WINDOW)
+            return [buf[i] for i in range(min(n, len(buf)))]
+        return self.ledger.stored_events(after, n)
 
-    async def _publish(self, js: Any) -> None:
-        """Publish everything committed that the stream lacks, WINDOW at a time."""
-        assert self.acked is not None
-        while self.acked < self.target:
-            events = self._take(self.acked)
-            if not events:
-                return
-            futures = []
-            try:
-                for i, e in enumerate(events):
-                    futures.append(await js.publish_async(
-                        self.subject, encode(e),
-                        headers={MSG_ID: str(e.seq),
-                                 "Nats-Expected-Last-Sequence": str(self.stream_last + i)}))
-                for e, f in zip(events, futures, strict=False):
-                    ack = await asyncio.wait_for(f, ACK_TIMEOUT)
-                    self.stream_last = ack.seq
-                    self.acked = e.seq
-                    self.published += 1
-            finally:
-                for f in futures:
-                    if not f.done():
-                        # Answered later or never: its outcome is read back by _sync.
-                        f.add_done_callback(_ignore)
-                self.ledger.publish_floor = self.acked
+    async def _on_ack(self, msg: Any) -> None:
+        """The stream's answer to one message: ``<inbox>.<epoch>.<seq>``."""
+        _, _, tail = msg.subject.rpartition(f"{self.inbox}.")
+        epoch, _, seq = tail.partition(".")
+        if int(epoch) != self.epoch:
+            return  # sent before the last failure: _sync read what the stream holds
+        try:
+            ack = orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            ack = {"error": {"description": "no acknowledgement"}}
+        if "error" in ack or ack.get("duplicate") or not isinstance(ack.get("seq"), int):
+            # Refused (not the next one, or the stream away): resynchronize.
+            self.failure = str(ack.get("error", {}).get("description") or ack)
+        else:
+            self.acked = int(seq)
+            self.in_flight -= 1
+            self.published += 1
+            self._progress = time.monotonic()
+        self._wake.set()
 
-
-def _ignore(f: asyncio.Future[Any]) -> None:
-    if not f.cancelled():
-        f.exception()
+    async def _publish(self) -> None:
+        """Publish what the stream lacks, WINDOW messages in flight at most, until a
+        failure."""
+        nc = self.nc
+        while True:
+            if self.failure is not None:
+                raise nats.errors.Error(f"the stream refused a message: {self.failure}")
+            assert self.acked is not None
+            self.ledger.publish_floor = self.acked
+            room = WINDOW - self.in_flight
+            if room > 0 and self.sent < self.target:
+                events = self._take(self.sent, room)
+                for e in events:
+                    await nc.publish(self.subject, encode(e),
+                                     reply=f"{self.inbox}.{self.epoch}.{e.seq}",
+                                     headers={MSG_ID: str(e.seq),
+                                              EXPECTED_LAST: str(self.stream_sent)})
+                    self.stream_sent += 1
+                    self.sent = e.seq
+                    self.in_flight += 1
+                if events:
+                    if self.in_flight == len(events):
+                        self._progress = time.monotonic()
+                    continue
+            self._wake.clear()
+            if self.in_flight:
+                wait = self._progress + ACK_TIMEOUT - time.monotonic()
+                if wait <= 0:
+                    raise TimeoutError(f"no acknowledgement from the stream for "
+                                       f"{ACK_TIMEOUT:g} s")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+            else:
+                await self._wake.wait()
