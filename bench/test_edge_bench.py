@@ -153,9 +153,10 @@ def write_report(results: dict[str, dict[str, dict]]) -> None:
               "wallets itself (with EVENT_BUS, the same events).  Latency through an edge "
               "is higher: the masternode answers a trigger before any edge has the event, "
               "so with 16 in flight the triggers run ahead of the edges' delivery and the "
-              "queue between them is counted in (on the masternode the trigger's answer "
-              "waits for its own fan-out).  Two edges on this machine compete for its two "
-              "cores with the masternode, nats-server and the load client; the scaling "
+              "queue between them is counted in (a masternode serving its wallets itself "
+              "answers triggers on the loop that writes to them, which paces them).  "
+              "Two edges on this machine compete for its two cores with the masternode, "
+              "nats-server and the load client; the scaling "
               "from 1 to 8 edges needs a machine with more cores than this one (not "
               "measured yet)."]
     report.set_section("edges", "\n".join(lines))

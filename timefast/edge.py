@@ -29,6 +29,7 @@ import nats.errors
 import orjson
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
 
 from timefast import __version__
 from timefast.bus import FAILURES, MSG_ID, decode, stream_name, subject
@@ -90,13 +91,9 @@ class EdgeRpc:
                 reply = await asyncio.wait_for(fut, RPC_TIMEOUT)
             finally:
                 self.pending.pop(rid, None)
-        except (OSError, TimeoutError, ConnectionError) as e:
+        except (OSError, TimeoutError, ConnectionError, WebSocketException) as e:
             raise RequestError("UNAVAILABLE", "the masternode's RPC cannot be reached: "
                                f"{e or type(e).__name__}") from None
-        except Exception as e:  # websockets' own errors (closed, refused handshake)
-            if type(e).__module__.startswith("websockets"):
-                raise RequestError("UNAVAILABLE", f"the masternode's RPC: {e}") from None
-            raise
         err = reply.get("error")
         if err is not None:
             data = err.get("data") if isinstance(err.get("data"), dict) else {}

@@ -265,7 +265,7 @@ class WalletSession:
         if self.waiting:
             self.queued.append(text)
             if len(self.queued) == 1 and self.held is not None:
-                self.held(True)
+                self.held(True)  # until the queue is drained (``_resume``)
             return
         self._handle(text)
         if not self.waiting:
@@ -283,11 +283,12 @@ class WalletSession:
         """The waiting message is answered: handle those that came meanwhile."""
         self.waiting = False
         self._go_live()
+        had = bool(self.queued)
         while self.queued and not self.waiting and not self.closed:
             self._handle(self.queued.popleft())
             if not self.waiting:
                 self._go_live()
-        if not self.queued and self.held is not None:
+        if had and not self.queued and self.held is not None:
             self.held(False)
         if self.wake is not None:
             self.wake()
