@@ -4,6 +4,7 @@ nats-server (SPEC 8)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 import threading
@@ -221,6 +222,29 @@ def test_the_stream_keeps_at_least_replay_events(tmp_path, keep):
         wait_for(lambda: n.call(lambda: n.node.bus.acked) == seq, what="the stream")
         stream = read_stream(bus.url, led.network, led.public_key)
         assert [e.seq for _, e in stream] == list(range(seq - keep + 1, seq + 1))
+    finally:
+        n.stop()
+        bus.stop()
+
+
+def test_nats_absent_at_start_the_stream_fills_when_it_comes(tmp_path):
+    bus = NatsServer(tmp_path / "nats")
+    with socket.socket() as s:  # a port nothing listens on yet
+        s.bind(("127.0.0.1", 0))
+        bus.port = s.getsockname()[1]
+    n = NodeThread(tmp_path / "mn", EVENT_BUS=bus.url).start()
+    try:
+        led = n.node.ledger
+        assert led is not None
+        _, a = new_wallet()
+        for i in range(5):
+            result(n.rpc_url, "faucet", a, 1 + i)
+        assert result(n.rpc_url, "getinfo")["event_bus"]["connected"] is False
+        seq = led.seq
+        bus.start()
+        wait_for(lambda: n.call(lambda: n.node.bus.acked) == seq, 30, "the stream")
+        stream = read_stream(bus.url, led.network, led.public_key)
+        assert [e.seq for _, e in stream] == list(range(1, seq + 1))
     finally:
         n.stop()
         bus.stop()

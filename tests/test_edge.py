@@ -343,3 +343,14 @@ def test_the_compose_file_wires_nats_a_masternode_and_three_edges():
         assert port.rpartition(":")[2] == str(s.ws_addr[1])
         host_ports.add(port.partition(":")[0])
     assert len(host_ports) == 3
+
+
+def test_edges_share_one_port(cluster):
+    first = cluster.edge()
+    second = cluster.edge(WS_ADDR=host_port(first.ws_url))  # SO_REUSEPORT
+    assert second.ws_url == first.ws_url
+    first.kill()
+    # The port is still served, by the other edge.
+    with connect(second.ws_url) as ws:
+        send(ws, "Ping")
+        assert ws.recv(timeout=5) == '{"type":"Pong"}'
