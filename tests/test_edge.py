@@ -4,6 +4,9 @@ real nats-server, and lose nothing when the masternode, NATS or an edge is kille
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -354,3 +357,13 @@ def test_edges_share_one_port(cluster):
     with connect(second.ws_url) as ws:
         send(ws, "Ping")
         assert ws.recv(timeout=5) == '{"type":"Pong"}'
+
+
+
+def test_an_edge_without_its_settings_says_what_it_needs():
+    out = subprocess.run([sys.executable, "-m", "timefast", "edge"], capture_output=True,
+                         text=True, timeout=60,
+                         env={k: v for k, v in os.environ.items()
+                              if k not in ("EVENT_BUS", "NODE_RPC")})
+    assert out.returncode == 2
+    assert "EVENT_BUS" in out.stderr and "NODE_RPC" in out.stderr
