@@ -78,6 +78,7 @@ def test_the_message_body_carries_type_addresses_and_payload():
         7, "TransactionPending", ("TIME0a", "TIME0b"), e.payload)
     block = decode(9, encode(Event(9, "NewBlock", None, b'{"a":"\\n"}')))
     assert block.addresses is None and block.payload == b'{"a":"\\n"}'
+    assert decode(3, encode(Event(3, "TransactionRejected", (), b"{}"))).addresses == ()
     key = "ab" * 32
     assert stream_name("regtest", key) == "TIMEFAST_REGTEST_ABABABABABABABAB"
     assert subject("testnet", key) == "timefast.testnet.abababababababab.events"

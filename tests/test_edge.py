@@ -36,14 +36,24 @@ def send(ws: ClientConnection, type_: str, data: dict[str, Any] | None = None,
     ws.send(orjson.dumps(msg).decode())
 
 
-def recv_all(ws: ClientConnection, quiet: float = 1.0) -> list[str]:
-    """Every message until none comes for ``quiet`` seconds."""
+def recv_until(ws: ClientConnection, seq: int = -1, reply: Any = None,
+               timeout: float = 20) -> list[str]:
+    """Messages until one with ``data.seq`` at least ``seq`` and the reply with id
+    ``reply`` (when given) have come."""
     out: list[str] = []
-    while True:
-        try:
-            out.append(str(ws.recv(timeout=quiet)))
-        except TimeoutError:
-            return out
+    deadline = time.time() + timeout
+    have_seq, have_reply = seq < 0, reply is None
+    while not (have_seq and have_reply):
+        m = str(ws.recv(timeout=max(0.1, deadline - time.time())))
+        out.append(m)
+        msg = orjson.loads(m)
+        data = msg.get("data")
+        if isinstance(data, dict) and isinstance(data.get("seq"), int) \
+                and data["seq"] >= seq and msg["type"] not in ("Subscribed", "Utxos", "Hello"):
+            have_seq = True
+        if reply is not None and msg.get("id") == reply:
+            have_reply = True
+    return out
 
 
 def host_port(url: str) -> str:
@@ -119,14 +129,15 @@ def test_a_wallet_on_an_edge_gets_exactly_what_it_gets_on_the_masternode(cluster
         pay2 = build([(split.txid, 1, ka)], [(b, 900)], timestamp=3)
         send(on_edge, "SubmitTransaction", {"tx": pay1.to_json()}, "p1")
         send(on_node, "SubmitTransaction", {"tx": pay2.to_json()}, "p2")
-        got_edge = recv_all(on_edge)
-        got_node = recv_all(on_node)
+        got_edge = recv_until(on_edge, reply="p1")
+        got_node = recv_until(on_node, reply="p2")
         twice = build([(split.txid, 0, ka)], [(b, 1000)], timestamp=4)
         assert rpc(node.rpc_url, "sendrawtransaction", twice.to_json())["error"]["data"] \
             == {"code": "TX_CONFLICT"}
         result(node.rpc_url, "generate", 1)
-        got_edge += recv_all(on_edge)
-        got_node += recv_all(on_node)
+        last = cluster.seq()  # the block's NewBlock, to every wallet
+        got_edge += recv_until(on_edge, last)
+        got_node += recv_until(on_node, last)
 
     def events(msgs: list[str]) -> list[str]:
         return [m for m in msgs if '"id"' not in m[:40]]
@@ -164,13 +175,14 @@ def test_requests_forwarded_to_the_masternode_answer_as_it_does(cluster):
         ("Unsubscribe", {"addresses": [a]}),
         ("Ping", None),
     ]
+    seq = cluster.seq()
     answers = []
     for url in (node.ws_url, edge.ws_url):
         with connect(url) as ws:
             out = []
             for i, (type_, data) in enumerate(requests):
                 send(ws, type_, data, i)
-                out.append(recv_all(ws, 0.3))
+                out.append(recv_until(ws, seq if type_ == "Subscribe" else -1, reply=i))
             answers.append(out)
     for (type_, _), on_node, on_edge in zip(requests, *answers, strict=True):
         assert on_edge == on_node, type_
@@ -191,8 +203,9 @@ def test_since_seq_is_replayed_from_the_stream_and_resync_beyond_it(tmp_path):
             for url in (c.node.ws_url, edge.ws_url):
                 with connect(url) as ws:
                     send(ws, "Subscribe", {"addresses": [a], "since_seq": since,
-                                           "snapshot": False})
-                    answers.append(recv_all(ws, 0.7))
+                                           "snapshot": False}, 1)
+                    # A faucet's last event names its payee: the replay ends at seq.
+                    answers.append(recv_until(ws, -1 if old else c.seq(), reply=1))
             assert answers[0] == answers[1]
             assert len(answers[0]) == 1 if old else len(answers[0]) > 5
             for i in range(10):
@@ -266,7 +279,7 @@ def check_every_event_once(c: Cluster, wallets: list[Wallet], address: str) -> N
         w.close()
     with connect(c.node.ws_url) as ws:  # what the masternode itself replays
         send(ws, "Subscribe", {"addresses": [address], "since_seq": 0, "snapshot": False})
-        expected = [orjson.loads(m) for m in recv_all(ws)[1:]]
+        expected = [orjson.loads(m) for m in recv_until(ws, seq)[1:]]
     assert expected[-1]["data"]["seq"] == seq
     for w in wallets:
         assert [e["data"]["seq"] for e in w.events] == [e["data"]["seq"] for e in expected]

@@ -66,8 +66,8 @@ def encode(e: Event) -> bytes:
 def decode(seq: int, body: bytes) -> Event:
     """The event of a message body made by ``encode``."""
     type_, addrs, payload = body.split(b"\n", 2)
-    return Event(seq, type_.decode(), None if addrs == b"*" else tuple(
-        addrs.decode().split(",")), payload)
+    addresses = None if addrs == b"*" else tuple(addrs.decode().split(",")) if addrs else ()
+    return Event(seq, type_.decode(), addresses, payload)
 
 
 # What a lost or refusing NATS raises: the publisher waits and tries again.
