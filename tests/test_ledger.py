@@ -1198,3 +1198,28 @@ def test_an_older_data_directory_shows_its_blocks_with_round_0_and_no_commit(tmp
     _paid_with_fee(again)
     assert again.make_block()["prev_hash"] == old["hash"]
     assert again.get_block(2)["commit"] != []
+
+
+def test_a_relayed_spend_of_a_coin_already_taken_is_stored_rejected_and_passed_on(tmp_path):
+    # Pending at another node before the winner finalized there: every node must end
+    # with it rejected, and its wallets with the same events (SPEC 7.4).
+    led, events, keys, _, ka, coin = _net(tmp_path)
+    t1 = build([(coin, 0, ka)], [(new_wallet()[1], 1000)], timestamp=1)
+    t2 = build([(coin, 0, ka)], [(new_wallet()[1], 2000)], timestamp=2)
+    led.submit(t1.to_json())
+    for k in keys[1:3]:
+        led.submit_vote(batch_vote(led, k, t1.txid, True))
+    assert led.status_of(t1.txid) == "finalized"
+    events.clear()
+    assert led.submit(t2.to_json(), relayed=True) == t2.txid
+    assert led.status_of(t2.txid) == "rejected"
+    assert kinds(events) == [("TransactionPending",), ("TransactionRejected",)]
+    assert led.get_transaction(t2.txid)["reason"] == "conflict"
+    # Passed on to a peer that asks, and never taken again, nor from a wallet.
+    txs, _ = led.pending_for(None, 1 << 20)
+    assert t2.txid in [t.txid for t in txs]
+    assert led.submit(t2.to_json(), relayed=True) == t2.txid and len(events) == 2
+    with pytest.raises(LedgerError, match="rejected by the network"):
+        led.submit(t2.to_json())
+    with pytest.raises(LedgerError, match="TX_CONFLICT"):
+        led.submit(build([(coin, 0, ka)], [(new_wallet()[1], 3)], timestamp=3).to_json())

@@ -93,6 +93,32 @@ def test_errors_are_clear(node):
     assert [x["id"] for x in replies] == [1]
 
 
+
+def test_getsnapshot_and_submittransaction_carry_the_seq_they_were_taken_at(node):
+    """What edges ask for (SPEC 8): a snapshot with its seq, a submission with the
+    seq of its acceptance."""
+    url = node.rpc_url
+    ka, a = new_wallet()
+    txid = result(url, "faucet", a, 3000)
+    got = result(url, "getsnapshot", [a, "time1test"])
+    led = node.node.ledger
+    assert got == node.call(lambda: {"seq": led.seq, "snapshot": {
+        a: led.snapshot(a), "time1test": led.snapshot("time1test")}})
+    assert got["snapshot"][a]["balance"] == 3000
+    page = result(url, "getsnapshot", [a], f"{txid}:0")
+    assert page["snapshot"][a]["utxos"] == []
+    assert rpc(url, "getsnapshot", ["no good!"])["error"]["data"]["code"] == "INVALID_ADDRESS"
+    assert rpc(url, "getsnapshot", [a, a + "x"], f"{txid}:0")["error"]["data"]["code"] \
+        == "BAD_REQUEST"
+    tx = build([(txid, 0, ka)], [(new_wallet()[1], 1000)], timestamp=3)
+    before = result(url, "getinfo")["seq"]
+    sent = result(url, "submittransaction", tx.to_json())
+    assert sent["txid"] == tx.txid and sent["seq"] > before
+    assert sent["seq"] == result(url, "getinfo")["seq"]
+    assert result(url, "submittransaction", tx.to_json())["txid"] == tx.txid  # idempotent
+    assert rpc(url, "submittransaction", {"txid": "x"})["error"]["data"]["code"] \
+        == "TX_INVALID"
+
 def test_out_of_range_numbers_are_clear_errors(node):
     """Numbers past SQLite's 64-bit integers: "no such thing", never "internal error"."""
     url = node.rpc_url

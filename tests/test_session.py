@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from timefast import _core, commits, crypto, session
 from timefast.ledger import Ledger
 from timefast.session import Limits, Seen, WalletSession
+from timefast.source import LedgerSource
 from timefast.storage import Store
 from timefast.transaction import build
 
@@ -255,3 +256,48 @@ def test_signature_work_one_connection_can_queue_is_bounded(tmp_path, monkeypatc
     answers = messages(sink.data)
     assert len(answers) == 300
     assert {m["data"].get("code", m["type"]) for m in answers} == {"RATE_LIMITED", "TX_INVALID"}
+
+
+class LateSource(LedgerSource):
+    """A ledger whose snapshots arrive later, as an edge's do from the masternode:
+    taken at once, handed over by ``release``."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        super().__init__(ledger)
+        self.late: list[tuple[object, object]] = []
+
+    def snapshots(self, addresses, after, done):
+        super().snapshots(addresses, after, lambda v, err: self.late.append((v, err)))
+        self.late[-1] = (self.late[-1], done)
+
+    def release(self) -> None:
+        for (value, err), done in self.late:
+            done(value, err)
+        self.late.clear()
+
+
+def test_a_subscribe_answered_later_gets_what_it_gets_at_once_and_holds_what_follows(tmp_path):
+    led, fan = _node(tmp_path)
+    _, a = new_wallet()
+    now = Wallet(led, fan)
+    late_source = LateSource(led)
+    late = Wallet(led, fan)
+    late.session = WalletSession(late_source, fan, late.session.slot, Limits())
+    held: list[bool] = []
+    late.session.held = held.append
+    for w in (now, late):
+        w.say({"type": "Subscribe", "id": 1, "data": {"addresses": [a]}})
+    # While its snapshot is on its way the wallet's next messages wait, in order.
+    late.say({"type": "Ping", "id": 2})
+    late.say({"type": "Unsubscribe", "id": 3, "data": {"addresses": [a]}})
+    assert late.got() == [] and held == [True]
+    led.faucet(a, 5)  # events after the snapshot's seq, before the answer
+    late_source.release()
+    fan.flush()
+    got = late.got()
+    assert held == [True, False]
+    events = [m for m in now.got() if "id" not in m]
+    assert len(events) == 3  # TransactionPending, UtxoStateChange, TransactionFinalized
+    assert got == [now.got()[0], *events,
+                   {"type": "Pong", "id": 2},
+                   {"type": "Unsubscribed", "id": 3, "data": {"addresses": [a]}}]

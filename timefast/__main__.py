@@ -1,4 +1,5 @@
-"""``time-masternode`` / ``python -m timefast``: run the node."""
+"""``time-masternode`` / ``python -m timefast``: run the node;
+``time-masternode edge``: run an edge (docs/EDGES.md)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,15 @@ from timefast.settings import SettingsError, load
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse settings, run the node until a signal, exit 0."""
+    """Parse settings, run the node (or, with ``edge`` first, an edge) until a
+    signal, exit 0."""
+    args = sys.argv[1:] if argv is None else argv
+    edge = bool(args) and args[0] == "edge"
     try:
-        settings = load(sys.argv[1:] if argv is None else argv)
+        settings = load(args[1:] if edge else args)
+        if edge and not (settings.event_bus and settings.node_rpc):
+            raise SettingsError("an edge needs EVENT_BUS (the NATS server) and NODE_RPC "
+                                "(the masternode's RPC URL)")
     except SettingsError as e:
         print(f"time-masternode: {e}", file=sys.stderr)
         return 2
@@ -21,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvloop
 
-        uvloop.run(Node(settings).run())
+        if edge:
+            from timefast.edge import Edge  # needs nats-py, as EVENT_BUS does
+            uvloop.run(Edge(settings).run())
+        else:
+            uvloop.run(Node(settings).run())
     except DataDirError as e:
         print(f"time-masternode: {e}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ kept in a window for resume (SPEC 3.5).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,6 +163,26 @@ def kept(data: bytes) -> bytes:
     return bytes(memoryview(data))
 
 
+def events_of_rows(rows: Iterable[tuple[int, str, bytes | None, bytes, str | None,
+                                       int | None]],
+                   raw_of: Callable[[str], bytes | None]) -> Iterator[Event]:
+    """Events of stored rows (``Tables.events_from``); ``raw_of(txid)`` reads a
+    transaction's JSON, once per transaction however many events name it."""
+    txs: dict[str, bytes] = {}
+    for seq, type_, addrs, payload, ref, at in rows:
+        raw = None
+        if at is not None and ref is not None:
+            raw = txs.get(ref)
+            if raw is None:
+                raw = raw_of(ref)
+                if raw is None:
+                    raise StorageError("an event names a transaction the database "
+                                       "does not hold")
+                txs[ref] = raw
+        yield Event(seq, type_, None if addrs is None else tuple(orjson.loads(addrs)),
+                    payload, raw, at or 0)
+
+
 class Journal:
     """Wallet events of ledger changes, and the window of those kept for resume."""
 
@@ -264,25 +284,13 @@ class Journal:
                                         int | None]],
              raw_of: Callable[[str], bytes | None]) -> None:
         """Fill the window from stored rows (``Tables.events_from``); ``raw_of(txid)``
-        reads a transaction's JSON, once per transaction however many events name
-        it.  The window is trimmed as it fills."""
+        reads a transaction's JSON.  The window is trimmed as it fills."""
         self.recent.clear()
         self.recent_bytes = 0
         self.by_address.clear()
         self.broadcasts.clear()
-        txs: dict[str, bytes] = {}
-        for seq, type_, addrs, payload, ref, at in rows:
-            raw = None
-            if at is not None and ref is not None:
-                raw = txs.get(ref)
-                if raw is None:
-                    raw = raw_of(ref)
-                    if raw is None:
-                        raise StorageError("an event names a transaction the database "
-                                           "does not hold")
-                    txs[ref] = raw
-            self.keep_events([Event(seq, type_, None if addrs is None
-                                    else tuple(orjson.loads(addrs)), payload, raw, at or 0)])
+        for e in events_of_rows(rows, raw_of):
+            self.keep_events([e])
 
     def keep_events(self, events: Iterable[Event]) -> None:
         """Add committed events to the window, dropping its oldest past either bound

@@ -64,6 +64,7 @@ from timefast.journal import (
     TxRejected,
     UtxoMoved,
     VoteRecorded,
+    events_of_rows,
     kept,
 )
 from timefast.p2p import wire
@@ -124,6 +125,7 @@ ORPHANS_MAX = 10_000
 ORPHAN_BYTES = 32 << 20
 ORPHAN_TTL = 600.0
 BATCH_VOTES = wire.MAX_VOTES_PER_BATCH  # own votes signed together at most
+RECENT_REJECTED = 10_000  # rejected transactions passed on to peers that ask
 
 
 @dataclass(slots=True)
@@ -293,6 +295,9 @@ class Ledger:
         self.tip_timestamp = 0
         # Wallet events of committed steps, and every typed change (peers).
         self.listeners: list[Callable[[list[Event]], None]] = []
+        # With EVENT_BUS: the last event the bus has stored.  Stored events above it
+        # are never pruned, so that the publisher can always catch up from SQLite.
+        self.publish_floor: int | None = None
         self.watchers: list[Callable[[list[Change]], None]] = []
         # Inside ``batch()``: events and changes of committed-to-be steps.
         self._held: tuple[list[Event], list[Change]] | None = None
@@ -325,6 +330,7 @@ class Ledger:
         self._orphan_bytes = 0
         self.equivocations: dict[str, int] = {}
         self.last_vote: dict[str, float] = {}
+        self.recent_rejected: OrderedDict[str, bytes] = OrderedDict()
         if self.networked:
             store.durable()
         self._load()
@@ -370,6 +376,9 @@ class Ledger:
         self.approved.clear()
         self.own_queue.clear()
         self.next_batch = self.tables.last_batch(self.public_key) + 1
+        self.recent_rejected.clear()
+        if self.networked:
+            self.recent_rejected.update(self.tables.recent_rejected(RECENT_REJECTED))
         self.equivocations = {}
         for row in self.tables.evidence():
             self.equivocations[row.voter] = self.equivocations.get(row.voter, 0) + 1
@@ -453,7 +462,8 @@ class Ledger:
         try:
             with self.store.transaction() as db:
                 self._rows.flush(db)
-                self.tables.write_seq(db, self.seq, step.seq, self.replay_events)
+                self.tables.write_seq(db, self.seq, step.seq, self.replay_events,
+                                     self.publish_floor)
         except BaseException:
             # The step may have changed in-memory tallies before its commit failed.
             self._load()
@@ -502,7 +512,8 @@ class Ledger:
                 yield
                 committed = self._rows.history_last
                 self._rows.flush(db)
-                self.tables.write_seq(db, seq_before, self.seq, self.replay_events)
+                self.tables.write_seq(db, seq_before, self.seq, self.replay_events,
+                                     self.publish_floor)
         except BaseException:
             self._held = None
             self._load()
@@ -603,8 +614,15 @@ class Ledger:
         known = self.status_of(tx.txid)
         if known not in (None, "rejected"):
             return tx.txid
+        if known == "rejected" and self.networked:
+            # In a network a rejection is never revoked (SPEC 7.4).
+            if relayed:
+                return tx.txid
+            raise self._refuse(LedgerError("TX_INVALID", f"transaction {tx.txid} was "
+                                           "rejected by the network"))
         coin_of: Callable[[str, int], tuple[str, int, str, str | None] | None] = self._coin
         contested = False
+        lost = False  # a peer's spend of a coin a finalized transaction took
         if relayed:
             if any(self._coin(i.prev_txid, i.vout) is None
                    and self.status_of(i.prev_txid) in (None, "pending") for i in tx.inputs):
@@ -614,9 +632,13 @@ class Ledger:
 
             def contested_coin(t: str, v: int) -> tuple[str, int, str, str | None] | None:
                 nonlocal contested
+                nonlocal lost
                 found = self._coin(t, v)
                 if found is not None and found[2] in ("Locked", "SpentPending"):
                     contested = True
+                    return found[0], found[1], "Unspent", None
+                if found is not None and found[2] in ("SpentFinalized", "Confirmed"):
+                    lost = True
                     return found[0], found[1], "Unspent", None
                 return found
             coin_of = contested_coin
@@ -629,6 +651,9 @@ class Ledger:
         raw = kept(orjson.dumps(tx.to_json()))
         now = self.clock()
         ops = tx.outpoints()
+
+        if lost:
+            return self._store_lost(tx, raw, addresses, spent)
 
         def step(s: _Step) -> str:
             # A wallet's spend of a locked coin is refused; a peer's is kept unlocked.
@@ -668,6 +693,35 @@ class Ledger:
             return tx.txid
 
         return str(self._run(step))
+
+    def _store_lost(self, tx: Transaction, raw: bytes, addresses: tuple[str, ...],
+                    spent: list[tuple[str, int]]) -> str:
+        """A peer relays a spend of a coin that a finalized transaction took: it was
+        pending at some node, and is rejected there and everywhere (``conflict``).
+        Stored as such, with the events every other node's wallets saw for it."""
+        now = self.clock()
+
+        def step(s: _Step) -> str:
+            self._index(s, tx, spent)
+            s.rows.add_tx(TxRow(tx.txid, raw, "rejected", now, None, "conflict",
+                                orjson.dumps(addresses), None))
+            s.emit(TxAccepted(tx.txid, raw, addresses))
+            s.emit(TxRejected(tx.txid, "conflict", addresses))
+
+            def done() -> None:
+                self._remember_rejected(tx.txid, raw)
+                self.outcomes["rejected"] += 1
+            s.after.append(done)
+            return tx.txid
+        return str(self._run(step))
+
+    def _remember_rejected(self, txid: str, raw: bytes) -> None:
+        """Recent rejections go to peers that ask (``pending_for``), so that a node
+        that was away ends with the same status."""
+        self.recent_rejected[txid] = raw
+        self.recent_rejected.move_to_end(txid)
+        while len(self.recent_rejected) > RECENT_REJECTED:
+            self.recent_rejected.popitem(last=False)
 
     def _index(self, s: _Step, tx: Transaction, spent: list[tuple[str, int]]) -> None:
         """Stage ``tx`` in the history of every address it pays or spends from."""
@@ -775,6 +829,7 @@ class Ledger:
 
         def done() -> None:
             self._drop_pending(txid)
+            self._remember_rejected(txid, p.raw)
             self.outcomes["rejected"] += 1
         s.after.append(done)
 
@@ -1060,18 +1115,25 @@ class Ledger:
         named, or all) and the signed batches that vote on them, within about
         ``max_bytes``, parents before children."""
         self._flush_staged()
+        rejected = self.recent_rejected
         if txids is None:
             wanted = [*self.unconfirmed, *sorted(self.pending,
-                                                 key=lambda t: self.pending[t].accepted_at)]
+                                                 key=lambda t: self.pending[t].accepted_at),
+                      *reversed(rejected)]
         else:
-            wanted = [t for t in txids if t in self.pending or t in self.unconfirmed]
+            wanted = [t for t in txids
+                      if t in self.pending or t in self.unconfirmed or t in rejected]
         txs: list[Transaction] = []
         batches: dict[tuple[str, int, bytes], wire.Votes] = {}
         size = 0
         for txid in wanted:
             held = self.pending.get(txid) or self.unconfirmed.get(txid)
-            assert held is not None
-            size += len(held.raw)
+            if held is not None:
+                tx, raw = held.tx, held.raw
+            else:
+                raw = rejected[txid]
+                tx = parse(orjson.loads(raw))
+            size += len(raw)
             refs = [(v, int(sig[1:])) for v, _, sig in self.tables.vote_refs(txid)
                     if sig.startswith("@")]
             for voter, n in refs:
@@ -1081,7 +1143,7 @@ class Ledger:
                         size += len(body)
             if size > max_bytes and txs:
                 break
-            txs.append(held.tx)
+            txs.append(tx)
         return txs, list(batches.values())
 
     def overdue(self, now: float | None = None) -> list[str]:
@@ -1627,6 +1689,12 @@ class Ledger:
     def oldest_seq(self) -> int:
         """The lowest ``seq`` a wallet may resume from and miss nothing."""
         return self.journal.oldest(self.seq)
+
+    def stored_events(self, seq: int, limit: int) -> list[Event]:
+        """Up to ``limit`` committed events after ``seq``, read from the database
+        (an event bus catching up: they may be older than the replay window)."""
+        t = self.tables
+        return list(events_of_rows(islice(t.events_from(seq), limit), t.tx_raw))
 
     # -- regtest ----------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from timefast.rpc import RpcDispatcher, RpcLimits, RpcService
 from timefast.server import REFUSED_WAITING, WalletServer
 from timefast.session import Limits
 from timefast.settings import Settings, p2p_listen
+from timefast.source import LedgerSource
 from timefast.storage import Store
 
 log = logging.getLogger("timefast")
@@ -86,6 +87,7 @@ class Node:
         self.rpc: RpcService | None = None
         self.peers: PeerNetwork | None = None
         self.rounds: BlockRounds | None = None
+        self.bus: Any = None  # timefast.bus.Publisher, with EVENT_BUS
         self.ws_addresses: list[tuple[str, int]] = []
         self.p2p_addresses: list[tuple[str, int]] = []
         self.rpc_addresses: list[tuple[str, int]] = []
@@ -155,13 +157,16 @@ class Node:
             if self.rounds is not None:
                 self.rounds.start()
             self.p2p_addresses = self.peers.addresses
-            self.wallets.extra_metrics = self._network_metrics
-            self.wallets.peer_info = self.peers.peer_info
+            source = self.wallets.source
+            assert isinstance(source, LedgerSource)
+            source.extra_metrics = self._network_metrics
+            source.peer_info = self.peers.peer_info
         auth = (s.rpc_user, s.rpc_password) if s.rpc_user and s.rpc_password else None
         dispatcher = RpcDispatcher(self.ledger, extra_info=self._extra_info,
                                    peers=self.peers, rounds=self.rounds)
         self.rpc = RpcService(dispatcher, auth, self.commits, rpc_limits)
         self.rpc_addresses = await self.rpc.listen(*s.rpc_addr)
+        self._start_bus()
         loop = asyncio.get_running_loop()
         self._timers.append(loop.call_later(EXPIRY_CHECK, self._expire))
         if s.block_interval > 0 and self.rounds is None:
@@ -194,13 +199,25 @@ class Node:
                  "Validators seen signing two different votes for one round and step",
                  r.evidence)]
         return rows
+    def _start_bus(self) -> None:
+        """EVENT_BUS: publish committed events to NATS JetStream for edges."""
+        s = self.settings
+        if not s.event_bus:
+            return
+        assert self.ledger is not None
+        from timefast.bus import Publisher  # NATS is imported only with EVENT_BUS
+        self.bus = Publisher(self.ledger, s.event_bus, s.replay_events)
+        self.bus.start()
+        log.info("📡 publishing events to %s, stream %s", ",".join(s.event_bus),
+                 self.bus.stream)
 
     def _extra_info(self) -> dict[str, Any]:
         w = self.wallets
         assert w is not None
         return {"connections": w.open_count,
                 "subscriptions": w.fanout.index.subscription_count,
-                "events_published": w.events_published}
+                "events_published": w.events_published,
+                **({"event_bus": self.bus.info()} if self.bus is not None else {})}
 
     def _expire(self) -> None:
         assert self.ledger is not None and self.commits is not None
@@ -250,6 +267,8 @@ class Node:
             await self.peers.stop()
         if self.wallets is not None:
             await self.wallets.shutdown(1001, "going away")
+        if self.bus is not None:
+            await self.bus.close()
         if self.commits is not None:
             self.commits.close()
         if self.store is not None:

@@ -29,8 +29,10 @@ from websockets.server import ServerProtocol
 from timefast import PROTOCOL_VERSION, __version__
 from timefast.commits import GroupCommit
 from timefast.crypto import address_of
+from timefast.errors import RequestError
 from timefast.fragments import MessageAssembler, MessageError, drain
 from timefast.ledger import Ledger, LedgerError, StorageError, unavailable
+from timefast.session import utxo_cursor, wallet_addresses
 from timefast.settings import SettingsError, host_port
 
 if TYPE_CHECKING:
@@ -46,6 +48,9 @@ LEDGER_CODES = {"TX_INVALID": -26, "TX_CONFLICT": -27, "NOT_FOUND": -5,
                 "INVALID_ADDRESS": -8, "BAD_REQUEST": INVALID_PARAMS, "UNAVAILABLE": -32001}
 MAX_BODY = 4 << 20
 MAX_GENERATE = 1000
+# Addresses one getsnapshot may name: MAX_SUBSCRIPTIONS's default (an edge asks for
+# what one wallet subscribes to).
+MAX_SNAPSHOT_ADDRESSES = 10_000
 
 
 class RpcError(Exception):
@@ -112,6 +117,9 @@ class RpcDispatcher:
             "submitvote": (("vote",), 1, ledger.submit_vote),
             "getpeerinfo": ((), 0, self.getpeerinfo),
             "addnode": (("address",), 1, self.addnode),
+            # For edges (docs/EDGES.md): answers that carry the seq they were taken at.
+            "getsnapshot": (("addresses", "after"), 1, self.getsnapshot),
+            "submittransaction": (("tx",), 1, self.submittransaction),
         }
         if ledger.network == "regtest":
             self.methods["generate"] = (("n",), 0, self.generate)
@@ -170,6 +178,21 @@ class RpcDispatcher:
             raise RpcError(INVALID_PARAMS, "this node has no peer network (set P2P_ADDR, "
                            "PEERS or MASTERNODES)")
         return {"address": address, "added": self.peers.add_node(address)}
+
+    def getsnapshot(self, addresses: Any, after: Any = None) -> dict[str, Any]:
+        """``{seq, snapshot: {address: snapshot}}``, taken at ``seq`` (one step of
+        the loop, nothing committed between); ``after`` pages one address's UTXOs
+        as ``GetUtxos`` does."""
+        addrs = wallet_addresses({"addresses": addresses}, MAX_SNAPSHOT_ADDRESSES)
+        cursor = utxo_cursor({"after": after}, addrs)
+        led = self.ledger
+        return {"seq": led.seq, "snapshot": {a: led.snapshot(a, cursor) for a in addrs}}
+
+    def submittransaction(self, tx: Any) -> dict[str, Any]:
+        """``{txid, seq}``: ``seq`` is the last event of the node once the
+        transaction is accepted (an edge answers its wallet once it has passed it)."""
+        txid = self.ledger.submit(tx)
+        return {"txid": txid, "seq": self.ledger.seq}
 
     def generate(self, n: Any = None) -> list[str]:
         n = self._generate_count(n)
@@ -243,7 +266,7 @@ class RpcDispatcher:
             args.pop()
         try:
             return fn(*args)
-        except LedgerError as e:
+        except RequestError as e:
             raise RpcError(LEDGER_CODES.get(e.code, INVALID_PARAMS), e.message, e.code) from None
         except StorageError as e:
             raise RpcError(LEDGER_CODES["UNAVAILABLE"], unavailable(e), "UNAVAILABLE") from None

@@ -20,7 +20,6 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import orjson
@@ -36,8 +35,9 @@ from timefast.commits import GroupCommit
 from timefast.fragments import MessageAssembler, MessageError, drain
 from timefast.ledger import Event, Ledger
 from timefast.metrics import Histogram, render
-from timefast.page import asset, status
+from timefast.page import asset
 from timefast.session import Limits, WalletSession
+from timefast.source import LedgerSource, WalletSource
 
 log = logging.getLogger("timefast.wallet")
 
@@ -231,7 +231,8 @@ class WalletConnection(asyncio.Protocol):
         self.writing_paused = False
         self.server.fanout.resume(self.slot)
         self.server.schedule_flush()
-        if self.reading_paused and self.transport is not None:
+        if self.reading_paused and self.transport is not None \
+                and not (self.session is not None and self.session.queued):
             # The replies it had not read are (nearly all) read: take requests again.
             self.reading_paused = False
             self.transport.resume_reading()
@@ -274,8 +275,7 @@ class WalletConnection(asyncio.Protocol):
                                         "text/plain; version=0.0.4; charset=utf-8"))
             return
         if path == "/status":
-            self._respond(http_response(200, "OK", orjson.dumps(status(
-                srv.ledger, peers=srv.peer_info() if srv.peer_info is not None else None))))
+            self._respond(http_response(200, "OK", orjson.dumps(srv.source.status())))
             return
         page = asset(path, request.headers)
         if page is not None:  # the live page; a WebSocket upgrade on / goes on below
@@ -310,12 +310,23 @@ class WalletConnection(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         self.client_id = f"{secrets.token_hex(3)}-{next(srv.serial)}"
-        self.session = WalletSession(srv.ledger, srv.fanout, self.slot, srv.limits,
+        self.session = WalletSession(srv.source, srv.fanout, self.slot, srv.limits,
                                      self.client_id, self.peer, commits=srv.commits,
                                      wake=srv.schedule_flush)
         self.session.overflow = self._reply_overflow
+        self.session.held = self._hold
         srv.admit(self)
         log.info("📱 New WebSocket connection from: %s", self.peer)
+
+    def _hold(self, held: bool) -> None:
+        """Stop reading while the session has messages waiting for an answer."""
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        if held:
+            transport.pause_reading()
+        elif not self.reading_paused:
+            transport.resume_reading()
 
     def _respond(self, response: Response) -> None:
         assert self.ws is not None
@@ -443,20 +454,30 @@ class WalletConnection(asyncio.Protocol):
 
 
 class WalletServer:
-    """Connections, limits, the fan-out and the event feed of the wallet port."""
+    """Connections, limits, the fan-out and the event feed of the wallet port.
 
-    def __init__(self, ledger: Ledger, limits: Limits, *, max_connections: int = 10_000,
+    It serves from ``source`` (an edge's stream and RPC) or, when that is None, from
+    ``ledger`` through the group commit ``commits`` (a masternode).
+    """
+
+    def __init__(self, ledger: Ledger | None, limits: Limits, *,
+                 max_connections: int = 10_000,
                  max_connections_per_ip: int = 128, heartbeat_interval: float = 30.0,
                  origins: list[str | None] | None = None, direct_writes: bool = True,
                  loop: asyncio.AbstractEventLoop | None = None,
                  commits: GroupCommit | None = None, open_timeout: float = OPEN_TIMEOUT,
-                 close_timeout: float = CLOSE_TIMEOUT) -> None:
-        self.ledger = ledger
+                 close_timeout: float = CLOSE_TIMEOUT,
+                 source: WalletSource | None = None) -> None:
         self.limits = limits
         self.loop = loop or asyncio.get_running_loop()
         self.fanout = _core.Fanout(limits.send_buffer_bytes)
-        # The node's group commit, shared with the RPC and the timers.
-        self.commits = commits or GroupCommit(ledger, self.loop)
+        self.commits = commits
+        if source is None:
+            assert ledger is not None, "a wallet server needs a ledger or a source"
+            # The node's group commit, shared with the RPC and the timers.
+            self.commits = commits or GroupCommit(ledger, self.loop)
+            source = LedgerSource(ledger, self.commits)
+        self.source = source
         self.max_connections = max_connections
         self.max_per_ip = max_connections_per_ip
         self.heartbeat_interval = heartbeat_interval
@@ -476,20 +497,18 @@ class WalletServer:
         self.flush_scheduled = False
         self.events_published = 0
         self.latency = Histogram()
-        # More gauges and counters for /metrics (the node's peers), when set.
-        self.extra_metrics: Callable[[], Iterable[tuple[str, str, str, float | int]]] | None \
-            = None
-        self.peer_info: Callable[[], list[dict[str, Any]]] | None = None  # for /status
         self.pending_stamps: list[tuple[float, int]] = []
         self.servers: list[asyncio.AbstractServer] = []
         self._heartbeat: asyncio.TimerHandle | None = None
-        ledger.listeners.append(self.on_events)
+        source.listeners.append(self.on_events)
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def listen(self, host: str, port: int,
-                     ssl_context: ssl.SSLContext | None = None) -> list[tuple[str, int]]:
-        """Start accepting; returns the bound addresses."""
+    async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
+                     reuse_port: bool = False) -> list[tuple[str, int]]:
+        """Start accepting; returns the bound addresses.  ``reuse_port``: several
+        processes (edges) may listen on the same port, the kernel spreading
+        connections between them (SO_REUSEPORT)."""
         if ssl_context is not None:
             self.direct_writes = False
         tls: dict[str, Any] = {}
@@ -498,7 +517,7 @@ class WalletServer:
             tls = {"ssl": ssl_context, "ssl_handshake_timeout": self.open_timeout}
         server = await self.loop.create_server(lambda: WalletConnection(self), host, port,
                                                backlog=LISTEN_BACKLOG, reuse_address=True,
-                                               **tls)
+                                               reuse_port=reuse_port or None, **tls)
         for sock in server.sockets:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SEND_BUFFER)
@@ -613,10 +632,11 @@ class WalletServer:
     # -- HTTP --------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "height": self.ledger.height, "connections": self.open_count}
+        return {"status": "ok", "height": self.source.height, "connections": self.open_count}
 
     def metrics(self) -> bytes:
-        f, led = self.fanout, self.ledger
+        f, src = self.fanout, self.source
+        gauges, labelled = src.metrics()
         return render(
             [
                 ("timefast_connections", "gauge", "Open wallet connections", self.open_count),
@@ -625,8 +645,8 @@ class WalletServer:
                 ("timefast_subscribed_addresses", "gauge", "Addresses with a subscriber",
                  f.index.address_count),
                 ("timefast_events_total", "counter", "Events published", self.events_published),
-                ("timefast_event_seq", "gauge", "Last event sequence number", led.seq),
-                ("timefast_block_height", "gauge", "Best block height", led.height),
+                ("timefast_event_seq", "gauge", "Last event sequence number", src.seq),
+                ("timefast_block_height", "gauge", "Best block height", src.height),
                 ("timefast_frames_sent_total", "counter", "Frames queued to wallets",
                  f.frames_queued),
                 ("timefast_bytes_sent_total", "counter", "Bytes written to wallets",
@@ -636,12 +656,9 @@ class WalletServer:
                  "C memory held by the wallets' output buffers", f.buffer_bytes),
                 ("timefast_slow_client_closes_total", "counter",
                  "Connections closed with Lagged", f.lag_closes),
-                ("timefast_pending_transactions", "gauge", "Transactions awaiting quorum",
-                 led.counts()["pending"]),
-                *(self.extra_metrics() if self.extra_metrics is not None else ()),
+                *gauges,
             ],
-            [("timefast_transactions_total", "outcome", "Transactions by outcome",
-              led.outcome_counts())],
+            labelled,
             [("timefast_fanout_latency_seconds",
               "Seconds from an event's commit to its bytes being written", self.latency)],
         )

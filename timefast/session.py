@@ -2,7 +2,8 @@
 
 A ``WalletSession`` takes the text of each message a wallet sends and queues its
 replies as WebSocket frames on the wallet's fan-out slot.  It never reads or writes
-a socket, so it is tested with a plain ``Fanout`` and a ledger.
+a socket, so it is tested with a plain ``Fanout`` and a ledger.  What it serves comes
+from a ``WalletSource``: the masternode's ledger, or an edge's stream and RPC.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +22,7 @@ from timefast.commits import GroupCommit
 from timefast.crypto import TXID
 from timefast.errors import RequestError
 from timefast.ledger import Event, Ledger, StorageError, unavailable
+from timefast.source import LedgerSource, WalletSource
 from timefast.transaction import ADDRESS_RE
 
 # Signatures one connection may have waiting to be checked (submitted, not yet
@@ -51,7 +54,7 @@ class Limits:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-def _addresses(data: dict[str, Any], limit: int) -> list[str]:
+def wallet_addresses(data: dict[str, Any], limit: int) -> list[str]:
     addrs = data.get("addresses")
     if not isinstance(addrs, list) or not addrs:
         raise RequestError("BAD_REQUEST", "data.addresses must be a non-empty array")
@@ -63,6 +66,21 @@ def _addresses(data: dict[str, Any], limit: int) -> list[str]:
             raise RequestError("INVALID_ADDRESS",
                                 f"{a!r} is not 1 to 128 characters of [A-Za-z0-9_]")
     return list(dict.fromkeys(addrs))
+
+
+def utxo_cursor(data: dict[str, Any], addresses: list[str]) -> tuple[str, int] | None:
+    """``GetUtxos``'s ``after`` ("txid:vout", the last UTXO of the previous page)."""
+    after = data.get("after")
+    if after is None:
+        return None
+    txid, sep, vout = after.partition(":") if isinstance(after, str) else ("", "", "")
+    if not sep or not TXID.fullmatch(txid) or not vout.isascii() \
+            or not vout.isdigit() or len(vout) > 10:
+        raise RequestError("BAD_REQUEST", 'after must be "txid:vout", the last UTXO '
+                           "of the previous page")
+    if len(addresses) != 1:
+        raise RequestError("BAD_REQUEST", "after pages one address: give exactly one")
+    return txid, int(vout)
 
 
 class Seen:
@@ -129,27 +147,32 @@ class WalletSession:
         "fanout",
         "floor",
         "forgotten_to",
+        "held",
         "history",
-        "ledger",
         "limits",
         "live_since",
         "overflow",
         "peer",
+        "queued",
         "seen",
         "seen_broadcasts",
         "signatures_waiting",
         "slot",
+        "source",
         "tokens",
         "tokens_at",
+        "waiting",
         "wake",
     )
 
-    def __init__(self, ledger: Ledger, fanout: _core.Fanout, slot: int, limits: Limits,
-                 client_id: str = "", peer: str = "",
+    def __init__(self, source: WalletSource | Ledger, fanout: _core.Fanout, slot: int,
+                 limits: Limits, client_id: str = "", peer: str = "",
                  clock: Callable[[], float] = time.monotonic,
                  commits: GroupCommit | None = None,
                  wake: Callable[[], None] | None = None) -> None:
-        self.ledger = ledger
+        if isinstance(source, Ledger):
+            source = LedgerSource(source, commits)
+        self.source = source
         self.commits = commits
         # Writes what replies are queued, once this loop turn ends (the server's
         # flush): a reply that comes back from the group commit has no incoming
@@ -182,6 +205,12 @@ class WalletSession:
         self.tokens = float(limits.wallet_burst)
         self.tokens_at = clock()
         self.signatures_waiting = 0
+        # A Subscribe waiting for its snapshot (an edge asks the masternode): the
+        # wallet's next messages wait in ``queued``, in order, and ``held(True)``
+        # asks the connection to stop reading until they are answered.
+        self.waiting = False
+        self.queued: deque[str | bytes] = deque()
+        self.held: Callable[[bool], None] | None = None
 
     # -- output ----------------------------------------------------------------------
 
@@ -206,7 +235,7 @@ class WalletSession:
         or, when none did, the point its subscriptions started (never negative)."""
         if last_flushed >= 0:
             return last_flushed
-        return max(0, self.ledger.seq if self.floor is None else self.floor)
+        return max(0, self.source.seq if self.floor is None else self.floor)
 
     def reply(self, type_: str, data: dict[str, Any] | None, msg_id: Any) -> None:
         obj: dict[str, Any] = {"type": type_}
@@ -232,14 +261,52 @@ class WalletSession:
         return True
 
     def handle_text(self, text: str | bytes) -> None:
-        """Answer one text message from the wallet."""
+        """Answer one text message from the wallet (in order: after the ones before)."""
+        if self.waiting:
+            self.queued.append(text)
+            if len(self.queued) == 1 and self.held is not None:
+                self.held(True)  # until the queue is drained (``_resume``)
+            return
         self._handle(text)
+        if not self.waiting:
+            self._go_live()
+
+    def _go_live(self) -> None:
         if self.live_since is None:
-            self.live_since = self.ledger.seq
+            self.live_since = self.source.seq
             if self.floor is None or self.floor > self.live_since:
                 self.floor = self.live_since
             self.seen_broadcasts.add(self.live_since, math.inf)
             self.fanout.set_live(self.slot)
+
+    def _resume(self) -> None:
+        """The waiting message is answered: handle those that came meanwhile."""
+        self.waiting = False
+        self._go_live()
+        had = bool(self.queued)
+        while self.queued and not self.waiting and not self.closed:
+            self._handle(self.queued.popleft())
+            if not self.waiting:
+                self._go_live()
+        if had and not self.queued and self.held is not None:
+            self.held(False)
+        if self.wake is not None:
+            self.wake()
+
+    def _answer(self, msg_id: Any,
+                fn: Callable[[Any], None]) -> Callable[[Any, BaseException | None], None]:
+        """A source callback that replies with ``fn(result)``, or refuses with the error."""
+        def done(value: Any, err: BaseException | None) -> None:
+            # The slot may belong to another wallet by now: answer only our own.
+            if self.closed:
+                return
+            if err is not None:
+                self.refuse(err, msg_id)
+            else:
+                fn(value)
+            if self.wake is not None:
+                self.wake()
+        return done
 
     def _handle(self, text: str | bytes) -> None:
         if not self._take_token():
@@ -279,7 +346,7 @@ class WalletSession:
         except (RequestError, StorageError) as e:
             self.refuse(e, msg_id)
 
-    def refuse(self, e: Exception, msg_id: Any) -> None:
+    def refuse(self, e: BaseException, msg_id: Any) -> None:
         """Answer a refused request with the ``Error`` its exception stands for."""
         if isinstance(e, RequestError):
             self.error(e.code, e.message, msg_id)
@@ -292,7 +359,7 @@ class WalletSession:
 
     def on_subscribe(self, data: dict[str, Any], msg_id: Any) -> None:
         index = self.fanout.index
-        addrs = _addresses(data, self.limits.max_subscriptions)
+        addrs = wallet_addresses(data, self.limits.max_subscriptions)
         new = [a for a in addrs if not index.holds(self.slot, a)]
         if index.count_of(self.slot) + len(new) > self.limits.max_subscriptions:
             raise RequestError("TOO_MANY_SUBSCRIPTIONS",
@@ -304,32 +371,92 @@ class WalletSession:
         want_snapshot = data.get("snapshot", True)
         if not isinstance(want_snapshot, bool):
             raise RequestError("BAD_REQUEST", "snapshot must be true or false")
-        replay: list[Event] = []
-        resync = False
-        if since is not None:
-            ok, replay = self.ledger.events_for(addrs, since)
-            # An address whose history this connection forgot (see ``_remember``)
-            # might get again an event it had: a fresh snapshot instead.
-            resync = not ok or (since < self.forgotten_to
-                                and any(a not in self.seen for a in addrs))
-        out: dict[str, Any] = {"addresses": addrs, "seq": self.ledger.seq}
-        if want_snapshot or resync:
-            out["snapshot"] = {a: self.ledger.snapshot(a) for a in addrs}
-        start = self.ledger.seq if since is None or resync else since
+        # An address whose history this connection forgot (see ``_remember``)
+        # might get again an event it had: a fresh snapshot instead.
+        resync = since is not None and since < self.source.seq and (
+            since < self.source.oldest_seq()
+            or (since < self.forgotten_to and any(a not in self.seen for a in addrs)))
+        src = self.source
+        if since is not None and since > src.seq:
+            # A wallet ahead of this port (an edge still reading its stream): its
+            # Subscribe waits for the stream, lest it get again what it had.
+            self._deferred(lambda done: src.reach(since, done), lambda _: self._subscribe(
+                addrs, new, since, resync, want_snapshot or resync, msg_id), msg_id)
+            return
+        self._subscribe(addrs, new, since, resync, want_snapshot or resync, msg_id)
+
+    def _deferred(self, begin: Callable[[Callable[[Any, BaseException | None], None]], None],
+                  then: Callable[[Any], bool], msg_id: Any) -> bool:
+        """``begin(done)`` asks the source; ``then(result)`` goes on (False: it asked
+        again).  While the answer is awaited the session waits (``handle_text``).
+        Returns whether all was answered at once."""
+        answered = False
+        finished = True
+        waited = False
+
+        def done(value: Any, err: BaseException | None) -> None:
+            nonlocal answered, finished
+            answered = True
+            if self.closed:
+                return
+            if err is not None:
+                self.refuse(err, msg_id)
+                finished = True
+            else:
+                finished = then(value)
+            if waited and finished:
+                self._resume()
+
+        begin(done)
+        if answered:
+            return finished
+        waited = True
+        self.waiting = True
+        return False
+
+    def _subscribe(self, addrs: list[str], new: list[str], since: int | None, resync: bool,
+                   snapshot: bool, msg_id: Any) -> bool:
+        if not snapshot:
+            return self._subscribed(addrs, new, since, resync, None, msg_id)
+        return self._deferred(
+            lambda done: self.source.snapshots(addrs, None, done),
+            lambda value: self._subscribed(addrs, new, since, resync, value, msg_id), msg_id)
+
+    def _subscribed(self, addrs: list[str], new: list[str], since: int | None, resync: bool,
+                    snapshot: tuple[int, dict[str, Any]] | None, msg_id: Any) -> bool:
+        """Answer a Subscribe: ``Subscribed``, its replay, then live events; False
+        when it had to start again (a new snapshot is on its way).
+
+        ``snapshot`` is ``(seq, snapshots)`` taken at ``seq``, which the source has
+        reached: the events after it (on an edge, those its stream brought while
+        the masternode answered) are replayed, so nothing is doubled or missed.
+        """
+        src = self.source
+        now = src.seq
+        start = since if since is not None and not resync else (
+            now if snapshot is None else snapshot[0])
+        ok, replay = src.events_for(addrs, start)
+        if not ok:
+            # The kept window moved past ``start`` while the snapshot was on its way
+            # (an edge only): start again with a fresh snapshot.
+            return self._subscribe(addrs, new, since, since is not None, True, msg_id)
+        out: dict[str, Any] = {"addresses": addrs,
+                               "seq": now if snapshot is None else snapshot[0]}
+        if snapshot is not None:
+            out["snapshot"] = snapshot[1]
         if self.floor is None or start < self.floor:
             self.floor = start
         if resync:
             out["resync"] = True
         self.reply("Subscribed", out, msg_id)
-        now = self.ledger.seq
-        if since is not None and not resync:
-            self._replay(replay, set(addrs))
-            self.seen_broadcasts.add(since, now)
+        self._replay(replay, set(addrs))
+        if start < now:
+            self.seen_broadcasts.add(start, now)
         # Replayed and subscribed in the same call: no live event can fall between.
-        index.subscribe(self.slot, new)
+        self.fanout.index.subscribe(self.slot, new)
         # Only the addresses named are visited: the cost of a Subscribe follows its
         # own length, never the connection's history.
-        oldest = self.ledger.oldest_seq()
+        oldest = src.oldest_seq()
         history = self.history
         for a in addrs:
             history.pop(a, None)
@@ -341,6 +468,7 @@ class WalletSession:
             seen.add(start, math.inf)
         if new:
             log.info("📢 Client %s subscribed to %d addresses", self.client_id, len(new))
+        return True
 
     def _replay(self, events: list[Event], wanted: set[str]) -> None:
         seen = self.seen
@@ -368,9 +496,9 @@ class WalletSession:
             fanout.send(slot, f, seq)
 
     def on_unsubscribe(self, data: dict[str, Any], msg_id: Any) -> None:
-        addrs = _addresses(data, self.limits.max_subscriptions)
+        addrs = wallet_addresses(data, self.limits.max_subscriptions)
         self.fanout.index.unsubscribe(self.slot, addrs)
-        now = self.ledger.seq
+        now = self.source.seq
         for a in addrs:
             seen = self.seen.get(a)
             if seen is not None:
@@ -396,68 +524,44 @@ class WalletSession:
                 self.forgotten_to = max(self.forgotten_to, int(ranges[-1]))
 
     def on_hello(self, data: dict[str, Any], msg_id: Any) -> None:
-        led = self.ledger
-        self.reply("Hello", {"protocol": PROTOCOL_VERSION, "network": led.network,
-                             "node": led.public_key, "address": led.address,
-                             "height": led.height, "seq": led.seq,
+        src = self.source
+        self.reply("Hello", {"protocol": PROTOCOL_VERSION, "network": src.network,
+                             "node": src.public_key, "address": src.address,
+                             "height": src.height, "seq": src.seq,
                              "limits": self.limits.as_dict()}, msg_id)
 
     def on_get_utxos(self, data: dict[str, Any], msg_id: Any) -> None:
-        addrs = _addresses(data, self.limits.max_subscriptions)
-        after = data.get("after")
-        cursor: tuple[str, int] | None = None
-        if after is not None:
-            txid, sep, vout = after.partition(":") if isinstance(after, str) else ("", "", "")
-            if not sep or not TXID.fullmatch(txid) or not vout.isascii() \
-                    or not vout.isdigit() or len(vout) > 10:
-                raise RequestError("BAD_REQUEST", 'after must be "txid:vout", the last UTXO '
-                                    "of the previous page")
-            if len(addrs) != 1:
-                raise RequestError("BAD_REQUEST", "after pages one address: give exactly one")
-            cursor = (txid, int(vout))
-        out: dict[str, Any] = {a: self.ledger.snapshot(a, cursor) for a in addrs}
-        out["seq"] = self.ledger.seq
-        self.reply("Utxos", out, msg_id)
+        addrs = wallet_addresses(data, self.limits.max_subscriptions)
+        cursor = utxo_cursor(data, addrs)
+
+        def utxos(value: tuple[int, dict[str, Any]]) -> None:
+            self.reply("Utxos", {**value[1], "seq": value[0]}, msg_id)
+        self.source.snapshots(addrs, cursor, self._answer(msg_id, utxos))
 
     def on_get_transaction(self, data: dict[str, Any], msg_id: Any) -> None:
-        self.reply("Transaction", self.ledger.get_transaction(data.get("txid")), msg_id)
+        self.source.get_transaction(data.get("txid"), self._answer(
+            msg_id, lambda v: self.reply("Transaction", v, msg_id)))
 
     def on_get_history(self, data: dict[str, Any], msg_id: Any) -> None:
-        self.reply("History", self.ledger.history(data.get("address"), data.get("limit"),
-                                                  data.get("before")), msg_id)
+        self.source.history(data.get("address"), data.get("limit"), data.get("before"),
+                            self._answer(msg_id, lambda v: self.reply("History", v, msg_id)))
 
     def on_submit(self, data: dict[str, Any], msg_id: Any) -> None:
         if "tx" not in data:
             raise RequestError("BAD_REQUEST", "data.tx is required")
-        tx = data["tx"]
-        if self.commits is None:
-            txid = self.ledger.submit(tx)
-            self.reply("TransactionAccepted", {"txid": txid}, msg_id)
-            return
-
-        # Only a transaction that passes the checks that cost no signature has any
-        # checked (``Ledger.spendable``); those count against the budget.
-        prepared = self.ledger.prepare(tx)
-        cost = 0 if prepared is None or not self.ledger.spendable(prepared) \
-            else len(prepared.inputs)
+        cost, prepared = self.source.prepare_submit(data["tx"])
         if self.signatures_waiting + cost > SIGNATURE_BUDGET:
             raise RequestError("RATE_LIMITED", f"more than {SIGNATURE_BUDGET} signatures "
                                 "waiting to be checked; wait for the answers first")
         self.signatures_waiting += cost
+        reply = self._answer(
+            msg_id, lambda txid: self.reply("TransactionAccepted", {"txid": txid}, msg_id))
 
         def done(txid: Any, err: BaseException | None) -> None:
             self.signatures_waiting -= cost
-            # The slot may belong to another wallet by now: answer only our own.
-            if self.closed:
-                return
-            if isinstance(err, Exception):
-                self.refuse(err, msg_id)
-            else:
-                self.reply("TransactionAccepted", {"txid": txid}, msg_id)
-            if self.wake is not None:
-                self.wake()
+            reply(txid, err)
 
-        self.commits.submit(lambda: self.ledger.submit(prepared or tx), done, prepared)
+        self.source.submit(prepared, done)
 
 
 _HANDLERS: dict[str, Callable[[WalletSession, dict[str, Any], Any], None]] = {

@@ -94,6 +94,22 @@ def _public_keys(text: str) -> tuple[str, ...]:
     return keys
 
 
+def _bus_urls(text: str) -> tuple[str, ...]:
+    urls = _list(text)
+    for u in urls:
+        scheme, sep, rest = u.partition("://")
+        if not sep or scheme not in ("nats", "tls") or not rest:
+            raise SettingsError(f"{u!r} is not a NATS URL (nats://HOST:PORT)")
+    return urls
+
+
+def _http_url(text: str) -> str:
+    scheme, sep, rest = text.strip().partition("://")
+    if not sep or scheme not in ("http", "https") or not rest:
+        raise SettingsError(f"{text!r} is not an RPC URL (http://HOST:PORT/)")
+    return text.strip()
+
+
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True,
           "0": False, "false": False, "no": False, "off": False}
 
@@ -177,6 +193,11 @@ SETTINGS: tuple[Setting, ...] = (
             "cut", _float),
     Setting("COMMIT_BATCH", "1024", "ledger requests (wallets, RPC, timers) committed "
             "together at most", _int(1)),
+    Setting("EVENT_BUS", None, "NATS JetStream server(s) (`nats://host:port`, "
+            "comma-separated) the masternode publishes its events to, and an edge reads "
+            "them from (docs/EDGES.md)", _bus_urls, "unset (none)"),
+    Setting("NODE_RPC", None, "`time-masternode edge` only: the masternode's RPC URL "
+            "(`http://host:port/`)", _http_url, "unset"),
     Setting("TLS_CERT", None, "certificate (PEM); with `TLS_KEY`: wss:// on `WS_ADDR`", _str,
             "unset"),
     Setting("TLS_KEY", None, "private key (PEM) for `TLS_CERT`", _str, "unset"),
@@ -231,6 +252,8 @@ class Settings:
     open_timeout: float
     close_timeout: float
     commit_batch: int
+    event_bus: tuple[str, ...] | None
+    node_rpc: str | None
     tls_cert: str | None
     tls_key: str | None
     allowed_origins: tuple[str, ...] | None
@@ -314,4 +337,5 @@ def load(argv: Sequence[str] | None = None,
         # One without the other would leave the RPC open while looking closed.
         raise SettingsError("RPC_USER and RPC_PASSWORD must be set together")
     values["rpc_allowed_hosts"] = values["rpc_allowed_hosts"] or ()
+    values["event_bus"] = values["event_bus"] or None
     return Settings(**values)

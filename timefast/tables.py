@@ -454,6 +454,12 @@ class Tables:
             out += [(v[0], bool(v[1]), str(v[2])) for v in orjson.loads(inline[0])]
         return out
 
+    def recent_rejected(self, limit: int) -> list[tuple[str, bytes]]:
+        """``(txid, raw)`` of the last ``limit`` transactions rejected, oldest first."""
+        rows = self.store.query("SELECT txid, raw FROM txs WHERE status='rejected'"
+                                " ORDER BY accepted_at DESC LIMIT ?", (limit,))
+        return [(str(t), bytes(r)) for t, r in reversed(rows)]
+
     def batch_bodies(self, voter: str, batch: int) -> dict[bytes, bytes]:
         """The signed batches stored under ``(voter, batch)``, by content digest (more
         than one only from an equivocating voter)."""
@@ -585,9 +591,11 @@ class Tables:
         db.execute("INSERT OR REPLACE INTO meta VALUES ('history', '1')")
 
     @staticmethod
-    def write_seq(db: Any, old: int, new: int, keep: int) -> None:
-        """Record the event counter; every 1,024 events, drop those past ``keep``."""
+    def write_seq(db: Any, old: int, new: int, keep: int, floor: int | None = None) -> None:
+        """Record the event counter; every 1,024 events, drop those past ``keep``,
+        and none above ``floor`` (when given: the last event an event bus stored)."""
         if new != old:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('seq', ?)", (str(new),))
             if new // 1024 != old // 1024:
-                db.execute("DELETE FROM events WHERE seq <= ?", (new - keep,))
+                last = new - keep if floor is None else min(new - keep, floor)
+                db.execute("DELETE FROM events WHERE seq <= ?", (last,))

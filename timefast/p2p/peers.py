@@ -22,6 +22,7 @@ relays what the ledger accepted:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -292,14 +293,15 @@ class PeerNetwork:
         self.peers.add(peer)
 
         async def writer() -> None:
-            while True:
-                await wake.wait()
-                wake.clear()
-                frames = out[:]
-                del out[:]
-                for frame in frames:
-                    peer.queued -= len(frame)
-                    await ws.send(frame.decode())
+            with contextlib.suppress(ConnectionClosed):  # the reader sees it too
+                while True:
+                    await wake.wait()
+                    wake.clear()
+                    frames = out[:]
+                    del out[:]
+                    for frame in frames:
+                        peer.queued -= len(frame)
+                        await ws.send(frame.decode())
 
         writing = self._spawn(writer())
         authenticated = False
@@ -430,9 +432,8 @@ class PeerNetwork:
         txid = tx.txid
         if self.relay.tx_known(txid):
             return
-        status = self.ledger.status_of(txid)
-        if status not in (None, "rejected"):
-            return
+        if self.ledger.status_of(txid) is not None:
+            return  # known: pending, decided (never revoked in a network) or confirmed
         self._source[txid] = peer
 
         def done(_: Any, err: BaseException | None) -> None:

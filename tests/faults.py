@@ -1,0 +1,555 @@
+"""Faults for a network of masternodes on loopback (issue 17): a proxy on every peer
+link, and a checker of what the nodes then hold.
+
+``FaultNetwork`` is a ``Network`` whose nodes dial each other only through a
+``LinkProxy`` per ordered pair (i dials j through proxy (i, j)), with ``Addr``
+discovery off, so a test can cut, delay, drop and heal any link, and partition the
+nodes.  ``check`` reads every node after a scenario and returns the violations it
+finds (an empty list: nothing split); ``History`` is what it reads, so a test can also
+feed it a made-up history to show that each check catches what it is for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .network import Network, free_ports
+
+
+class LinkProxy:
+    """A TCP relay 127.0.0.1:``port`` → 127.0.0.1:``target`` that the test can cut
+    (existing connections closed, new ones refused), delay (seconds per chunk each
+    way) or make drop connections at random, and heal."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, port: int, target: int) -> None:
+        self.loop = loop
+        self.port = port
+        self.target = target
+        self.cut = False
+        self.delay = 0.0
+        self.drop = 0.0  # chance per chunk that the connection is dropped
+        self.rng = random.Random(port)
+        self._conns: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                     ) -> None:
+        if self.cut:
+            writer.close()
+            return
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            return
+        self._conns.update((writer, up_w))
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    data = await r.read(65536)
+                    if not data or self.cut:
+                        break
+                    if self.drop and self.rng.random() < self.drop:
+                        break
+                    if self.delay:
+                        await asyncio.sleep(self.delay)
+                    w.write(data)
+                    await w.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                for x in (writer, up_w):
+                    x.close()
+                    self._conns.discard(x)
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+    def sever(self) -> None:
+        """Cut: close what is open, refuse what comes."""
+        self.cut = True
+        for w in list(self._conns):
+            w.close()
+        self._conns.clear()
+
+    def heal(self) -> None:
+        self.cut, self.delay, self.drop = False, 0.0, 0.0
+
+
+class FaultNetwork(Network):
+    """A ``Network`` whose every peer link goes through a ``LinkProxy``."""
+
+    def __init__(self, root: Path, n: int, **settings: Any) -> None:
+        super().__init__(root, n, P2P_DISCOVERY=0, **settings)
+        self.proxy_ports = {(i, j): p for (i, j), p in zip(
+            [(i, j) for i in range(n) for j in range(n) if i != j],
+            free_ports(n * (n - 1)), strict=True)}
+        self.nodes = [self._node(i) for i in range(n)]
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.proxies: dict[tuple[int, int], LinkProxy] = {}
+        for (i, j), port in self.proxy_ports.items():
+            proxy = LinkProxy(self.loop, port, self.ports[j])
+            asyncio.run_coroutine_threadsafe(proxy.start(), self.loop).result(10)
+            self.proxies[(i, j)] = proxy
+
+    def _node(self, i: int, **extra: Any) -> Any:
+        ports = getattr(self, "proxy_ports", None)
+        if ports is not None and "PEERS" not in extra:
+            extra["PEERS"] = ",".join(f"127.0.0.1:{ports[(i, j)]}"
+                                      for j in range(len(self.ports)) if j != i)
+        return super()._node(i, **extra)
+
+    def _on_loop(self, fn: Any) -> None:
+        self.loop.call_soon_threadsafe(fn)
+
+    def cut(self, a: Iterable[int], b: Iterable[int]) -> None:
+        """Cut every link between a node of ``a`` and one of ``b`` (both ways)."""
+        for i in a:
+            for j in b:
+                if i != j:
+                    for key in ((i, j), (j, i)):
+                        self._on_loop(self.proxies[key].sever)
+
+    def partition(self, *groups: Iterable[int]) -> None:
+        """Only nodes of one group reach each other."""
+        gs = [list(g) for g in groups]
+        for x, a in enumerate(gs):
+            for b in gs[x + 1:]:
+                self.cut(a, b)
+
+    def heal(self) -> None:
+        """Every link whole again."""
+        for p in self.proxies.values():
+            self._on_loop(p.heal)
+
+    def slow(self, i: int, j: int, delay: float = 0.0, drop: float = 0.0) -> None:
+        """Delay (seconds per chunk) and drop (chance per chunk) on the i-j link."""
+        for key in ((i, j), (j, i)):
+            p = self.proxies[key]
+
+            def set_(p: LinkProxy = p) -> None:
+                p.delay, p.drop = delay, drop
+            self._on_loop(set_)
+
+    def close(self) -> None:
+        super().close()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+# -- the checker -----------------------------------------------------------------------
+
+
+@dataclass
+class NodeView:
+    """What one node holds: its chain, its transactions' statuses, its unspent sum,
+    and for each watched address the events its wallet heard (seq, type, txid)."""
+
+    chain: list[str] = field(default_factory=list)
+    status: dict[str, str | None] = field(default_factory=dict)
+    unspent_total: int | None = None
+    heard: dict[str, list[tuple[int, str, str | None]]] = field(default_factory=dict)
+    finalized_unconfirmed: int = 0
+
+
+@dataclass
+class History:
+    """Every node's view after a scenario, and what the scenario knows: the payments
+    acknowledged by some node, the sets of spends of one coin (conflicts), the
+    genesis supply."""
+
+    nodes: dict[int, NodeView]
+    acknowledged: list[str]
+    conflicts: list[set[str]]
+    supply: int | None = None
+
+
+def check(h: History) -> list[str]:
+    """Every violation of SPEC 7.6 that ``h`` shows (empty: nothing split)."""
+    bad: list[str] = []
+    # 1. No two conflicting transactions finalized (or confirmed) on any nodes.
+    for group in h.conflicts:
+        won = {t for v in h.nodes.values() for t in group
+               if v.status.get(t) in ("finalized", "confirmed")}
+        if len(won) > 1:
+            bad.append(f"double spend: {sorted(won)} all finalized")
+    # 2. The same block at every height on every node.
+    chains = [v.chain for v in h.nodes.values()]
+    for height in range(max((len(c) for c in chains), default=0)):
+        seen = {c[height] for c in chains if len(c) > height}
+        if len(seen) > 1:
+            bad.append(f"fork at height {height}: {sorted(seen)}")
+            break
+    # 3. A status reported to a wallet never goes back: nothing heard finalized is
+    # later heard rejected.
+    for i, v in h.nodes.items():
+        for address, events in v.heard.items():
+            final = {t for _, kind, t in events if kind == "TransactionFinalized"}
+            for _, kind, t in events:
+                if kind == "TransactionRejected" and t in final:
+                    bad.append(f"node {i}: {t} reported finalized, then rejected")
+            seqs = [s for s, _, _ in events]
+            if seqs != sorted(set(seqs)):
+                bad.append(f"node {i}: events to {address} out of seq order or repeated")
+    # 4. Every acknowledged payment ends the same way on every node: finalized (or
+    # confirmed) or rejected everywhere, or pending everywhere when it is one of a set
+    # of conflicting spends.
+    in_conflict = set().union(*h.conflicts) if h.conflicts else set()
+    for t in h.acknowledged:
+        ends = {_end(v.status.get(t)) for v in h.nodes.values()}
+        if len(ends) > 1:
+            bad.append(f"{t} ends differently: {sorted(map(str, ends))}")
+        elif ends == {"pending"} and t not in in_conflict:
+            bad.append(f"{t} without a conflicting spend is still pending")
+        elif ends == {None}:
+            bad.append(f"{t} was acknowledged and then lost")
+    # 5. Once nothing is finalized but unconfirmed, the unspent outputs add up to the
+    # genesis supply.
+    if h.supply is not None:
+        for i, v in h.nodes.items():
+            if (v.unspent_total is not None and v.finalized_unconfirmed == 0
+                    and v.unspent_total != h.supply):
+                bad.append(f"node {i}: unspent total {v.unspent_total} != supply {h.supply}")
+    return bad
+
+
+def _end(status: str | None) -> str | None:
+    return "finalized" if status == "confirmed" else status
+
+
+# -- driving a scenario ---------------------------------------------------------------
+
+
+class Listener(threading.Thread):
+    """A wallet on node ``i`` subscribed to ``addresses``: it resumes by ``seq`` after
+    every disconnection (the node killed, restarted on another port) and keeps
+    ``(seq, type, txid)`` of each event."""
+
+    def __init__(self, net: Network, i: int, addresses: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.net, self.i, self.addresses = net, i, addresses
+        self.events: list[tuple[int, str, str | None]] = []
+        self.stopped = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        import orjson
+        from websockets.sync.client import connect
+        last: int | None = None
+        while not self.stopped.is_set():
+            node = self.net.nodes[self.i]
+            if not node.ws_url or node.proc is None or node.proc.poll() is not None:
+                self.stopped.wait(0.1)
+                continue
+            data: dict[str, Any] = {"addresses": self.addresses, "snapshot": False}
+            if last is not None:
+                data["since_seq"] = last
+            try:
+                with connect(node.ws_url, open_timeout=2, max_size=None) as ws:
+                    ws.send(orjson.dumps({"type": "Subscribe", "data": data}).decode())
+                    while not self.stopped.is_set():
+                        try:
+                            frame = ws.recv(timeout=0.5)
+                        except TimeoutError:
+                            continue
+                        msg = orjson.loads(frame)
+                        d = msg.get("data") or {}
+                        seq = d.get("seq")
+                        if msg["type"] == "Subscribed" or not isinstance(seq, int):
+                            continue
+                        txid = d.get("txid") or (d.get("tx") or {}).get("txid")
+                        if msg["type"] == "UtxoStateChange":
+                            txid = None
+                        self.events.append((seq, msg["type"], txid))
+                        last = seq
+            except Exception:
+                self.stopped.wait(0.2)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(5)
+
+
+class Payments:
+    """Coins of one funded wallet, spent one payment at a time at chosen nodes; some
+    spent twice at once at two nodes (a conflict set).  Keeps what was acknowledged."""
+
+    def __init__(self, net: Network, rng: random.Random, coins: int) -> None:
+        from timefast.transaction import build
+
+        from .helpers import new_wallet
+        self.net, self.rng, self.build = net, rng, build
+        self.key, self.address = new_wallet()
+        self.receivers = [new_wallet()[1] for _ in range(4)]
+        funded = net.rpc(0, "faucet", self.address, coins * 1000)
+        net.wait_status(funded, "finalized", timeout=30)
+        split = build([(funded, 0, self.key)], [(self.address, 1000)] * coins, timestamp=1)
+        net.rpc(0, "sendrawtransaction", split.to_json())
+        net.wait_status(split.txid, "finalized", timeout=30)
+        self.coins = [(split.txid, v) for v in range(coins)]
+        self.acknowledged: list[str] = []
+        self.conflicts: list[set[str]] = []
+        self.sent = 0
+
+    def _send(self, i: int, tx: Any) -> bool:
+        from .helpers import rpc
+        try:
+            reply = rpc(self.net.nodes[i].rpc_url, "sendrawtransaction", tx.to_json())
+        except Exception:
+            return False
+        if "error" in reply:
+            return False
+        self.acknowledged.append(tx.txid)
+        return True
+
+    def pay(self, nodes: list[int], conflict: float = 0.1) -> None:
+        """One payment at a random node of ``nodes`` (with chance ``conflict``, two
+        spends of one coin at two of them at once)."""
+        if not self.coins or not nodes:
+            return
+        coin = self.coins.pop()
+        self.sent += 1
+        to = self.rng.choice(self.receivers)
+        a = self.build([(*coin, self.key)], [(to, 990)], timestamp=self.sent * 2)
+        if len(nodes) > 1 and self.rng.random() < conflict:
+            b = self.build([(*coin, self.key)], [(to, 980)], timestamp=self.sent * 2 + 1)
+            i, j = self.rng.sample(nodes, 2)
+            self.conflicts.append({a.txid, b.txid})
+            threads = [threading.Thread(target=self._send, args=(i, a)),
+                       threading.Thread(target=self._send, args=(j, b))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        else:
+            self._send(self.rng.choice(nodes), a)
+
+    def watched(self) -> list[str]:
+        return [self.address, *self.receivers]
+
+    def txids(self) -> list[str]:
+        return list(dict.fromkeys([*self.acknowledged, *(t for g in self.conflicts
+                                                           for t in g)]))
+
+
+def unspent_total(net: Network, i: int) -> int:
+    """The sum of node ``i``'s unspent outputs (read beside the running node)."""
+    import sqlite3
+    db = sqlite3.connect(f"file:{net.nodes[i].data_dir / 'timefast.db'}?mode=ro", uri=True)
+    try:
+        (total,) = db.execute("SELECT COALESCE(SUM(amount), 0) FROM utxos WHERE state IN "
+                              "('Unspent', 'Locked', 'SpentPending')").fetchone()
+        return int(total)
+    finally:
+        db.close()
+
+
+def gather(net: Network, pay: Payments, listeners: dict[int, Listener],
+           supply: int | None) -> History:
+    """Every running node's view, for ``check``."""
+    views: dict[int, NodeView] = {}
+    for i in net.up():
+        v = NodeView()
+        height = net.rpc(i, "getblockcount")
+        v.chain = [net.rpc(i, "getblock", h)["hash"] for h in range(height + 1)]
+        v.status = {t: net.status(i, t) for t in pay.txids()}
+        v.finalized_unconfirmed = net.rpc(i, "getinfo")["unconfirmed"]
+        v.unspent_total = unspent_total(net, i)
+        if i in listeners:
+            v.heard = {"watched": list(listeners[i].events)}
+        views[i] = v
+    return History(views, list(pay.acknowledged), list(pay.conflicts), supply)
+
+
+def settle(net: Network, pay: Payments, timeout: float = 60) -> None:
+    """Wait until every node agrees on every payment and nothing finalized is left
+    unconfirmed (blocks come by BLOCK_INTERVAL), or the timeout."""
+    conflicted = set().union(*pay.conflicts) if pay.conflicts else set()
+
+    def done() -> bool:
+        nodes = net.up()
+        for t in pay.txids():
+            ends = {_end(net.status(i, t)) for i in nodes}
+            if len(ends) > 1 or (ends == {"finalized"} and any(
+                    net.status(i, t) != "confirmed" for i in nodes)):
+                return False
+            if ends == {"pending"} and t not in conflicted:
+                return False
+        return all(net.rpc(i, "getinfo")["unconfirmed"] == 0 for i in nodes)
+    with contextlib.suppress(TimeoutError):  # the checker then says what is wrong
+        net.wait_for(done, timeout, "the network settled")
+
+
+# -- scenarios (each returns its figures; ``violations`` must be empty) -----------------
+
+
+def _run(net: FaultNetwork, seed: int, coins: int, body: Any,
+         supply: int | None = None) -> dict[str, Any]:
+    from timefast.rules import GENESIS_SUPPLY
+    rng = random.Random(seed)
+    pay = Payments(net, rng, coins)
+    listeners = {i: Listener(net, i, pay.watched()) for i in range(len(net))}
+    faults = body(net, rng, pay)
+    net.heal()
+    t0 = time.monotonic()
+    for i in range(len(net)):
+        if i not in net.up() and not getattr(net, "byzantine", set()) & {i}:
+            net.restart(i)
+    settle(net, pay)
+    recover = time.monotonic() - t0
+    time.sleep(1.0)  # the wallets' last events
+    for x in listeners.values():
+        x.stop()
+    h = gather(net, pay, listeners, GENESIS_SUPPLY if supply is None else supply)
+    return {"seed": seed, "payments": len(pay.acknowledged), "conflicts": len(pay.conflicts),
+            "faults": faults, "violations": check(h), "recover_s": round(recover, 1),
+            "height": min(len(v.chain) for v in h.nodes.values()) - 1}
+
+
+def kill_cycles(root: Path, seed: int, cycles: int = 5) -> dict[str, Any]:
+    """kill -9 of a random one of four, again and again, during payments and blocks."""
+    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
+        net.start()
+
+        def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
+            for _ in range(cycles):
+                victim = rng.randrange(4)
+                net.kill(victim)
+                for _ in range(rng.randint(1, 4)):
+                    pay.pay(net.up())
+                time.sleep(rng.uniform(0.1, 1.0))
+                net.restart(victim)
+                net.wait_linked(timeout=30)
+                pay.pay(net.up())
+            return cycles
+        return _run(net, seed, cycles * 6 + 4, body)
+
+
+def partition_halves(root: Path, seed: int) -> dict[str, Any]:
+    """2|2: no payment finalizes and no block commits while it lasts; healed, both do."""
+    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
+        net.start()
+
+        def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
+            net.partition([0, 1], [2, 3])
+            time.sleep(2)
+            heights = [net.rpc(i, "getblockcount") for i in range(4)]
+            before = len(pay.acknowledged)
+            for _ in range(6):
+                pay.pay([rng.choice([0, 1]), rng.choice([2, 3])], conflict=0.3)
+            time.sleep(rng.uniform(2, 4))
+            stuck = [t for t in pay.acknowledged[before:]
+                     if any(net.status(i, t) in ("finalized", "confirmed") for i in range(4))]
+            grown = [i for i in range(4) if net.rpc(i, "getblockcount") > heights[i] + 1]
+            if stuck or grown:
+                raise AssertionError(f"progress in a 2|2 partition: {stuck} {grown}")
+            return 1
+        return _run(net, seed, 16, body)
+
+
+def isolated_proposer(root: Path, seed: int) -> dict[str, Any]:
+    """1|3 with the next height's proposer alone: the three go on (a later round)."""
+    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
+        net.start()
+
+        def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
+            h = net.rpc(0, "getblockcount") + 1
+            alone = net.pubs.index(sorted(net.pubs)[h % 4])
+            rest = [i for i in range(4) if i != alone]
+            net.partition([alone], rest)
+            for _ in range(8):
+                pay.pay(rest)
+                time.sleep(rng.uniform(0.05, 0.3))
+            net.wait_for(lambda: min(net.rpc(i, "getblockcount") for i in rest) >= h + 1,
+                         30, "the three commit past the isolated proposer's height")
+            return 1
+        return _run(net, seed, 12, body)
+
+
+def paused_proposer(root: Path, seed: int) -> dict[str, Any]:
+    """SIGSTOP the next height's proposer for a while, then SIGCONT."""
+    import signal
+    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
+        net.start()
+
+        def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
+            h = net.rpc(0, "getblockcount") + 1
+            paused = net.pubs.index(sorted(net.pubs)[h % 4])
+            proc = net.nodes[paused].proc
+            assert proc is not None
+            proc.send_signal(signal.SIGSTOP)
+            rest = [i for i in range(4) if i != paused]
+            try:
+                for _ in range(6):
+                    pay.pay(rest)
+                time.sleep(rng.uniform(4, 6))
+            finally:
+                proc.send_signal(signal.SIGCONT)
+            return 1
+        return _run(net, seed, 10, body)
+
+
+def votes_both_ways(root: Path, seed: int) -> dict[str, Any]:
+    """A lying masternode approves a payment to one node and rejects it to the others
+    under one batch number: every honest node still finalizes and confirms it."""
+    from .byzantine import Byzantine
+    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
+        for i in range(3):
+            net.nodes[i].start()
+        net.wait_linked([0, 1, 2])
+        net.byzantine = {3}  # type: ignore[attr-defined]
+        liar = Byzantine(net, net.keys[3])
+        liar.links = {}
+        for i in range(3):  # straight to the nodes, not through the proxies
+            liar.connect([i])
+
+        def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
+            from timefast.transaction import build
+            coin = pay.coins.pop()
+            tx = build([(*coin, pay.key)], [(pay.receivers[0], 990)], timestamp=99_999)
+            first = rng.randrange(3)
+            liar.send(first, liar.votes(7, [(tx.txid, True)]))
+            for i in range(3):
+                if i != first:
+                    liar.send(i, liar.votes(7, [(tx.txid, False)]))
+            pay._send(rng.randrange(3), tx)
+            net.wait_status(tx.txid, "finalized", [0, 1, 2], timeout=20)
+            net.wait_for(lambda: all(
+                next(m for m in net.rpc(i, "masternodelist")
+                     if m["public_key"] == net.pubs[3])["equivocations"] >= 1
+                for i in range(3)), 20, "the evidence on every honest node")
+            return 1
+        try:
+            return _run(net, seed, 6, body)
+        finally:
+            liar.close()
+
+
+def network_of(root: Path, seed: int, n: int) -> dict[str, Any]:
+    """n masternodes (q differs from 2f+1 for 3, 5, 6, 8, 9): payments and blocks
+    with f of them killed for a while."""
+    with FaultNetwork(root, n, BLOCK_INTERVAL=1) as net:
+        net.start()
+
+        def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
+            f = (n - 1) // 3
+            down = rng.sample(range(n), f)
+            for i in down:
+                net.kill(i)
+            for _ in range(6):
+                pay.pay(net.up())
+            time.sleep(2)
+            return f
+        return _run(net, seed, 10, body)
