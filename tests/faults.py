@@ -553,3 +553,103 @@ def network_of(root: Path, seed: int, n: int) -> dict[str, Any]:
             time.sleep(2)
             return f
         return _run(net, seed, 10, body)
+
+
+def conflicting_approvals(root: Path, seed: int) -> dict[str, Any]:
+    """A lying masternode approves two spends of one coin, each approval sent to
+    different nodes, while the owner sends the two spends to different nodes: at
+    most one is finalized anywhere."""
+    from .byzantine import Byzantine
+    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
+        for i in range(3):
+            net.nodes[i].start()
+        net.wait_linked([0, 1, 2])
+        net.byzantine = {3}  # type: ignore[attr-defined]
+        liar = Byzantine(net, net.keys[3])
+        for i in range(3):
+            liar.connect([i])
+
+        def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
+            from timefast.transaction import build
+            for n in range(3):
+                coin = pay.coins.pop()
+                a = build([(*coin, pay.key)], [(pay.receivers[0], 990)], timestamp=10 * n)
+                b = build([(*coin, pay.key)], [(pay.receivers[1], 980)], timestamp=10 * n + 1)
+                pay.conflicts.append({a.txid, b.txid})
+                order = rng.sample(range(3), 3)
+                liar.send(order[0], liar.votes(100 + 2 * n, [(a.txid, True)]))
+                for i in order[1:]:
+                    liar.send(i, liar.votes(101 + 2 * n, [(b.txid, True)]))
+                threads = [threading.Thread(target=pay._send, args=(order[0], a)),
+                           threading.Thread(target=pay._send, args=(order[1], b))]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+            time.sleep(2)
+            return 3
+        try:
+            return _run(net, seed, 6, body)
+        finally:
+            liar.close()
+
+
+def flapping_link(root: Path, seed: int) -> dict[str, Any]:
+    """One link cut and healed again and again, another slow and lossy, during
+    payments and blocks."""
+    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
+        net.start()
+
+        def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
+            i, j, k, m = rng.sample(range(4), 4)
+            net.slow(k, m, delay=rng.uniform(0.01, 0.05), drop=0.02)
+            flaps = 0
+            for _ in range(6):
+                net.cut([i], [j])
+                pay.pay(list(range(4)))
+                time.sleep(rng.uniform(0.2, 0.8))
+                net.heal()
+                net.slow(k, m, delay=rng.uniform(0.01, 0.05), drop=0.02)
+                pay.pay(list(range(4)))
+                time.sleep(rng.uniform(0.2, 0.8))
+                flaps += 1
+            return flaps
+        return _run(net, seed, 16, body)
+
+
+def child_before_parent(root: Path, seed: int) -> dict[str, Any]:
+    """A payment spending the output of one not yet finalized reaches a node (through
+    a peer) before its parent's votes: it waits there as an orphan and finalizes on
+    every node after its parent."""
+    from timefast import crypto
+
+    from .byzantine import Byzantine
+    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
+        net.start()
+        relay = Byzantine(net, crypto.new_key())  # a full node: relays, never votes
+
+        def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
+            from timefast.p2p import wire
+            from timefast.transaction import build
+
+            from .helpers import new_wallet
+            n = 0
+            for _ in range(3):
+                coin = pay.coins.pop()
+                kb, b = new_wallet()
+                parent = build([(*coin, pay.key)], [(b, 990)], timestamp=500 + n)
+                child = build([(parent.txid, 0, kb)], [(pay.receivers[2], 980)],
+                              timestamp=501 + n)
+                i, j = rng.sample(range(4), 2)
+                if j not in relay.links:
+                    relay.connect([j])
+                relay.send(j, wire.Tx(child))  # first the child...
+                time.sleep(rng.uniform(0, 0.2))
+                pay._send(i, parent)  # ...then its parent, at another node
+                pay.acknowledged.append(child.txid)
+                n += 2
+            return n
+        try:
+            return _run(net, seed, 8, body)
+        finally:
+            relay.close()

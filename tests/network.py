@@ -10,6 +10,7 @@ ports.  ``rpc(i, ...)`` calls node ``i``; ``wait_for`` polls a condition.
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -23,13 +24,24 @@ from .helpers import NodeProcess, new_wallet, rpc
 DEFAULTS = {"FINALITY_TIMEOUT": "2", "LOG_LEVEL": "INFO"}
 
 
+# Ports for listeners the harness must name before they bind (each node's PEERS names
+# the others'): below Linux's ephemeral range (32768-60999), so that no outgoing
+# connection of the nodes or the tests takes one between its choice and its bind.
+PORT_RANGE = (20000, 32000)
+
+
 def free_ports(n: int) -> list[int]:
-    """``n`` TCP ports the OS had free just now (held together, so all differ)."""
-    socks = []
+    """``n`` distinct TCP ports free just now, outside the ephemeral range."""
+    socks: list[socket.socket] = []
+    rng = random.Random()
     try:
-        for _ in range(n):
+        while len(socks) < n:
             s = socket.socket()
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", rng.randrange(*PORT_RANGE)))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
         return [s.getsockname()[1] for s in socks]
     finally:

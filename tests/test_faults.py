@@ -82,6 +82,10 @@ SCENARIOS = [
     ("paused proposer", lambda root: faults.paused_proposer(root, SEED)),
     ("votes both ways under one batch", lambda root: faults.votes_both_ways(root, SEED)),
     ("five masternodes, one down", lambda root: faults.network_of(root, SEED, 5)),
+    ("a masternode approves two spends of one coin",
+     lambda root: faults.conflicting_approvals(root, SEED)),
+    ("a flapping link", lambda root: faults.flapping_link(root, SEED)),
+    ("a child before its parent's votes", lambda root: faults.child_before_parent(root, SEED)),
 ]
 
 

@@ -85,6 +85,7 @@ def test_a_dead_proposer_s_height_is_committed_in_a_later_round(four):
     net.kill(dead)
     alive = [i for i in range(4) if i != dead]
     made = net.rpc(alive[0], "generate", 1)
+    net.wait_for(lambda: all(net.rpc(i, "getblockcount") == 2 for i in alive), 10)
     block = net.rpc(alive[1], "getblock", 2)
     assert block["hash"] == made[0] and block["round"] >= 1
     assert block["producer"] != net.pubs[dead]
@@ -103,6 +104,7 @@ def test_a_node_down_for_20_blocks_catches_up_and_takes_part_again(four):
     # And it takes part: with another node down, its precommit is needed for q = 3.
     net.kill(1)
     made = net.rpc(3, "generate", 1)
+    net.wait_for(lambda: net.rpc(0, "getblockcount") == 21, 10)
     commit = net.rpc(0, "getblock", 21)["commit"]
     assert net.rpc(0, "getblock", 21)["hash"] == made[0]
     assert net.pubs[3] in {c["voter"] for c in commit}

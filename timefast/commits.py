@@ -20,6 +20,10 @@ from timefast.transaction import Transaction
 
 log = logging.getLogger("timefast.commits")
 
+# A node with a commit interval pauses this many times as long as its last commit's
+# work took before the next (so commits take at most a 1/(1 + BUSY_FACTOR) share of the
+# loop while work keeps coming).
+BUSY_FACTOR = 4.0
 MAX_BATCH = 1024  # work items per commit by default; the rest wait for the next turn
 # Signatures in a batch worth checking on the checker thread: fewer are checked
 # inline, where the hand-off would cost more than it saves.
@@ -40,10 +44,20 @@ class GroupCommit:
     """
 
     def __init__(self, ledger: Ledger, loop: asyncio.AbstractEventLoop,
-                 max_batch: int = MAX_BATCH) -> None:
+                 max_batch: int = MAX_BATCH, min_interval: float = 0.0) -> None:
+        """``min_interval``: at most this many seconds between the starts of two
+        commits; work that comes sooner waits and joins the next one.  The wait
+        follows the load: ``BUSY_FACTOR`` times as long as the last commit's work
+        took, so a quiet node commits at once and a busy one in larger batches.  A
+        masternode of a network takes its work in small pieces (a transaction or a
+        vote batch per frame from each peer): without it each piece would pay a
+        whole commit."""
         self.ledger = ledger
         self.loop = loop
         self.max_batch = max_batch
+        self.min_interval = min_interval
+        self._last_run = 0.0
+        self._wait = 0.0  # the pause before the next commit may start
         self.queue: list[_Item] = []    # submitted, signatures not yet checked
         self.ready: list[_Item] = []    # to run in the next batch, in order
         self.scheduled = False
@@ -70,11 +84,16 @@ class GroupCommit:
     def _kick(self) -> None:
         if not self.scheduled:
             self.scheduled = True
-            self.loop.call_soon(self.run)
+            wait = self._last_run + self._wait - self.loop.time()
+            if wait > 0:
+                self.loop.call_later(wait, self.run)
+            else:
+                self.loop.call_soon(self.run)
 
     def run(self) -> None:
         """Send queued work to the checker, and run what is ready (once a turn)."""
         self.scheduled = False
+        self._last_run = self.loop.time()
         if self.queue and not self._checking:
             group, self.queue = self.queue, []
             sigs = self.ledger.signature_items(tx for _, _, tx in group if tx is not None)
@@ -86,6 +105,9 @@ class GroupCommit:
             n = self.max_batch
             items, self.ready = self.ready[:n], self.ready[n:]
             self._run_batch(items)
+        if self.min_interval:
+            took = self.loop.time() - self._last_run
+            self._wait = min(self.min_interval, BUSY_FACTOR * took)
         # Every checked signature has been used (or its work refused): forget them.
         self.ledger.forget_checked()
 

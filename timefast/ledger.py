@@ -331,8 +331,7 @@ class Ledger:
         self.equivocations: dict[str, int] = {}
         self.last_vote: dict[str, float] = {}
         self.recent_rejected: OrderedDict[str, bytes] = OrderedDict()
-        if self.networked:
-            store.durable()
+        self._sync_commit = False  # the open commit holds own signed votes
         self._load()
 
     @property
@@ -464,8 +463,10 @@ class Ledger:
                 self._rows.flush(db)
                 self.tables.write_seq(db, self.seq, step.seq, self.replay_events,
                                      self.publish_floor)
+                self._sync_if_signed()
         except BaseException:
             # The step may have changed in-memory tallies before its commit failed.
+            self._sync_commit = False
             self._load()
             raise
         # Committed: now, and only now, the core, memory and listeners learn of it.
@@ -473,6 +474,13 @@ class Ledger:
         self._apply(step)
         self._announce(step.events, step.changes)
         return result
+
+    def _sync_if_signed(self) -> None:
+        """A commit holding this masternode's signed votes is synced to disk before
+        they may leave (SPEC 7.4)."""
+        if self._sync_commit:
+            self._sync_commit = False
+            self.store.sync_next_commit()
 
     def _flush_staged(self) -> None:
         """Write the open batch's staged rows now, for a read that needs all of them."""
@@ -514,8 +522,10 @@ class Ledger:
                 self._rows.flush(db)
                 self.tables.write_seq(db, seq_before, self.seq, self.replay_events,
                                      self.publish_floor)
+                self._sync_if_signed()
         except BaseException:
             self._held = None
+            self._sync_commit = False
             self._load()
             raise
         (events, changes), self._held = self._held, None
@@ -986,8 +996,9 @@ class Ledger:
         the batch to send once this step has committed (None: nothing queued).
 
         The batch, its number and the approvals it holds are written in the same
-        commit (``synchronous=FULL`` on a network node), so a restarted masternode
-        never signs a second batch under one number nor approves a second spend."""
+        commit, synced to disk before it returns (``Store.sync_next_commit``), so a
+        restarted masternode never signs a second batch under one number nor
+        approves a second spend."""
         if not self.own_queue:
             return None
         votes = self.own_queue[:BATCH_VOTES]
@@ -1001,6 +1012,7 @@ class Ledger:
                 del self.own_queue[:len(votes)]
                 self.next_batch = batch + 1
             s.after.append(done)
+        self._sync_commit = True
         self._run(step)
         return msg
 

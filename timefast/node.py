@@ -34,6 +34,12 @@ EXPIRY_CHECK = 0.25  # seconds between FINALITY_TIMEOUT checks
 # (23 measured on an idle node), with room to spare.
 FD_RESERVE = 256
 TRIM_INTERVAL = 30.0  # seconds between returns of freed heap memory to the OS
+# Seconds between group commits on a masternode of a network (GroupCommit): peers hand
+# work over a transaction or a vote batch at a time, and each commit's fixed costs
+# (the commit, its fan-out, the relays and checker hand-offs it triggers) would
+# otherwise be paid for a handful of items.  Four masternodes on two cores took 55
+# tx/s to finality with none, 148 with 10 ms and 216 with 25 ms.
+NETWORK_COMMIT_INTERVAL = 0.025
 
 
 def malloc_trim() -> Callable[[int], int] | None:
@@ -127,7 +133,8 @@ class Node:
             # websockets reads None in the list as "no Origin header": native wallets.
             origins = [*s.allowed_origins, *([None] if s.allow_no_origin else [])]
         # One group commit for every caller: wallets, the RPC and the timers.
-        self.commits = GroupCommit(self.ledger, asyncio.get_running_loop(), s.commit_batch)
+        self.commits = GroupCommit(self.ledger, asyncio.get_running_loop(), s.commit_batch,
+                                   NETWORK_COMMIT_INTERVAL if self.ledger.networked else 0.0)
         self.wallets = WalletServer(self.ledger, limits, max_connections=s.max_connections,
                                     max_connections_per_ip=s.max_connections_per_ip,
                                     heartbeat_interval=s.heartbeat_interval, origins=origins,

@@ -13,6 +13,7 @@ over (so the WAL file stays that size).
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -119,12 +120,16 @@ class Store:
         # transaction back on it (a full disk does), and the COMMIT that follows
         # should say why rather than "no transaction is active".
         self.failure: str | None = None
+        self._sync = False  # see sync_next_commit
 
-    def durable(self) -> None:
-        """Commit with ``synchronous=FULL`` from now on: a commit survives a power loss
-        too.  A masternode of a network needs it for its votes (SPEC 7.4): an
-        approval lost after its batch left would let it approve a second spend."""
-        self.db.execute("PRAGMA synchronous=FULL")
+    def sync_next_commit(self) -> None:
+        """Make the open transaction's commit survive a power loss too, as
+        ``synchronous=FULL`` would: its WAL frames are synced to disk before
+        ``transaction()`` returns.  A masternode of a network needs it for what it
+        signs (SPEC 7.4, 7.5): an approval or a consensus step lost after its message
+        left would let it sign a second, different one.  Other commits keep
+        ``synchronous=NORMAL`` (safe across a process crash)."""
+        self._sync = True
 
     def ensure(self, schema: str, migrations: Sequence[tuple[str, str, str]]) -> None:
         """Bring the tables to ``schema`` (a script of ``CREATE ... IF NOT EXISTS``)
@@ -151,6 +156,7 @@ class Store:
         storage failure from a rule of the ledger.
         """
         self.failure = None
+        self._sync = False
         try:
             self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
@@ -164,7 +170,22 @@ class Store:
         except BaseException:
             self._rollback()
             raise
+        if self._sync:
+            self._sync = False
+            self._fsync_wal()
         self._restart_wal()
+
+    def _fsync_wal(self) -> None:
+        # In WAL mode a commit is its frames appended to the WAL file: syncing that
+        # file is what synchronous=FULL does at each commit.
+        try:
+            fd = os.open(self._wal, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # nothing written since the WAL was truncated and removed
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _restart_wal(self) -> None:
         """Once the WAL has passed ``WAL_PAGES``, checkpoint it all (after the

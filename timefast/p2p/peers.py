@@ -58,7 +58,7 @@ log = logging.getLogger("timefast.p2p")
 PATH = "/p2p"
 BACKOFF_MIN = 1.0  # seconds before dialling a lost peer again, doubling...
 BACKOFF_MAX = 30.0  # ...up to this
-VOTE_DELAY = 0.002  # seconds own votes wait to be signed together
+VOTE_DELAY = 0.005  # seconds own votes wait to be signed together
 TICK = 1.0  # seconds between a link's timer checks (pings every 10 s, silence 30 s)
 # Bytes queued to one peer before it is treated as stuck and closed.
 PEER_BUFFER = 64 << 20
@@ -120,6 +120,7 @@ class PeerNetwork:
         self._source: dict[str, Peer] = {}  # txid -> the peer it came from
         self._checker = ThreadPoolExecutor(1, thread_name_prefix="timefast-p2p-verify")
         self._to_check: list[tuple[Peer, wire.Votes]] = []
+        self._checking_votes: set[tuple[str, int, str]] = set()
         self._checking = False
         self._vote_timer: asyncio.TimerHandle | None = None
         self._signing = False
@@ -432,14 +433,14 @@ class PeerNetwork:
         txid = tx.txid
         if self.relay.tx_known(txid):
             return
-        if self.ledger.status_of(txid) is not None:
-            return  # known: pending, decided (never revoked in a network) or confirmed
+        if txid in self._source or self.ledger.status_of(txid) is not None:
+            return  # on its way in, or known (pending, decided for good, confirmed)
         self._source[txid] = peer
 
         def done(_: Any, err: BaseException | None) -> None:
+            self._source.pop(txid, None)  # (the relay, on TxAccepted, has used it)
             if err is None:
                 return
-            self._source.pop(txid, None)
             if isinstance(err, LedgerError) and "bad signature" in err.message:
                 peer.link.misbehaved(f"transaction {txid}: {err.message}")
                 self._events(peer)
@@ -457,6 +458,12 @@ class PeerNetwork:
             peer.link.misbehaved(f"votes by {votes.voter}, not a masternode")
             self._events(peer)
             return
+        # The same batch from several peers while the first copy is being checked:
+        # checked and counted once.
+        key = (votes.voter, votes.batch, votes.signature)
+        if key in self._checking_votes:
+            return
+        self._checking_votes.add(key)
         self._to_check.append((peer, votes))
         if not self._checking:
             self._check_votes()
@@ -475,6 +482,8 @@ class PeerNetwork:
             if f.cancelled() or f.exception() is not None:
                 return
             good = f.result()
+            for _, votes in batch:
+                self._checking_votes.discard((votes.voter, votes.batch, votes.signature))
             for (peer, votes), ok in zip(batch, good, strict=True):
                 if ok:
                     self._count_votes(peer, votes)
@@ -498,9 +507,25 @@ class PeerNetwork:
             if err is not None:
                 log.warning("votes %s/%d not counted: %s", votes.voter[:16], votes.batch, err)
                 return
-            self._broadcast(votes, but=peer)
-            self.counters["votes_relayed"] += 1
+            self._relay_votes(votes, peer)
         self.commits.submit(lambda: self.ledger.add_batch(votes), done)
+
+    def _relay_votes(self, votes: wire.Votes, source: Peer | None) -> None:
+        """Pass a counted batch on.  Masternodes link to every other masternode, so a
+        batch that came straight from its voter reached the others the same way: it
+        goes on only to peers outside the voting set (and to everyone when it came
+        second-hand).  A masternode that missed it anyway gets it when it asks for
+        the votes of what it still holds pending (``GetPending``, every
+        FINALITY_TIMEOUT)."""
+        frame = wire.encode(votes)
+        direct = source is not None and source.key == votes.voter
+        for p in list(self.by_key.values()):
+            if p is source or p.key == votes.voter or not p.link.authenticated:
+                continue
+            if direct and p.link.peer_masternode:
+                continue
+            p.send(frame)
+            self.counters["votes_relayed"] += 1
 
     def _take_addr(self, peer: Peer, addr: wire.Addr) -> None:
         if not self.addrs.offer(addr, time.time(), checked=True):

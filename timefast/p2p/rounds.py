@@ -222,11 +222,13 @@ class BlockRounds:
             self._decide(out.decision)
 
     def _persist(self, record: Record) -> None:
-        # Durable (synchronous=FULL on a network node) before anything signed leaves:
+        # Synced to disk before anything signed leaves:
         # after a restart the same messages go out again, never others (SPEC 7.5).
-        with self.ledger.store.transaction() as db:
+        store = self.ledger.store
+        with store.transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                        (RECORD_KEY, orjson.dumps(record.to_dict()).decode()))
+            store.sync_next_commit()
 
     def _sign(self, m: consensus.Message) -> wire.Message | None:
         if isinstance(m, consensus.Proposal):
