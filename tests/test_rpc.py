@@ -283,7 +283,9 @@ def _rpc_output(node) -> list[tuple[int, bool]]:
     from timefast.rpc import RpcConnection
 
     def look():
-        conns = [o for o in gc.get_objects() if isinstance(o, RpcConnection)]
+        # type(), not isinstance(): a weakref proxy to a dead object (left by a client
+        # library of an earlier test) raises ReferenceError on isinstance.
+        conns = [o for o in gc.get_objects() if type(o) is RpcConnection]
         return [(c.transport.get_write_buffer_size(), c.transport.is_reading())
                 for c in conns if c.transport is not None and not c.transport.is_closing()]
     return node.call(look)
