@@ -513,16 +513,25 @@ class PeerNetwork:
     def _relay_votes(self, votes: wire.Votes, source: Peer | None) -> None:
         """Pass a counted batch on.  Masternodes link to every other masternode, so a
         batch that came straight from its voter reached the others the same way: it
-        goes on only to peers outside the voting set (and to everyone when it came
-        second-hand).  A masternode that missed it anyway gets it when it asks for
-        the votes of what it still holds pending (``GetPending``, every
-        FINALITY_TIMEOUT)."""
+        goes on to one masternode only (the next after this one in key order), and
+        to peers outside the voting set.  That one copy is what spreads a voter's
+        second, different batch under one number: whoever gets it second-hand and
+        finds it new passes it to every peer, so every node ends with both (the
+        evidence, and both count).  A batch that came second-hand goes to every
+        other peer.  A masternode that missed a batch gets it when it asks again for
+        the votes of what it holds pending (``GetPending``, every FINALITY_TIMEOUT)."""
         frame = wire.encode(votes)
         direct = source is not None and source.key == votes.voter
-        for p in list(self.by_key.values()):
-            if p is source or p.key == votes.voter or not p.link.authenticated:
+        ring: str | None = None
+        if direct:
+            others = sorted(k for k, p in self.by_key.items() if p.link.peer_masternode
+                            and k != votes.voter and p is not source)
+            later = [k for k in others if k > self.public_key]
+            ring = (later or others)[0] if others else None
+        for key, p in list(self.by_key.items()):
+            if p is source or key == votes.voter or not p.link.authenticated:
                 continue
-            if direct and p.link.peer_masternode:
+            if direct and p.link.peer_masternode and key != ring:
                 continue
             p.send(frame)
             self.counters["votes_relayed"] += 1
