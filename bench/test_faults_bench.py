@@ -42,7 +42,8 @@ def test_fault_scenario_over_seeds(name, tmp_path):
     bad = [r for r in runs if r["violations"]]
     rows = []
     for n, rs in RESULTS.items():
-        rows.append(f"| {n} | {len(rs)} | {sum(r['payments'] for r in rs):,} | "
+        cell = n.replace("|", "\\|")  # a table cell: its own bars escaped
+        rows.append(f"| {cell} | {len(rs)} | {sum(r['payments'] for r in rs):,} | "
                     f"{sum(r['conflicts'] for r in rs)} | {sum(r['faults'] for r in rs)} | "
                     f"{sum(len(r['violations']) for r in rs)} | "
                     f"{statistics.median(r['recover_s'] for r in rs):.1f} / "
