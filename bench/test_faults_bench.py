@@ -23,6 +23,8 @@ SCENARIOS = {
     "five masternodes, one down": lambda root, s: faults.network_of(root, s, 5),
     "six masternodes, one down": lambda root, s: faults.network_of(root, s, 6),
     "three masternodes (f = 0)": lambda root, s: faults.network_of(root, s, 3),
+    "eight masternodes, two down": lambda root, s: faults.network_of(root, s, 8),
+    "nine masternodes, two down": lambda root, s: faults.network_of(root, s, 9),
     "a masternode approves two spends of one coin": faults.conflicting_approvals,
     "a flapping link and a slow lossy one": faults.flapping_link,
     "a child before its parent's votes": faults.child_before_parent,
