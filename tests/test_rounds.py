@@ -32,7 +32,9 @@ def same_chain(net: Network, nodes: list[int], upto: int) -> list[str]:
 
 @pytest.fixture
 def four(tmp_path):
-    net = Network(tmp_path, 4)
+    # generate(k) gives up after FINALITY_TIMEOUT x k: a round of a dead proposer
+    # costs TIMEOUT_PROPOSE (3 s), more than the harness's 2 s a block.
+    net = Network(tmp_path, 4, FINALITY_TIMEOUT=10)
     try:
         yield net.start()
     finally:
