@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import statistics
 import time
 import urllib.request
 
@@ -72,8 +73,11 @@ def test_blocks_by_the_interval_are_the_same_on_every_node(tmp_path):
         chain = same_chain(net, list(range(4)), 30)
         assert len(set(chain)) == 31
         stamps = [net.rpc(0, "getblock", h)["timestamp"] for h in range(2, 31)]
-        # No drift: each height starts an interval after the block before.
-        assert all(1 <= b - a <= 3 for a, b in itertools.pairwise(stamps))
+        # No drift: each height starts an interval after the block before's timestamp
+        # (not after its commit), so blocks are never sooner and mostly exactly one
+        # interval apart (a round lost to a slow proposer adds its timeout once).
+        gaps = [b - a for a, b in itertools.pairwise(stamps)]
+        assert min(gaps) >= 1 and statistics.median(gaps) == 1, gaps
     finally:
         net.close()
 
