@@ -222,3 +222,36 @@ class SubscriberIndex:
     @property
     def subscription_count(self) -> int:
         return sum(len(v) for v in self._addrs.values())
+
+
+FRAME_TEXT, FRAME_OTHER, FRAME_BAD = 0, 1, 2
+
+
+def read_frames(data: bytes | bytearray, max_size: int
+                ) -> tuple[list[tuple[int, bytes]], int, int]:
+    """Whole client frames off the start of ``data`` (see ``_core.read_frames``)."""
+    data = bytes(data)
+    items: list[tuple[int, bytes]] = []
+    off = 0
+    while len(data) - off >= 2:
+        b0, b1 = data[off], data[off + 1]
+        if not b1 & 0x80 or b0 & 0x70 or b0 & 0x0F in (3, 4, 5, 6, 7, 11, 12, 13, 14, 15):
+            return [*items, (FRAME_BAD, data[off:])], len(data), 0
+        size = {126: 2, 127: 8}.get(b1 & 0x7F, 0)
+        head = 2 + size + 4
+        if len(data) - off < head:
+            break
+        length = int.from_bytes(data[off + 2:off + 2 + size], "big") if size else b1 & 0x7F
+        if (size == 8 and data[off + 2] & 0x80) or length > max_size:
+            return [*items, (FRAME_BAD, data[off:])], len(data), 0
+        end = off + head + length
+        if end > len(data):
+            return items, off, end - off
+        if b0 == 0x81:
+            mask = data[off + head - 4:off + head]
+            items.append((FRAME_TEXT, bytes(b ^ mask[i % 4] for i, b in
+                                            enumerate(data[off + head:end]))))
+        else:
+            items.append((FRAME_OTHER, data[off:end]))
+        off = end
+    return items, off, 0

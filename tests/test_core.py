@@ -9,7 +9,7 @@ import resource
 import socket
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -492,3 +492,59 @@ def test_verify_many_checks_each_signature():
     assert crypto.verify_batch(items) == bytes([1, 0, 0, 0, 0, 0, 1])
     assert crypto.verify_batch([]) == b""
     assert [crypto.verify(*i) for i in items[:3]] == [True, False, False]
+
+
+# -- reading client frames -------------------------------------------------------------
+
+
+@st.composite
+def _client_stream(draw) -> bytes:
+    from tests.helpers import client_frame
+    out = b""
+    for _ in range(draw(st.integers(0, 6))):
+        kind = draw(st.sampled_from(["text", "text", "other", "unmasked", "rsv", "long"]))
+        payload = draw(st.binary(max_size=300))
+        if kind == "text":
+            out += client_frame(0x1, payload)
+        elif kind == "other":
+            out += client_frame(draw(st.sampled_from([0x0, 0x2, 0x8, 0x9, 0xA, 0x3, 0xB])),
+                                payload, fin=draw(st.booleans()))
+        elif kind == "unmasked":
+            out += bytes([0x81, len(payload[:125])]) + payload[:125]
+        elif kind == "rsv":
+            out += bytes([0xC1]) + client_frame(0x1, payload)[1:]
+        else:  # a 64-bit length, over any limit or with its top bit set
+            out += bytes([0x81, 0xFF]) + draw(st.binary(min_size=8, max_size=8)) + b"mask"
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(stream=_client_stream(), cut=st.integers(0, 4000), max_size=st.integers(0, 400))
+def test_read_frames_matches_the_model_on_any_stream_and_any_cut(stream, cut, max_size):
+    """Every prefix of any client stream is read alike by the core and the model;
+    what a prefix gives is where the whole stream's reading starts."""
+    part = stream[:cut]
+    got = _core.read_frames(part, max_size)
+    assert got == core_model.read_frames(part, max_size)
+    assert _core.read_frames(bytearray(part), max_size) == got
+    items, used, need = got
+    whole_items = _core.read_frames(stream, max_size)[0]
+    assert [k for k, _ in items] == [k for k, _ in whole_items[:len(items)]]
+    for (kind, chunk), (_, whole) in zip(items, whole_items, strict=False):
+        # A bad frame hands over the rest of what was read: of the prefix, a prefix.
+        assert chunk == whole if kind != _core.FRAME_BAD else whole.startswith(chunk)
+    assert used <= len(part) and (need == 0 or used + need > len(part))
+
+
+def test_read_frames_unmasks_text_and_hands_back_the_rest_as_sent():
+    from tests.helpers import client_frame
+    ping, text = client_frame(0x9, b"p"), client_frame(0x1, "héllo".encode())
+    long_text = client_frame(0x1, b"y" * 70_000)
+    items, used, need = _core.read_frames(text + ping + long_text[:100], 100_000)
+    assert items == [(_core.FRAME_TEXT, "héllo".encode()), (_core.FRAME_OTHER, ping)]
+    assert (used, need) == (len(text + ping), len(long_text))
+    assert _core.read_frames(long_text, 100_000) == ([(_core.FRAME_TEXT, b"y" * 70_000)],
+                                                       len(long_text), 0)
+    # Over the limit: the rest goes to websockets (which closes 1009), nothing after.
+    assert _core.read_frames(long_text + text, 1000) == (
+        [(_core.FRAME_BAD, long_text + text)], len(long_text + text), 0)

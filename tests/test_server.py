@@ -826,6 +826,59 @@ def test_any_message_sequence_keeps_a_connection_bounded_and_never_raises(
     assert peak + SEND_BUF < CONNECTION_BOUND, peak
 
 
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(frames=st.lists(_frames(), max_size=10), cuts=st.lists(st.integers(1, 300),
+                                                            max_size=8))
+def test_the_node_reads_every_message_as_websockets_does_however_the_stream_is_cut(
+        bare_server, monkeypatch, frames, cuts):
+    """The wallet port cuts frames itself (a text message in one frame skips
+    websockets' parser): the messages the session gets, and the close code of a
+    connection failed for a bad frame, are those websockets' own parser gives."""
+    from websockets.frames import Frame, Opcode
+    from websockets.http11 import Request
+    from websockets.server import ServerProtocol
+
+    from timefast.fragments import MessageAssembler, MessageError
+    from timefast.server import WalletConnection
+    from timefast.session import WalletSession
+    srv, loop = bare_server
+    got: list[bytes] = []
+    monkeypatch.setattr(WalletSession, "handle_text", lambda self, text: got.append(text))
+    stream = _UPGRADE + b"".join(frames)
+    chunks, at = [], 0
+    for c in cuts:
+        chunks.append(stream[at:at + c])
+        at += c
+    chunks.append(stream[at:])
+    conn = WalletConnection(srv)
+    conn.connection_made(_Transport())
+    for chunk in chunks:
+        conn.data_received(chunk)
+        loop.run_until_complete(asyncio.sleep(0))
+    # The reference: websockets reads the request, answers it, then the frames one
+    # drawn item at a time, so that of two faults the first in the stream closes.
+    ref, asm, want = ServerProtocol(max_size=MAX_MSG), MessageAssembler(MAX_MSG), []
+    for chunk in (_UPGRADE, *frames):
+        ref.receive_data(chunk)
+        for event in ref.events_received():
+            if isinstance(event, Request):
+                ref.send_response(ref.accept(event))
+            elif isinstance(event, Frame):
+                try:
+                    message = asm.feed(event)
+                except MessageError as e:
+                    ref.fail(e.code, e.reason)
+                    continue
+                if message is not None and message[0] is Opcode.TEXT:
+                    want.append(message[1])
+    assert got == want
+    sent = conn.ws.close_sent if conn.ws is not None else None
+    assert (sent and sent.code) == (ref.close_sent and ref.close_sent.code)
+    assert len(conn.inbuf) <= MAX_MSG + 14
+    conn.connection_lost(None)
+
+
 def test_wallet_sockets_get_the_fixed_send_buffer(node):
     """Each accepted wallet socket has SOCKET_SEND_BUFFER (the kernel doubles it),
     not an autotuned one, though it is set once on the listening socket."""

@@ -7,7 +7,7 @@ import sys
 
 from timefast import logs
 from timefast.datadir import DataDirError
-from timefast.node import Node
+from timefast.node import Node, tune_gc
 from timefast.settings import SettingsError, load
 
 
@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"time-masternode: {e}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level, settings.log_format)
+    tune_gc()
     try:
         import uvloop
 

@@ -8,6 +8,13 @@ STATES: tuple[str, str, str, str, str]
 
 def allowed(from_state: str, to_state: str) -> bool: ...
 def frame_text(payload: bytes) -> bytes: ...
+
+FRAME_TEXT: int
+FRAME_OTHER: int
+FRAME_BAD: int
+
+def read_frames(data: bytes | bytearray | memoryview, max_size: int
+                ) -> tuple[list[tuple[int, bytes]], int, int]: ...
 def verify_many(fn: int, items: list[tuple[bytes, bytes, bytes]]) -> bytes: ...
 
 class UtxoTable:

@@ -23,4 +23,4 @@ Nothing here imports asyncio, JSON or logging (rule 1 of DEVELOPERS).
 include "_core_utxo.pyx"            # STATES, allowed, UtxoTable
 include "_core_verify.pyx"          # verify_many
 include "_core_subscribers.pyx"     # SubscriberIndex
-include "_core_fanout.pyx"          # frame_text, Fanout
+include "_core_fanout.pyx"          # frame_text, read_frames, Fanout

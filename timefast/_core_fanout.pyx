@@ -33,6 +33,82 @@ def frame_text(bytes payload):
     return out
 
 
+# What ``read_frames`` found: a text message whole in one frame (its payload
+# unmasked), one whole frame of any other kind (websockets reads it), or a frame no
+# client may send (websockets reads it and everything after, and fails the link).
+FRAME_TEXT = 0
+FRAME_OTHER = 1
+FRAME_BAD = 2
+
+
+def read_frames(const uint8_t[:] data, Py_ssize_t max_size):
+    """Split client-to-server WebSocket frames off the start of ``data``.
+
+    Returns ``(items, used, need)``: ``items`` is a list of ``(kind, bytes)`` in
+    order, ``used`` the bytes they took, ``need`` how many bytes the unfinished
+    frame after them needs in all (0 when that is not yet known: fewer than its
+    header).  A FIN text frame, masked, with no reserved bit and at most
+    ``max_size`` bytes is ``FRAME_TEXT`` with its payload unmasked; any other whole
+    frame is ``FRAME_OTHER`` with its bytes as sent; a frame with a payload over
+    ``max_size``, reserved bits or opcode, no mask or a 64-bit length with the top
+    bit set
+    is ``FRAME_BAD`` with the rest of ``data``, and nothing is read after it.
+    """
+    cdef Py_ssize_t n = data.shape[0], off = 0, head, length, end, i
+    cdef uint8_t b0, b1
+    cdef const uint8_t* p
+    cdef const uint8_t* mask
+    cdef uint8_t* out
+    cdef bytes payload
+    cdef list items = []
+    if n == 0:
+        return items, 0, 0
+    p = &data[0]
+    while n - off >= 2:
+        b0 = p[off]
+        b1 = p[off + 1]
+        length = b1 & 0x7f
+        head = 2
+        if length == 126:
+            head = 4
+        elif length == 127:
+            head = 10
+        if not (b1 & 0x80) or (b0 & 0x70) or (b0 & 0x0f) in (3, 4, 5, 6, 7, 11, 12, 13, 14, 15):
+            items.append((FRAME_BAD, bytes(data[off:])))
+            return items, n, 0
+        head += 4
+        if n - off < head:
+            break
+        if length == 126:
+            length = (<Py_ssize_t>p[off + 2] << 8) | p[off + 3]
+        elif length == 127:
+            if p[off + 2] & 0x80:
+                items.append((FRAME_BAD, bytes(data[off:])))
+                return items, n, 0
+            length = 0
+            for i in range(8):
+                length = (length << 8) | p[off + 2 + i]
+                if length > max_size:
+                    break
+        if length > max_size:
+            items.append((FRAME_BAD, bytes(data[off:])))
+            return items, n, 0
+        end = off + head + length
+        if end > n:
+            return items, off, end - off
+        if b0 == 0x81:
+            payload = PyBytes_FromStringAndSize(NULL, length)
+            out = <uint8_t*>PyBytes_AS_STRING(payload)
+            mask = p + off + head - 4
+            for i in range(length):
+                out[i] = p[off + head + i] ^ mask[i & 3]
+            items.append((FRAME_TEXT, payload))
+        else:
+            items.append((FRAME_OTHER, bytes(data[off:end])))
+        off = end
+    return items, off, 0
+
+
 cdef enum:
     _MIN_CAPACITY = 512
     _KEEP_CAPACITY = 4096  # a buffer larger than this is freed once written

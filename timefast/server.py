@@ -39,6 +39,8 @@ from timefast.page import asset
 from timefast.session import Limits, WalletSession
 from timefast.source import LedgerSource, WalletSource
 
+_FRAME_TEXT, _FRAME_OTHER = _core.FRAME_TEXT, _core.FRAME_OTHER
+
 log = logging.getLogger("timefast.wallet")
 
 WS_PATHS = ("/", "/ws/utxo-protocol")
@@ -57,6 +59,9 @@ SOCKET_SEND_BUFFER = 128 * 1024
 # connects at once; one refused by a full queue waits a second or more for its
 # SYN to be sent again (docs/OPERATIONS.md).
 LISTEN_BACKLOG = 65535
+# A request's head not ended within this many bytes goes to websockets whole, which
+# answers it (its own limits: 8 KiB a line, 128 headers) or keeps reading.
+HANDSHAKE_BYTES = 16 * 1024
 
 
 _FAST_PATHS = {p.encode() for p in WS_PATHS}
@@ -124,10 +129,14 @@ class WalletConnection(asyncio.Protocol):
         "closing",
         "counted",
         "fd",
+        "inbuf",
         "ip",
         "last_recv",
+        "lost",
+        "need",
         "opened",
         "peer",
+        "raw",
         "reading_paused",
         "refusal",
         "server",
@@ -158,6 +167,14 @@ class WalletConnection(asyncio.Protocol):
         self.reading_paused = False  # for replies the wallet has not read yet
         self.counted = False  # against MAX_CONNECTIONS and the per-IP cap
         self.refusal: str | None = None  # why a WebSocket would be refused (503)
+        # Inbound bytes are cut into whole frames here (``_read``); websockets is
+        # handed only whole requests and whole frames, so it always stands at a
+        # boundary.  ``inbuf`` holds the unfinished request head or frame (``need``
+        # bytes in all when known); ``raw``: websockets reads everything from now on.
+        self.inbuf = bytearray()
+        self.need = 0
+        self.raw = False
+        self.lost = False
 
     # -- asyncio callbacks -------------------------------------------------------------
 
@@ -173,6 +190,7 @@ class WalletConnection(asyncio.Protocol):
         if self.refusal is None:
             srv.count(self)
         elif srv.refused_waiting >= REFUSED_WAITING:
+            self.lost = True
             self.transport.abort()
             return
         else:
@@ -187,29 +205,58 @@ class WalletConnection(asyncio.Protocol):
         self.fd = fd
         self.slot = srv.fanout.open(self.transport, fd)
         srv.conns[self.slot] = self
-        self.ws = ServerProtocol(origins=cast(Any, srv.origins),
-                                 max_size=srv.limits.max_message_bytes)
+        # websockets' protocol is made when the request is read (``_handshake``): a
+        # plain upgrade needs one that starts OPEN, any other request one that reads it.
         self.last_recv = time.monotonic()
         self.timer = srv.loop.call_later(srv.open_timeout, self._open_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self.lost:
+            return
+        self.last_recv = time.monotonic()
+        if self.raw:
+            self._to_websockets(data)
+        elif self.opened:
+            self._read(data)
+        else:
+            self._handshake(data)
+
+    def eof_received(self) -> bool | None:
+        if not self.lost:
+            # What is unfinished goes to websockets, which then fails or ends the
+            # connection as it would have with every byte.
+            rest, self.inbuf = bytes(self.inbuf), bytearray()
+            ws = self._protocol()
+            if rest:
+                ws.receive_data(rest)
+            ws.receive_eof()
+            self._events()
+        return None
+
+    def _protocol(self) -> ServerProtocol:
+        """websockets' protocol of this connection, made when first needed: to read
+        a request, or (a plain upgrade answered here) OPEN, for the first frame it
+        reads or sends (a ping, a close, a fragment).  A wallet that sends only
+        one-frame text messages needs none until the first heartbeat: a reconnect
+        storm does not pay for 10,000 of them at once."""
+        ws = self.ws
+        if ws is None:
+            srv = self.server
+            ws = self.ws = (
+                ServerProtocol(origins=None, max_size=srv.limits.max_message_bytes,
+                               state=State.OPEN) if self.opened
+                else ServerProtocol(origins=cast(Any, srv.origins),
+                                    max_size=srv.limits.max_message_bytes))
+        return ws
+
+    def _to_websockets(self, data: bytes) -> None:
+        self._protocol().receive_data(data)
+        self._events()
+
+    def _events(self) -> None:
         ws = self.ws
         if ws is None:
             return
-        self.last_recv = time.monotonic()
-        if not self.opened and self.refusal is None and self.transport is not None \
-                and self.server.origins is None and ws.state is State.CONNECTING \
-                and not ws.reader.buffer:
-            response = plain_upgrade(data)
-            if response is not None:
-                # Answered here: websockets starts at OPEN, parsing frames only.
-                self.ws = ServerProtocol(origins=None,
-                                         max_size=self.server.limits.max_message_bytes,
-                                         state=State.OPEN)
-                self.transport.write(response)
-                self._opened()
-                return
-        ws.receive_data(data)
         for event in ws.events_received():
             if isinstance(event, Frame):
                 self._on_frame(event)
@@ -217,11 +264,67 @@ class WalletConnection(asyncio.Protocol):
                 self._on_request(event)
         self._pump()
 
-    def eof_received(self) -> bool | None:
-        if self.ws is not None:
-            self.ws.receive_eof()
-            self._pump()
-        return None
+    def _handshake(self, data: bytes) -> None:
+        """Read up to the end of the request's head; answer it; read what follows."""
+        buf = self.inbuf
+        buf += data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > HANDSHAKE_BYTES:
+                self.raw = True
+                self.inbuf = bytearray()
+                self._to_websockets(bytes(buf))
+            return
+        request, rest = bytes(buf[:end + 4]), bytes(buf[end + 4:])
+        self.inbuf = bytearray()
+        response = None
+        if self.refusal is None and self.server.origins is None \
+                and self.transport is not None:
+            response = plain_upgrade(request)
+        if response is not None:
+            # Answered here: websockets, when needed, starts at OPEN (``_protocol``).
+            assert self.transport is not None
+            self.transport.write(response)
+            self._opened()
+        else:
+            self._to_websockets(request)
+        if rest and not self.lost:
+            if self.opened:
+                self._read(rest)
+            else:  # an HTTP answer is on its way and the connection closes
+                self.raw = True
+                self._to_websockets(rest)
+
+    def _read(self, data: bytes) -> None:
+        """Frames of an open WebSocket: a text message in one frame goes straight to
+        the session, every other frame through websockets (pings, closes, fragments,
+        errors), in the order they came."""
+        buf = self.inbuf
+        if buf:
+            buf += data
+            if len(buf) < self.need:
+                return
+            whole: bytes | bytearray = buf
+        else:
+            whole = data
+        items, used, self.need = _core.read_frames(whole, self.server.limits.max_message_bytes)
+        self.inbuf = bytearray(whole[used:]) if used < len(whole) else bytearray()
+        if not items:
+            return
+        for kind, chunk in items:
+            ws = self.ws
+            if kind == _FRAME_TEXT:
+                if ws is None or ws.state is State.OPEN:
+                    self._on_frame(Frame(Opcode.TEXT, chunk))
+                continue
+            if kind != _FRAME_OTHER:  # a frame no client may send: websockets fails it
+                self.raw = True
+            ws = self._protocol()
+            ws.receive_data(chunk)
+            for event in ws.events_received():
+                if isinstance(event, Frame):
+                    self._on_frame(event)
+        self._pump()
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -241,8 +344,9 @@ class WalletConnection(asyncio.Protocol):
         srv = self.server
         if self.counted:
             srv.uncount(self)
-        elif self.refusal is not None and self.ws is not None:
+        elif self.refusal is not None and not self.lost:
             srv.refused_waiting -= 1
+        self.lost = True
         if self.timer is not None:
             self.timer.cancel()
         if self.slot >= 0:
@@ -335,15 +439,15 @@ class WalletConnection(asyncio.Protocol):
     # -- frames ------------------------------------------------------------------------
 
     def _on_frame(self, frame: Frame) -> None:
-        ws, session = self.ws, self.session
+        session = self.session
         # Frames parsed before websockets failed the connection are still answered
         # (as websockets' own server does); the assembler takes none after it failed.
-        if ws is None or session is None or self.closing:
+        if self.lost or session is None or self.closing:
             return
         try:
             message = self.assembler.feed(frame)
         except MessageError as e:
-            ws.fail(e.code, e.reason)
+            self._protocol().fail(e.code, e.reason)
             return
         if message is None:
             return
@@ -385,11 +489,11 @@ class WalletConnection(asyncio.Protocol):
     def _pump(self) -> None:
         """Move what websockets wants sent into the slot, in order with everything else."""
         ws, srv = self.ws, self.server
+        srv.schedule_flush()
         if ws is None:
             return
         slot, send = self.slot, srv.fanout.send
         eof = drain(ws, lambda chunk: send(slot, chunk))
-        srv.schedule_flush()
         if eof or ws.close_expected() or ws.state is State.CLOSED:
             self._finish()
 
@@ -416,16 +520,21 @@ class WalletConnection(asyncio.Protocol):
 
     def close(self, code: int, reason: str = "") -> None:
         """Start the closing handshake with ``code``."""
-        ws = self.ws
-        if ws is None or self.closing or ws.state is not State.OPEN:
+        if self.lost or self.closing or not self.opened:
+            return
+        ws = self._protocol()
+        if ws.state is not State.OPEN:
             return
         ws.send_close(code, reason)
         self._pump()
 
     def lag_close(self, last_flushed: int) -> None:
         """Tell a slow wallet where to resume, then close it with 1013."""
-        ws, transport = self.ws, self.transport
-        if ws is None or transport is None or self.closing or ws.state is not State.OPEN:
+        transport = self.transport
+        if self.lost or transport is None or self.closing or not self.opened:
+            return
+        ws = self._protocol()
+        if ws.state is not State.OPEN:
             return
         resume_from = (self.session.resume_from(last_flushed) if self.session is not None
                        else max(0, last_flushed))
@@ -441,8 +550,10 @@ class WalletConnection(asyncio.Protocol):
 
     def ping(self, now: float, interval: float) -> None:
         """Heartbeat: ping, or close a peer silent for two intervals."""
-        ws = self.ws
-        if ws is None or not self.opened or self.closing or ws.state is not State.OPEN:
+        if self.lost or not self.opened or self.closing:
+            return
+        ws = self._protocol()
+        if ws.state is not State.OPEN:
             return
         if now - self.last_recv > 2 * interval:
             log.info("Client %s sent nothing for %.0fs; closing", self.client_id,
