@@ -195,7 +195,10 @@ static void progress(const char *what, double done, double total, size_t deliver
  * --events); once --events are answered the client prints {"kill":true} and the
  * harness kills the node (kill -9), restarts it and writes a line on stdin.  Then
  * every wallet reconnects at once and subscribes with `since_seq` = its last seq,
- * while --live more payments flow at --rate.  Reported: time from the restart to
+ * while --live more payments flow at --rate.  With --offline F, that fraction of the
+ * wallets (every wallet whose index mod 100 is below 100 F) goes away once all are
+ * subscribed, before the payments: they come back in the storm and replay what
+ * they missed.  Reported: time from the restart to
  * the last wallet's `Subscribed` and to the last one caught up (it holds every
  * event of every payment answered before the kill), events replayed (seq not above
  * the `Subscribed` seq) per second, latency of payments sent during the storm, and
@@ -258,7 +261,8 @@ static int storm(int argc, char **argv) {
     int inflight = atoi(arg(argc, argv, "--inflight", "4"));
     double rate = atof(arg(argc, argv, "--rate", "200"));
     double timeout = atof(arg(argc, argv, "--timeout", "120"));
-    if (n < 1 || pre < 0 || live < 0 || inflight < 1) return 2;
+    double offline = atof(arg(argc, argv, "--offline", "0"));
+    if (n < 1 || pre < 0 || live < 0 || inflight < 1 || offline < 0 || offline > 1) return 2;
     /* Payment ids: before the kill (payments go on until the node dies, at most
        KILL_SLACK past --events), then the live ones from `live0`. */
     enum { KILL_SLACK = 2000 };
@@ -293,6 +297,12 @@ static int storm(int argc, char **argv) {
             fflush(stdout);
             if (pre == 0) return 0; /* --events 0: the connect phase alone */
             phase = 1;
+            for (int i = 0; i < n; i++)
+                if (i % 100 < (int)(offline * 100 + 0.5) && conns[i].state != WS_DEAD) {
+                    storm_drop(&conns[i], ep);
+                    w[i].subscribed = 0;
+                    subscribed--;
+                }
         }
         if (phase >= 1) {
             /* RPC connections, (re)opened as needed (not while the node is down); one

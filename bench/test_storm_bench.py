@@ -3,8 +3,10 @@
 1. N wallets connect, subscribe to their own address and are confirmed
    (`Subscribed`), beside the three baselines in the same run (for them
    Subscribe -> Subscribed is the one message and its reply).
-2. The node is killed (kill -9) while payments flow and started again on the same
-   data directory and ports; every wallet reconnects at once with its last `seq`.
+2. Half the wallets go away; payments flow to every wallet's address; the node is
+   killed (kill -9) while they flow and started again on the same data directory
+   and ports; every wallet reconnects at once with its last `seq` (those that were
+   away replay what they missed, the others what was in flight at the kill).
    Measured: time until the last wallet has resumed and caught up, events replayed
    per second, latency of payments made during the storm, and wallets that missed
    or repeated an event.
@@ -32,6 +34,9 @@ SIZES = tuple(int(s) for s in os.environ.get("STORM_SIZES", "1000,10000").split(
 # Payments before the kill, per size: every wallet has something in the window.
 PRE = {n: max(n, 3000) for n in SIZES}
 LIVE, RATE, INFLIGHT = 400, 200.0, 4
+# Wallets that go away before the payments and come back in the storm: they replay
+# what they missed (the others only what was in flight at the kill).
+OFFLINE = 0.5
 
 
 def _raise_nofile() -> None:
@@ -46,7 +51,7 @@ def _storm_client(client: Path, server: Server, conns: int, pre: int) -> subproc
         [str(client), "--mode", "storm", "--ws-port", str(server.ws_port),
          "--rpc-port", str(server.rpc_port), "--conns", str(conns), "--events", str(pre),
          "--live", str(LIVE), "--rate", str(RATE), "--inflight", str(INFLIGHT),
-         "--timeout", "240"],
+         "--offline", str(OFFLINE if pre else 0), "--timeout", "240"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
@@ -99,7 +104,8 @@ def write_report(connect: dict[int, dict[str, float]], storms: dict[int, dict]) 
         ratio = per.get("node ws", 0) / per["timefast"] if per.get("timefast") else 0
         lines.append(f"| {n:,} | " + " | ".join(f"{per[k]:.2f} s" for k in names)
                      + f" | {ratio:.2f}x |")
-    lines += ["", "Restart storm: the node is killed (kill -9) while payments flow "
+    lines += ["", f"Restart storm: {OFFLINE:.0%} of the wallets go away; payments flow to "
+              "every wallet's address; the node is killed (kill -9) while they flow "
               f"({INFLIGHT} in flight), started again on its data directory, and every "
               "wallet reconnects at once with `since_seq` = the last `seq` it saw, while "
               f"{LIVE} more payments are made at {RATE:.0f}/s. Times are from the restarted "

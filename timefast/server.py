@@ -16,7 +16,7 @@ import binascii
 import contextlib
 import itertools
 import logging
-import secrets
+import random
 import socket
 import ssl
 import time
@@ -40,6 +40,7 @@ from timefast.session import Limits, WalletSession
 from timefast.source import LedgerSource, WalletSource
 
 _FRAME_TEXT, _FRAME_OTHER = _core.FRAME_TEXT, _core.FRAME_OTHER
+_getrandbits = random.getrandbits
 
 log = logging.getLogger("timefast.wallet")
 
@@ -413,7 +414,9 @@ class WalletConnection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.client_id = f"{secrets.token_hex(3)}-{next(srv.serial)}"
+        # A log name, not a secret: the serial makes it unique, the random part tells
+        # one run's clients from another's (no system call per connection).
+        self.client_id = f"{_getrandbits(24):06x}-{next(srv.serial)}"
         self.session = WalletSession(srv.source, srv.fanout, self.slot, srv.limits,
                                      self.client_id, self.peer, commits=srv.commits,
                                      wake=srv.schedule_flush)
