@@ -10,8 +10,10 @@ ports.  ``rpc(i, ...)`` calls node ``i``; ``wait_for`` polls a condition.
 
 from __future__ import annotations
 
+import collections
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,23 +32,36 @@ DEFAULTS = {"FINALITY_TIMEOUT": "2", "LOG_LEVEL": "INFO"}
 PORT_RANGE = (20000, 32000)
 
 
+# Ports handed out lately, never handed out again while they are this recent:
+# networks started at once (the fault bench runs several seeds side by side) would
+# otherwise each find a port free and both bind it.
+_RECENT: collections.deque[int] = collections.deque(maxlen=4000)
+_PORTS_LOCK = threading.Lock()
+
+
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports free just now, outside the ephemeral range."""
+    """``n`` distinct TCP ports free just now, outside the ephemeral range, none
+    handed out lately in this process."""
     socks: list[socket.socket] = []
     rng = random.Random()
-    try:
-        while len(socks) < n:
-            s = socket.socket()
-            try:
-                s.bind(("127.0.0.1", rng.randrange(*PORT_RANGE)))
-            except OSError:
+    with _PORTS_LOCK:
+        try:
+            while len(socks) < n:
+                port = rng.randrange(*PORT_RANGE)
+                if port in _RECENT:
+                    continue
+                s = socket.socket()
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    s.close()
+                    continue
+                socks.append(s)
+                _RECENT.append(port)
+            return [s.getsockname()[1] for s in socks]
+        finally:
+            for s in socks:
                 s.close()
-                continue
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Network:
