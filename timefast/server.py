@@ -1,7 +1,13 @@
 """The wallet WebSocket server on WS_ADDR (SPEC 3): a thin asyncio layer.
 
 Each connection is an ``asyncio.Protocol`` around websockets' sans-I/O
-``ServerProtocol`` (handshake, inbound frames, pings, closing).  Everything the node
+``ServerProtocol`` (handshake, inbound frames, pings, closing).  The connection cuts
+what it reads into the request's head and whole frames itself: a plain upgrade is
+answered here, a text message in one frame (nearly every wallet message) goes
+straight to the session, and websockets reads the rest, always from a boundary.
+After a restart every wallet comes back at once; that is what this path is for
+(issue 20: websockets' parser and protocol objects were most of a connection's
+cost).  Everything the node
 writes to a wallet, replies and events alike, goes through the connection's slot
 in the compiled ``Fanout``: an event is serialized once (by the ledger), framed once
 here, copied by the core into every target's buffer, and each buffer is written
