@@ -715,15 +715,20 @@ def lying_proposers(root: Path, seed: int, n: int = 4, liars: int = 1) -> dict[s
             seen = [metrics(net, i) for i in honest]
             listed = [{m["public_key"]: m["equivocations"]
                        for m in net.rpc(i, "masternodelist")} for i in honest]
+            producers = [net.rpc(0, "getblock", h)["producer"]
+                         for h in range(1, figures["height"] + 1)]
         finally:
             for b in byzs:
                 b.close()
         counts = {k: sum(x.counts[k] for x in lying) for k in lying[0].counts}
+        evidence = [int(m["timefast_consensus_equivocations_total"]) for m in seen]
+        if min(evidence) < 1:
+            raise AssertionError(f"an honest node kept no evidence of the lies: {evidence}")
         figures.update(
-            lies=counts,
-            evidence=int(min(m["timefast_consensus_equivocations_total"] for m in seen)),
+            lies=counts, evidence=min(evidence),
             vote_evidence=min(sum(x[b.public_key] for b in byzs) for x in listed),
-            misbehaviour=int(sum(m["timefast_peer_misbehaviour_total"] for m in seen)))
+            misbehaviour=int(sum(m["timefast_peer_misbehaviour_total"] for m in seen)),
+            liar_blocks=sum(p in {b.public_key for b in byzs} for p in producers))
         return figures
 
 
