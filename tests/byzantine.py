@@ -215,7 +215,8 @@ class Liar(threading.Thread):
         self.tips: dict[int, str] = {}
         self.rounds: dict[int, int] = {}  # height -> highest round an honest node is in
         self.values: dict[tuple[int, int], set[str]] = {}
-        self.voted: set[tuple[int, int, str | None]] = set()
+        self.voted: set[tuple[int, int, str | None]] = set()  # (height, round, value)
+        self.lied: set[tuple[int, int]] = set()  # rounds it voted two ways in
         self.proposed: set[tuple[int, int]] = set()
         self.approved: set[str] = set()
         self.old: list[wire.Message] = []  # what may be replayed
@@ -223,6 +224,7 @@ class Liar(threading.Thread):
         self._reconnect_at: dict[int, float] = {}
 
     def stop(self) -> None:
+        """Stop lying (the links stay open)."""
         self.stopped.set()
         self.join(10)
 
@@ -291,8 +293,8 @@ class Liar(threading.Thread):
                 for m in (byz.prevote(h, r, v), byz.precommit(h, r, v)):
                     byz.send_all(m)
                     self.old.append(m)
-            if (h, r, "counted") not in self.voted:
-                self.voted.add((h, r, "counted"))
+            if (h, r) not in self.lied:
+                self.lied.add((h, r))
                 self.counts["double_votes"] += 1
 
     def _propose_twice(self, h: int, r: int) -> None:
@@ -387,5 +389,6 @@ class Router(threading.Thread):
                 self.byz.send(j, frame.decode())
 
     def stop(self) -> None:
+        """Stop forwarding."""
         self.stopped.set()
         self.join(5)

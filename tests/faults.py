@@ -758,35 +758,45 @@ def reproposed_block(root: Path, seed: int) -> dict[str, Any]:
             for _ in range(3):
                 pay.pay(honest)
                 time.sleep(rng.uniform(0.05, 0.3))
-            now = max(net.rpc(i, "getblockcount") for i in honest)
-            h = next(h for h in range(now + 2, now + 10)
-                     if byz.public_key not in (byz.proposer(h, 0), byz.proposer(h, 1)))
-            # Node j hears only the next node's precommit of (h, 0).
+            target = [-1]
+            # Node j hears only the next node's precommit of (target, 0).
             hears = {j: net.pubs[honest[(n + 1) % 3]] for n, j in enumerate(honest)}
 
             def withhold(i: int, j: int, m: wire.Message) -> bool:
-                return (isinstance(m, wire.Precommit) and (m.height, m.round) == (h, 0)
-                        and m.voter != hears[j])
+                return (isinstance(m, wire.Precommit) and m.round == 0
+                        and m.height == target[0] and m.voter != hears[j])
             router.append(Router(byz, withhold))
             net.partition(*([i] for i in honest))
-            net.wait_for(lambda: byz.proposals(h, 0), 30, f"the proposal of height {h}")
-            byz.send_all(byz.precommit(h, 0, None))
-            net.wait_for(lambda: all(net.rpc(i, "getblockcount") >= h for i in honest), 30,
-                         f"height {h} committed")
-            first = byz.proposals(h, 0)
-            again = [p for p in byz.proposals(h, 1) if p.valid_round == 0]
-            blocks = [net.rpc(i, "getblock", h) for i in honest]
-            b = blocks[0]
-            found.update(height=h, round0=[p.block.hash for p in first],
-                         round1=[(p.block.hash, p.valid_round) for p in byz.proposals(h, 1)],
-                         committed=b["hash"], producer=b["producer"], round=b["round"],
-                         commit_rounds=sorted({c["round"] for c in b["commit"]}))
-            if not (len(first) == 1 and again and again[0].block.hash == first[0].block.hash
-                    and all(x["hash"] == first[0].block.hash for x in blocks)
-                    and b["producer"] == byz.proposer(h, 0) and b["round"] == 0
-                    and min(found["commit_rounds"]) >= 1):
-                raise AssertionError(f"height {h} was not B re-proposed: {found}")
-            return 1
+            # A loaded machine may let round 0's proposal miss its timeout on some
+            # node (no polka): then the next height of two honest proposers is tried.
+            for attempt in range(1, 4):
+                now = max(net.rpc(i, "getblockcount") for i in honest)
+                h = target[0] = next(
+                    h for h in range(now + 2, now + 10)
+                    if byz.public_key not in (byz.proposer(h, 0), byz.proposer(h, 1)))
+                net.wait_for(lambda h=h: byz.proposals(h, 0), 30,
+                             f"the proposal of height {h}")
+                byz.send_all(byz.precommit(h, 0, None))
+                net.wait_for(lambda h=h: all(
+                    net.rpc(i, "getblockcount") >= h for i in honest), 30,
+                    f"height {h} committed")
+                first = byz.proposals(h, 0)
+                again = [p for p in byz.proposals(h, 1) if p.valid_round == 0]
+                blocks = [net.rpc(i, "getblock", h) for i in honest]
+                b = blocks[0]
+                found.update(height=h, attempts=attempt,
+                             round0=[p.block.hash for p in first],
+                             round1=[(p.block.hash, p.valid_round)
+                                     for p in byz.proposals(h, 1)],
+                             committed=b["hash"], producer=b["producer"], round=b["round"],
+                             commit_rounds=sorted({c["round"] for c in b["commit"]}))
+                if (len(first) == 1 and again
+                        and again[0].block.hash == first[0].block.hash
+                        and all(x["hash"] == first[0].block.hash for x in blocks)
+                        and b["producer"] == byz.proposer(h, 0) and b["round"] == 0
+                        and min(found["commit_rounds"]) >= 1):
+                    return attempt
+            raise AssertionError(f"no block was re-proposed in a later round: {found}")
         try:
             figures = _run(net, seed, 4, body)
         finally:
