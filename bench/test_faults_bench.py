@@ -32,6 +32,10 @@ SCENARIOS = {
     "a masternode approves two spends of one coin": faults.conflicting_approvals,
     "a flapping link and a slow lossy one": faults.flapping_link,
     "a child before its parent's votes": faults.child_before_parent,
+    "a lying proposer (two blocks a round, votes for both, replays, garbage), one of four":
+        faults.lying_proposers,
+    "two lying proposers of seven": lambda root, s: faults.lying_proposers(root, s, 7, 2),
+    "a block re-proposed in a later round by another proposer": faults.reproposed_block,
 }
 # Masternodes per scenario where not four: how many runs fit side by side.
 NODES = {"five masternodes, one down": 5, "six masternodes, one down": 6,

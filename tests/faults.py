@@ -657,3 +657,155 @@ def child_before_parent(root: Path, seed: int) -> dict[str, Any]:
             return _run(net, seed, 8, body)
         finally:
             relay.close()
+
+
+# -- the byzantine masternode in consensus: two blocks for one round, votes for both,
+# replays, garbage; a block re-proposed in a later round (issue 17) -------------------
+
+
+def metrics(net: Network, i: int) -> dict[str, float]:
+    """Node ``i``'s ``/metrics`` as {name: value}."""
+    import urllib.request
+    url = net.nodes[i].ws_url.replace("ws://", "http://") + "/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def lying_proposers(root: Path, seed: int, n: int = 4, liars: int = 1) -> dict[str, Any]:
+    """``liars`` byzantine masternodes of ``n`` (one of four, two of seven), each a
+    ``Liar``: as a proposer two blocks for one round to different honest nodes, votes
+    for both and for nil, approvals of both spends of a coin, replays of old
+    messages, malformed and badly signed ones; meanwhile the honest nodes take
+    payments, some of them two spends of one coin at two nodes.  Blocks keep
+    committing, and each honest node keeps the evidence."""
+    from .byzantine import Byzantine, Liar
+    with FaultNetwork(root, n, BLOCK_INTERVAL=1) as net:
+        honest = list(range(n - liars))
+        for i in honest:
+            net.nodes[i].start()
+        net.wait_linked(honest)
+        net.byzantine = set(range(n - liars, n))  # type: ignore[attr-defined]
+        byzs = [Byzantine(net, net.keys[k]).connect(honest) for k in range(n - liars, n)]
+        lying: list[Liar] = []
+
+        def height() -> int:
+            return min(net.rpc(i, "getblockcount") for i in honest)
+
+        def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
+            lying.extend(Liar(b, random.Random(rng.random())) for b in byzs)
+            start = height()
+            for x in lying:
+                x.start()
+            try:
+                for _ in range(8):
+                    pay.pay(honest, conflict=0.4)
+                    time.sleep(rng.uniform(0.1, 0.4))
+                net.wait_for(lambda: all(x.counts["double_proposals"] >= 1 for x in lying),
+                             40, "every liar proposed two blocks for one of its rounds")
+                h = height()  # and the heights after its lies commit
+                net.wait_for(lambda: height() >= h + 2, 30, "blocks after the lies")
+            finally:
+                for x in lying:
+                    x.stop()
+            if height() < start + 3:
+                raise AssertionError(f"no progress: height {start} to {height()}")
+            # The lies (approving every spend it hears of is not one in itself).
+            return sum(v for x in lying for k, v in x.counts.items() if k != "approvals")
+        try:
+            figures = _run(net, seed, 10, body)
+            # What every honest node recorded: evidence kept (masternodelist: double
+            # proposals and votes, approvals of two spends), double proposals and
+            # votes seen since start-up (/metrics), links closed for garbage.
+            seen = [metrics(net, i) for i in honest]
+            listed = [{m["public_key"]: m["equivocations"]
+                       for m in net.rpc(i, "masternodelist")} for i in honest]
+            producers = [net.rpc(0, "getblock", h)["producer"]
+                         for h in range(1, figures["height"] + 1)]
+        finally:
+            for b in byzs:
+                b.close()
+        counts = {k: sum(x.counts[k] for x in lying) for k in lying[0].counts}
+        kept = [sum(x[b.public_key] for b in byzs) for x in listed]
+        consensus = [int(m["timefast_consensus_equivocations_total"]) for m in seen]
+        if min(kept) < 1 or min(consensus) < 1:
+            raise AssertionError(f"an honest node kept no evidence: {kept} {consensus}")
+        figures.update(
+            lies=counts, evidence=min(kept), consensus_evidence=min(consensus),
+            misbehaviour=int(sum(m["timefast_peer_misbehaviour_total"] for m in seen)),
+            liar_blocks=sum(p in {b.public_key for b in byzs} for p in producers))
+        return figures
+
+
+def reproposed_block(root: Path, seed: int) -> dict[str, Any]:
+    """A block re-proposed in a later round by another proposer (the paper's
+    validValue): the honest nodes' links are cut, the byzantine masternode is their
+    only path and forwards everything but the precommits of round 0 of a chosen
+    height (each node hears one other's, and its own nil), so a polka for the round-0
+    proposer's block B forms on every node without a commit.  The round-1 proposer
+    re-proposes B unchanged (valid_round 0) and B commits: its ``producer`` is the
+    round-0 proposer, its ``round`` 0, its commit's precommits of a later round."""
+    from timefast.p2p import wire
+
+    from .byzantine import Byzantine, Router
+    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
+        honest = [0, 1, 2]
+        for i in honest:
+            net.nodes[i].start()
+        net.wait_linked(honest)
+        net.byzantine = {3}  # type: ignore[attr-defined]
+        byz = Byzantine(net, net.keys[3]).connect(honest)
+        found: dict[str, Any] = {}
+        router: list[Router] = []
+
+        def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
+            for _ in range(3):
+                pay.pay(honest)
+                time.sleep(rng.uniform(0.05, 0.3))
+            target = [-1]
+            # Node j hears only the next node's precommit of (target, 0).
+            hears = {j: net.pubs[honest[(n + 1) % 3]] for n, j in enumerate(honest)}
+
+            def withhold(i: int, j: int, m: wire.Message) -> bool:
+                return (isinstance(m, wire.Precommit) and m.round == 0
+                        and m.height == target[0] and m.voter != hears[j])
+            router.append(Router(byz, withhold))
+            net.partition(*([i] for i in honest))
+            # A loaded machine may let round 0's proposal miss its timeout on some
+            # node (no polka): then the next height of two honest proposers is tried.
+            for attempt in range(1, 4):
+                now = max(net.rpc(i, "getblockcount") for i in honest)
+                h = target[0] = next(
+                    h for h in range(now + 2, now + 10)
+                    if byz.public_key not in (byz.proposer(h, 0), byz.proposer(h, 1)))
+                net.wait_for(lambda h=h: byz.proposals(h, 0), 30,
+                             f"the proposal of height {h}")
+                byz.send_all(byz.precommit(h, 0, None))
+                net.wait_for(lambda h=h: all(
+                    net.rpc(i, "getblockcount") >= h for i in honest), 30,
+                    f"height {h} committed")
+                first = byz.proposals(h, 0)
+                again = [p for p in byz.proposals(h, 1) if p.valid_round == 0]
+                blocks = [net.rpc(i, "getblock", h) for i in honest]
+                b = blocks[0]
+                found.update(height=h, attempts=attempt,
+                             round0=[p.block.hash for p in first],
+                             round1=[(p.block.hash, p.valid_round)
+                                     for p in byz.proposals(h, 1)],
+                             committed=b["hash"], producer=b["producer"], round=b["round"],
+                             commit_rounds=sorted({c["round"] for c in b["commit"]}))
+                if (len(first) == 1 and again
+                        and again[0].block.hash == first[0].block.hash
+                        and all(x["hash"] == first[0].block.hash for x in blocks)
+                        and b["producer"] == byz.proposer(h, 0) and b["round"] == 0
+                        and min(found["commit_rounds"]) >= 1):
+                    return attempt
+            raise AssertionError(f"no block was re-proposed in a later round: {found}")
+        try:
+            figures = _run(net, seed, 4, body)
+        finally:
+            for r in router:
+                r.stop()
+            byz.close()
+        figures["reproposed"] = found
+        return figures

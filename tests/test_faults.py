@@ -86,6 +86,9 @@ SCENARIOS = [
      lambda root: faults.conflicting_approvals(root, SEED)),
     ("a flapping link", lambda root: faults.flapping_link(root, SEED)),
     ("a child before its parent's votes", lambda root: faults.child_before_parent(root, SEED)),
+    ("a lying proposer, one of four", lambda root: faults.lying_proposers(root, SEED)),
+    ("two lying proposers of seven", lambda root: faults.lying_proposers(root, SEED, 7, 2)),
+    ("a block re-proposed in a later round", lambda root: faults.reproposed_block(root, SEED)),
 ]
 
 

@@ -927,6 +927,24 @@ def test_a_vote_both_ways_counts_twice_and_is_kept_as_evidence(tmp_path):
     assert again.masternode_info(pubs[1])["equivocations"] == 1
 
 
+def test_consensus_evidence_is_kept_once_and_counted(tmp_path):
+    led, _, keys, pubs, _, _ = _net(tmp_path)
+    a = wire.encode(wire.sign_prevote(keys[1], led.network_id, 3, 0, "ab" * 32))
+    b = wire.encode(wire.sign_prevote(keys[1], led.network_id, 3, 0, None))
+    assert led.add_evidence(pubs[1], "prevote", a, b)
+    assert not led.add_evidence(pubs[1], "prevote", b, a)  # met again (after a restart)
+    assert led.masternode_info(pubs[1])["equivocations"] == 1
+    assert [(r.kind, r.first, r.second) for r in led.tables.evidence()] == [
+        ("prevote", a, b)]
+    with pytest.raises(LedgerError, match="not in the masternode set"):
+        led.add_evidence(crypto.public_key_hex(crypto.new_key()), "prevote", a, b)
+    with pytest.raises(LedgerError, match="unknown kind"):
+        led.add_evidence(pubs[1], "gossip", a, b)
+    led.store.close()
+    again, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs)
+    assert again.masternode_info(pubs[1])["equivocations"] == 1
+
+
 def test_an_orphan_waits_for_its_parent(tmp_path):
     led, _, keys, _, ka, coin = _net(tmp_path)
     kb, b = new_wallet()

@@ -7,6 +7,7 @@ import statistics
 import time
 import urllib.request
 
+import orjson
 import pytest
 from websockets.sync.client import connect
 
@@ -272,5 +273,62 @@ def test_a_greedy_proposal_by_a_lying_masternode_is_refused_and_the_height_goes_
                            if line.startswith("timefast_blocks_refused_total"))
             assert int(refused.split()[1]) >= 1
         liar.close()
+    finally:
+        net.close()
+
+
+def test_double_proposals_and_votes_are_kept_as_evidence_and_shown(tmp_path):
+    # Node 3's key is the test's: for the next heights it signs two proposals for one
+    # of its rounds and two prevotes for one round.  Every honest node keeps both
+    # signed messages of each pair, counts them in masternodelist.equivocations, and
+    # still does after a restart.
+    import sqlite3
+    net = Network(tmp_path, 4, BLOCK_INTERVAL=1)
+    try:
+        for i in range(3):
+            net.nodes[i].start()
+        net.wait_linked([0, 1, 2])
+        liar = Byzantine(net, net.keys[3]).connect([0, 1, 2])
+        net.wait_for(lambda: net.rpc(0, "getblockcount") >= 1, 20)
+        tip = net.rpc(0, "getblock", net.rpc(0, "getblockcount"))
+        for h in range(tip["height"] + 1, tip["height"] + 3):
+            r = next(r for r in range(1, 5) if liar.proposer(h, r) == liar.public_key)
+            for ts in (tip["timestamp"], tip["timestamp"] + 1):
+                liar.send_all(liar.proposal(liar.block(h, tip["hash"], ts, r), r))
+            for value in ("ab" * 32, None):
+                liar.send_all(liar.prevote(h, 0, value))
+
+        def kinds(i: int) -> set[str]:
+            db = sqlite3.connect(f"file:{net.nodes[i].data_dir / 'timefast.db'}?mode=ro",
+                                 uri=True)
+            try:
+                rows = db.execute("SELECT voter, kind, first, second FROM evidence").fetchall()
+            finally:
+                db.close()
+            for voter, kind, first, second in rows:
+                assert voter == net.pubs[3] and first != second
+                for body in (orjson.loads(first), orjson.loads(second)):
+                    if kind == "proposal":
+                        signed = wire.proposal_bytes(liar.network_id, body["height"],
+                                                     body["round"], body["valid_round"],
+                                                     body["block_hash"])
+                    else:
+                        signed = wire.bft_bytes(liar.network_id, wire.STEP_PREVOTE,
+                                                body["height"], body["round"],
+                                                body["block_hash"])
+                    assert crypto.verify(bytes.fromhex(net.pubs[3]), signed,
+                                         bytes.fromhex(body["signature"]))
+            return {kind for _, kind, _, _ in rows}
+
+        def shown(i: int) -> int:
+            return next(m["equivocations"] for m in net.rpc(i, "masternodelist")
+                        if m["public_key"] == net.pubs[3])
+        net.wait_for(lambda: all(shown(i) >= 2 for i in range(3)), 20,
+                     "the evidence on every honest node")
+        assert all(kinds(i) == {"proposal", "prevote"} for i in range(3))
+        before = shown(0)
+        liar.close()
+        net.restart(0)
+        assert shown(0) == before
     finally:
         net.close()

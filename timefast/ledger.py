@@ -1055,6 +1055,25 @@ class Ledger:
         s.after.append(done)
         return True
 
+    def add_evidence(self, voter: str, kind: str, first: bytes, second: bytes) -> bool:
+        """Keep two signed block-consensus messages of ``voter`` that contradict each
+        other (SPEC 7.5: two proposals, prevotes or precommits for one height, round
+        and step; ``kind`` is ``proposal``, ``prevote`` or ``precommit``; the caller
+        checked both signatures): stored, logged and counted in
+        ``masternodelist.equivocations`` like vote evidence (SPEC 7.4).  Returns
+        False when this pair was kept before (a restart may meet it again)."""
+        if voter not in self.masternodes:
+            raise LedgerError("BAD_REQUEST", f"voter {voter} is not in the masternode set")
+        if kind not in ("proposal", "prevote", "precommit"):
+            raise LedgerError("BAD_REQUEST", f"unknown kind of evidence {kind!r}")
+        pair = {first, second}
+        if any(r.kind == kind and {r.first, r.second} == pair
+               for r in [*self._rows.evidence, *self.tables.evidence(voter)]):
+            return False
+        self._run(lambda s: self._evidence(
+            s, EvidenceRow(voter, kind, first, second, self.clock())))
+        return True
+
     def _evidence(self, s: _Step, row: EvidenceRow) -> None:
         s.rows.evidence.append(row)
         log.warning("equivocation by masternode %s (%s): evidence kept", row.voter, row.kind)

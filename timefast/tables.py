@@ -164,9 +164,12 @@ class EventRow(NamedTuple):
 
 
 class EvidenceRow(NamedTuple):
-    """Two signed messages of one voter that contradict each other (SPEC 7.4):
-    ``kind`` is ``batch`` (two batches under one number) or ``vote`` (approve and
-    reject of one transaction); ``first`` and ``second`` are the signed batches."""
+    """Two signed messages of one voter that contradict each other (SPEC 7.4, 7.5):
+    ``kind`` is ``batch`` (two batches under one number), ``vote`` (approve and
+    reject of one transaction) or ``conflict`` (approvals of two spends of one coin),
+    and ``first`` and ``second`` are the signed batches; or ``proposal``, ``prevote``
+    or ``precommit`` (two for one height, round and step), and they are the signed
+    consensus messages (a proposal without its block: what its signature covers)."""
 
     voter: str
     kind: str

@@ -38,6 +38,9 @@ MAX_BLOCKS_PER_REQUEST = 500
 RECORD_KEY = "consensus"
 START_MARGIN = 0.02  # seconds
 KEPT_BLOCKS = 64  # proposed blocks kept per height (an honest proposer sends one a round)
+# Signed consensus messages of others kept (oldest dropped first) to store as evidence
+# when the machine finds two of one validator for one (height, round, step).
+KEPT_SIGNED = 4096
 
 
 @dataclass
@@ -82,6 +85,9 @@ class BlockRounds:
         self.signatures: dict[tuple[int, int, str, str | None], str] = {}
         self.own: list[wire.Message] = []  # own signed messages of the current height
         self.seen: set[tuple[Any, ...]] = set()  # consensus messages relayed already
+        # (kind, height, round, signer, block hash) -> the signed message as evidence
+        # keeps it (a proposal without its block).
+        self.signed: dict[tuple[str, int, int, str, str | None], bytes] = {}
         self.refused_blocks = 0
         self.evidence = 0
         self._timers: list[asyncio.TimerHandle] = []
@@ -168,6 +174,7 @@ class BlockRounds:
         self.own.clear()
         self.seen = {k for k in self.seen if k[1] >= height}
         self.signatures = {k: v for k, v in self.signatures.items() if k[0] >= height}
+        self.signed = {k: v for k, v in self.signed.items() if k[1] >= height}
         self._pending_decision = None
         self._apply(m.start_height(height))
 
@@ -218,8 +225,35 @@ class BlockRounds:
             self.evidence += 1
             log.warning("consensus equivocation by %s at height %d round %d",
                         consensus.sender_of(e.first)[:16], e.first.height, e.first.round)
+            self._keep_evidence(e)
         if out.decision is not None:
             self._decide(out.decision)
+
+    def _keep_evidence(self, e: consensus.Evidence) -> None:
+        """Store both signed messages of an equivocation (``masternodelist`` counts
+        it, and it outlives a restart), when both are still at hand."""
+        kind = {consensus.Proposal: "proposal", consensus.Prevote: "prevote",
+                consensus.Precommit: "precommit"}[type(e.first)]
+        voter = consensus.sender_of(e.first)
+        first, second = (self.signed.get((kind, m.height, m.round, voter, m.block_hash))
+                         for m in (e.first, e.second))
+        if first is None or second is None:
+            return
+
+        def done(_: Any, err: BaseException | None) -> None:
+            if err is not None:
+                log.error("could not keep the evidence against %s: %s", voter[:16], err)
+        self.commits.submit(lambda: self.ledger.add_evidence(voter, kind, first, second),
+                            done)
+
+    def _keep_signed(self, kind: str, height: int, round_: int, signer: str,
+                     block_hash: str | None, body: dict[str, Any]) -> None:
+        key = (kind, height, round_, signer, block_hash)
+        if key in self.signed:
+            return
+        if len(self.signed) >= KEPT_SIGNED:
+            del self.signed[next(iter(self.signed))]
+        self.signed[key] = orjson.dumps(body)
 
     def _persist(self, record: Record) -> None:
         # Synced to disk before anything signed leaves:
@@ -358,6 +392,10 @@ class BlockRounds:
         key = ("P", p.height, p.round, p.block.hash, p.signature)
         if not self._relay_once(key, peer, p):
             return
+        self._keep_signed("proposal", p.height, p.round, proposer, p.block.hash, {
+            "type": p.TYPE, "height": p.height, "round": p.round,
+            "valid_round": p.valid_round, "block_hash": p.block.hash,
+            "proposer": proposer, "signature": p.signature})
         if p.block.hash not in self.blocks and len(self.blocks) < KEPT_BLOCKS:
             self.blocks[p.block.hash] = (p.block.to_data(), tuple(p.certificates))
         self._apply(m.on_message(consensus.Proposal(p.height, p.round, p.valid_round,
@@ -382,6 +420,8 @@ class BlockRounds:
         key = (v.TYPE, v.height, v.round, v.voter, v.block_hash, v.signature)
         if not self._relay_once(key, peer, v):
             return
+        self._keep_signed(v.TYPE.lower(), v.height, v.round, v.voter, v.block_hash,
+                          {"type": v.TYPE, **v.to_data()})
         if isinstance(v, wire.Precommit):
             self.signatures.setdefault((v.height, v.round, v.voter, v.block_hash),
                                        v.signature)
