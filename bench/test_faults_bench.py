@@ -39,7 +39,8 @@ SCENARIOS = {
 }
 # Masternodes per scenario where not four: how many runs fit side by side.
 NODES = {"five masternodes, one down": 5, "six masternodes, one down": 6,
-         "eight masternodes, two down": 8, "nine masternodes, two down": 9}
+         "eight masternodes, two down": 8, "nine masternodes, two down": 9,
+         "two lying proposers of seven": 7}
 RESULTS: dict[str, list[dict]] = {}
 SECONDS: dict[str, float] = {}
 
