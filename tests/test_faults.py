@@ -86,6 +86,8 @@ SCENARIOS = [
      lambda root: faults.conflicting_approvals(root, SEED)),
     ("a flapping link", lambda root: faults.flapping_link(root, SEED)),
     ("a child before its parent's votes", lambda root: faults.child_before_parent(root, SEED)),
+    ("a lying catch-up peer", lambda root: faults.catchup_liar(root, SEED)),
+    ("a co-signer's double spend", lambda root: faults.co_signer_double_spend(root, SEED)),
 ]
 
 
