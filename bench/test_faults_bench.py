@@ -28,6 +28,15 @@ SCENARIOS = {
     "a masternode approves two spends of one coin": faults.conflicting_approvals,
     "a flapping link and a slow lossy one": faults.flapping_link,
     "a child before its parent's votes": faults.child_before_parent,
+    "a lying catch-up peer (withheld blocks, forged commits, a far Status)":
+        faults.catchup_liar,
+    "a co-signer double-spends his input of a shared payment":
+        faults.co_signer_double_spend,
+    # +29 and +31 hold the network ~30 s each run (SPEC 7.5 starts a height an interval
+    # after the last block's timestamp, the skewed proposer's): ~45 s a seed.
+    **{f"one of four with its clock {skew:+d} s off":
+       lambda root, s, skew=skew: faults.clock_skew(root, s, skew)
+       for skew in (29, -29, 31, 32, -31)},
 }
 RESULTS: dict[str, list[dict]] = {}
 

@@ -706,6 +706,9 @@ def _lies(real: dict[int, Any], quorum: int, network_id: bytes, pubs: list[str]
     def other_height(h: int) -> Any:  # the next block's commit on this one
         return wire.Blocks((replace(real[h], commit=real[h + 1].commit),))
 
+    def true_then_forged(h: int) -> Any:  # the first is kept, the second refused
+        return wire.Blocks((real[h], too_few(h + 1).blocks[0]))
+
     return {
         "none": (False, lambda h: None),
         "a gap": (False, lambda h: wire.Blocks((real[h + 1],))),
@@ -715,6 +718,7 @@ def _lies(real: dict[int, Any], quorum: int, network_id: bytes, pubs: list[str]
         "too few precommits": (True, too_few),
         "a commit for another hash": (True, other_hash),
         "a commit for another height": (True, other_height),
+        "a true block, then a forged one": (True, true_then_forged),
     }
 
 
@@ -745,7 +749,9 @@ def catchup_liar(root: Path, seed: int) -> dict[str, Any]:
             for _ in range(4):
                 pay.pay(rest)
                 time.sleep(rng.uniform(0.05, 0.3))
-            lies_needed = 6  # heights the lies below may advance the node by, plus one
+            # The lies below use the blocks of the next three heights (two of them
+            # true blocks the node takes), and of the one after.
+            lies_needed = 4
             net.wait_for(lambda: min(height(i) for i in rest) >= start + lies_needed, 30,
                          "the three commit while one is down")
             net.cut([v], rest)
@@ -772,11 +778,11 @@ def catchup_liar(root: Path, seed: int) -> dict[str, Any]:
                     if not liar.closed[v].wait(10):
                         raise AssertionError(f"{name}: the link stayed open")
                 else:
-                    if name == "fewer":
-                        net.wait_for(lambda h=h: height(v) >= h, 10, "the one block applied")
                     liar.links[v][0].close()
-            if height(v) != behind + 1:
-                raise AssertionError(f"node {v} at {height(v)}, not {behind + 1}: "
+                if name in ("fewer", "a true block, then a forged one"):
+                    net.wait_for(lambda h=h: height(v) >= h, 10, "the true block applied")
+            if height(v) != behind + 2:
+                raise AssertionError(f"node {v} at {height(v)}, not {behind + 2}: "
                                      "it took a block it should not have")
             m = metrics(net, v)
             forged = sum(refuse for refuse, _ in lies.values())
@@ -853,3 +859,63 @@ def co_signer_double_spend(root: Path, seed: int) -> dict[str, Any]:
             else:
                 won["neither"] += 1
         return out | {"won": won}
+
+
+def clock_skew(root: Path, seed: int, skew: int) -> dict[str, Any]:
+    """One of four masternodes with its clock ``skew`` seconds off (libfaketime
+    preloaded in its process) during payments and blocks, until a height it is the
+    first proposer of has committed, and two more: nothing forks.  A block's
+    timestamp may be at most 30 s ahead of a validator's clock (SPEC 7.5), so at +31
+    the others refuse its proposal and another proposer's round commits; behind, it
+    prevotes nil or starts its heights late, and the three others (q) commit without
+    it.  (A proposal made before the others start its height is judged when they do:
+    a proposer ahead by up to 30 s + the time between, BLOCK_INTERVAL at most, passes.)
+    Figures: per height from the one before that turn, the round that committed
+    it, the seconds between commits as an honest node saw them, and the blocks the
+    skewed node produced."""
+    import itertools
+
+    import libfaketime
+    _, env = libfaketime.get_reload_information()
+    preload = str(Path(env["LD_LIBRARY_PATH"]) / env["LD_PRELOAD"])
+    s = random.Random(seed).randrange(4)
+    figures: dict[str, Any] = {"skew_s": skew}
+    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
+        # Its wall clock only: the monotonic one times its timeouts.
+        net.nodes[s] = net._node(s, LD_PRELOAD=preload, DONT_FAKE_MONOTONIC=1,
+                                 FAKETIME=f"{skew:+d}s")
+        net.start()
+        honest = [i for i in range(4) if i != s]
+        order = sorted(net.pubs)
+        seen: dict[int, float] = {}  # height -> when an honest node first had it
+
+        def height() -> int:
+            h = int(net.rpc(honest[0], "getblockcount"))
+            seen.setdefault(h, time.monotonic())
+            return h
+
+        def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
+            first = height()
+            turn = next(h for h in itertools.count(first + 2) if order[h % 4] == net.pubs[s])
+            figures["turn"] = turn
+            for _ in range(6):
+                pay.pay(list(range(4)))
+                height()
+                time.sleep(rng.uniform(0.05, 0.3))
+            net.wait_for(lambda: height() >= turn + 2, 40 + max(skew, 0),
+                         f"heights up to {turn + 2} with node {s}'s clock {skew:+d} s off")
+            return 1
+        out = _run(net, seed, 8, body)
+        turn = figures["turn"]
+        blocks = [net.rpc(honest[0], "getblock", h) for h in range(turn - 1, turn + 3)]
+        figures["rounds"] = {b["height"]: b["round"] for b in blocks}
+        figures["skewed_produced"] = [b["height"] for b in blocks
+                                      if b["producer"] == net.pubs[s]]
+        figures["skewed_in_commits"] = sum(any(c["voter"] == net.pubs[s] for c in b["commit"])
+                                           for b in blocks)
+        figures["timestamp_gaps"] = [b["timestamp"] - a["timestamp"]
+                                     for a, b in itertools.pairwise(blocks)]
+        figures["commit_gaps_s"] = [round(seen[h + 1] - seen[h], 1)
+                                    for h in range(turn - 1, turn + 2)
+                                    if h in seen and h + 1 in seen]
+        return out | figures

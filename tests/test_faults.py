@@ -88,6 +88,9 @@ SCENARIOS = [
     ("a child before its parent's votes", lambda root: faults.child_before_parent(root, SEED)),
     ("a lying catch-up peer", lambda root: faults.catchup_liar(root, SEED)),
     ("a co-signer's double spend", lambda root: faults.co_signer_double_spend(root, SEED)),
+    # The short ones (+29 and +31 hold the network ~30 s: the bench runs them).
+    *[(f"a clock {skew:+d} s off", lambda root, skew=skew: faults.clock_skew(root, SEED, skew))
+      for skew in (32, -31)],
 ]
 
 
