@@ -64,10 +64,12 @@ class Byzantine:
         try:
             for frame in ws:
                 msg = wire.parse(frame)
-                with self._lock:
-                    self.received[i].append(msg)
+                # Answered before it is kept: whoever waits for it (wait_message)
+                # finds the answer already sent.
                 if self.answer is not None:
                     self.answer(i, msg)
+                with self._lock:
+                    self.received[i].append(msg)
         except Exception:
             pass
         finally:
