@@ -36,6 +36,15 @@ SCENARIOS = {
         faults.lying_proposers,
     "two lying proposers of seven": lambda root, s: faults.lying_proposers(root, s, 7, 2),
     "a block re-proposed in a later round by another proposer": faults.reproposed_block,
+    "a lying catch-up peer (withheld blocks, forged commits, a far Status)":
+        faults.catchup_liar,
+    "a co-signer double-spends his input of a shared payment":
+        faults.co_signer_double_spend,
+    # +29 and +31 hold the network ~30 s each run (SPEC 7.5 starts a height an interval
+    # after the last block's timestamp, the skewed proposer's): ~45 s a seed.
+    **{f"one of four with its clock {skew:+d} s off":
+       lambda root, s, skew=skew: faults.clock_skew(root, s, skew)
+       for skew in (29, -29, 31, 32, -31)},
 }
 # Masternodes per scenario where not four: how many runs fit side by side.
 NODES = {"five masternodes, one down": 5, "six masternodes, one down": 6,

@@ -1,7 +1,8 @@
 """A masternode driven by the test: a real key of the voting set, speaking the peer
 protocol itself (SPEC 7.2-7.5), to send what an honest node never would: conflicting
 approvals, a vote both ways, two blocks for one round, votes for both, old or forged
-messages.
+messages; and, as a catch-up peer, a lying ``Status`` and ``Blocks`` answers that
+withhold blocks or carry forged commits (``answer``).
 
 ``Byzantine`` is the key and its links, with the signed messages it may send
 (``votes``, ``block``, ``proposal``, ``prevote``, ``precommit``) and what the
@@ -51,35 +52,49 @@ class Byzantine:
         self.received: dict[int, list[wire.Message]] = {}
         self.inbox: queue.SimpleQueue[tuple[int, wire.Message]] = queue.SimpleQueue()
         self.dead: set[int] = set()
+        # Set when node i closed the link (or it broke).
+        self.closed: dict[int, threading.Event] = {}
+        # Called (node, message) on the reader's thread for each message received:
+        # how the test answers a node itself (a GetBlocks, say).
+        self.answer: Callable[[int, wire.Message], None] | None = None
         self._lock = threading.Lock()
         self._send_locks: dict[int, threading.Lock] = {}
         self._batch = 1_000_000  # vote batch numbers, far above any honest node's
 
     # -- links ---------------------------------------------------------------------------
 
-    def connect(self, nodes: list[int]) -> Byzantine:
-        """Open an authenticated link to each of ``nodes``; what they send is kept."""
+    def connect(self, nodes: list[int], height: int = 0, tip: str = "00" * 32
+                ) -> Byzantine:
+        """Open an authenticated link to each of ``nodes`` (a new one where one is
+        open), claiming ``height`` and ``tip`` in its ``Hello``; what they send is
+        kept."""
         for i in nodes:
-            self._open(i)
+            self._open(i, height, tip)
         return self
 
-    def _open(self, i: int) -> None:
+    def _open(self, i: int, height: int = 0, tip: str = "00" * 32, keep: bool = False
+              ) -> None:
+        # ``keep``: what node i sent on earlier links stays in ``received`` (a liar
+        # linking again keeps the proposals it learnt); else it starts empty, for
+        # ``wait_message`` on this link.
         ws = connect(f"ws://127.0.0.1:{self.net.ports[i]}/p2p", max_size=None,
                      open_timeout=10).__enter__()
         link = Link(self.key, self.network_id, self.net.pubs, outbound=True, now=0,
-                    height=0, tip="00" * 32, listen=None)
+                    height=height, tip=tip, listen=None)
         for frame in link.data_to_send():
             ws.send(frame.decode())
         while not link.authenticated:
             link.receive_frame(ws.recv(timeout=10), 0)
             for frame in link.data_to_send():
                 ws.send(frame.decode())
+        closed = threading.Event()
         with self._lock:
             self.links[i] = (ws, link)
-            self.received.setdefault(i, [])
+            self.received[i] = self.received.get(i, []) if keep else []
+            self.closed[i] = closed
             self._send_locks.setdefault(i, threading.Lock())
             self.dead.discard(i)
-        threading.Thread(target=self._read, args=(i, ws), daemon=True).start()
+        threading.Thread(target=self._read, args=(i, ws, closed), daemon=True).start()
 
     def reconnect(self, i: int) -> bool:
         """Link to node ``i`` again (after it closed the link); False if it refused."""
@@ -87,25 +102,52 @@ class Byzantine:
         if old is not None:
             old[0].close()
         try:
-            self._open(i)
+            self._open(i, keep=True)
         except Exception:
             with self._lock:
                 self.dead.add(i)
             return False
         return True
 
-    def _read(self, i: int, ws: ClientConnection) -> None:
+    def _read(self, i: int, ws: ClientConnection, closed: threading.Event) -> None:
         try:
             for frame in ws:
                 msg = wire.parse(frame)
+                # Answered before it is kept: whoever waits for it (wait_message)
+                # finds the answer already sent.
+                if self.answer is not None:
+                    self.answer(i, msg)
                 with self._lock:
                     self.received[i].append(msg)
                 self.inbox.put((i, msg))
         except Exception:
             pass
+        finally:
+            closed.set()
         with self._lock:
             if self.links.get(i, (None,))[0] is ws:
                 self.dead.add(i)
+
+    def wait_message(self, i: int, kind: type, timeout: float = 10) -> Any:
+        """The first message of type ``kind`` node ``i`` sent on the current link
+        (waiting for it); ``TimeoutError`` if none comes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                for msg in self.received[i]:
+                    if isinstance(msg, kind):
+                        return msg
+            time.sleep(0.02)
+        raise TimeoutError(f"no {kind.__name__} from node {i} within {timeout} s")
+
+    def fetch_blocks(self, i: int, first: int, count: int) -> dict[int, wire.Block]:
+        """Real blocks ``first``.. (with their commits) asked of node ``i``, by height."""
+        with self._lock:
+            self.received[i] = [m for m in self.received[i]
+                                if not isinstance(m, wire.Blocks)]
+        self.send(i, wire.GetBlocks(first, count))
+        got: wire.Blocks = self.wait_message(i, wire.Blocks)
+        return {b.height: b for b in got.blocks}
 
     def send(self, i: int, msg: Any) -> bool:
         """One message (a ``wire`` message, or raw text) to node ``i``; False when the

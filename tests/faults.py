@@ -809,3 +809,260 @@ def reproposed_block(root: Path, seed: int) -> dict[str, Any]:
             byz.close()
         figures["reproposed"] = found
         return figures
+
+
+# -- a lying catch-up peer, a co-signer's double spend, clock skew ---------------------
+
+
+def _lies(real: dict[int, Any], quorum: int, network_id: bytes, pubs: list[str]
+          ) -> dict[str, tuple[bool, Any]]:
+    """What a lying catch-up peer answers to ``GetBlocks`` from height h: by name,
+    (whether the node must refuse it as misbehaviour, a function of h giving the
+    ``Blocks`` to send or None).  ``real`` holds the real blocks by height."""
+    from dataclasses import replace
+
+    from timefast import crypto
+    from timefast.p2p import wire
+    from timefast.rules import block_hash
+
+    def commit_by(keys: list[Any], names: list[str], b: Any) -> tuple[Any, ...]:
+        return tuple(wire.CommitSig(name, b.round, wire.sign_precommit(
+            k, network_id, b.height, b.round, b.hash).signature)
+            for k, name in zip(keys, names, strict=True))
+
+    def outsiders(h: int) -> Any:
+        keys = [crypto.new_key() for _ in range(quorum)]
+        names = [crypto.public_key_hex(k) for k in keys]
+        return wire.Blocks((replace(real[h], commit=commit_by(keys, names, real[h])),))
+
+    def impostors(h: int) -> Any:  # members' names, signatures by another key
+        keys = [crypto.new_key() for _ in range(quorum)]
+        return wire.Blocks((replace(real[h], commit=commit_by(keys, pubs[:quorum],
+                                                              real[h])),))
+
+    def too_few(h: int) -> Any:
+        b = real[h]
+        return wire.Blocks((replace(b, commit=b.commit[:quorum - 1]),))
+
+    def other_hash(h: int) -> Any:  # the real commit on a block changed (its timestamp)
+        b = real[h]
+        ts = b.timestamp + 1
+        return wire.Blocks((replace(b, timestamp=ts, hash=block_hash(
+            b.height, b.prev_hash, ts, b.txids, b.producer, b.round)),))
+
+    def other_height(h: int) -> Any:  # the next block's commit on this one
+        return wire.Blocks((replace(real[h], commit=real[h + 1].commit),))
+
+    def true_then_forged(h: int) -> Any:  # the first is kept, the second refused
+        return wire.Blocks((real[h], too_few(h + 1).blocks[0]))
+
+    return {
+        "none": (False, lambda h: None),
+        "a gap": (False, lambda h: wire.Blocks((real[h + 1],))),
+        "fewer": (False, lambda h: wire.Blocks((real[h],))),
+        "signers outside the voting set": (True, outsiders),
+        "signatures not by the named voters": (True, impostors),
+        "too few precommits": (True, too_few),
+        "a commit for another hash": (True, other_hash),
+        "a commit for another height": (True, other_height),
+        "a true block, then a forged one": (True, true_then_forged),
+    }
+
+
+def catchup_liar(root: Path, seed: int) -> dict[str, Any]:
+    """A node down for some blocks restarts with only a lying peer (a full node) to
+    catch up from: it withholds blocks (none, a gap, fewer than asked), sends blocks
+    with forged commits, and claims a height far ahead and a wrong tip.  The node
+    refuses every forged block (counted, the link closed), and once its links to the
+    honest masternodes are back it catches up from them while the liar goes on
+    lying: nothing forks."""
+    from timefast import crypto
+    from timefast.p2p import wire
+
+    from .byzantine import Byzantine
+    figures: dict[str, Any] = {}
+    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
+        net.start()
+        liar = Byzantine(net, crypto.new_key())
+
+        def height(i: int) -> int:
+            return int(net.rpc(i, "getblockcount"))
+
+        def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
+            v = rng.randrange(4)
+            rest = [i for i in range(4) if i != v]
+            net.kill(v)
+            start = max(height(i) for i in rest)
+            for _ in range(4):
+                pay.pay(rest)
+                time.sleep(rng.uniform(0.05, 0.3))
+            # The lies below use the blocks of the next three heights (two of them
+            # true blocks the node takes), and of the one after.
+            lies_needed = 4
+            net.wait_for(lambda: min(height(i) for i in rest) >= start + lies_needed, 30,
+                         "the three commit while one is down")
+            net.cut([v], rest)
+            net.restart(v)
+            behind = height(v)
+            src = rng.choice(rest)
+            liar.connect([src])
+            real = liar.fetch_blocks(src, behind + 1, lies_needed)
+            lies = _lies(real, 3, liar.network_id, net.pubs)
+            far, wrong = behind + rng.randint(1_000, 1_000_000), rng.randbytes(32).hex()
+            for name in rng.sample(sorted(lies), len(lies)):
+                refuse, make = lies[name]
+                h = height(v) + 1
+                answer = make(h)
+
+                def respond(i: int, msg: wire.Message, answer: Any = answer) -> None:
+                    if i == v and isinstance(msg, wire.GetBlocks) and answer is not None:
+                        liar.send(v, answer)
+                liar.answer = respond
+                liar.connect([v], height=far, tip=wrong)
+                liar.send(v, wire.Status(far, wrong))
+                liar.wait_message(v, wire.GetBlocks)
+                if refuse:
+                    if not liar.closed[v].wait(10):
+                        raise AssertionError(f"{name}: the link stayed open")
+                else:
+                    liar.links[v][0].close()
+                if name in ("fewer", "a true block, then a forged one"):
+                    net.wait_for(lambda h=h: height(v) >= h, 10, "the true block applied")
+            if height(v) != behind + 2:
+                raise AssertionError(f"node {v} at {height(v)}, not {behind + 2}: "
+                                     "it took a block it should not have")
+            m = metrics(net, v)
+            forged = sum(refuse for refuse, _ in lies.values())
+            figures.update(refused=int(m["timefast_blocks_refused_total"]),
+                           misbehaviour=int(m["timefast_peer_misbehaviour_total"]))
+            if figures["refused"] != forged or figures["misbehaviour"] != forged:
+                raise AssertionError(f"{forged} forged blocks, {figures} counted")
+            # The liar stays, withholding and claiming a height far ahead; the honest
+            # links come back: the node catches up from them.
+            liar.answer = None
+            liar.connect([v], height=far, tip=wrong)
+            net.heal()
+            target = max(height(i) for i in rest)
+            t0 = time.monotonic()
+
+            def caught() -> bool:
+                if not liar.closed[v].is_set():
+                    liar.send(v, wire.Status(far, wrong))
+                return height(v) >= target
+            net.wait_for(caught, 40, f"node {v} caught up past the liar")
+            figures["catchup_s"] = round(time.monotonic() - t0, 1)
+            return len(lies)
+        try:
+            return _run(net, seed, 6, body) | figures
+        finally:
+            liar.close()
+
+
+def co_signer_double_spend(root: Path, seed: int) -> dict[str, Any]:
+    """Two wallets sign one payment with an input each while one of them sends a
+    spend of his input alone to another node at once: at most one of the two
+    finalizes anywhere, and every node ends them the same way."""
+    from timefast.transaction import build
+
+    from .helpers import new_wallet
+    made: list[tuple[str, str]] = []
+    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
+        net.start()
+
+        def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
+            pairs = 3
+            kb, b = new_wallet()  # the co-owner
+            funded = []
+            for n in range(pairs):
+                t = build([(*pay.coins.pop(), pay.key)], [(b, 990)], timestamp=700 + n)
+                pay._send(rng.randrange(4), t)
+                funded.append(t)
+            for t in funded:
+                net.wait_status(t.txid, "finalized", timeout=30)
+            for n, t in enumerate(funded):
+                shared = build([(*pay.coins.pop(), pay.key), (t.txid, 0, kb)],
+                               [(pay.receivers[0], 1900)], timestamp=800 + n)
+                alone = build([(t.txid, 0, kb)], [(pay.receivers[1], 980)],
+                              timestamp=900 + n)
+                pay.conflicts.append({shared.txid, alone.txid})
+                made.append((shared.txid, alone.txid))
+                i, j = rng.sample(range(4), 2)
+                threads = [threading.Thread(target=pay._send, args=(i, shared)),
+                           threading.Thread(target=pay._send, args=(j, alone))]
+                for x in rng.sample(threads, 2):
+                    x.start()
+                for x in threads:
+                    x.join()
+                time.sleep(rng.uniform(0, 0.3))
+            return pairs
+        out = _run(net, seed, 8, body)
+        # Which of each pair won, on node 0 (the checker saw every node agree).
+        won = {"shared": 0, "alone": 0, "neither": 0}
+        for shared, alone in made:
+            if _end(net.status(0, shared)) == "finalized":
+                won["shared"] += 1
+            elif _end(net.status(0, alone)) == "finalized":
+                won["alone"] += 1
+            else:
+                won["neither"] += 1
+        return out | {"won": won}
+
+
+def clock_skew(root: Path, seed: int, skew: int) -> dict[str, Any]:
+    """One of four masternodes with its clock ``skew`` seconds off (libfaketime
+    preloaded in its process) during payments and blocks, until a height it is the
+    first proposer of has committed, and two more: nothing forks.  A block's
+    timestamp may be at most 30 s ahead of a validator's clock (SPEC 7.5), so at +31
+    the others refuse its proposal and another proposer's round commits; behind, it
+    prevotes nil or starts its heights late, and the three others (q) commit without
+    it.  (A proposal made before the others start its height is judged when they do:
+    a proposer ahead by up to 30 s + the time between, BLOCK_INTERVAL at most, passes.)
+    Figures: per height from the one before that turn, the round that committed
+    it, the seconds between commits as an honest node saw them, and the blocks the
+    skewed node produced."""
+    import itertools
+
+    import libfaketime
+    _, env = libfaketime.get_reload_information()
+    preload = str(Path(env["LD_LIBRARY_PATH"]) / env["LD_PRELOAD"])
+    s = random.Random(seed).randrange(4)
+    figures: dict[str, Any] = {"skew_s": skew}
+    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
+        # Its wall clock only: the monotonic one times its timeouts.
+        net.nodes[s] = net._node(s, LD_PRELOAD=preload, DONT_FAKE_MONOTONIC=1,
+                                 FAKETIME=f"{skew:+d}s")
+        net.start()
+        honest = [i for i in range(4) if i != s]
+        order = sorted(net.pubs)
+        seen: dict[int, float] = {}  # height -> when an honest node first had it
+
+        def height() -> int:
+            h = int(net.rpc(honest[0], "getblockcount"))
+            seen.setdefault(h, time.monotonic())
+            return h
+
+        def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
+            first = height()
+            turn = next(h for h in itertools.count(first + 2) if order[h % 4] == net.pubs[s])
+            figures["turn"] = turn
+            for _ in range(6):
+                pay.pay(list(range(4)))
+                height()
+                time.sleep(rng.uniform(0.05, 0.3))
+            net.wait_for(lambda: height() >= turn + 2, 40 + max(skew, 0),
+                         f"heights up to {turn + 2} with node {s}'s clock {skew:+d} s off")
+            return 1
+        out = _run(net, seed, 8, body)
+        turn = figures["turn"]
+        blocks = [net.rpc(honest[0], "getblock", h) for h in range(turn - 1, turn + 3)]
+        figures["rounds"] = {b["height"]: b["round"] for b in blocks}
+        figures["skewed_produced"] = [b["height"] for b in blocks
+                                      if b["producer"] == net.pubs[s]]
+        figures["skewed_in_commits"] = sum(any(c["voter"] == net.pubs[s] for c in b["commit"])
+                                           for b in blocks)
+        figures["timestamp_gaps"] = [b["timestamp"] - a["timestamp"]
+                                     for a, b in itertools.pairwise(blocks)]
+        figures["commit_gaps_s"] = [round(seen[h + 1] - seen[h], 1)
+                                    for h in range(turn - 1, turn + 2)
+                                    if h in seen and h + 1 in seen]
+        return out | figures

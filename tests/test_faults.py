@@ -89,6 +89,11 @@ SCENARIOS = [
     ("a lying proposer, one of four", lambda root: faults.lying_proposers(root, SEED)),
     ("two lying proposers of seven", lambda root: faults.lying_proposers(root, SEED, 7, 2)),
     ("a block re-proposed in a later round", lambda root: faults.reproposed_block(root, SEED)),
+    ("a lying catch-up peer", lambda root: faults.catchup_liar(root, SEED)),
+    ("a co-signer's double spend", lambda root: faults.co_signer_double_spend(root, SEED)),
+    # The short ones (+29 and +31 hold the network ~30 s: the bench runs them).
+    *[(f"a clock {skew:+d} s off", lambda root, skew=skew: faults.clock_skew(root, SEED, skew))
+      for skew in (32, -31)],
 ]
 
 

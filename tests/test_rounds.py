@@ -332,3 +332,39 @@ def test_double_proposals_and_votes_are_kept_as_evidence_and_shown(tmp_path):
         assert shown(0) == before
     finally:
         net.close()
+
+
+def test_a_true_block_then_a_forged_one_from_a_peer_still_moves_the_node_on(tmp_path):
+    """A lying catch-up peer sends a true block and, in the same ``Blocks``, one whose
+    commit is cut short: the node keeps the first, refuses the second (the link
+    closed, counted) and goes on to the next height.  Before, the refusal skipped
+    what follows a committed block: the node stayed on the height it had just
+    committed, and a network that needed its vote stalled there."""
+    net = Network(tmp_path, 4, FINALITY_TIMEOUT=10)
+    node3 = None
+    try:
+        net.start()
+        net.kill(3)
+        net.rpc(0, "generate", 2)
+        blocks = []
+        for h in (1, 2):
+            b = net.rpc(0, "getblock", h)
+            b["txs"] = [net.rpc(0, "gettransaction", t)["tx"] for t in b["txids"]]
+            blocks.append(b)
+        blocks[1]["commit"] = blocks[1]["commit"][:1]
+        # Node 3 alone, behind, with a block timer: it starts each height it can.
+        (port,) = free_ports(1)
+        net.nodes[3] = net._node(3, PEERS="", P2P_DISCOVERY=0, BLOCK_INTERVAL=1,
+                                 P2P_ADDR=f"127.0.0.1:{port}")
+        node3 = net.nodes[3].start()
+        ws, _ = _peer(net, 3, port)
+        ws.send(wire.encode(wire.Blocks(tuple(wire.Block.from_data(b, "b")
+                                              for b in blocks))).decode())
+        assert _closed(ws) == 1008
+        assert net.rpc(3, "getblockcount") == 1
+        net.wait_for(lambda: net.rpc(3, "getinfo")["consensus"]["height"] == 2, 10,
+                     "node 3 on height 2")
+    finally:
+        if node3 is not None:
+            node3.kill()
+        net.close()

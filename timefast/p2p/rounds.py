@@ -460,24 +460,29 @@ class BlockRounds:
         if not blocks:
             return
 
-        def work() -> int:
+        def work() -> tuple[int, LedgerError | None]:
+            # Blocks applied before a refused one stay committed: the count of them
+            # comes back with the refusal, so that the node moves on past them.
             n = 0
             for b in blocks:
                 if b.height != self.ledger.height + 1:
                     break
                 d = b.to_data()
-                self.ledger.accept_block(d, d.get("commit", []))
+                try:
+                    self.ledger.accept_block(d, d.get("commit", []))
+                except LedgerError as e:
+                    return n, e
                 n += 1
-            return n
+            return n, None
 
-        def done(n: Any, err: BaseException | None) -> None:
-            if isinstance(err, LedgerError):
-                self.refused_blocks += 1
-                self.misbehaved(peer, f"block refused: {err.message}")
-                return
+        def done(result: Any, err: BaseException | None) -> None:
             if err is not None:
                 log.error("could not apply fetched blocks: %s", err)
                 return
+            n, refused = result
+            if refused is not None:
+                self.refused_blocks += 1
+                self.misbehaved(peer, f"block refused: {refused.message}")
             if n:
                 log.info("caught up %d block(s) to height %d", n, self.ledger.height)
                 self._asked.pop(peer, None)
@@ -487,7 +492,7 @@ class BlockRounds:
                         t.cancel()
                     self._timers.clear()
                 self._after_block(self.ledger.tip)
-                if len(blocks) >= MAX_BLOCKS_PER_REQUEST:
+                if refused is None and len(blocks) >= MAX_BLOCKS_PER_REQUEST:
                     self._ask_blocks(peer)
         self.commits.submit(work, done)
 
