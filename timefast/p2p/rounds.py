@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from nacl.signing import SigningKey
 
-from timefast import consensus
+from timefast import consensus, crashpoints
 from timefast.commits import GroupCommit
 from timefast.consensus import Consensus, Decision, Output, Record, Timeout, Timeouts
 from timefast.ledger import Ledger, LedgerError
@@ -206,6 +206,8 @@ class BlockRounds:
         if out.persist is not None:
             self._persist(out.persist)
         for m in out.messages:
+            if isinstance(m, consensus.Precommit) and m.block_hash is not None:
+                crashpoints.reached("precommit")  # the lock is durable, not yet sent
             signed = self._sign(m)
             if signed is not None:
                 self.own.append(signed)
