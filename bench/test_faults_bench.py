@@ -28,6 +28,14 @@ SCENARIOS = {
     "a masternode approves two spends of one coin": faults.conflicting_approvals,
     "a flapping link and a slow lossy one": faults.flapping_link,
     "a child before its parent's votes": faults.child_before_parent,
+    "kill -9 at approval (decided, batch unsigned), a vote split":
+        lambda root, s: faults.crash_at_vote(root, s, "approval"),
+    "kill -9 at batch (written, not committed), a vote split":
+        lambda root, s: faults.crash_at_vote(root, s, "batch"),
+    "kill -9 at send (committed, not sent), a vote split":
+        lambda root, s: faults.crash_at_vote(root, s, "send"),
+    "kill -9 at precommit (lock persisted, not sent), a round split":
+        faults.crash_at_precommit,
 }
 RESULTS: dict[str, list[dict]] = {}
 

@@ -86,6 +86,9 @@ SCENARIOS = [
      lambda root: faults.conflicting_approvals(root, SEED)),
     ("a flapping link", lambda root: faults.flapping_link(root, SEED)),
     ("a child before its parent's votes", lambda root: faults.child_before_parent(root, SEED)),
+    *((f"kill -9 at {point}, a vote split", lambda root, point=point:
+       faults.crash_at_vote(root, SEED, point)) for point in ("approval", "batch", "send")),
+    ("kill -9 at precommit, a round split", lambda root: faults.crash_at_precommit(root, SEED)),
 ]
 
 
