@@ -723,13 +723,16 @@ def crash_at_vote(root: Path, seed: int, point: str) -> dict[str, Any]:
     """Two spends of one coin at once, one at the victim and one at a node cut off
     from the other three; the victim dies at ``point`` (approval, batch or send) of
     the batch that approves its spend, which then has two of the three approvals it
-    needs; healed and restarted, the victim's stored decision stands (its spend
-    finalizes, the other is rejected) and it never approves the other."""
+    needs (its approval is on its disk at ``send`` only, asserted); healed and
+    restarted, its decision stands (its spend finalizes, the other is rejected) and
+    it never approves the other."""
     with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
         net.start()
         chosen: dict[str, Any] = {}
 
         def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
+            import orjson
+
             from timefast.transaction import build
             victim, alone = rng.sample(range(4), 2)
             chosen.update(victim=victim, pay=pay)
@@ -753,6 +756,15 @@ def crash_at_vote(root: Path, seed: int, point: str) -> dict[str, Any]:
             for t in sends:
                 t.join()
             _died_at(net, victim, point)
+            db = _db(net, victim)
+            try:
+                stored = any([a.txid, True] in orjson.loads(body)["votes"] for (body,) in
+                             db.execute("SELECT body FROM batches WHERE voter=?",
+                                        (net.pubs[victim],)))
+            finally:
+                db.close()
+            if stored != (point == "send"):  # durable only past the batch's commit
+                raise AssertionError(f"died at {point} with its approval stored: {stored}")
             for _ in range(2):
                 pay.pay([i for i in side if i != victim])
             time.sleep(rng.uniform(0.1, 0.5))
@@ -781,9 +793,9 @@ def _metric(net: Network, i: int, name: str) -> float:
 def crash_at_precommit(root: Path, seed: int) -> dict[str, Any]:
     """One node cut off, so every block needs the victim's precommit; the victim
     locks a block and dies with its lock persisted and its precommit unsent (the
-    other two are locked on it, a precommit short).  Healed and restarted, it
-    precommits that block again or nothing for that round, never another, and the
-    height commits."""
+    other two are locked on it, a precommit short).  Restarted and healed, it
+    precommits that block again or nothing for that round, never another (what it
+    sends, first-hand and relayed, is watched), and the height commits."""
     from timefast import crypto
     from timefast.p2p import wire
 
@@ -815,9 +827,13 @@ def crash_at_precommit(root: Path, seed: int) -> dict[str, Any]:
             chosen.update(victim=victim, pay=pay, record=record, precommit=(
                 pc["height"], pc["round"], pc["block_hash"]))
             time.sleep(rng.uniform(0.1, 1.0))
-            if rng.random() < 0.5:  # healed before the restart, or together (_run)
+            if rng.random() < 0.5:  # healed before the restart, or after it (_run)
                 net.heal()
                 time.sleep(rng.uniform(0.3, 1.5))
+            net.restart(victim)
+            # It resends its own messages of the height to a new peer: the watcher
+            # hears them first-hand, beside what the others relay.
+            watcher.connect([victim])
             return 1
         try:
             figures = _run(net, seed, 4, body)

@@ -206,8 +206,11 @@ class BlockRounds:
         if out.persist is not None:
             self._persist(out.persist)
         for m in out.messages:
-            if isinstance(m, consensus.Precommit) and m.block_hash is not None:
-                crashpoints.reached("precommit")  # the lock is durable, not yet sent
+            if (out.persist is not None and isinstance(m, consensus.Precommit)
+                    and m.block_hash is not None and out.persist.precommit == m):
+                # The lock just made durable, its precommit not yet sent (a restored
+                # one, sent again after a restart, is not this point).
+                crashpoints.reached("precommit")
             signed = self._sign(m)
             if signed is not None:
                 self.own.append(signed)
