@@ -665,7 +665,7 @@ def child_before_parent(root: Path, seed: int) -> dict[str, Any]:
 # for that height and round, and the height committed.
 
 
-def _died_at(net: FaultNetwork, i: int, point: str) -> None:
+def _died_at(net: FaultNetwork, i: int, point: str, timeout: float = 30) -> None:
     """Wait for node ``i`` to die by its own SIGKILL at ``point`` (AssertionError if
     it does not, or dies otherwise)."""
     import signal
@@ -673,7 +673,7 @@ def _died_at(net: FaultNetwork, i: int, point: str) -> None:
     proc = net.nodes[i].proc
     assert proc is not None
     try:
-        rc = proc.wait(30)
+        rc = proc.wait(timeout)
     except subprocess.TimeoutExpired:
         raise AssertionError(f"node {i} never reached crash point {point}") from None
     if rc != -signal.SIGKILL:
@@ -800,7 +800,9 @@ def crash_at_precommit(root: Path, seed: int) -> dict[str, Any]:
     from timefast.p2p import wire
 
     from .byzantine import Byzantine
-    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
+    # Short proposal timeouts: a victim restarted with a lock from before may wait
+    # for its own turn to propose that block again (one round in four).
+    with FaultNetwork(root, 4, BLOCK_INTERVAL=1, TIMEOUT_PROPOSE=1) as net:
         net.start()
         watcher = Byzantine(net, crypto.new_key())  # a full node: hears every relay
         chosen: dict[str, Any] = {}
@@ -814,7 +816,7 @@ def crash_at_precommit(root: Path, seed: int) -> dict[str, Any]:
             net.restart(victim, TIMEFAST_CRASH_AT="precommit")
             for _ in range(2):
                 pay.pay(rest)
-            _died_at(net, victim, "precommit")
+            _died_at(net, victim, "precommit", 60)
             db = _db(net, victim)
             try:
                 (raw,) = db.execute("SELECT value FROM meta WHERE key='consensus'").fetchone()
