@@ -45,6 +45,14 @@ SCENARIOS = {
     **{f"one of four with its clock {skew:+d} s off":
        lambda root, s, skew=skew: faults.clock_skew(root, s, skew)
        for skew in (29, -29, 31, 32, -31)},
+    "kill -9 at approval (decided, batch unsigned), a vote split":
+        lambda root, s: faults.crash_at_vote(root, s, "approval"),
+    "kill -9 at batch (written, not committed), a vote split":
+        lambda root, s: faults.crash_at_vote(root, s, "batch"),
+    "kill -9 at send (committed, not sent), a vote split":
+        lambda root, s: faults.crash_at_vote(root, s, "send"),
+    "kill -9 at precommit (lock persisted, not sent), a round split":
+        faults.crash_at_precommit,
 }
 # Masternodes per scenario where not four: how many runs fit side by side.
 NODES = {"five masternodes, one down": 5, "six masternodes, one down": 6,

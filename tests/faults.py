@@ -1066,3 +1066,196 @@ def clock_skew(root: Path, seed: int, skew: int) -> dict[str, Any]:
                                     for h in range(turn - 1, turn + 2)
                                     if h in seen and h + 1 in seen]
         return out | figures
+
+
+# -- kill -9 at a persistence point while a vote or a round is split -----------------
+#
+# The node under test runs with TIMEFAST_CRASH_AT (timefast/crashpoints.py) and SIGKILLs
+# itself at the chosen point; the others go on, the links heal, it restarts on its
+# data directory.  Beyond the checker: it died at that point; no node holds evidence
+# against anyone; none of its batch numbers carries two contents anywhere; it approved
+# at most one spend of each coin; at ``precommit``, it never precommitted anything else
+# for that height and round, and the height committed.
+
+
+def _died_at(net: FaultNetwork, i: int, point: str, timeout: float = 30) -> None:
+    """Wait for node ``i`` to die by its own SIGKILL at ``point`` (AssertionError if
+    it does not, or dies otherwise)."""
+    import signal
+    import subprocess
+    proc = net.nodes[i].proc
+    assert proc is not None
+    try:
+        rc = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"node {i} never reached crash point {point}") from None
+    if rc != -signal.SIGKILL:
+        raise AssertionError(f"node {i} exited with {rc}, not SIGKILL, before {point}")
+    line = f"crash point {point} reached"
+    net.wait_for(lambda: any(line in x for x in net.nodes[i].log), 5,
+                 f"node {i} logged {line!r}")
+
+
+def _db(net: Network, i: int) -> Any:
+    import sqlite3
+    return sqlite3.connect(f"file:{net.nodes[i].data_dir / 'timefast.db'}?mode=ro", uri=True)
+
+
+def _no_equivocation(net: FaultNetwork, victim: int, pay: Payments) -> list[str]:
+    """Evidence anywhere, a batch number of ``victim`` with two contents, or two
+    spends of one coin it approved: each a violation."""
+    import orjson
+    bad: list[str] = []
+    bodies: dict[int, set[bytes]] = {}
+    approved: set[str] = set()
+    for i in net.up():
+        entry = next(m for m in net.rpc(i, "masternodelist")
+                     if m["public_key"] == net.pubs[victim])
+        if entry["equivocations"]:
+            bad.append(f"node {i}: {entry['equivocations']} equivocations by node {victim}")
+        db = _db(net, i)
+        try:
+            (evidence,) = db.execute("SELECT COUNT(*) FROM evidence").fetchone()
+            if evidence:
+                bad.append(f"node {i}: {evidence} evidence rows")
+            for n, body in db.execute("SELECT batch, body FROM batches WHERE voter=?",
+                                      (net.pubs[victim],)):
+                msg = orjson.loads(body)
+                bodies.setdefault(n, set()).add(orjson.dumps(msg["votes"]))
+                approved.update(t for t, yes in msg["votes"] if yes)
+        finally:
+            db.close()
+    bad += [f"batch {n} of node {victim} with {len(c)} contents"
+            for n, c in sorted(bodies.items()) if len(c) > 1]
+    bad += [f"node {victim} approved both of {sorted(g)}"
+            for g in pay.conflicts if len(g & approved) > 1]
+    return bad
+
+
+def crash_at_vote(root: Path, seed: int, point: str) -> dict[str, Any]:
+    """Two spends of one coin at once, one at the victim and one at a node cut off
+    from the other three; the victim dies at ``point`` (approval, batch or send) of
+    the batch that approves its spend, which then has two of the three approvals it
+    needs (its approval is on its disk at ``send`` only, asserted); healed and
+    restarted, its decision stands (its spend finalizes, the other is rejected) and
+    it never approves the other."""
+    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
+        net.start()
+        chosen: dict[str, Any] = {}
+
+        def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
+            import orjson
+
+            from timefast.transaction import build
+            victim, alone = rng.sample(range(4), 2)
+            chosen.update(victim=victim, pay=pay)
+            side = [i for i in range(4) if i != alone]
+            before = rng.randint(0, 1)  # batches the victim signs and sends first
+            net.restart(victim, TIMEFAST_CRASH_AT=f"{point}:{before + 1}")
+            net.wait_linked(timeout=30)
+            for _ in range(before):
+                pay.pay([victim], conflict=0)
+                net.wait_status(pay.acknowledged[-1], "finalized", timeout=20)
+            net.partition(side, [alone])
+            coin = pay.coins.pop()
+            a = build([(*coin, pay.key)], [(pay.receivers[0], 990)], timestamp=70_000)
+            b = build([(*coin, pay.key)], [(pay.receivers[1], 980)], timestamp=70_001)
+            pay.conflicts.append({a.txid, b.txid})
+            chosen.update(spends=(a.txid, b.txid))
+            sends = [threading.Thread(target=pay._send, args=(victim, a)),
+                     threading.Thread(target=pay._send, args=(alone, b))]
+            for t in sends:
+                t.start()
+            for t in sends:
+                t.join()
+            _died_at(net, victim, point)
+            db = _db(net, victim)
+            try:
+                stored = any([a.txid, True] in orjson.loads(body)["votes"] for (body,) in
+                             db.execute("SELECT body FROM batches WHERE voter=?",
+                                        (net.pubs[victim],)))
+            finally:
+                db.close()
+            if stored != (point == "send"):  # durable only past the batch's commit
+                raise AssertionError(f"died at {point} with its approval stored: {stored}")
+            for _ in range(2):
+                pay.pay([i for i in side if i != victim])
+            time.sleep(rng.uniform(0.1, 0.5))
+            if rng.random() < 0.5:  # healed before the restart, or together (_run)
+                net.heal()
+                time.sleep(rng.uniform(0.3, 1.5))
+            return 1
+        figures = _run(net, seed, 6, body)
+        figures["violations"] += _no_equivocation(net, chosen["victim"], chosen["pay"])
+        # How the two spends ended (the victim's first): the checker saw every node agree.
+        figures["spends"] = "/".join(str(net.status(0, t)) for t in chosen["spends"])
+        return figures
+
+
+def crash_at_precommit(root: Path, seed: int) -> dict[str, Any]:
+    """One node cut off, so every block needs the victim's precommit; the victim
+    locks a block and dies with its lock persisted and its precommit unsent (the
+    other two are locked on it, a precommit short).  Restarted and healed, it
+    precommits that block again or nothing for that round, never another (what it
+    sends, first-hand and relayed, is watched), and the height commits."""
+    from timefast import crypto
+    from timefast.p2p import wire
+
+    from .byzantine import Byzantine
+    # Short proposal timeouts: a victim restarted with a lock from before may wait
+    # for its own turn to propose that block again (one round in four).
+    with FaultNetwork(root, 4, BLOCK_INTERVAL=1, TIMEOUT_PROPOSE=1) as net:
+        net.start()
+        watcher = Byzantine(net, crypto.new_key())  # a full node: hears every relay
+        chosen: dict[str, Any] = {}
+
+        def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
+            import orjson
+            victim, alone = rng.sample(range(4), 2)
+            rest = [i for i in range(4) if i not in (victim, alone)]
+            watcher.connect(rest)  # straight to them, not through the proxies
+            net.partition([alone], [i for i in range(4) if i != alone])
+            net.restart(victim, TIMEFAST_CRASH_AT="precommit")
+            for _ in range(2):
+                pay.pay(rest)
+            _died_at(net, victim, "precommit", 60)
+            db = _db(net, victim)
+            try:
+                (raw,) = db.execute("SELECT value FROM meta WHERE key='consensus'").fetchone()
+            finally:
+                db.close()
+            record = orjson.loads(raw)
+            pc = record["precommit"]
+            if pc is None or pc["block_hash"] != record["locked_value"]:
+                raise AssertionError(f"died at precommit without its lock stored: {record}")
+            chosen.update(victim=victim, pay=pay, record=record, precommit=(
+                pc["height"], pc["round"], pc["block_hash"]))
+            time.sleep(rng.uniform(0.1, 1.0))
+            if rng.random() < 0.5:  # healed before the restart, or after it (_run)
+                net.heal()
+                time.sleep(rng.uniform(0.3, 1.5))
+            net.restart(victim)
+            # It resends its own messages of the height to a new peer: the watcher
+            # hears them first-hand, beside what the others relay.
+            watcher.connect([victim])
+            return 1
+        try:
+            figures = _run(net, seed, 4, body)
+            height, round_, block = chosen["precommit"]
+            mine = {(m.height, m.round, m.block_hash)
+                    for msgs in watcher.received.values() for m in msgs
+                    if isinstance(m, wire.Precommit) and m.voter == net.pubs[chosen["victim"]]}
+            figures["violations"] += [
+                f"node {chosen['victim']} precommitted {m[2]} at height {height} round "
+                f"{round_} after {block}"
+                for m in mine if m[:2] == (height, round_) and m[2] != block]
+            if figures["height"] < height:
+                figures["violations"].append(f"height {height} never committed")
+            figures["violations"] += [
+                f"node {i}: consensus equivocation seen" for i in net.up()
+                if metrics(net, i)["timefast_consensus_equivocations_total"]]
+            figures["violations"] += _no_equivocation(net, chosen["victim"], chosen["pay"])
+            figures["resent"] = (height, round_, block) in mine
+            return figures
+        finally:
+            watcher.close()

@@ -94,6 +94,9 @@ SCENARIOS = [
     # The short ones (+29 and +31 hold the network ~30 s: the bench runs them).
     *[(f"a clock {skew:+d} s off", lambda root, skew=skew: faults.clock_skew(root, SEED, skew))
       for skew in (32, -31)],
+    *((f"kill -9 at {point}, a vote split", lambda root, point=point:
+       faults.crash_at_vote(root, SEED, point)) for point in ("approval", "batch", "send")),
+    ("kill -9 at precommit, a round split", lambda root: faults.crash_at_precommit(root, SEED)),
 ]
 
 

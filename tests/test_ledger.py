@@ -1001,6 +1001,41 @@ def test_an_own_vote_decided_but_not_signed_is_decided_again_after_a_crash(tmp_p
     assert again.pending[t].approvals == {pubs[0]}
 
 
+def test_the_vote_crash_points_sit_before_and_inside_the_batch_commit(tmp_path,
+                                                                     monkeypatch):
+    """TIMEFAST_CRASH_AT (timefast/crashpoints.py): at ``approval`` the vote is decided
+    and its transaction stored, the batch not signed; at ``batch`` the batch is
+    written in the open transaction, and a kill then leaves none of it on disk."""
+    import sqlite3
+
+    from timefast import crashpoints
+    keys = [crypto.new_key() for _ in range(4)]
+    pubs = [crypto.public_key_hex(k) for k in keys]
+    led = Ledger(Store(tmp_path / "t.db"), "regtest", keys[0], pubs, clock=Clock())
+    _, a = new_wallet()
+    t = led.faucet(a, 10)
+    seen: dict[str, tuple[object, ...]] = {}
+
+    def on_disk() -> tuple[str | None, int]:
+        db = sqlite3.connect(tmp_path / "t.db")  # another reader: committed rows only
+        try:
+            status = db.execute("SELECT status FROM txs WHERE txid=?", (t,)).fetchone()
+            (batches,) = db.execute("SELECT COUNT(*) FROM batches").fetchone()
+            return (status[0] if status else None), batches
+        finally:
+            db.close()
+
+    def reached(point: str) -> None:
+        written = led.store.db.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
+        seen[point] = (list(led.own_queue), written, on_disk())
+    monkeypatch.setattr(crashpoints, "reached", reached)
+    msg = led.sign_batch()
+    assert msg is not None and msg.votes == ((t, True),)
+    assert seen["approval"] == ([(t, True)], 0, ("pending", 0))
+    assert seen["batch"] == ([(t, True)], 1, ("pending", 0))  # written, not committed
+    assert on_disk() == ("pending", 1)
+
+
 # -- blocks of a network (SPEC 7.5) ------------------------------------------------------
 
 

@@ -368,3 +368,58 @@ def test_a_true_block_then_a_forged_one_from_a_peer_still_moves_the_node_on(tmp_
         if node3 is not None:
             node3.kill()
         net.close()
+
+
+def test_the_precommit_crash_point_is_a_fresh_lock_not_a_restored_precommit(tmp_path,
+                                                                             monkeypatch):
+    """TIMEFAST_CRASH_AT=precommit (timefast/crashpoints.py) fires once the record
+    holding a new lock is durable and before its precommit leaves; the same
+    precommit sent again after a restart is not that point."""
+    import asyncio
+
+    from timefast import consensus, crashpoints
+    from timefast.consensus import Timeouts
+    from timefast.ledger import Ledger
+    from timefast.p2p.rounds import BlockRounds
+    from timefast.storage import Store
+
+    keys = [crypto.new_key() for _ in range(4)]
+    pubs = sorted(crypto.public_key_hex(k) for k in keys)
+    me = next(k for k in keys if crypto.public_key_hex(k) == pubs[1])  # proposes (1, 0)
+    reached: list[str] = []
+    sent: list[wire.Message] = []
+    monkeypatch.setattr(crashpoints, "reached", reached.append)
+
+    def rounds() -> BlockRounds:
+        ledger = Ledger(Store(tmp_path / "t.db"), "regtest", me, pubs)
+        return BlockRounds(ledger, None, me, block_interval=0, timeouts=Timeouts(),  # type: ignore[arg-type]
+                           send=lambda m, _: sent.append(m), send_to=lambda p, m: None,
+                           misbehaved=lambda p, r: None)
+
+    async def first_life() -> str:
+        r = rounds()
+        r.start_height(1)
+        (proposal,) = [m for m in sent if isinstance(m, wire.Proposal)]
+        assert r.machine is not None and reached == []
+        for voter in (pubs[2], pubs[3]):
+            r._apply(r.machine.on_message(consensus.Prevote(1, 0, proposal.block.hash, voter)))
+        r.close()
+        r.ledger.store.close()
+        return proposal.block.hash
+
+    block = asyncio.run(first_life())
+    assert reached == ["precommit"]
+    (pc,) = [m for m in sent if isinstance(m, wire.Precommit)]
+    assert pc.block_hash == block  # the lock's precommit, after the point
+    sent.clear()
+
+    async def second_life() -> None:
+        r = rounds()
+        r.start()  # resumes height 1 round 0 from the record
+        r.close()
+        r.ledger.store.close()
+
+    asyncio.run(second_life())
+    assert reached == ["precommit"]  # not again
+    assert [(m.round, m.block_hash) for m in sent if isinstance(m, wire.Precommit)] == [
+        (0, block)]

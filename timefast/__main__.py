@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-from timefast import logs
+from timefast import crashpoints, logs
 from timefast.datadir import DataDirError
 from timefast.node import Node, tune_gc
 from timefast.settings import SettingsError, load
@@ -21,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         if edge and not (settings.event_bus and settings.node_rpc):
             raise SettingsError("an edge needs EVENT_BUS (the NATS server) and NODE_RPC "
                                 "(the masternode's RPC URL)")
-    except SettingsError as e:
+        crashpoints.arm(os.environ.get(crashpoints.ENV))
+    except (SettingsError, ValueError) as e:
         print(f"time-masternode: {e}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level, settings.log_format)

@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 from nacl.signing import SigningKey
 
-from timefast import _core
+from timefast import _core, crashpoints
 from timefast.crypto import (
     HEX64,
     HEX128,
@@ -481,6 +481,8 @@ class Ledger:
         if self._sync_commit:
             self._sync_commit = False
             self.store.sync_next_commit()
+            # Inside the open transaction, the batch's rows written: its commit's near side.
+            crashpoints.reached("batch")
 
     def _flush_staged(self) -> None:
         """Write the open batch's staged rows now, for a read that needs all of them."""
@@ -1001,6 +1003,7 @@ class Ledger:
         approves a second spend."""
         if not self.own_queue:
             return None
+        crashpoints.reached("approval")
         votes = self.own_queue[:BATCH_VOTES]
         batch = self.next_batch
         msg = wire.sign_votes(self.key, self.network_id, batch, votes)

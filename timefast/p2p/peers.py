@@ -36,6 +36,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.http11 import Request, Response
 
+from timefast import crashpoints
 from timefast.commits import GroupCommit
 from timefast.crypto import verify_batch
 from timefast.journal import Change, TxAccepted, TxConfirmed, TxFinalized
@@ -613,6 +614,7 @@ class PeerNetwork:
                 log.error("could not store own votes: %s", err)
             elif msg is not None:
                 # Stored (with the approvals it holds) before it leaves.
+                crashpoints.reached("send")
                 self.relay.add_votes(msg)
                 self._broadcast(msg)
                 self.counters["batches_signed"] += 1

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from nacl.signing import SigningKey
 
-from timefast import consensus
+from timefast import consensus, crashpoints
 from timefast.commits import GroupCommit
 from timefast.consensus import Consensus, Decision, Output, Record, Timeout, Timeouts
 from timefast.ledger import Ledger, LedgerError
@@ -213,6 +213,11 @@ class BlockRounds:
         if out.persist is not None:
             self._persist(out.persist)
         for m in out.messages:
+            if (out.persist is not None and isinstance(m, consensus.Precommit)
+                    and m.block_hash is not None and out.persist.precommit == m):
+                # The lock just made durable, its precommit not yet sent (a restored
+                # one, sent again after a restart, is not this point).
+                crashpoints.reached("precommit")
             signed = self._sign(m)
             if signed is not None:
                 self.own.append(signed)
