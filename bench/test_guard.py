@@ -2,7 +2,8 @@
 
 Absolute speeds vary from machine to machine; ratios between two things run side
 by side here do not, much.  A large regression of the compiled core against its
-Python model, or of the node's fan-out against plain websockets.broadcast, fails.
+Python model, or of the node's fan-out or wallets' connecting against plain
+websockets, fails.
 """
 
 from __future__ import annotations
@@ -47,3 +48,20 @@ def test_node_fanout_beats_plain_websockets(loadclient, tmp_path):
             server.stop()
     print(f"\nfan-out ratio {rates['timefast'] / rates['websockets']:.1f}x {rates}")
     assert rates["timefast"] / rates["websockets"] >= FANOUT_FLOOR
+
+
+CONNECT_FLOOR = 1.5  # measured: 2.6x (1,000 wallets) and 3.0x (10,000)
+
+
+def test_wallets_connect_faster_than_on_plain_websockets(loadclient, tmp_path):
+    """A reconnect storm's cost: wallets connecting and subscribing at once."""
+    from bench.test_storm_bench import connect_only
+    seconds = {}
+    for name, start in (("timefast", start_timefast), ("websockets", start_websockets)):
+        server = start(tmp_path / name)
+        try:
+            seconds[name] = min(connect_only(loadclient, server, 2000) for _ in range(2))
+        finally:
+            server.stop()
+    print(f"\nconnect ratio {seconds['websockets'] / seconds['timefast']:.1f}x {seconds}")
+    assert seconds["websockets"] / seconds["timefast"] >= CONNECT_FLOOR
