@@ -1,12 +1,13 @@
 """The network fault scenarios (tests/faults.py) over many seeds: payments, faults
 injected, violations the checker found, time to recover.  FAULT_SEEDS=N seeds each
-(default 20), FAULT_JOBS runs of four masternodes side by side (default 3: a run
+(default 20), FAULT_JOBS runs of four masternodes side by side (default 4: a run
 mostly waits, on timeouts and blocks; a network of n nodes counts n/4 runs); the
 figures go to bench/results/REPORT.md."""
 
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ from bench import report
 from tests import faults
 
 SEEDS = int(os.environ.get("FAULT_SEEDS", "20"))
-JOBS = int(os.environ.get("FAULT_JOBS", "3"))
+JOBS = int(os.environ.get("FAULT_JOBS", "4"))
 SCENARIOS = {
     "kill -9 of any one of four, 50 cycles": lambda root, s: faults.kill_cycles(root, s, 50),
     "partition 2|2, healed": faults.partition_halves,
@@ -62,6 +63,15 @@ NODES = {"five masternodes, one down": 5, "six masternodes, one down": 6,
 # three times as many side by side.
 WAITING = {f"one of four with its clock {skew:+d} s off" for skew in (29, 31)}
 RESULTS: dict[str, list[dict]] = {}
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of every node process it has waited for."""
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+CPU_AT_START = _cpu_seconds()
 SECONDS: dict[str, float] = {}
 
 
@@ -93,6 +103,7 @@ def test_fault_scenario_over_seeds(name, tmp_path):
                     f"{sum(len(r['violations']) for r in rs)} | "
                     f"{statistics.median(r['recover_s'] for r in rs):.1f} / "
                     f"{max(r['recover_s'] for r in rs):.1f} | {SECONDS[n]:.0f} |")
+    cpu = _cpu_seconds() - CPU_AT_START
     report.set_section("faults", "\n".join([
         "## Network faults", "",
         f"{report.stamp()} Real masternode processes on loopback, every peer link through "
@@ -100,7 +111,9 @@ def test_fault_scenario_over_seeds(name, tmp_path):
         "spends, forks, statuses that went back, events out of order, payments lost or "
         "ending differently, money made or lost. Seeds 1..N; FAULT_SEED=n replays one "
         f"in tests/test_faults.py. Up to {JOBS} runs of four masternodes side by side "
-        f"(FAULT_JOBS); all scenarios took {sum(SECONDS.values()) / 60:.1f} min.", "",
+        f"(FAULT_JOBS); all scenarios took {sum(SECONDS.values()) / 60:.1f} min, and "
+        f"{cpu / 60:.1f} CPU-minutes, which {os.cpu_count()} cores cannot do in less than "
+        f"{cpu / 60 / (os.cpu_count() or 1):.1f} min.", "",
         "| scenario | seeds | payments | conflicting pairs | faults | violations | "
         "recovery s (median / max) | wall s |", "|---|---:|---:|---:|---:|---:|---:|---:|",
         *rows]))
