@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
+import timefast
 from timefast import crypto
 from timefast.ledger import Ledger
 from timefast.node import Node
@@ -196,6 +197,15 @@ class NodeThread:
         asyncio.run_coroutine_threadsafe(node.stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._done.wait(30)
+
+
+def compile_package() -> None:
+    """Write the bytecode of every timefast module once, before nodes start as
+    processes.  Where PYTHONDONTWRITEBYTECODE is set (as on the CI machines) no node
+    process writes it, and each would compile every module again at each start: the
+    network fault runs start nodes a few thousand times."""
+    import compileall
+    compileall.compile_dir(str(Path(timefast.__file__).parent), quiet=1)
 
 
 class NodeProcess:
