@@ -199,6 +199,10 @@ def test_blocks_commit_while_a_masternode_approved_the_losing_spend(tmp_path):
         net.restart(3)
         net.kill(2)  # one other masternode down: node 3's precommit is needed
         net.wait_linked([0, 1, 3])
+        # Node 3 learns t1 with its certificate (GetPending) on linking.  Until then a
+        # block it proposes (height 1 may be its turn) rightly holds no t1, and t1 is
+        # confirmed a block later: CI saw that once.
+        net.wait_status(t1.txid, "finalized", [3])
         made = net.rpc(0, "generate", 1)
         net.wait_for(lambda: net.rpc(3, "getblockcount") == 1, 20)
         assert net.rpc(3, "getblock", 1)["hash"] == made[0]
