@@ -314,6 +314,15 @@ class Payments:
         self.acknowledged.append(tx.txid)
         return True
 
+    def send_at_once(self, *sends: tuple[int, Any]) -> None:
+        """Each ``(node, tx)`` sent from its own thread, started in the order given,
+        all at once (spends of one coin racing at several nodes)."""
+        threads = [threading.Thread(target=self._send, args=s) for s in sends]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
     def pay(self, nodes: list[int], conflict: float = 0.1) -> None:
         """One payment at a random node of ``nodes`` (with chance ``conflict``, two
         spends of one coin at two of them at once)."""
@@ -327,12 +336,7 @@ class Payments:
             b = self.build([(*coin, self.key)], [(to, 980)], timestamp=self.sent * 2 + 1)
             i, j = self.rng.sample(nodes, 2)
             self.conflicts.append({a.txid, b.txid})
-            threads = [threading.Thread(target=self._send, args=(i, a)),
-                       threading.Thread(target=self._send, args=(j, b))]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            self.send_at_once((i, a), (j, b))
         else:
             self._send(self.rng.choice(nodes), a)
 
@@ -584,12 +588,7 @@ def conflicting_approvals(root: Path, seed: int) -> dict[str, Any]:
                 liar.send(order[0], liar.votes(100 + 2 * n, [(a.txid, True)]))
                 for i in order[1:]:
                     liar.send(i, liar.votes(101 + 2 * n, [(b.txid, True)]))
-                threads = [threading.Thread(target=pay._send, args=(order[0], a)),
-                           threading.Thread(target=pay._send, args=(order[1], b))]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
+                pay.send_at_once((order[0], a), (order[1], b))
             time.sleep(2)
             return 3
         try:
@@ -987,12 +986,7 @@ def co_signer_double_spend(root: Path, seed: int) -> dict[str, Any]:
                 pay.conflicts.append({shared.txid, alone.txid})
                 made.append((shared.txid, alone.txid))
                 i, j = rng.sample(range(4), 2)
-                threads = [threading.Thread(target=pay._send, args=(i, shared)),
-                           threading.Thread(target=pay._send, args=(j, alone))]
-                for x in rng.sample(threads, 2):
-                    x.start()
-                for x in threads:
-                    x.join()
+                pay.send_at_once(*rng.sample([(i, shared), (j, alone)], 2))
                 time.sleep(rng.uniform(0, 0.3))
             return pairs
         out = _run(net, seed, 8, body)
@@ -1162,12 +1156,7 @@ def crash_at_vote(root: Path, seed: int, point: str) -> dict[str, Any]:
             b = build([(*coin, pay.key)], [(pay.receivers[1], 980)], timestamp=70_001)
             pay.conflicts.append({a.txid, b.txid})
             chosen.update(spends=(a.txid, b.txid))
-            sends = [threading.Thread(target=pay._send, args=(victim, a)),
-                     threading.Thread(target=pay._send, args=(alone, b))]
-            for t in sends:
-                t.start()
-            for t in sends:
-                t.join()
+            pay.send_at_once((victim, a), (alone, b))
             _died_at(net, victim, point)
             db = _db(net, victim)
             try:
