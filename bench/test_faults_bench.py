@@ -1,16 +1,19 @@
 """The network fault scenarios (tests/faults.py) over many seeds: payments, faults
 injected, violations the checker found, time to recover.  FAULT_SEEDS=N seeds each
-(default 20), FAULT_JOBS runs of four masternodes side by side (default 4: a run
-mostly waits, on timeouts and blocks; a network of n nodes counts n/4 runs); the
-figures go to bench/results/REPORT.md."""
+(default 20).  Every run of every scenario goes into one queue, longest first, and
+runs start while their masternodes fit in FAULT_JOBS x 4 (default 16: a run mostly
+waits, on timeouts and blocks), so the two cores stay busy to the end.  Node
+processes are forked from one interpreter that imported the node (tests/forked.py;
+FAULT_FORK=0 runs ``python -m timefast`` for each, as tests/test_faults.py does).
+The figures go to bench/results/REPORT.md."""
 
 from __future__ import annotations
 
 import os
 import resource
 import statistics
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -62,60 +65,121 @@ NODES = {"five masternodes, one down": 5, "six masternodes, one down": 6,
 # Runs that spend most of their time waiting (a height held ~30 s by a clock ahead):
 # three times as many side by side.
 WAITING = {f"one of four with its clock {skew:+d} s off" for skew in (29, 31)}
-RESULTS: dict[str, list[dict]] = {}
+# Seconds one run took in the last 20-seed run, where over ~15 s: the queue starts
+# the longest first, so that the last runs to finish are short ones.
+LONG = {"kill -9 of any one of four, 50 cycles": 100, "nine masternodes, two down": 60,
+        "eight masternodes, two down": 45, "two lying proposers of seven": 30,
+        "six masternodes, one down": 25, "five masternodes, one down": 15,
+        **{f"one of four with its clock {skew:+d} s off": 45 for skew in (29, 31)},
+        **{f"one of four with its clock {skew:+d} s off": 25 for skew in (32, -29, -31)}}
+FORK = os.environ.get("FAULT_FORK", "1") != "0"
 
 
-def _cpu_seconds() -> float:
-    """CPU time of this process and of every node process it has waited for."""
-    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
-                                                resource.getrusage(resource.RUSAGE_CHILDREN)))
+def _cpu_seconds(forker) -> float:
+    """CPU time of this process, of every node process it has waited for, and of the
+    fork server with the nodes it forked and reaped."""
+    own = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                               resource.getrusage(resource.RUSAGE_CHILDREN)))
+    return own + (forker.cpu_seconds() if forker else 0.0)
 
 
-CPU_AT_START = _cpu_seconds()
-SECONDS: dict[str, float] = {}
+def _cost(name: str) -> float:
+    """How much of the FAULT_JOBS x 4 a run takes: its masternodes (a third of them
+    for a run that mostly waits)."""
+    return NODES.get(name, 4) / (3 if name in WAITING else 1)
 
 
-@pytest.mark.timeout(SEEDS * 120 + 300)
-@pytest.mark.parametrize("name", list(SCENARIOS))
-def test_fault_scenario_over_seeds(name, tmp_path):
-    started = time.monotonic()
+def _run_all(names: list[str], root) -> dict:
+    """Every seed of every scenario in ``names``, side by side while they fit; each
+    run's figures and seconds, the wall and CPU seconds of them all."""
+    from tests import helpers
+    forker = None
+    if FORK:
+        from tests.forked import Forker
+        forker = helpers.FORKER = Forker()
+    cpu0, t0 = _cpu_seconds(forker), time.monotonic()
+    queue = sorted(((n, s) for n in names for s in range(1, SEEDS + 1)),
+                   key=lambda x: -LONG.get(x[0], 10))
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    free = [float(JOBS * 4)]
+    cond = threading.Condition()
 
-    def one(seed: int) -> dict:
+    def one(name: str, seed: int, cost: float) -> None:
+        started = time.monotonic()
         try:
-            r = SCENARIOS[name](tmp_path / f"seed{seed}", seed)
+            r = SCENARIOS[name](root / f"{names.index(name)}-seed{seed}", seed)
         except Exception as e:  # a scenario's own check failed: it counts, the rest run
             r = {"seed": seed, "payments": 0, "conflicts": 0, "faults": 0,
                  "violations": [f"raised {e!r}"], "recover_s": 0.0}
+        r["run_s"] = round(time.monotonic() - started, 1)
         print(f"\n{name} seed {seed}: {r}", flush=True)
-        return r
-    jobs = max(1, JOBS * 4 // NODES.get(name, 4)) * (3 if name in WAITING else 1)
-    with ThreadPoolExecutor(jobs) as pool:
-        runs = list(pool.map(one, range(1, SEEDS + 1)))
-    elapsed = time.monotonic() - started
-    RESULTS[name] = runs
-    SECONDS[name] = elapsed
+        with cond:
+            runs[name].append(r)
+            free[0] += cost
+            cond.notify_all()
+
+    threads = []
+    try:
+        for name, seed in queue:
+            cost = min(_cost(name), JOBS * 4)
+            with cond:
+                cond.wait_for(lambda cost=cost: free[0] >= cost)
+                free[0] -= cost
+            t = threading.Thread(target=one, args=(name, seed, cost), daemon=True)
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join()
+        return {"runs": runs, "wall": time.monotonic() - t0,
+                "cpu": _cpu_seconds(forker) - cpu0}
+    finally:
+        helpers.FORKER = None
+        if forker:
+            forker.close()
+
+
+@pytest.fixture(scope="module")
+def all_runs(request, tmp_path_factory):
+    """The runs of every scenario selected in this session, done once, together."""
+    names = [item.callspec.params["name"] for item in request.session.items
+             if getattr(item, "originalname", "") == "test_fault_scenario_over_seeds"]
+    return _run_all(list(dict.fromkeys(names)), tmp_path_factory.mktemp("faults"))
+
+
+@pytest.mark.timeout(SEEDS * 150 + 900)
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_fault_scenario_over_seeds(name, all_runs):
+    results = all_runs["runs"]
+    runs = sorted(results[name], key=lambda r: r["seed"])
     bad = [r for r in runs if r["violations"]]
     rows = []
-    for n, rs in RESULTS.items():
+    for n, rs in results.items():
         cell = n.replace("|", "\\|")  # a table cell: its own bars escaped
         rows.append(f"| {cell} | {len(rs)} | {sum(r['payments'] for r in rs):,} | "
                     f"{sum(r['conflicts'] for r in rs)} | {sum(r['faults'] for r in rs)} | "
                     f"{sum(len(r['violations']) for r in rs)} | "
                     f"{statistics.median(r['recover_s'] for r in rs):.1f} / "
-                    f"{max(r['recover_s'] for r in rs):.1f} | {SECONDS[n]:.0f} |")
-    cpu = _cpu_seconds() - CPU_AT_START
+                    f"{max(r['recover_s'] for r in rs):.1f} | "
+                    f"{statistics.median(r['run_s'] for r in rs):.0f} / "
+                    f"{max(r['run_s'] for r in rs):.0f} |")
+    wall, cpu = all_runs["wall"], all_runs["cpu"]
+    cores = os.cpu_count() or 1
     report.set_section("faults", "\n".join([
         "## Network faults", "",
         f"{report.stamp()} Real masternode processes on loopback, every peer link through "
         "a fault proxy (tests/faults.py); after each run the checker looks for double "
         "spends, forks, statuses that went back, events out of order, payments lost or "
         "ending differently, money made or lost. Seeds 1..N; FAULT_SEED=n replays one "
-        f"in tests/test_faults.py. Up to {JOBS} runs of four masternodes side by side "
-        f"(FAULT_JOBS); all scenarios took {sum(SECONDS.values()) / 60:.1f} min, and "
-        f"{cpu / 60:.1f} CPU-minutes, which {os.cpu_count()} cores cannot do in less than "
-        f"{cpu / 60 / (os.cpu_count() or 1):.1f} min.", "",
+        f"in tests/test_faults.py. {SEEDS} seeds of {len(results)} scenarios, "
+        f"{sum(map(len, results.values()))} runs, side by side while their masternodes "
+        f"fit in {JOBS * 4} (FAULT_JOBS={JOBS}); nodes "
+        + ("forked from one interpreter that imported the node (FAULT_FORK=1). "
+           if FORK else "started by `python -m timefast` each (FAULT_FORK=0). ")
+        + f"All runs took {wall / 60:.1f} min and {cpu / 60:.1f} CPU-minutes, which "
+        f"{cores} cores cannot do in less than {cpu / 60 / cores:.1f} min.", "",
         "| scenario | seeds | payments | conflicting pairs | faults | violations | "
-        "recovery s (median / max) | wall s |", "|---|---:|---:|---:|---:|---:|---:|---:|",
-        *rows]))
-    print(f"{name}: {len(runs)} seeds in {time.monotonic() - started:.0f} s")
+        "recovery s (median / max) | run s (median / max) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|", *rows]))
+    print(f"{name}: {len(runs)} seeds")
+    assert len(runs) == SEEDS
     assert not bad, bad

@@ -208,6 +208,12 @@ def compile_package() -> None:
     compileall.compile_dir(str(Path(timefast.__file__).parent), quiet=1)
 
 
+# Set (a ``tests.forked.Forker``) to fork node processes from one interpreter that
+# has imported the node, instead of running ``python -m timefast`` for each: the
+# network fault bench does, for its thousands of node starts.
+FORKER: Any = None
+
+
 class NodeProcess:
     """``time-masternode`` as a child process; the bound ports come from its banner.
 
@@ -220,15 +226,20 @@ class NodeProcess:
         self.data_dir = data_dir
         self.argv = argv or [sys.executable, "-m", "timefast"]
         self.env = {**os.environ, **base_env(data_dir, **settings)}
-        self.proc: subprocess.Popen[str] | None = None
+        # Forked from FORKER's interpreter instead (tests/forked.py), where one is set,
+        # the command is the node's own and no library is preloaded into it.
+        self.forked = FORKER is not None and argv is None and "LD_PRELOAD" not in settings
+        self.proc: Any = None
         self.banner = BANNER
         self.log: list[str] = []
         self.ws_url = self.rpc_url = ""
 
     def start(self, timeout: float = 30) -> NodeProcess:
-        self.proc = subprocess.Popen(self.argv, env=self.env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
+        if self.forked:
+            self.proc = FORKER.spawn(self.env)
+        else:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, text=True)
         deadline = time.time() + timeout
         assert self.proc.stdout is not None
         while time.time() < deadline:
