@@ -306,3 +306,42 @@ def test_a_node_given_one_peer_finds_the_others_by_addr(tmp_path):
                                                                        net.pubs[1]}
     finally:
         net.close()
+
+
+def test_a_spend_accepted_and_rejected_in_one_commit_is_relayed_all_the_same(tmp_path):
+    """A wallet's payment that lost its coin to a conflicting spend within one group
+    commit (a loaded node) was acknowledged to the wallet, so the other nodes must
+    hear of it too, to store it rejected as this node did.  Relaying only what was
+    still pending when the commit was announced left them never knowing it (the
+    fault bench found it: one node with the payment unknown, two with it rejected)."""
+    from types import SimpleNamespace
+
+    from timefast.ledger import Ledger
+    from timefast.p2p.peers import Peer, PeerNetwork
+    from timefast.storage import Store
+
+    from .helpers import batch_vote
+    keys = [crypto.new_key() for _ in range(4)]
+    pubs = [crypto.public_key_hex(k) for k in keys]
+    led = Ledger(Store(tmp_path / "t.db"), "regtest", keys[0], pubs)
+    owner, address = new_wallet()
+    coin = led.faucet(address, 5000)
+    led.sign_batch()  # its own vote, as the peer layer signs it
+    for k in keys[1:3]:
+        led.submit_vote(batch_vote(led, k, coin, True))
+    assert led.status_of(coin) == "finalized"
+    peers = PeerNetwork(led, None, keys[0], listen=None, advertise=None)  # type: ignore[arg-type]
+    led.watchers.append(peers._changes)  # as start() does
+    sent: list[bytes] = []
+    peers.by_key[pubs[1]] = Peer(SimpleNamespace(authenticated=True, peer_key=pubs[1]),
+                                 "127.0.0.1:1", False, sent.append)
+    mine = build([(coin, 0, owner)], [(new_wallet()[1], 1000)], timestamp=1)
+    theirs = build([(coin, 0, owner)], [(new_wallet()[1], 2000)], timestamp=2)
+    with led.batch():  # one group commit: accepted, outvoted, rejected
+        led.submit(mine.to_json())
+        led.submit(theirs.to_json(), relayed=True)
+        for k in keys[1:4]:
+            led.submit_vote(batch_vote(led, k, theirs.txid, True))
+    assert led.status_of(mine.txid) == "rejected"
+    relayed = {m.tx.txid for m in map(wire.parse, sent) if isinstance(m, wire.Tx)}
+    assert mine.txid in relayed

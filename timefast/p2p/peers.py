@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from nacl.signing import SigningKey
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -53,6 +54,7 @@ from timefast.p2p.link import (
     link_stays,
 )
 from timefast.transaction import Transaction
+from timefast.transaction import parse as parse_tx
 
 log = logging.getLogger("timefast.p2p")
 
@@ -581,10 +583,14 @@ class PeerNetwork:
             if isinstance(c, TxAccepted):
                 source = self._source.pop(c.txid, None)
                 if self.relay.add_tx(c.txid):
+                    # Relayed whatever became of it since: one accepted and then
+                    # rejected (or finalized) within one group commit is no longer
+                    # pending when the commit is announced, and the other nodes must
+                    # still hear of it, to end it as this node did.
                     held = self.ledger.pending.get(c.txid)
-                    if held is not None:
-                        self._broadcast(wire.Tx(held.tx), but=source)
-                        self.counters["tx_relayed"] += 1
+                    tx = held.tx if held is not None else parse_tx(orjson.loads(c.raw))
+                    self._broadcast(wire.Tx(tx), but=source)
+                    self.counters["tx_relayed"] += 1
             elif isinstance(c, TxFinalized | TxConfirmed):
                 parents.append(c.txid)
         if parents and self.ledger.orphans:
