@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -51,15 +50,12 @@ def serve(fd: int) -> None:
     sock = socket.socket(fileno=fd)
     buf = b""
     pipes: list[int] = []  # output pipes come with their requests, maybe before the end
-    children: set[int] = set()
     while True:
         readable, _, _ = select.select([sock], [], [], 0.05)
-        for pid in list(children):  # reap: the harness hears of every exit
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                children.discard(pid)
-                code = os.waitstatus_to_exitcode(status)
-                sock.sendall(orjson.dumps({"exit": pid, "code": code}) + b"\n")
+        with contextlib.suppress(ChildProcessError):  # none forked yet, or all reaped
+            while (done := os.waitpid(-1, os.WNOHANG))[0]:  # the harness hears each exit
+                code = os.waitstatus_to_exitcode(done[1])
+                sock.sendall(orjson.dumps({"exit": done[0], "code": code}) + b"\n")
         if not readable:
             continue
         data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
@@ -74,7 +70,6 @@ def serve(fd: int) -> None:
             if pid == 0:
                 _child(sock, out, orjson.loads(line)["env"])
             os.close(out)
-            children.add(pid)
             sock.sendall(orjson.dumps({"pid": pid}) + b"\n")
 
 
@@ -132,9 +127,6 @@ class ForkedProcess:
         if self.returncode is None:
             with contextlib.suppress(ProcessLookupError):  # gone since the check
                 os.kill(self.pid, sig)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
 
 
 class Forker:
