@@ -10,12 +10,6 @@ from timefast import _core
 IMPLEMENTATIONS = {"compiled": _core, "model": core_model}
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Node processes find every module's bytecode written (``compile_package``)."""
-    from tests.helpers import compile_package
-    compile_package()
-
-
 @pytest.fixture(params=list(IMPLEMENTATIONS))
 def impl(request):
     """Run a test once against the compiled core and once against the model."""
