@@ -24,7 +24,7 @@ from typing import Any
 from nacl.signing import SigningKey
 from websockets.sync.client import ClientConnection, connect
 
-from timefast.p2p import wire
+from timefast import wire
 from timefast.p2p.link import Link
 from timefast.rules import block_hash
 

@@ -632,7 +632,7 @@ def child_before_parent(root: Path, seed: int) -> dict[str, Any]:
         relay = Byzantine(net, crypto.new_key())  # a full node: relays, never votes
 
         def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
-            from timefast.p2p import wire
+            from timefast import wire
             from timefast.transaction import build
 
             from .helpers import new_wallet
@@ -744,7 +744,7 @@ def reproposed_block(root: Path, seed: int) -> dict[str, Any]:
     proposer's block B forms on every node without a commit.  The round-1 proposer
     re-proposes B unchanged (valid_round 0) and B commits: its ``producer`` is the
     round-0 proposer, its ``round`` 0, its commit's precommits of a later round."""
-    from timefast.p2p import wire
+    from timefast import wire
 
     from .byzantine import Byzantine, Router
     with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
@@ -821,7 +821,7 @@ def _lies(real: dict[int, Any], quorum: int, network_id: bytes, pubs: list[str]
     from dataclasses import replace
 
     from timefast import crypto
-    from timefast.p2p import wire
+    from timefast import wire
     from timefast.rules import block_hash
 
     def commit_by(keys: list[Any], names: list[str], b: Any) -> tuple[Any, ...]:
@@ -876,7 +876,7 @@ def catchup_liar(root: Path, seed: int) -> dict[str, Any]:
     honest masternodes are back it catches up from them while the liar goes on
     lying: nothing forks."""
     from timefast import crypto
-    from timefast.p2p import wire
+    from timefast import wire
 
     from .byzantine import Byzantine
     figures: dict[str, Any] = {}
@@ -1188,7 +1188,7 @@ def crash_at_precommit(root: Path, seed: int) -> dict[str, Any]:
     precommits that block again or nothing for that round, never another (what it
     sends, first-hand and relayed, is watched), and the height commits."""
     from timefast import crypto
-    from timefast.p2p import wire
+    from timefast import wire
 
     from .byzantine import Byzantine
     # Short proposal timeouts: a victim restarted with a lock from before may wait

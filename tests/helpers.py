@@ -24,7 +24,7 @@ import timefast
 from timefast import crypto
 from timefast.ledger import Ledger
 from timefast.node import Node
-from timefast.p2p import wire
+from timefast import wire
 from timefast.rules import proposer
 from timefast.settings import load
 from timefast.storage import Store

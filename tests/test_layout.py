@@ -36,14 +36,14 @@ def test_the_ledger_never_imports_io_or_the_ports():
 
 def test_the_ledger_takes_only_the_wire_formats_from_the_peers():
     # The rules check signed vote batches and commits in the peers' own layouts
-    # (p2p.wire, sans-I/O); links, relay and sync stay above the ledger, which they
+    # (timefast.wire, sans-I/O); links, relay and sync stay above the ledger, which they
     # call: importing them from here would make a cycle.
     for module in LEDGER:
         bad = {name for name in imports(module)
                if name.startswith("timefast.p2p") and name != "timefast.p2p"
-               and not name.startswith("timefast.p2p.wire")}
+               and not name.startswith("timefast.wire")}
         assert not bad, f"timefast/{module}.py imports {sorted(bad)}"
-    wire = imports("p2p/wire")
+    wire = imports("wire")
     assert not {n for n in wire if n.startswith(("timefast.ledger", "timefast.rules"))}
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from timefast import crypto
 from timefast.ledger import FAUCET_KEY, GENESIS_SUPPLY, Ledger, LedgerError
-from timefast.p2p import wire
+from timefast import wire
 from timefast.rules import coinbase, proposer
 from timefast.storage import StorageError, Store
 from timefast.transaction import build

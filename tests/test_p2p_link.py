@@ -15,7 +15,7 @@ from nacl.signing import SigningKey
 
 from timefast.crypto import sha3
 from timefast.p2p import link as p2p
-from timefast.p2p import wire
+from timefast import wire
 from timefast.p2p.link import (
     AddrBook,
     Authenticated,
@@ -436,7 +436,7 @@ def test_addr_book_bounded_but_keeps_masternodes():
 
 
 def test_link_and_wire_import_no_asyncio_or_sockets():
-    code = ("import sys, timefast.p2p.wire, timefast.p2p.link; "
+    code = ("import sys, timefast.wire, timefast.p2p.link; "
             "bad = {'asyncio', 'socket', 'websockets', 'uvloop'} & set(sys.modules); "
             "print(sorted(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

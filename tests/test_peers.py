@@ -14,7 +14,7 @@ import pytest
 from websockets.sync.client import connect
 
 from timefast import cli, crypto
-from timefast.p2p import wire
+from timefast import wire
 from timefast.p2p.link import Link
 from timefast.transaction import build
 

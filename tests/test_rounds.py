@@ -12,7 +12,7 @@ import pytest
 from websockets.sync.client import connect
 
 from timefast import crypto
-from timefast.p2p import wire
+from timefast import wire
 from timefast.p2p.link import Link
 from timefast.rules import block_hash, coinbase
 from timefast.transaction import build

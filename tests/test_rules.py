@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from timefast import crypto
-from timefast.p2p import wire
+from timefast import wire
 from timefast.rules import (
     MAX_BLOCK_BYTES,
     MAX_BLOCK_TXS,

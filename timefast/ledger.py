@@ -67,7 +67,7 @@ from timefast.journal import (
     events_of_rows,
     kept,
 )
-from timefast.p2p import wire
+from timefast import wire
 from timefast.rules import (
     FAUCET_KEY,
     GENESIS_SUPPLY,

@@ -19,7 +19,7 @@ from timefast.errors import RequestError
 
 # Only the sans-I/O formats of the peer protocol: the signed layouts of vote batches
 # and precommits are the peers' to define, their meaning for the chain is ours.
-from timefast.p2p import wire
+from timefast import wire
 from timefast.transaction import COIN, U32, Transaction, TxOutput, txid_of
 
 GENESIS_TIMESTAMP = 1764150000

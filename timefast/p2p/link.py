@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 from nacl.signing import SigningKey
 
-from timefast.p2p import wire
-from timefast.p2p.wire import (
+from timefast import wire
+from timefast.wire import (
     CLOSE_POLICY,
     MAX_P2P_MESSAGE_BYTES,
     PROTOCOL_VERSION,

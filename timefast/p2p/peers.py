@@ -42,7 +42,7 @@ from timefast.commits import GroupCommit
 from timefast.crypto import verify_batch
 from timefast.journal import Change, TxAccepted, TxConfirmed, TxFinalized
 from timefast.ledger import Ledger, LedgerError
-from timefast.p2p import wire
+from timefast import wire
 from timefast.p2p.link import (
     AddrBook,
     Authenticated,

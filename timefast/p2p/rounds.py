@@ -30,7 +30,7 @@ from timefast import consensus, crashpoints
 from timefast.commits import GroupCommit
 from timefast.consensus import Consensus, Decision, Output, Record, Timeout, Timeouts
 from timefast.ledger import Ledger, LedgerError
-from timefast.p2p import wire
+from timefast import wire
 
 log = logging.getLogger("timefast.consensus")
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from timefast import transaction
-from timefast.p2p import wire
+from timefast import wire
 
 VECTORS = json.loads((Path(__file__).resolve().parent / "vectors" / "p2p.json").read_text())
 KEYS = {k["public_key"]: SigningKey(bytes.fromhex(k["seed"])) for k in VECTORS["keys"]}
@@ -375,7 +375,7 @@ _EXAMPLES = _examples()
 
 
 def test_no_asyncio_or_sockets():
-    code = ("import sys, timefast.p2p.wire; "
+    code = ("import sys, timefast.wire; "
             "bad = {'asyncio', 'socket', 'websockets', 'uvloop'} & set(sys.modules); "
             "print(sorted(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
