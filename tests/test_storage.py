@@ -40,7 +40,7 @@ def test_the_thread_copies_commits_into_the_database_file(tmp_path):
         with store.transaction() as db:
             db.executemany("INSERT INTO meta VALUES (?, ?)",
                            [(f"k{i}", "v" * 500) for i in range(2000)])
-        assert store.meta("k1999") == "v" * 500
+        assert store.one("SELECT value FROM meta WHERE key=?", ("k1999",))[0] == "v" * 500
         assert _wait(lambda: _in_database_file(path) == 2000)
         # (It counts a checkpoint just after the copy lands.)
         assert _wait(lambda: store.checkpointer.checkpoints > 0)
@@ -85,7 +85,7 @@ def test_a_failing_checkpoint_is_retried_and_logged_once(tmp_path, caplog):
         # Writes go on meanwhile: the WAL holds them.
         with store.transaction() as db:
             db.execute("INSERT INTO meta VALUES ('k', 'v')")
-        assert store.meta("k") == "v"
+        assert store.one("SELECT value FROM meta WHERE key=?", ("k",))[0] == "v"
     finally:
         store.checkpointer._db = real
         store.close()

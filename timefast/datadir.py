@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from timefast.storage import Store
+from timefast.tables import Tables
 
 LOCK_FILE = "lock"
 
@@ -55,10 +56,11 @@ def check_network(store: Store, network: str) -> None:
     Databases made before the network was kept are taken to belong to the network
     they are started with now.
     """
-    stored = store.meta("network")
+    tables = Tables(store)
+    stored = tables.network()
     if stored is None:
         with store.transaction() as db:
-            db.execute("INSERT INTO meta VALUES ('network', ?)", (network,))
+            tables.write_network(db, network)
     elif stored != network:
         raise DataDirError(f"DATA_DIR {store.path.parent} holds a {stored} ledger; "
                            f"start it with NETWORK={stored}, or give NETWORK={network} "

@@ -206,11 +206,6 @@ class Store:
 
     # -- reads -----------------------------------------------------------------
 
-    def meta(self, key: str) -> str | None:
-        """A value from the meta table."""
-        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         """Rows of a read query."""
         return self.db.execute(sql, args).fetchall()

@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS events (
     tx_ref TEXT, tx_at INTEGER);
 """
 
+# The meta key of the block-consensus record (SPEC 7.5).
+CONSENSUS_RECORD = "consensus"
+
 # Columns added since a table was first created: (table, column, declaration).
 MIGRATIONS = [
     # An event's transaction, left out of its stored payload (journal.Journal.record).
@@ -374,6 +377,11 @@ class Tables:
         self.store = store
         store.ensure(SCHEMA, MIGRATIONS)
 
+    def meta(self, key: str) -> str | None:
+        """A value of the meta table."""
+        row = self.store.one("SELECT value FROM meta WHERE key=?", (key,))
+        return None if row is None else str(row[0])
+
     def has_blocks(self) -> bool:
         """Whether the chain has begun (genesis written)."""
         return self.store.one("SELECT 1 FROM blocks LIMIT 1") is not None
@@ -386,11 +394,11 @@ class Tables:
 
     def seq(self) -> int:
         """The last event ``seq`` handed out."""
-        return int(self.store.meta("seq") or 0)
+        return int(self.meta("seq") or 0)
 
     def network(self) -> str | None:
         """The network this database was made for, if it says."""
-        return self.store.meta("network")
+        return self.meta("network")
 
     def live_coins(self) -> Iterator[tuple[str, int, str, int, str, str | None, int,
                                            int | None]]:
@@ -536,7 +544,7 @@ class Tables:
 
     def history_built(self) -> bool:
         """Whether the address history covers every stored transaction."""
-        return self.store.meta("history") == "1"
+        return self.meta("history") == "1"
 
     def build_history(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Index every stored transaction by address, in the order they were stored
@@ -592,6 +600,22 @@ class Tables:
                            [(a, tx.txid, amount) for a, amount in flows.items()])
         db.execute("INSERT OR REPLACE INTO meta VALUES ('network', ?)", (network,))
         db.execute("INSERT OR REPLACE INTO meta VALUES ('history', '1')")
+
+    def consensus_record(self) -> bytes | None:
+        """The block-consensus record this masternode last persisted (``privval``)."""
+        value = self.meta(CONSENSUS_RECORD)
+        return None if value is None else value.encode()
+
+    @staticmethod
+    def write_consensus_record(db: Any, record: bytes) -> None:
+        """Replace the block-consensus record (``privval.PrivValidator.persist``)."""
+        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                   (CONSENSUS_RECORD, record.decode()))
+
+    @staticmethod
+    def write_network(db: Any, network: str) -> None:
+        """Record the network a database belongs to (``datadir.check_network``)."""
+        db.execute("INSERT INTO meta VALUES ('network', ?)", (network,))
 
     @staticmethod
     def write_seq(db: Any, old: int, new: int, keep: int, floor: int | None = None) -> None:
