@@ -59,7 +59,7 @@ def test_a_page_of_a_long_history(tmp_path):
     for i in range(PAGES):
         before = None if i % 2 else rnd.randint(51, HISTORY)
         t0 = time.perf_counter()
-        page = led.history(a, 50, before)
+        page = led.reads.history(a, 50, before)
         times.append(time.perf_counter() - t0)
         assert len(page["txs"]) == 50 and page["tx_count"] == HISTORY
     times.sort()
@@ -75,7 +75,7 @@ def _rate(path: Path, indexed: bool) -> float:
     led, ka, a, _ = ledger_with_coins(path)
     coins = []
     for _ in range(PAYMENTS // 100):
-        t = led.faucet(a, 100_000)
+        t = led.faucet.pay(a, 100_000)
         split = build([(t, 0, ka)], [(a, 1000)] * 100, timestamp=2)
         led.submit(split.to_json())
         coins += [(split.txid, v) for v in range(100)]

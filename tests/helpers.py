@@ -22,7 +22,7 @@ import pytest
 
 import timefast
 from timefast import crypto
-from timefast.ledger import Ledger
+from timefast.ledger import Ledger, parse_block
 from timefast.node import Node
 from timefast import wire
 from timefast.rules import proposer
@@ -102,12 +102,29 @@ def commit_next(ledgers: list[Ledger], keys: list[Any], round_: int = 0,
     block with its ``txs`` and ``commit``."""
     first = ledgers[0]
     producer = proposer(first.masternodes, first.height + 1, round_)
-    block = first.propose_block(round_, producer,
-                                int(first.clock()) if timestamp is None else timestamp)
+    block = propose(first, round_, producer,
+                    int(first.clock()) if timestamp is None else timestamp)
     block["commit"] = commit_for(block, keys[:first.quorum], first.network_id)
     for led in ledgers:
-        led.accept_block(block, block["commit"])
+        accept(led, block, block["commit"])
     return block
+
+
+def propose(led: Ledger, round_: int, producer: str, timestamp: int) -> dict[str, Any]:
+    """``led``'s proposal for the next height, as JSON (``getblock``'s form with
+    ``txs``, no commit)."""
+    return led.propose_block(round_, producer, timestamp).to_data()
+
+
+def accept(led: Ledger, block: Any, commit: Any) -> None:
+    """``led`` commits ``block`` (JSON) with ``commit`` (JSON), as it would a block
+    fetched from a peer."""
+    led.accept_block(parse_block(block, commit))
+
+
+def validate(led: Ledger, block: Any, certificates: Any = ()) -> None:
+    """Whether ``led`` may prevote ``block`` (JSON): ``LedgerError`` says why not."""
+    led.validate_proposal(parse_block(block), certificates)
 
 
 def ledger_with_coins(path: Path) -> tuple[Ledger, Any, str, Transaction]:
@@ -115,7 +132,7 @@ def ledger_with_coins(path: Path) -> tuple[Ledger, Any, str, Transaction]:
     outputs of the returned split transaction; returns ``(ledger, key, address, split)``."""
     led = Ledger(Store(path), "regtest", crypto.new_key())
     key, address = new_wallet()
-    coin = led.faucet(address, 10_000)
+    coin = led.faucet.pay(address, 10_000)
     split = build([(coin, 0, key)], [(address, 1000)] * 10, timestamp=1)
     led.submit(split.to_json())
     return led, key, address, split

@@ -103,15 +103,15 @@ print(sorted(m for m in sys.modules if m == "nats" or m.startswith("nats.")
 
 def test_events_the_stream_has_not_stored_are_never_pruned(tmp_path):
     led = Ledger(Store(tmp_path / "db"), "regtest", crypto.new_key(), replay_events=10)
-    led.publish_floor = 5  # the bus stored events 1..5 only
+    led.work.keep_stored_after(5)  # the bus stored events 1..5 only
     for _ in range(1100):  # past 1,024 events: the ledger prunes
-        led.make_block()
-    kept = led.stored_events(0, 5000)
+        led.blocks.make_block()
+    kept = led.reads.stored_events(0, 5000)
     assert [e.seq for e in kept] == list(range(6, led.seq + 1))
-    led.publish_floor = 1050  # the bus caught up: the rest may go
+    led.work.keep_stored_after(1050)  # the bus caught up: the rest may go
     for _ in range(1100):
-        led.make_block()
-    kept = led.stored_events(0, 5000)
+        led.blocks.make_block()
+    kept = led.reads.stored_events(0, 5000)
     assert kept[0].seq == 1051 and kept[-1].seq == led.seq
 
 
@@ -130,7 +130,7 @@ def test_every_committed_event_is_published_once_in_seq_order(tmp_path):
         wait_for(lambda: n.call(lambda: n.node.bus.acked) == seq, what="the stream")
         stream = read_stream(bus.url, led.network, led.public_key)
         assert [e.seq for _, e in stream] == list(range(1, seq + 1))
-        stored = n.call(lambda: led.stored_events(0, 10_000))
+        stored = n.call(lambda: led.reads.stored_events(0, 10_000))
         assert [(e.type, e.addresses, e.payload) for _, e in stream] == [
             (e.type, e.addresses, e.payload) for e in stored]
         info = result(n.rpc_url, "getinfo")["event_bus"]

@@ -7,11 +7,12 @@ import secrets
 
 import pytest
 
-from timefast import commits, ledger
+from timefast import commits
+from timefast.ledger import mempool
 from timefast.commits import GroupCommit
 from timefast.ledger import LedgerError
 from timefast.storage import StorageError
-from timefast.transaction import Transaction, TxInput, TxOutput, build
+from timefast.transaction import Transaction, TxInput, TxOutput, build, parse
 
 from .helpers import ledger_with_coins, new_wallet
 
@@ -19,7 +20,7 @@ from .helpers import ledger_with_coins, new_wallet
 def _setup(tmp_path):
     led, ka, a, split = ledger_with_coins(tmp_path / "c.db")
     announced = []
-    led.listeners.append(announced.extend)
+    led.listen(announced.extend)
     return led, ka, a, split, announced
 
 
@@ -47,7 +48,7 @@ def test_one_commit_for_a_turn_and_conflicts_inside_it(tmp_path):
 
 def test_failed_commit_refuses_all_and_forgets_the_batch(tmp_path, monkeypatch):
     led, ka, a, split, announced = _setup(tmp_path)
-    seq, balance = led.seq, led.balance(a)
+    seq, balance = led.seq, led.reads.balance(a)
     txs = [build([(split.txid, i, ka)], [(new_wallet()[1], 500)], timestamp=i) for i in range(3)]
     real_commit = led.store.transaction
 
@@ -71,9 +72,9 @@ def test_failed_commit_refuses_all_and_forgets_the_batch(tmp_path, monkeypatch):
             led.submit(tx.to_json())
     monkeypatch.setattr(led.store, "transaction", real_commit)
     assert announced == []
-    assert led.seq == seq and led.balance(a) == balance
+    assert led.seq == seq and led.reads.balance(a) == balance
     assert all(led.status_of(t.txid) is None for t in txs)
-    assert all(led.utxos.state(split.txid, i) == "Unspent" for i in range(3))
+    assert all(led.pool.utxos.state(split.txid, i) == "Unspent" for i in range(3))
     # After the failure the node carries on.
     assert led.submit(txs[0].to_json()) == txs[0].txid
     with pytest.raises(LedgerError):
@@ -103,12 +104,12 @@ def test_signatures_are_checked_ahead_and_order_is_kept(tmp_path):
     bad["inputs"][0]["signature"] = other.inputs[0].signature
     for n, tx in enumerate(txs):
         obj = tx.to_json()
-        prepared = led.prepare(obj)
+        prepared = parse(obj)
         gc.submit(lambda p=prepared: led.submit(p), lambda v, e, n=n: order.append(f"tx{n}"),
                   prepared)
         if n == 4:  # work with no transaction, between them
             gc.submit(lambda: led.height, lambda v, e: order.append("rpc"))
-    prepared = led.prepare(bad)
+    prepared = parse(bad)
     errors = []
     gc.submit(lambda: led.submit(prepared), lambda v, e: errors.append(e), prepared)
     _drain(loop, gc, lambda: len(order) == 10 and errors)
@@ -118,7 +119,7 @@ def test_signatures_are_checked_ahead_and_order_is_kept(tmp_path):
     assert gc.checked_ahead >= 10
     assert isinstance(errors[0], LedgerError) and "bad signature" in errors[0].message
     assert all(led.status_of(t.txid) == "finalized" for t in txs)
-    assert not led._checked  # what was checked ahead is dropped once used
+    assert not led.mempool._checked  # what was checked ahead is dropped once used
 
 
 def _junk(inputs: int) -> dict:
@@ -141,7 +142,7 @@ def test_no_signature_is_checked_for_inputs_that_are_not_the_keys_coins(tmp_path
     monkeypatch.setattr(commits, "verify_batch",
                         lambda items: (checked.append(len(items)), real(items))[1])
     verified = []
-    monkeypatch.setattr(ledger, "verify", lambda *a: verified.append(a) or False)
+    monkeypatch.setattr(mempool, "verify", lambda *a: verified.append(a) or False)
     stranger = new_wallet()[0]
     # An existing coin signed by a key that does not own it.
     not_owned = build([(split.txid, 0, stranger)], [(new_wallet()[1], 500)],
@@ -150,8 +151,8 @@ def test_no_signature_is_checked_for_inputs_that_are_not_the_keys_coins(tmp_path
     gc = GroupCommit(led, loop)
     errors = []
     for obj in [_junk(283) for _ in range(20)] + [not_owned]:
-        prepared = led.prepare(obj)
-        assert prepared is not None and not led.spendable(prepared)
+        prepared = parse(obj)
+        assert prepared is not None and not led.mempool.spendable(prepared)
         gc.submit(lambda p=prepared: led.submit(p), lambda v, e: errors.append(e), prepared)
     _drain(loop, gc, lambda: len(errors) == 21)
     gc.close()

@@ -16,7 +16,16 @@ from timefast.rules import coinbase, proposer
 from timefast.storage import StorageError, Store
 from timefast.transaction import build
 
-from .helpers import batch_vote, commit_for, commit_next, ledger_with_coins, new_wallet
+from .helpers import (
+    accept,
+    batch_vote,
+    commit_for,
+    commit_next,
+    ledger_with_coins,
+    new_wallet,
+    propose,
+    validate,
+)
 
 
 class Clock:
@@ -32,7 +41,7 @@ def make_ledger(path, key=None, masternodes=None, clock=None, **kw):
     led = Ledger(Store(path / "t.db"), "regtest", key, masternodes, clock=clock or Clock(),
                  **kw)
     events = []
-    led.listeners.append(events.extend)
+    led.listen(events.extend)
     if led.networked:
         signing(led)
     return led, events
@@ -48,8 +57,8 @@ def signing(led):
                 pass
             return out
         return wrapped
-    for name in ("submit", "faucet"):
-        setattr(led, name, signed(getattr(led, name)))
+    led.submit = signed(led.submit)
+    led.faucet.pay = signed(led.faucet.pay)
 
 
 def kinds(events):
@@ -67,18 +76,18 @@ def test_genesis_funds_the_faucet(tmp_path):
     led, _ = make_ledger(tmp_path)
     faucet = crypto.address_of(crypto.public_key_hex(FAUCET_KEY), "regtest")
     assert led.height == 0
-    assert led.balance(faucet) == GENESIS_SUPPLY
-    assert led.get_block(0)["txids"] == [led.list_unspent(faucet)[0]["txid"]]
+    assert led.reads.balance(faucet) == GENESIS_SUPPLY
+    assert led.reads.get_block(0)["txids"] == [led.reads.list_unspent(faucet)[0]["txid"]]
 
 
 def test_payment_event_sequence_and_balances(tmp_path):
     led, events = make_ledger(tmp_path)
     ka, a = new_wallet()
     _, b = new_wallet()
-    t1 = led.faucet(a, 10_0000_0000)
-    assert led.balance(a) == 10_0000_0000
+    t1 = led.faucet.pay(a, 10_0000_0000)
+    assert led.reads.balance(a) == 10_0000_0000
     events.clear()
-    utxo = led.list_unspent(a)[0]
+    utxo = led.reads.list_unspent(a)[0]
     tx = build([(utxo["txid"], utxo["vout"], ka)], [(b, 6_0000_0000), (a, 3_9999_0000)],
                timestamp=1_800_000_000)
     assert led.submit(tx.to_json()) == tx.txid
@@ -96,19 +105,19 @@ def test_payment_event_sequence_and_balances(tmp_path):
     # Each event goes to the addresses it concerns.
     assert events[0].addresses == (a,)
     assert set(events[1].addresses) == {a, b}
-    assert led.balance(b) == 6_0000_0000 and led.balance(a) == 3_9999_0000
-    assert led.get_transaction(tx.txid)["status"] == "finalized"
+    assert led.reads.balance(b) == 6_0000_0000 and led.reads.balance(a) == 3_9999_0000
+    assert led.reads.get_transaction(tx.txid)["status"] == "finalized"
     events.clear()
-    block = led.make_block()
+    block = led.blocks.make_block()
     # The block starts with its coinbase, which pays the fee to the producer (SPEC 7.5).
     coinbase = block["txids"][0]
     assert block["txids"] == [coinbase, t1, tx.txid]
     fee = 10_0000_0000 - 6_0000_0000 - 3_9999_0000
-    cb = led.get_transaction(coinbase)
+    cb = led.reads.get_transaction(coinbase)
     assert (cb["status"], cb["block_height"]) == ("confirmed", 1)
     assert cb["tx"]["inputs"] == [] and cb["tx"]["lock_time"] == 1
     assert cb["tx"]["outputs"] == [{"amount": fee, "address": led.address}]
-    assert led.balance(led.address) == fee
+    assert led.reads.balance(led.address) == fee
     # Its coin is Unspent before anything is confirmed; NewBlock comes last.
     assert kinds(events)[:2] == [("UtxoStateChange", "Unspent", None),
                                  ("TransactionConfirmed",)]
@@ -116,11 +125,11 @@ def test_payment_event_sequence_and_balances(tmp_path):
     assert kinds(events)[-3:] == [("UtxoStateChange", "Confirmed", "SpentFinalized"),
                                   ("TransactionConfirmed",), ("NewBlock",)]
     assert events[-1].addresses is None
-    got = led.get_transaction(tx.txid)
+    got = led.reads.get_transaction(tx.txid)
     assert (got["status"], got["block_height"], got["votes"], got["quorum"]) == (
         "confirmed", 1, 1, 1)
-    assert led.get_block(block["hash"]) == led.get_block(1) == block
-    assert led.get_txout(utxo["txid"], utxo["vout"])["state"] == "Confirmed"
+    assert led.reads.get_block(block["hash"]) == led.reads.get_block(1) == block
+    assert led.reads.get_txout(utxo["txid"], utxo["vout"])["state"] == "Confirmed"
     # Resubmitting an accepted transaction is idempotent.
     before = len(events)
     assert led.submit(tx.to_json()) == tx.txid
@@ -131,31 +140,31 @@ def test_confirmed_coins_leave_memory_but_stay_answerable(tmp_path):
     led, _ = make_ledger(tmp_path)
     ka, a = new_wallet()
     _, b = new_wallet()
-    led.faucet(a, 1000)
-    coin = led.list_unspent(a)[0]
+    led.faucet.pay(a, 1000)
+    coin = led.reads.list_unspent(a)[0]
     op = (coin["txid"], coin["vout"])
     spend = build([(*op, ka)], [(b, 900)], timestamp=1_800_000_000)
     led.submit(spend.to_json())
-    led.make_block()
-    live = len(led.utxos)
+    led.blocks.make_block()
+    live = len(led.pool.utxos)
     # Spent and confirmed: gone from the core and from the snapshot, kept on disk.
-    assert op not in led.utxos
-    assert led.get_txout(*op)["state"] == "Confirmed"
-    assert led.get_txout(*op)["spending_txid"] == spend.txid
-    assert [u["state"] for u in led.snapshot(a)["utxos"]] == []
-    assert led.snapshot(b)["balance"] == 900
+    assert op not in led.pool.utxos
+    assert led.reads.get_txout(*op)["state"] == "Confirmed"
+    assert led.reads.get_txout(*op)["spending_txid"] == spend.txid
+    assert [u["state"] for u in led.reads.snapshot(a)["utxos"]] == []
+    assert led.reads.snapshot(b)["balance"] == 900
     # Spending it again is a conflict, not an unknown coin, before and after a restart.
     again = build([(*op, ka)], [(a, 800)], timestamp=1_800_000_001)
     with pytest.raises(LedgerError) as e:
         led.submit(again.to_json())
     assert e.value.code == "TX_CONFLICT" and "Confirmed" in e.value.message
     led2, _ = make_ledger(tmp_path)
-    assert len(led2.utxos) == live and op not in led2.utxos
+    assert len(led2.pool.utxos) == live and op not in led2.pool.utxos
     with pytest.raises(LedgerError) as e:
         led2.submit(again.to_json())
     assert e.value.code == "TX_CONFLICT"
-    assert led2.get_txout(*op)["block_height"] == 1
-    assert led2.get_txout("ab" * 32, 0) is None
+    assert led2.reads.get_txout(*op)["block_height"] == 1
+    assert led2.reads.get_txout("ab" * 32, 0) is None
 
 
 def test_memory_holds_the_live_set_however_long_the_history(tmp_path):
@@ -164,26 +173,26 @@ def test_memory_holds_the_live_set_however_long_the_history(tmp_path):
     sizes = []
     for _ in range(5):
         for _ in range(40):
-            led.faucet(a, 7)
-        led.make_block()
-        sizes.append(len(led.utxos))
+            led.faucet.pay(a, 7)
+        led.blocks.make_block()
+        sizes.append(len(led.pool.utxos))
     # Each round adds 40 coins for ``a``; the faucet's spent coins do not pile up.
     assert [s - sizes[0] for s in sizes] == [0, 40, 80, 120, 160]
-    assert len(led.utxos.by_address(
+    assert len(led.pool.utxos.by_address(
         crypto.address_of(crypto.public_key_hex(FAUCET_KEY), "regtest"))) == 1
 
 
 def test_kept_events_cost_about_their_own_size(tmp_path):
     led, _ = make_ledger(tmp_path)
     _, a = new_wallet()
-    led.faucet(a, 5)
+    led.faucet.pay(a, 5)
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     seq = led.seq
     for i in range(200):
-        led.faucet(a, 10 + i)
-    kept = [e for e in led.recent if e.seq > seq]
+        led.faucet.pay(a, 10 + i)
+    kept = [e for e in led.journal.recent if e.seq > seq]
     payload = sum(len(e.payload) for e in kept)
     grown = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
@@ -197,8 +206,8 @@ def test_validity_rules_each_refused_with_reason(tmp_path):
     led, _ = make_ledger(tmp_path)
     ka, a = new_wallet()
     kb, b = new_wallet()
-    led.faucet(a, 5000)
-    u = led.list_unspent(a)[0]
+    led.faucet.pay(a, 5000)
+    u = led.reads.list_unspent(a)[0]
 
     def refused(tx_json, code, words):
         with pytest.raises(LedgerError) as e:
@@ -224,7 +233,7 @@ def test_validity_rules_each_refused_with_reason(tmp_path):
     refused(build([(u["txid"], u["vout"], ka)], [(mainnet, 1)], 1).to_json(), "TX_INVALID",
             "not a regtest address")
     refused({"txid": 5}, "TX_INVALID", "txid must be")
-    assert led.utxos.state(u["txid"], u["vout"]) == "Unspent"
+    assert led.pool.utxos.state(u["txid"], u["vout"]) == "Unspent"
     led.submit(good.to_json())
     refused(build([(u["txid"], u["vout"], ka)], [(b, 1)], 2).to_json(), "TX_CONFLICT",
             "already SpentFinalized")
@@ -233,8 +242,8 @@ def test_validity_rules_each_refused_with_reason(tmp_path):
 def test_hundred_conflicting_spends_one_wins(tmp_path):
     led, _ = make_ledger(tmp_path)
     ka, a = new_wallet()
-    led.faucet(a, 1000)
-    u = led.list_unspent(a)[0]
+    led.faucet.pay(a, 1000)
+    u = led.reads.list_unspent(a)[0]
     outcomes = []
     for i in range(100):
         tx = build([(u["txid"], u["vout"], ka)], [(new_wallet()[1], 100 + i)], timestamp=i)
@@ -253,11 +262,11 @@ def _four(tmp_path, clock=None):
     led, events = make_ledger(tmp_path, key=keys[0], masternodes=pubs, clock=clock)
     ka, a = new_wallet()
     # The faucet's own payment needs quorum too: vote it through.
-    t = led.faucet(a, 1000)
+    t = led.faucet.pay(a, 1000)
     for k in keys[1:3]:
-        led.submit_vote(batch_vote(led, k, t, True))
-    assert led.balance(a) == 1000
-    u = led.list_unspent(a)[0]
+        led.votes.submit_vote(batch_vote(led, k, t, True))
+    assert led.reads.balance(a) == 1000
+    u = led.reads.list_unspent(a)[0]
     tx = build([(u["txid"], u["vout"], ka)], [(new_wallet()[1], 900)], timestamp=5)
     events.clear()
     led.submit(tx.to_json())
@@ -268,29 +277,29 @@ def test_four_masternodes_three_approvals_finalize(tmp_path):
     led, events, keys, tx, u = _four(tmp_path)
     assert led.quorum == 3
     assert led.status_of(tx.txid) == "pending"
-    assert led.utxos.get(u["txid"], u["vout"])[2:5] == ("SpentPending", tx.txid, 1)
-    r = led.submit_vote(batch_vote(led, keys[1], tx.txid, True))
+    assert led.pool.utxos.get(u["txid"], u["vout"])[2:5] == ("SpentPending", tx.txid, 1)
+    r = led.votes.submit_vote(batch_vote(led, keys[1], tx.txid, True))
     assert r["status"] == "pending"
-    assert led.utxos.get(u["txid"], u["vout"])[4] == 2
-    r = led.submit_vote(batch_vote(led, keys[2], tx.txid, True))
+    assert led.pool.utxos.get(u["txid"], u["vout"])[4] == 2
+    r = led.votes.submit_vote(batch_vote(led, keys[2], tx.txid, True))
     assert r["status"] == "finalized"
     assert [k[1] if len(k) > 1 else k[0] for k in kinds(events)] == [
         "Locked", "TransactionPending", "SpentPending", "SpentPending", "SpentFinalized",
         "Unspent", "TransactionFinalized"]
     # A late vote is recorded but changes nothing.
-    assert led.submit_vote(batch_vote(led, keys[3], tx.txid, True))["status"] == "finalized"
+    assert led.votes.submit_vote(batch_vote(led, keys[3], tx.txid, True))["status"] == "finalized"
 
 
 def test_four_masternodes_three_against_reject_and_unlock(tmp_path):
     # Rejected only past n - q + f = 4 - 3 + 1 = 2 rejections (SPEC 7.4): with two,
     # one equivocator could still join the two approvals to a quorum.
     led, events, keys, tx, u = _four(tmp_path)
-    led.submit_vote(batch_vote(led, keys[1], tx.txid, False))
-    led.submit_vote(batch_vote(led, keys[2], tx.txid, False))
+    led.votes.submit_vote(batch_vote(led, keys[1], tx.txid, False))
+    led.votes.submit_vote(batch_vote(led, keys[2], tx.txid, False))
     assert led.status_of(tx.txid) == "pending"
-    led.submit_vote(batch_vote(led, keys[3], tx.txid, False))
+    led.votes.submit_vote(batch_vote(led, keys[3], tx.txid, False))
     assert led.status_of(tx.txid) == "rejected"
-    assert led.utxos.get(u["txid"], u["vout"]) == (u["address"], 1000, "Unspent", None, 0, None)
+    assert led.pool.utxos.get(u["txid"], u["vout"]) == (u["address"], 1000, "Unspent", None, 0, None)
     assert kinds(events)[-2:] == [("UtxoStateChange", "Unspent", "SpentPending"),
                                   ("TransactionRejected",)]
     assert orjson.loads(events[-1].payload)["data"]["reason"] == "quorum against"
@@ -304,15 +313,15 @@ def test_four_masternodes_silence_decides_nothing_and_asks_again(tmp_path):
     clock.now += 9.9
     assert led.overdue() == []
     clock.now += 0.2
-    assert led.expire() == 0
+    assert led.finality.expire() == 0
     assert led.overdue() == [tx.txid]
     assert led.overdue() == []
     clock.now += 10
     assert led.overdue() == [tx.txid]
     assert led.status_of(tx.txid) == "pending"
-    assert led.utxos.state(u["txid"], u["vout"]) == "SpentPending"
-    led.submit_vote(batch_vote(led, keys[1], tx.txid, True))
-    led.submit_vote(batch_vote(led, keys[2], tx.txid, True))
+    assert led.pool.utxos.state(u["txid"], u["vout"]) == "SpentPending"
+    led.votes.submit_vote(batch_vote(led, keys[1], tx.txid, True))
+    led.votes.submit_vote(batch_vote(led, keys[2], tx.txid, True))
     assert led.status_of(tx.txid) == "finalized"
 
 
@@ -332,10 +341,10 @@ def test_votes_refused(tmp_path):
     ]
     for vote, words in cases:
         with pytest.raises(LedgerError) as e:
-            led.submit_vote(vote)
+            led.votes.submit_vote(vote)
         assert (e.value.code, words in e.value.message) == ("BAD_REQUEST", True), \
             e.value.message
-    assert led.pending[tx.txid].rejections == set()
+    assert led.pool.pending[tx.txid].rejections == set()
 
 
 def test_the_timevote_form_is_taken_with_one_masternode_only(tmp_path):
@@ -343,11 +352,11 @@ def test_the_timevote_form_is_taken_with_one_masternode_only(tmp_path):
     led, _ = make_ledger(tmp_path, key=key)
     _, a = new_wallet()
     assert not led.networked
-    t = led.faucet(a, 10)
+    t = led.faucet.pay(a, 10)
     with pytest.raises(LedgerError, match="duplicate vote"):
-        led.submit_vote(crypto.sign_vote(key, t, True))
+        led.votes.submit_vote(crypto.sign_vote(key, t, True))
     with pytest.raises(LedgerError, match=r"vote\.txid"):
-        led.submit_vote({"txid": 1})
+        led.votes.submit_vote({"txid": 1})
 
 
 def test_restart_rebuilds_everything(tmp_path):
@@ -355,20 +364,20 @@ def test_restart_rebuilds_everything(tmp_path):
     pubs = [crypto.public_key_hex(k) for k in keys]
     led, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs)
     _ka, a = new_wallet()
-    t = led.faucet(a, 1000)
-    led.submit_vote(batch_vote(led, keys[1], t, True))
+    t = led.faucet.pay(a, 1000)
+    led.votes.submit_vote(batch_vote(led, keys[1], t, True))
     seq_before = led.seq
     led.store.db.close()
     led2, events = make_ledger(tmp_path, key=keys[0], masternodes=pubs)
     assert led2.seq == seq_before
     assert led2.status_of(t) == "pending"
-    assert led2.pending[t].approvals == {pubs[0], pubs[1]}
+    assert led2.pool.pending[t].approvals == {pubs[0], pubs[1]}
     # The restored pending transaction finalizes with one more vote, seq continues.
-    led2.submit_vote(batch_vote(led2, keys[2], t, True))
+    led2.votes.submit_vote(batch_vote(led2, keys[2], t, True))
     assert led2.status_of(t) == "finalized"
     assert events[0].seq == seq_before + 1
-    assert led2.balance(a) == 1000
-    ok, replay = led2.events_after(0)
+    assert led2.reads.balance(a) == 1000
+    ok, replay = led2.reads.events_after(0)
     assert ok and [e.seq for e in replay] == list(range(1, led2.seq + 1))
 
 
@@ -380,13 +389,13 @@ def test_restart_replays_the_very_bytes_announced(tmp_path):
     clock = Clock()
     led, events = make_ledger(tmp_path, key=keys[0], masternodes=pubs, clock=clock)
     _ka, a = new_wallet()
-    paid = led.faucet(a, 1000)
-    led.submit_vote(batch_vote(led, keys[1], paid, True))
-    led.submit_vote(batch_vote(led, keys[2], paid, True))
-    refused = led.faucet(a, 2000)
+    paid = led.faucet.pay(a, 1000)
+    led.votes.submit_vote(batch_vote(led, keys[1], paid, True))
+    led.votes.submit_vote(batch_vote(led, keys[2], paid, True))
+    refused = led.faucet.pay(a, 2000)
     for k in keys[1:4]:
-        led.submit_vote(batch_vote(led, k, refused, False))
-    led.make_block()
+        led.votes.submit_vote(batch_vote(led, k, refused, False))
+    led.blocks.make_block()
     assert {e.type for e in events} >= {"UtxoStateChange", "TransactionPending",
                                         "TransactionFinalized", "TransactionRejected",
                                         "TransactionConfirmed", "NewBlock"}
@@ -400,7 +409,7 @@ def test_restart_replays_the_very_bytes_announced(tmp_path):
     assert sum(ref == paid for _, ref in stored) >= 5
     led.store.close()
     led2, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs, clock=clock)
-    ok, replay = led2.events_after(0)
+    ok, replay = led2.reads.events_after(0)
     assert ok and [e.payload for e in replay] == [e.payload for e in events]
     assert [(e.seq, e.type, e.addresses) for e in replay] == [
         (e.seq, e.type, e.addresses) for e in events]
@@ -420,38 +429,38 @@ def test_events_stored_before_references_still_load(tmp_path):
     db.commit()
     db.close()
     led, _ = make_ledger(tmp_path)
-    assert led.events_after(0) == (True, [led.recent[0]])
-    assert led.recent[0].payload == old
+    assert led.reads.events_after(0) == (True, [led.journal.recent[0]])
+    assert led.journal.recent[0].payload == old
     _, a = new_wallet()
-    led.faucet(a, 10)
-    assert [e.seq for e in led.events_after(0)[1]][:2] == [1, 2]
+    led.faucet.pay(a, 10)
+    assert [e.seq for e in led.reads.events_after(0)[1]][:2] == [1, 2]
 
 
 def test_replay_window(tmp_path):
     led, _ = make_ledger(tmp_path, replay_events=5)
     _, a = new_wallet()
-    led.faucet(a, 10)
-    led.faucet(a, 11)
+    led.faucet.pay(a, 10)
+    led.faucet.pay(a, 11)
     assert led.seq > 5
-    ok, evs = led.events_after(led.seq - 3)
+    ok, evs = led.reads.events_after(led.seq - 3)
     assert ok and [e.seq for e in evs] == [led.seq - 2, led.seq - 1, led.seq]
-    ok, evs = led.events_after(0)
+    ok, evs = led.reads.events_after(0)
     assert not ok and evs == []
-    assert led.events_after(led.seq) == (True, [])
+    assert led.reads.events_after(led.seq) == (True, [])
 
 
 def test_storage_failure_refuses_and_changes_nothing(tmp_path):
     led, _events = make_ledger(tmp_path)
     ka, a = new_wallet()
-    led.faucet(a, 1000)
-    u = led.list_unspent(a)[0]
+    led.faucet.pay(a, 1000)
+    u = led.reads.list_unspent(a)[0]
     seq = led.seq
     tx = build([(u["txid"], u["vout"], ka)], [(new_wallet()[1], 900)], timestamp=5)
     led.store.db.execute("PRAGMA query_only=ON")  # the database refuses every write
     with pytest.raises(StorageError):
         led.submit(tx.to_json())
-    assert led.seq == seq and led.utxos.state(u["txid"], u["vout"]) == "Unspent"
-    assert led.status_of(tx.txid) is None and tx.txid not in led.pending
+    assert led.seq == seq and led.pool.utxos.state(u["txid"], u["vout"]) == "Unspent"
+    assert led.status_of(tx.txid) is None and tx.txid not in led.pool.pending
     led.store.db.execute("PRAGMA query_only=OFF")  # space is back
     assert led.submit(tx.to_json()) == tx.txid
     assert led.status_of(tx.txid) == "finalized"
@@ -465,37 +474,37 @@ def test_votes_before_their_transaction_are_kept_and_counted(tmp_path):
     pubs = [crypto.public_key_hex(k) for k in keys]
     led, events = make_ledger(tmp_path, key=keys[0], masternodes=pubs)
     ka, a = new_wallet()
-    t = led.faucet(a, 1000)
+    t = led.faucet.pay(a, 1000)
     for k in keys[1:3]:
-        led.submit_vote(batch_vote(led, k, t, True))
+        led.votes.submit_vote(batch_vote(led, k, t, True))
     tx = build([(t, 0, ka)], [(new_wallet()[1], 900)], timestamp=5)
     for k in keys[1:3]:
-        assert led.submit_vote(batch_vote(led, k, tx.txid, True)) == {
+        assert led.votes.submit_vote(batch_vote(led, k, tx.txid, True)) == {
             "txid": tx.txid, "status": None}
     # The same vote again, in another batch, is kept once.
-    led.submit_vote(batch_vote(led, keys[1], tx.txid, True))
+    led.votes.submit_vote(batch_vote(led, keys[1], tx.txid, True))
     assert led.status_of(tx.txid) is None
     led.submit(tx.to_json())
     # Its own vote and the two kept ones: quorum (3 of 4) in the step that accepts it.
     assert led.status_of(tx.txid) == "finalized"
-    assert led.get_transaction(tx.txid)["votes"] == 3
+    assert led.reads.get_transaction(tx.txid)["votes"] == 3
     assert ("TransactionFinalized",) in kinds(events)
 
 
 def test_kept_early_votes_are_bounded(tmp_path, monkeypatch):
-    from timefast import ledger as ledger_module
-    monkeypatch.setattr(ledger_module, "EARLY_VOTES_MAX", 5)
+    from timefast.ledger import votes as votes_module
+    monkeypatch.setattr(votes_module, "EARLY_VOTES_MAX", 5)
     keys = [crypto.new_key() for _ in range(4)]
     pubs = [crypto.public_key_hex(k) for k in keys]
     clock = Clock()
     led, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs, clock=clock)
     txids = [f"{i:064x}" for i in range(8)]
     for t in txids:
-        led.submit_vote(batch_vote(led, keys[1], t, True))
-    assert list(led._early) == txids[-5:]  # the oldest went first
-    clock.now += ledger_module.EARLY_VOTES_TTL + 1
-    led.submit_vote(batch_vote(led, keys[2], "ff" * 32, True))
-    assert list(led._early) == ["ff" * 32]  # the stale ones went
+        led.votes.submit_vote(batch_vote(led, keys[1], t, True))
+    assert list(led.votes._early) == txids[-5:]  # the oldest went first
+    clock.now += votes_module.EARLY_VOTES_TTL + 1
+    led.votes.submit_vote(batch_vote(led, keys[2], "ff" * 32, True))
+    assert list(led.votes._early) == ["ff" * 32]  # the stale ones went
 
 
 def test_add_batch_counts_a_signed_batch_of_many_once(tmp_path):
@@ -505,9 +514,9 @@ def test_add_batch_counts_a_signed_batch_of_many_once(tmp_path):
     ka, a = new_wallet()
     coins = []
     for amount in (100, 200):
-        t = led.faucet(a, amount)
+        t = led.faucet.pay(a, amount)
         for k in keys[1:3]:
-            led.submit_vote(batch_vote(led, k, t, True))
+            led.votes.submit_vote(batch_vote(led, k, t, True))
         coins.append((t, 0, ka))
     txs = [build([c], [(new_wallet()[1], 50)], timestamp=5) for c in coins]
     for tx in txs:
@@ -544,21 +553,21 @@ def _utxo_set(led):
 def test_a_block_made_by_one_ledger_is_accepted_by_another(tmp_path):
     a, b, events = _mirror(tmp_path)
     ka, addr = new_wallet()
-    paid = a.faucet(addr, 5000)
+    paid = a.faucet.pay(addr, 5000)
     child = build([(paid, 0, ka)], [(new_wallet()[1], 4000), (addr, 900)], timestamp=7)
     a.submit(child.to_json())  # spends the faucet payment: a parent and its child
-    block = a.make_block()
-    full = a.get_block(block["height"], with_txs=True)
+    block = a.blocks.make_block()
+    full = a.reads.get_block(block["height"], with_txs=True)
     coinbase = block["txids"][0]  # the child's fee of 100, to a
     assert [t["txid"] for t in full["txs"]] == block["txids"] == [coinbase, paid, child.txid]
     assert full["commit"] == block["commit"] and len(block["commit"]) == 1
-    b.accept_block(full, full["commit"])
+    accept(b, full, full["commit"])
     assert (b.height, b.tip) == (a.height, a.tip)
     assert _utxo_set(a) == _utxo_set(b)
-    assert b.get_block(1) == a.get_block(1)
+    assert b.reads.get_block(1) == a.reads.get_block(1)
     assert [b.status_of(t) for t in block["txids"]] == ["confirmed"] * 3
-    assert b.balance(addr) == a.balance(addr) == 900
-    assert b.balance(a.address) == a.balance(a.address) == 100
+    assert b.reads.balance(addr) == a.reads.balance(addr) == 900
+    assert b.reads.balance(a.address) == a.reads.balance(a.address) == 100
     seen = [e.type for e in events]
     # Wallets of the second node hear the transactions it learnt from the block.
     assert seen.count("TransactionFinalized") == 2 and seen.count("TransactionConfirmed") == 3
@@ -586,7 +595,7 @@ def _race(tmp_path):
     ka, addr = new_wallet()
     # The same coin on both ledgers: a faucet payment finalized on a, learnt by b in a
     # block the four commit.
-    paid = a.faucet(addr, 5000)
+    paid = a.faucet.pay(addr, 5000)
     _finalize(a, paid, keys[2:])
     commit_next([a, b], keys)
     loser = build([(paid, 0, ka)], [(new_wallet()[1], 100)], timestamp=8)
@@ -600,7 +609,7 @@ def _race(tmp_path):
 def _finalize(led, txid, keys):
     """Votes of ``keys`` that finalize ``txid`` at ``led`` (with its own)."""
     for k in keys:
-        led.submit_vote(batch_vote(led, k, txid, True))
+        led.votes.submit_vote(batch_vote(led, k, txid, True))
     assert led.status_of(txid) == "finalized"
 
 
@@ -616,15 +625,15 @@ def test_a_block_beats_a_pending_conflicting_spend(tmp_path):
     assert moves == [("SpentPending", "SpentFinalized", winner.txid),
                      ("SpentFinalized", "Confirmed", winner.txid)]
     assert b.status_of(winner.txid) == "confirmed"
-    assert b.get_transaction(loser.txid)["reason"] == "conflict"
+    assert b.reads.get_transaction(loser.txid)["reason"] == "conflict"
     assert b.tip == a.tip
 
 
 def test_a_block_that_does_not_follow_is_refused_and_changes_nothing(tmp_path):
     a, b, _events = _mirror(tmp_path)
     _, addr = new_wallet()
-    a.faucet(addr, 10)
-    good = a.get_block(a.make_block()["height"], with_txs=True)
+    a.faucet.pay(addr, 10)
+    good = a.reads.get_block(a.blocks.make_block()["height"], with_txs=True)
     seq = b.seq
     for bad, words in [
         (good | {"height": 5}, "not the next block"),
@@ -635,9 +644,9 @@ def test_a_block_that_does_not_follow_is_refused_and_changes_nothing(tmp_path):
         (good | {"txs": [dict(good["txs"][0], timestamp=1)]}, "txid does not match"),
     ]:
         with pytest.raises(LedgerError, match=words):
-            b.accept_block(bad, good["commit"])
+            accept(b, bad, good["commit"])
         assert (b.seq, b.height) == (seq, 0)
-    b.accept_block(good, good["commit"])
+    accept(b, good, good["commit"])
     assert b.tip == a.tip
 
 
@@ -648,20 +657,20 @@ def test_history_shows_payments_in_and_out_rejections_and_blocks(tmp_path):
     led, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs, clock=clock)
     ka, a = new_wallet()
     _, b = new_wallet()
-    paid = led.faucet(a, 1000)
+    paid = led.faucet.pay(a, 1000)
     for k in keys[1:3]:
-        led.submit_vote(batch_vote(led, k, paid, True))
+        led.votes.submit_vote(batch_vote(led, k, paid, True))
     clock.now += 5
-    block = led.make_block()
+    block = led.blocks.make_block()
     out = build([(paid, 0, ka)], [(b, 600), (a, 350)], timestamp=5)
     led.submit(out.to_json())
     clock.now += 5
     for k in keys[1:4]:  # three against: rejected
-        led.submit_vote(batch_vote(led, k, out.txid, False))
+        led.votes.submit_vote(batch_vote(led, k, out.txid, False))
     assert led.status_of(out.txid) == "rejected"
     again = build([(paid, 0, ka)], [(b, 900)], timestamp=6)
     led.submit(again.to_json())  # pending
-    h = led.history(a)
+    h = led.reads.history(a)
     assert (h["address"], h["balance"], h["tx_count"], h["next"]) == (a, 0, 3, None)
     assert [(t["txid"], t["status"], t["received"], t["sent"]) for t in h["txs"]] == [
         (again.txid, "pending", 0, 1000),
@@ -670,61 +679,61 @@ def test_history_shows_payments_in_and_out_rejections_and_blocks(tmp_path):
     assert h["txs"][2]["block_height"] == 1
     assert h["txs"][2]["timestamp"] == block["timestamp"]
     assert h["txs"][0]["timestamp"] == int(clock.now)
-    assert [t["txid"] for t in led.history(b)["txs"]] == [again.txid, out.txid]
-    assert led.history("time1test") == {"address": "time1test", "balance": 0, "tx_count": 0,
+    assert [t["txid"] for t in led.reads.history(b)["txs"]] == [again.txid, out.txid]
+    assert led.reads.history("time1test") == {"address": "time1test", "balance": 0, "tx_count": 0,
                                         "txs": [], "next": None}
     for args, code in [(("bad address!",), "INVALID_ADDRESS"), ((a, 0), "BAD_REQUEST"),
                        ((a, 1001), "BAD_REQUEST"), ((a, 5, "x"), "BAD_REQUEST"),
                        ((a, 5, -1), "BAD_REQUEST"), ((a, True), "BAD_REQUEST")]:
         with pytest.raises(LedgerError) as e:
-            led.history(*args)
+            led.reads.history(*args)
         assert e.value.code == code
 
 
 def test_history_pages_lose_and_repeat_nothing_while_payments_arrive(tmp_path):
     led, _ = make_ledger(tmp_path)
     _, a = new_wallet()
-    first = [led.faucet(a, 10 + i) for i in range(25)]
+    first = [led.faucet.pay(a, 10 + i) for i in range(25)]
     seen: list[str] = []
-    page = led.history(a, 10)
+    page = led.reads.history(a, 10)
     while True:
         seen += [t["txid"] for t in page["txs"]]
         # New payments between pages land on top, never inside the pages to come.
-        led.faucet(a, 99)
+        led.faucet.pay(a, 99)
         if page["next"] is None:
             break
-        page = led.history(a, 10, str(page["next"]))
+        page = led.reads.history(a, 10, str(page["next"]))
     assert seen == first[::-1]
-    led.make_block()  # confirming changes statuses, never the order
-    assert [t["txid"] for t in led.history(a, 1000)["txs"]][-25:] == first[::-1]
-    assert led.history(a)["tx_count"] == 28
+    led.blocks.make_block()  # confirming changes statuses, never the order
+    assert [t["txid"] for t in led.reads.history(a, 1000)["txs"]][-25:] == first[::-1]
+    assert led.reads.history(a)["tx_count"] == 28
 
 
 def test_history_within_a_batch_and_after_a_failed_one(tmp_path):
     led, _ = make_ledger(tmp_path)
     _, a = new_wallet()
     with led.batch():
-        t1 = led.faucet(a, 10)
-        assert led.history(a)["tx_count"] == 1  # a read writes the staged rows first
-        t2 = led.faucet(a, 11)
-    assert [t["txid"] for t in led.history(a)["txs"]] == [t2, t1]
+        t1 = led.faucet.pay(a, 10)
+        assert led.reads.history(a)["tx_count"] == 1  # a read writes the staged rows first
+        t2 = led.faucet.pay(a, 11)
+    assert [t["txid"] for t in led.reads.history(a)["txs"]] == [t2, t1]
     with pytest.raises(RuntimeError), led.batch():
-        led.faucet(a, 12)
+        led.faucet.pay(a, 12)
         raise RuntimeError("the batch fails")
-    t3 = led.faucet(a, 13)
-    h = led.history(a)
+    t3 = led.faucet.pay(a, 13)
+    h = led.reads.history(a)
     assert [t["txid"] for t in h["txs"]] == [t3, t2, t1] and h["tx_count"] == 3
 
 
 def test_an_older_data_directory_gets_its_history_built_once(tmp_path, caplog):
     led, _ = make_ledger(tmp_path)
     ka, a = new_wallet()
-    paid = led.faucet(a, 1000)
+    paid = led.faucet.pay(a, 1000)
     spend = build([(paid, 0, ka)], [(new_wallet()[1], 400), (a, 500)], timestamp=3)
     led.submit(spend.to_json())
-    led.make_block()
-    want = led.history(a, 1000)
-    faucet = led.history(led.utxos.get(paid, 1)[0], 1000)
+    led.blocks.make_block()
+    want = led.reads.history(a, 1000)
+    faucet = led.reads.history(led.pool.utxos.get(paid, 1)[0], 1000)
     led.store.close()
     # As a node from before the index left it: no history rows, no marker.
     import sqlite3
@@ -735,8 +744,8 @@ def test_an_older_data_directory_gets_its_history_built_once(tmp_path, caplog):
     db.close()
     caplog.set_level("INFO")
     again, _ = make_ledger(tmp_path)
-    assert again.history(a, 1000) == want
-    assert again.history(faucet["address"], 1000) == faucet
+    assert again.reads.history(a, 1000) == want
+    assert again.reads.history(faucet["address"], 1000) == faucet
     # genesis, the payment, the spend and the block's coinbase (the spend's fee)
     assert "address history built: 4 transactions" in caplog.text
     caplog.clear()
@@ -747,14 +756,14 @@ def test_an_older_data_directory_gets_its_history_built_once(tmp_path, caplog):
 def test_snapshot_pages_largest_first_with_a_cursor(tmp_path):
     led, key, a, split = ledger_with_coins(tmp_path / "db")
     # Amounts differ for some coins: largest first, then txid, then vout.
-    coin = led.faucet(a, 5000)
+    coin = led.faucet.pay(a, 5000)
     led.submit(build([(coin, 0, key)], [(a, 3000), (a, 2000)], timestamp=1).to_json())
-    full = led.snapshot(a, limit=100)
+    full = led.reads.snapshot(a, limit=100)
     keys = [(-u["amount"], u["txid"], u["vout"]) for u in full["utxos"]]
     assert keys == sorted(keys) and "more" not in full
     pages, after = [], None
     while True:
-        page = led.snapshot(a, after, limit=3)
+        page = led.reads.snapshot(a, after, limit=3)
         assert page["balance"] == full["balance"]
         pages += page["utxos"]
         if not page.get("more"):
@@ -764,7 +773,7 @@ def test_snapshot_pages_largest_first_with_a_cursor(tmp_path):
     assert pages == full["utxos"]
     _, b = new_wallet()
     with pytest.raises(LedgerError) as e:
-        led.snapshot(b, after=(split.txid, 0))  # a coin, but not b's
+        led.reads.snapshot(b, after=(split.txid, 0))  # a coin, but not b's
     assert e.value.code == "BAD_REQUEST"
 
 
@@ -785,7 +794,7 @@ def test_a_wide_transaction_is_named_not_copied_in_its_events(tmp_path):
     # UtxoStateChange events: about 130 MB in the replay window, again at start-up.
     led, events = make_ledger(tmp_path)
     key, a = new_wallet()
-    coin = led.faucet(a, 1300 * 1000)
+    coin = led.faucet.pay(a, 1300 * 1000)
     wide = build([(coin, 0, key)], [(a, 1000)] * 1300, timestamp=1)
     size = len(orjson.dumps(wide.to_json()))
     assert size > 4096
@@ -802,19 +811,19 @@ def test_a_wide_transaction_is_named_not_copied_in_its_events(tmp_path):
     led.store.close()
     led2, grown = _traced(lambda: make_ledger(tmp_path)[0])
     assert grown < 4_000_000, grown
-    ok, replay = led2.events_after(seq - len(mine))
+    ok, replay = led2.reads.events_after(seq - len(mine))
     assert ok and [orjson.loads(e.payload) for e in replay] == mine
 
 
 def test_a_small_transaction_is_kept_once_however_many_events_name_it(tmp_path):
     led, _ = make_ledger(tmp_path)
     key, a = new_wallet()
-    coin = led.faucet(a, 30 * 1000)
+    coin = led.faucet.pay(a, 30 * 1000)
     split = build([(coin, 0, key)], [(a, 1000)] * 30, timestamp=1)
     assert len(orjson.dumps(split.to_json())) <= 4096
     led.submit(split.to_json())
     for ledger in (led, make_ledger(tmp_path)[0]):  # live, and rebuilt at start-up
-        naming = [e for e in ledger.recent if e.type == "UtxoStateChange"
+        naming = [e for e in ledger.journal.recent if e.type == "UtxoStateChange"
                   and orjson.loads(e.payload)["data"]["transaction"]["txid"] == split.txid]
         assert len(naming) == 33
         assert len({id(e.tx) for e in naming}) == 1
@@ -825,14 +834,14 @@ def test_replay_window_is_bounded_in_bytes(tmp_path):
     _, a = new_wallet()
     first = led.seq
     for i in range(20):
-        led.faucet(a, 10 + i)
+        led.faucet.pay(a, 10 + i)
     assert sum(e.size for e in events) > 40_000
-    assert sum(e.size for e in led.recent) == led.journal.recent_bytes <= 20_000
-    assert [e.seq for e in led.recent] == list(range(led.recent[0].seq, led.seq + 1))
-    assert led.events_after(first) == (False, [])  # too old: resync
+    assert sum(e.size for e in led.journal.recent) == led.journal.recent_bytes <= 20_000
+    assert [e.seq for e in led.journal.recent] == list(range(led.journal.recent[0].seq, led.seq + 1))
+    assert led.reads.events_after(first) == (False, [])  # too old: resync
     led.store.close()
     led2, _ = make_ledger(tmp_path, replay_bytes=20_000)
-    assert led2.journal.recent_bytes <= 20_000 and led2.recent[-1].seq == led.seq
+    assert led2.journal.recent_bytes <= 20_000 and led2.journal.recent[-1].seq == led.seq
 
 
 def test_a_refused_block_leaves_the_pending_tallies_as_they_were(tmp_path):
@@ -840,7 +849,7 @@ def test_a_refused_block_leaves_the_pending_tallies_as_they_were(tmp_path):
     # the block is refused, and the pending spend must not stay marked as decided.
     from timefast.rules import block_hash
     a, b, _, keys, ka, addr, paid, loser, _ = _race(tmp_path)
-    good = a.propose_block(0, proposer(a.masternodes, 2, 0), 1_800_000_000)
+    good = propose(a, 0, proposer(a.masternodes, 2, 0), 1_800_000_000)
     forged = build([(paid, 1, ka)], [(addr, 1)], timestamp=10).to_json()  # not ka's coin
     txids = [*good["txids"], forged["txid"]]
     bad = good | {"txids": txids, "txs": [*good["txs"], forged],
@@ -848,11 +857,11 @@ def test_a_refused_block_leaves_the_pending_tallies_as_they_were(tmp_path):
                                      txids, good["producer"])}
     seq = b.seq
     with pytest.raises(LedgerError, match="does not own"):
-        b.accept_block(bad, commit_for(bad, keys[:3], b.network_id))
+        accept(b, bad, commit_for(bad, keys[:3], b.network_id))
     assert b.seq == seq and b.status_of(loser.txid) == "pending"
-    assert not b.pending[loser.txid].decided
+    assert not b.pool.pending[loser.txid].decided
     for k in keys[1:3]:  # its own vote and two more: quorum, as if no block had come
-        b.submit_vote(batch_vote(b, k, loser.txid, True))
+        b.votes.submit_vote(batch_vote(b, k, loser.txid, True))
     assert b.status_of(loser.txid) == "finalized"
 
 
@@ -865,15 +874,15 @@ def _net(tmp_path, clock=None):
     pubs = [crypto.public_key_hex(k) for k in keys]
     led, events = make_ledger(tmp_path, key=keys[0], masternodes=pubs, clock=clock)
     ka, a = new_wallet()
-    coin = led.faucet(a, 5000)
+    coin = led.faucet.pay(a, 5000)
     for k in keys[1:3]:
-        led.submit_vote(batch_vote(led, k, coin, True))
+        led.votes.submit_vote(batch_vote(led, k, coin, True))
     assert led.status_of(coin) == "finalized"
     return led, events, keys, pubs, ka, coin
 
 
 def _own_vote(led, txid):
-    p = led.pending[txid]
+    p = led.pool.pending[txid]
     return (True if led.public_key in p.approvals
             else False if led.public_key in p.rejections else None)
 
@@ -886,15 +895,15 @@ def test_a_relayed_conflicting_spend_is_stored_unlocked_voted_against_and_may_wi
     with pytest.raises(LedgerError, match="TX_CONFLICT"):
         led.submit(t2.to_json())  # from a wallet: refused, as ever
     led.submit(t2.to_json(), relayed=True)  # from a peer: kept, locking nothing
-    assert led.status_of(t2.txid) == "pending" and not led.pending[t2.txid].holds
-    assert led.utxos.get(coin, 0)[2:4] == ("SpentPending", t1.txid)
+    assert led.status_of(t2.txid) == "pending" and not led.pool.pending[t2.txid].holds
+    assert led.pool.utxos.get(coin, 0)[2:4] == ("SpentPending", t1.txid)
     assert (_own_vote(led, t1.txid), _own_vote(led, t2.txid)) == (True, False)
     events.clear()
     for k in keys[1:4]:  # the rest of the network went the other way
-        led.submit_vote(batch_vote(led, k, t2.txid, True))
+        led.votes.submit_vote(batch_vote(led, k, t2.txid, True))
     assert (led.status_of(t1.txid), led.status_of(t2.txid)) == ("rejected", "finalized")
-    assert led.get_transaction(t1.txid)["reason"] == "conflict"
-    assert led.utxos.get(coin, 0)[2:4] == ("SpentFinalized", t2.txid)
+    assert led.reads.get_transaction(t1.txid)["reason"] == "conflict"
+    assert led.pool.utxos.get(coin, 0)[2:4] == ("SpentFinalized", t2.txid)
     assert [k for k in kinds(events) if k[0] != "UtxoStateChange" or k[1] != "Unspent"] == [
         ("TransactionRejected",), ("UtxoStateChange", "SpentFinalized", "SpentPending"),
         ("TransactionFinalized",)]
@@ -904,27 +913,27 @@ def test_a_vote_both_ways_counts_twice_and_is_kept_as_evidence(tmp_path):
     led, _, keys, pubs, ka, coin = _net(tmp_path)
     tx = build([(coin, 0, ka)], [(new_wallet()[1], 1000)], timestamp=1)
     led.submit(tx.to_json())
-    led.submit_vote(batch_vote(led, keys[1], tx.txid, True))
-    led.submit_vote(batch_vote(led, keys[1], tx.txid, False))
-    p = led.pending[tx.txid]
+    led.votes.submit_vote(batch_vote(led, keys[1], tx.txid, True))
+    led.votes.submit_vote(batch_vote(led, keys[1], tx.txid, False))
+    p = led.pool.pending[tx.txid]
     assert pubs[1] in p.approvals and pubs[1] in p.rejections
-    assert led.masternode_info(pubs[1])["equivocations"] == 1
+    assert led.votes.masternode_info(pubs[1])["equivocations"] == 1
     # Two different batches under one number: evidence too, and both count.
     a = wire.sign_votes(keys[2], led.network_id, 5, [(tx.txid, False)])
     b = wire.sign_votes(keys[2], led.network_id, 5, [(coin, True)])
     assert led.add_batch(a) and led.add_batch(b)
-    assert led.masternode_info(pubs[2])["equivocations"] == 1
+    assert led.votes.masternode_info(pubs[2])["equivocations"] == 1
     kinds_kept = [r.kind for r in led.tables.evidence()]
     assert kinds_kept == ["vote", "batch"]
     for row in led.tables.evidence():  # each piece is a batch signed by the voter
         for body in (row.first, row.second):
             wire.verify_votes(wire.Votes.from_data(orjson.loads(body)), led.network_id)
     # Rejections past n - q + f = 2 reject it: keys 1 and 2 and one more.
-    led.submit_vote(batch_vote(led, keys[3], tx.txid, False))
+    led.votes.submit_vote(batch_vote(led, keys[3], tx.txid, False))
     assert led.status_of(tx.txid) == "rejected"
     led.store.close()
     again, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs)
-    assert again.masternode_info(pubs[1])["equivocations"] == 1
+    assert again.votes.masternode_info(pubs[1])["equivocations"] == 1
 
 
 def test_consensus_evidence_is_kept_once_and_counted(tmp_path):
@@ -933,7 +942,7 @@ def test_consensus_evidence_is_kept_once_and_counted(tmp_path):
     b = wire.encode(wire.sign_prevote(keys[1], led.network_id, 3, 0, None))
     assert led.add_evidence(pubs[1], "prevote", a, b)
     assert not led.add_evidence(pubs[1], "prevote", b, a)  # met again (after a restart)
-    assert led.masternode_info(pubs[1])["equivocations"] == 1
+    assert led.votes.masternode_info(pubs[1])["equivocations"] == 1
     assert [(r.kind, r.first, r.second) for r in led.tables.evidence()] == [
         ("prevote", a, b)]
     with pytest.raises(LedgerError, match="not in the masternode set"):
@@ -942,7 +951,7 @@ def test_consensus_evidence_is_kept_once_and_counted(tmp_path):
         led.add_evidence(pubs[1], "gossip", a, b)
     led.store.close()
     again, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs)
-    assert again.masternode_info(pubs[1])["equivocations"] == 1
+    assert again.votes.masternode_info(pubs[1])["equivocations"] == 1
 
 
 def test_an_orphan_waits_for_its_parent(tmp_path):
@@ -952,17 +961,17 @@ def test_an_orphan_waits_for_its_parent(tmp_path):
     child = build([(parent.txid, 0, kb)], [(new_wallet()[1], 900)], timestamp=2)
     with pytest.raises(LedgerError) as e:
         led.submit(child.to_json(), relayed=True)
-    assert e.value.code == "TX_ORPHAN" and child.txid in led.orphans
+    assert e.value.code == "TX_ORPHAN" and child.txid in led.mempool.orphans
     led.submit(parent.to_json(), relayed=True)
     with pytest.raises(LedgerError, match="TX_ORPHAN"):
         led.submit(child.to_json(), relayed=True)  # the parent is only pending
     assert led.take_orphans(["ff" * 32]) == []
     for k in keys[1:3]:
-        led.submit_vote(batch_vote(led, k, parent.txid, True))
+        led.votes.submit_vote(batch_vote(led, k, parent.txid, True))
     assert led.status_of(parent.txid) == "finalized"
     assert [t.txid for t in led.take_orphans([parent.txid])] == [child.txid]
     assert led.submit(child, relayed=True) == child.txid
-    assert led.status_of(child.txid) == "pending" and not led.orphans
+    assert led.status_of(child.txid) == "pending" and not led.mempool.orphans
 
 
 def test_approve_once_holds_across_a_restart_and_ends_with_a_rejection(tmp_path):
@@ -971,16 +980,16 @@ def test_approve_once_holds_across_a_restart_and_ends_with_a_rejection(tmp_path)
     t2 = build([(coin, 0, ka)], [(new_wallet()[1], 2000)], timestamp=2)
     t3 = build([(coin, 0, ka)], [(new_wallet()[1], 3000)], timestamp=3)
     led.submit(t1.to_json())
-    batches = led.next_batch
+    batches = led.votes.next_batch
     led.store.close()
     led, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs)
-    assert led.next_batch == batches  # numbers go on after the last one stored
+    assert led.votes.next_batch == batches  # numbers go on after the last one stored
     led.submit(t2.to_json(), relayed=True)
     assert (_own_vote(led, t1.txid), _own_vote(led, t2.txid)) == (True, False)
     # t1 gets a rejection certificate (3 > n - q + f): the coin is free, and this
     # masternode may approve another spend of it.
     for k in keys[1:4]:
-        led.submit_vote(batch_vote(led, k, t1.txid, False))
+        led.votes.submit_vote(batch_vote(led, k, t1.txid, False))
     assert led.status_of(t1.txid) == "rejected"
     led.submit(t3.to_json(), relayed=True)
     assert _own_vote(led, t3.txid) is True
@@ -991,14 +1000,14 @@ def test_an_own_vote_decided_but_not_signed_is_decided_again_after_a_crash(tmp_p
     pubs = [crypto.public_key_hex(k) for k in keys]
     led = Ledger(Store(tmp_path / "t.db"), "regtest", keys[0], pubs, clock=Clock())
     _, a = new_wallet()
-    t = led.faucet(a, 10)  # accepted; its own vote queued, never signed (a crash)
-    assert led.own_queue == [(t, True)] and led.next_batch == 1
+    t = led.faucet.pay(a, 10)  # accepted; its own vote queued, never signed (a crash)
+    assert led.votes.own_queue == [(t, True)] and led.votes.next_batch == 1
     led.store.close()
     again = Ledger(Store(tmp_path / "t.db"), "regtest", keys[0], pubs, clock=Clock())
-    assert again.own_queue == [(t, True)]
+    assert again.votes.own_queue == [(t, True)]
     msg = again.sign_batch()
     assert (msg.batch, msg.votes) == (1, ((t, True),))
-    assert again.pending[t].approvals == {pubs[0]}
+    assert again.pool.pending[t].approvals == {pubs[0]}
 
 
 def test_the_vote_crash_points_sit_before_and_inside_the_batch_commit(tmp_path,
@@ -1013,7 +1022,7 @@ def test_the_vote_crash_points_sit_before_and_inside_the_batch_commit(tmp_path,
     pubs = [crypto.public_key_hex(k) for k in keys]
     led = Ledger(Store(tmp_path / "t.db"), "regtest", keys[0], pubs, clock=Clock())
     _, a = new_wallet()
-    t = led.faucet(a, 10)
+    t = led.faucet.pay(a, 10)
     seen: dict[str, tuple[object, ...]] = {}
 
     def on_disk() -> tuple[str | None, int]:
@@ -1027,12 +1036,14 @@ def test_the_vote_crash_points_sit_before_and_inside_the_batch_commit(tmp_path,
 
     def reached(point: str) -> None:
         written = led.store.db.execute("SELECT COUNT(*) FROM batches").fetchone()[0]
-        seen[point] = (list(led.own_queue), written, on_disk())
+        seen[point] = (list(led.votes.own_queue), written, on_disk())
     monkeypatch.setattr(crashpoints, "reached", reached)
     msg = led.sign_batch()
     assert msg is not None and msg.votes == ((t, True),)
     assert seen["approval"] == ([(t, True)], 0, ("pending", 0))
-    assert seen["batch"] == ([(t, True)], 1, ("pending", 0))  # written, not committed
+    # Written, not committed (the queue is already taken: a failed commit rebuilds it
+    # from the database, which holds no batch).
+    assert seen["batch"] == ([], 1, ("pending", 0))
     assert on_disk() == ("pending", 1)
 
 
@@ -1053,7 +1064,7 @@ def _rehash(block, **changes):
 def _paid_with_fee(led, fee=100):
     """A finalized payment at ``led`` (one masternode) that leaves ``fee``."""
     ka, addr = new_wallet()
-    paid = led.faucet(addr, 5000)
+    paid = led.faucet.pay(addr, 5000)
     tx = build([(paid, 0, ka)], [(new_wallet()[1], 5000 - fee)], timestamp=7)
     led.submit(tx.to_json())
     return tx
@@ -1062,7 +1073,7 @@ def _paid_with_fee(led, fee=100):
 def test_a_block_without_a_valid_commit_is_refused_and_changes_nothing(tmp_path):
     a, b, _ = _mirror(tmp_path)
     _paid_with_fee(a)
-    good = a.get_block(a.make_block()["height"], with_txs=True)
+    good = a.reads.get_block(a.blocks.make_block()["height"], with_txs=True)
     stranger = crypto.new_key()
     seq = b.seq
     for commit, words in [
@@ -1078,16 +1089,16 @@ def test_a_block_without_a_valid_commit_is_refused_and_changes_nothing(tmp_path)
          "does not verify"),
     ]:
         with pytest.raises(LedgerError, match=words):
-            b.accept_block(good, commit)
+            accept(b, good, commit)
         assert (b.seq, b.height) == (seq, 0)
-    b.accept_block(good, good["commit"])
-    assert b.get_block(1)["commit"] == good["commit"] and b.tip == a.tip
+    accept(b, good, good["commit"])
+    assert b.reads.get_block(1)["commit"] == good["commit"] and b.tip == a.tip
 
 
 def test_a_block_with_a_greedy_missing_or_misplaced_coinbase_is_refused(tmp_path):
     a, b, _ = _mirror(tmp_path)
     spend = _paid_with_fee(a, fee=100)
-    good = a.propose_block(0, a.public_key, 1_800_000_000)
+    good = propose(a, 0, a.public_key, 1_800_000_000)
     assert a.height == 0 and a.status_of(spend.txid) == "finalized"  # nothing committed
     cb = good["txs"][0]
     greedy = coinbase("regtest", 1, good["timestamp"], a.public_key, 101).to_json()
@@ -1102,10 +1113,10 @@ def test_a_block_with_a_greedy_missing_or_misplaced_coinbase_is_refused(tmp_path
         (_rehash(other), "is not the proposer of round 0"),
     ]:
         with pytest.raises(LedgerError, match=words):
-            b.accept_block(bad, commit_for(bad, [a.key], b.network_id))
+            accept(b, bad, commit_for(bad, [a.key], b.network_id))
         assert (b.seq, b.height) == (seq, 0)
-    b.accept_block(good, commit_for(good, [a.key], b.network_id))
-    assert b.balance(a.address) == 100 and b.status_of(cb["txid"]) == "confirmed"
+    accept(b, good, commit_for(good, [a.key], b.network_id))
+    assert b.reads.balance(a.address) == 100 and b.status_of(cb["txid"]) == "confirmed"
 
 
 def test_a_proposal_needs_a_certificate_for_what_is_not_finalized_here(tmp_path):
@@ -1114,49 +1125,49 @@ def test_a_proposal_needs_a_certificate_for_what_is_not_finalized_here(tmp_path)
     a, _ = make_ledger(tmp_path / "a", key=keys[1], masternodes=pubs)
     b, _ = make_ledger(tmp_path / "b", key=keys[0], masternodes=pubs)
     _, addr = new_wallet()
-    paid = a.faucet(addr, 5000)
+    paid = a.faucet.pay(addr, 5000)
     _finalize(a, paid, keys[2:])  # finalized at a; b has never seen it
-    block = a.propose_block(0, proposer(pubs, 1, 0), int(b.clock()))
-    a.validate_proposal(block)  # finalized there: its own votes are its certificate
+    block = propose(a, 0, proposer(pubs, 1, 0), int(b.clock()))
+    validate(a, block)  # finalized there: its own votes are its certificate
     seq = b.seq
     with pytest.raises(LedgerError, match=f"{paid} is not finalized: its certificate "
                        "holds 0 of 3 approvals"):
-        b.validate_proposal(block)
+        validate(b, block)
     cert = [wire.sign_votes(k, b.network_id, 1, [(paid, True)]) for k in keys[1:]]
     with pytest.raises(LedgerError, match="holds 2 of 3"):
-        b.validate_proposal(block, cert[:2])
+        validate(b, block, cert[:2])
     with pytest.raises(LedgerError, match="bad signature"):
-        b.validate_proposal(block, [*cert[:2], replace(cert[2], batch=2)])
-    assert b.validate_proposal(block, cert) is None
+        validate(b, block, [*cert[:2], replace(cert[2], batch=2)])
+    assert validate(b, block, cert) is None
     assert (b.seq, b.height, b.status_of(paid)) == (seq, 0, None)  # nothing changed
     # Committed, the block needs no certificate: its commit stands for it.
     commit = commit_for(block, keys[:3], b.network_id)
     for led in (a, b):
-        led.accept_block(block, commit)
-    assert b.status_of(paid) == "confirmed" and b.balance(addr) == 5000
-    assert b.get_block(1) == a.get_block(1)
+        accept(led, block, commit)
+    assert b.status_of(paid) == "confirmed" and b.reads.balance(addr) == 5000
+    assert b.reads.get_block(1) == a.reads.get_block(1)
 
 
 def test_a_proposal_at_most_30_s_ahead_of_the_clock(tmp_path):
     a, b, _ = _mirror(tmp_path)
     now = int(b.clock())
-    ahead = a.propose_block(0, a.public_key, now + 31)
+    ahead = propose(a, 0, a.public_key, now + 31)
     with pytest.raises(LedgerError, match="more than 30 s ahead"):
-        b.validate_proposal(ahead)
-    b.validate_proposal(a.propose_block(0, a.public_key, now + 30))
+        validate(b, ahead)
+    validate(b, propose(a, 0, a.public_key, now + 30))
     # A committed block is the network's decision whatever this node's clock says.
-    b.accept_block(ahead, commit_for(ahead, [a.key], b.network_id))
+    accept(b, ahead, commit_for(ahead, [a.key], b.network_id))
     assert b.tip_timestamp == now + 31
     # The next proposal's timestamp is never before its parent's.
-    assert b.propose_block(0, b.masternodes[0], now)["timestamp"] == now + 31
+    assert propose(b, 0, b.masternodes[0], now)["timestamp"] == now + 31
 
 
 def test_propose_block_fills_a_block_within_its_limits_parents_first(tmp_path, monkeypatch):
-    from timefast import ledger as ledger_module
+    from timefast.ledger import blocks as blocks_module
     led, _ = make_ledger(tmp_path)
     kx, x = new_wallet()
     _, y = new_wallet()
-    t1 = led.faucet(x, 10_000)
+    t1 = led.faucet.pay(x, 10_000)
     # A wide transaction (too big for the limit set below) and its small child ...
     wide = build([(t1, 0, kx)], [(x, 100)] * 40 + [(y, 5000)], timestamp=1)
     led.submit(wide.to_json())
@@ -1164,29 +1175,29 @@ def test_propose_block_fills_a_block_within_its_limits_parents_first(tmp_path, m
     led.submit(child.to_json())
     # ... and a small one after them, which fits.
     small = _paid_with_fee(led, fee=7)
-    raws = {t: len(f.raw) for t, f in led.unconfirmed.items()}
+    raws = {t: len(f.raw) for t, f in led.pool.unconfirmed.items()}
     assert raws[wide.txid] > raws[child.txid]
-    room = led.COINBASE_BYTES + sum(n for t, n in raws.items() if t != wide.txid)
-    monkeypatch.setattr(ledger_module, "MAX_BLOCK_BYTES", room)
-    seq, counts = led.seq, led.counts()
-    block = led.propose_block(0, led.public_key, 1_800_000_000)
+    room = blocks_module.COINBASE_BYTES + sum(n for t, n in raws.items() if t != wide.txid)
+    monkeypatch.setattr(blocks_module, "MAX_BLOCK_BYTES", room)
+    seq, counts = led.seq, led.reads.counts()
+    block = propose(led, 0, led.public_key, 1_800_000_000)
     # The child waits with its parent; the coinbase pays the fees of what is in.
     faucet_paid = [t for t in raws if t not in (wide.txid, child.txid, small.txid)]
     assert block["txids"][1:] == [t1, *faucet_paid[1:], small.txid]
     assert block["txs"][0]["outputs"] == [{"amount": 7, "address": led.address}]
-    assert (led.seq, led.counts(), led.height) == (seq, counts, 0)
-    led.validate_proposal(block)
+    assert (led.seq, led.reads.counts(), led.height) == (seq, counts, 0)
+    validate(led, block)
     # At most MAX_BLOCK_TXS in all, the coinbase included.
-    monkeypatch.setattr(ledger_module, "MAX_BLOCK_BYTES", 4 << 20)
-    monkeypatch.setattr(ledger_module, "MAX_BLOCK_TXS", 3)
-    assert len(led.propose_block(0, led.public_key, 1_800_000_000)["txids"]) == 3
-    led.accept_block(block, commit_for(block, [led.key], led.network_id))
-    assert led.get_block(1, with_txs=True) == block | {"commit": led.get_block(1)["commit"]}
-    monkeypatch.setattr(ledger_module, "MAX_BLOCK_TXS", 10_000)
+    monkeypatch.setattr(blocks_module, "MAX_BLOCK_BYTES", 4 << 20)
+    monkeypatch.setattr(blocks_module, "MAX_BLOCK_TXS", 3)
+    assert len(propose(led, 0, led.public_key, 1_800_000_000)["txids"]) == 3
+    accept(led, block, commit_for(block, [led.key], led.network_id))
+    assert led.reads.get_block(1, with_txs=True) == block | {"commit": led.reads.get_block(1)["commit"]}
+    monkeypatch.setattr(blocks_module, "MAX_BLOCK_TXS", 10_000)
     # Then the next block: the parent, then its child.
-    nxt = led.make_block()
+    nxt = led.blocks.make_block()
     assert nxt["txids"][1:] == [wide.txid, child.txid]
-    assert led.counts() == {"pending": 0, "unconfirmed": 0}
+    assert led.reads.counts() == {"pending": 0, "unconfirmed": 0}
 
 
 def _unspent_total(led):
@@ -1200,11 +1211,11 @@ def test_payments_with_fees_and_blocks_keep_the_total_supply(tmp_path):
     a, b, _ = _mirror(tmp_path)
     wallets = [new_wallet() for _ in range(20)]
     for _, addr in wallets:
-        a.faucet(addr, 1_0000_0000)
+        a.faucet.pay(addr, 1_0000_0000)
     fees = 0
     for n in range(1000):
         key, addr = rng.choice(wallets)
-        coins = [u for u in a.list_unspent(addr) if u["state"] == "Unspent"]
+        coins = [u for u in a.reads.list_unspent(addr) if u["state"] == "Unspent"]
         coin = max(coins, key=lambda u: u["amount"])
         fee = rng.randrange(0, 1000)
         pay = rng.randrange(1, max(2, coin["amount"] // 3))
@@ -1212,24 +1223,24 @@ def test_payments_with_fees_and_blocks_keep_the_total_supply(tmp_path):
         a.submit(build([(coin["txid"], coin["vout"], key)], outs, timestamp=n).to_json())
         fees += fee
         if n % 100 == 99:
-            blk = a.get_block(a.make_block()["height"], with_txs=True)
-            b.accept_block(blk, blk["commit"])
-    blk = a.get_block(a.make_block()["height"], with_txs=True)
-    b.accept_block(blk, blk["commit"])
+            blk = a.reads.get_block(a.blocks.make_block()["height"], with_txs=True)
+            accept(b, blk, blk["commit"])
+    blk = a.reads.get_block(a.blocks.make_block()["height"], with_txs=True)
+    accept(b, blk, blk["commit"])
     # Every fee went to the producer; nothing was made or burned.
-    assert a.balance(a.address) == b.balance(a.address) == fees > 0
+    assert a.reads.balance(a.address) == b.reads.balance(a.address) == fees > 0
     everyone = [a.address, crypto.address_of(crypto.public_key_hex(FAUCET_KEY), "regtest"),
                 *(addr for _, addr in wallets)]
     for led in (a, b, Ledger(a.store, "regtest", a.key, clock=Clock())):
         assert _unspent_total(led) == GENESIS_SUPPLY
-        assert sum(led.balance(addr) for addr in everyone) == GENESIS_SUPPLY
+        assert sum(led.reads.balance(addr) for addr in everyone) == GENESIS_SUPPLY
 
 
 def test_an_older_data_directory_shows_its_blocks_with_round_0_and_no_commit(tmp_path):
     import sqlite3
     led, _ = make_ledger(tmp_path)
     _paid_with_fee(led)
-    old = led.make_block()
+    old = led.blocks.make_block()
     led.store.close()
     # As a node from before rounds and commits left its blocks table.
     db = sqlite3.connect(tmp_path / "t.db")
@@ -1244,13 +1255,13 @@ def test_an_older_data_directory_shows_its_blocks_with_round_0_and_no_commit(tmp
     db.commit()
     db.close()
     again, _ = make_ledger(tmp_path)
-    got = again.get_block(1)
+    got = again.reads.get_block(1)
     assert got == old | {"commit": [], "round": 0}
-    assert again.get_block(0)["commit"] == [] and again.get_block(0)["round"] == 0
+    assert again.reads.get_block(0)["commit"] == [] and again.reads.get_block(0)["round"] == 0
     # The chain goes on from there.
     _paid_with_fee(again)
-    assert again.make_block()["prev_hash"] == old["hash"]
-    assert again.get_block(2)["commit"] != []
+    assert again.blocks.make_block()["prev_hash"] == old["hash"]
+    assert again.reads.get_block(2)["commit"] != []
 
 
 def test_a_relayed_spend_of_a_coin_already_taken_is_stored_rejected_and_passed_on(tmp_path):
@@ -1261,13 +1272,13 @@ def test_a_relayed_spend_of_a_coin_already_taken_is_stored_rejected_and_passed_o
     t2 = build([(coin, 0, ka)], [(new_wallet()[1], 2000)], timestamp=2)
     led.submit(t1.to_json())
     for k in keys[1:3]:
-        led.submit_vote(batch_vote(led, k, t1.txid, True))
+        led.votes.submit_vote(batch_vote(led, k, t1.txid, True))
     assert led.status_of(t1.txid) == "finalized"
     events.clear()
     assert led.submit(t2.to_json(), relayed=True) == t2.txid
     assert led.status_of(t2.txid) == "rejected"
     assert kinds(events) == [("TransactionPending",), ("TransactionRejected",)]
-    assert led.get_transaction(t2.txid)["reason"] == "conflict"
+    assert led.reads.get_transaction(t2.txid)["reason"] == "conflict"
     # Passed on to a peer that asks, and never taken again, nor from a wallet.
     txs, _ = led.pending_for(None, 1 << 20)
     assert t2.txid in [t.txid for t in txs]

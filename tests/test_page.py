@@ -53,10 +53,10 @@ def test_status_lists_pending_transactions_with_their_tallies(tmp_path, monkeypa
     assert s["peers"] == [] and s["pending"] == [] and s["height"] == led.height
     assert s["tip"] == led.tip
     assert s["consensus"] == {"height": led.height + 1, "round": 0, "step": "NewHeight"}
-    faucet = led.faucet(a, 3000)  # pending too: the faucet's payment needs 2 votes
+    faucet = led.faucet.pay(a, 3000)  # pending too: the faucet's payment needs 2 votes
     led.sign_batch()  # its own vote, as the peer layer signs it a few ms later
-    s = page.status(led, now=led.pending[faucet].accepted_at + 2)
-    outputs = led.pending[faucet].tx.outputs  # the 3,000 and the faucet's change
+    s = page.status(led, now=led.pool.pending[faucet].accepted_at + 2)
+    outputs = led.pool.pending[faucet].tx.outputs  # the 3,000 and the faucet's change
     assert s["pending"] == [{"txid": faucet, "votes": 1, "against": 0, "quorum": 2,
                              "amount": sum(o.amount for o in outputs), "age_s": 2.0}]
     assert s["pending_count"] == 1 and s["unconfirmed"] == []

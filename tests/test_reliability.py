@@ -135,7 +135,7 @@ def churn(tmp_path, clients: int, progress=None) -> int:
             return got
 
         got = asyncio.run(scenario())
-        events = n.call(lambda: [(e.seq, e.addresses) for e in n.node.ledger.recent
+        events = n.call(lambda: [(e.seq, e.addresses) for e in n.node.ledger.journal.recent
                                  if e.seq > start])
         checked = 0
         for i in range(clients):

@@ -103,7 +103,7 @@ def test_getsnapshot_and_submittransaction_carry_the_seq_they_were_taken_at(node
     got = result(url, "getsnapshot", [a, "time1test"])
     led = node.node.ledger
     assert got == node.call(lambda: {"seq": led.seq, "snapshot": {
-        a: led.snapshot(a), "time1test": led.snapshot("time1test")}})
+        a: led.reads.snapshot(a), "time1test": led.reads.snapshot("time1test")}})
     assert got["snapshot"][a]["balance"] == 3000
     page = result(url, "getsnapshot", [a], f"{txid}:0")
     assert page["snapshot"][a]["utxos"] == []
@@ -298,7 +298,7 @@ def test_unread_output_stops_reading(tmp_path, mode):
     n = NodeThread(tmp_path).start()
     try:
         _, a = new_wallet()
-        n.call(lambda: [n.node.ledger.faucet(a, 1000 + i) for i in range(300)])
+        n.call(lambda: [n.node.ledger.faucet.pay(a, 1000 + i) for i in range(300)])
         reply = len(orjson.dumps(result(n.rpc_url, "listunspent", a)))
         assert reply > 30_000
         host, port = n.rpc_url.removeprefix("http://").rstrip("/").split(":")

@@ -248,7 +248,7 @@ def test_lagged_message_and_readers_complete(tmp_path):
             await asyncio.get_running_loop().run_in_executor(None, lambda: [
                 result(n.rpc_url, "faucet", a, 1000 + i) for i in range(200)])
             end = result(n.rpc_url, "getinfo")["seq"]
-            expected = n.call(lambda: [e.seq for e in n.node.ledger.recent if e.seq > start
+            expected = n.call(lambda: [e.seq for e in n.node.ledger.journal.recent if e.seq > start
                                        and (e.addresses is None or a in e.addresses)])
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and any(len(g) < len(expected) for g in got):

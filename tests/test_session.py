@@ -53,7 +53,7 @@ def _node(tmp_path):
             else:
                 fan.publish(frame, e.addresses, e.seq)
         fan.flush()
-    led.listeners.append(on_events)
+    led.listen(on_events)
     return led, fan
 
 
@@ -79,20 +79,20 @@ def test_resubscribing_with_since_does_not_repeat(tmp_path):
     w = Wallet(led, fan)
     w.say({"type": "Subscribe", "data": {"addresses": [a], "since_seq": start,
                                          "snapshot": False}})
-    led.faucet(a, 5)
-    led.make_block()
-    led.faucet(b, 6)
+    led.faucet.pay(a, 5)
+    led.blocks.make_block()
+    led.faucet.pay(b, 6)
     # The same address again, and a second one, both from the start.
     w.say({"type": "Subscribe", "data": {"addresses": [a, b], "since_seq": start,
                                          "snapshot": False}})
     w.say({"type": "Unsubscribe", "data": {"addresses": [a]}})
-    led.faucet(a, 7)  # not subscribed: not delivered
+    led.faucet.pay(a, 7)  # not subscribed: not delivered
     w.say({"type": "Subscribe", "data": {"addresses": [a], "since_seq": start,
                                          "snapshot": False}})
     seqs = [m["data"]["seq"] for m in w.got() if "seq" in m.get("data", {})
             and m["type"] not in ("Subscribed",)]
     assert len(seqs) == len(set(seqs)), "an event reached the wallet twice"
-    wanted = [e.seq for e in led.recent if e.seq > start and
+    wanted = [e.seq for e in led.journal.recent if e.seq > start and
               (e.addresses is None or a in e.addresses or b in e.addresses)]
     assert sorted(seqs) == wanted
 
@@ -117,9 +117,9 @@ def test_no_event_twice_and_none_missed_after_a_resume(tmp_path_factory, script)
     resumed: dict[str, int] = {}
     for op in script:
         if op[0] == "pay":
-            led.faucet(addrs[op[1]], 10 + op[1])
+            led.faucet.pay(addrs[op[1]], 10 + op[1])
         elif op[0] == "block":
-            led.make_block()
+            led.blocks.make_block()
         elif op[0] == "sub":
             data = {"addresses": [addrs[op[1]]], "snapshot": False}
             if op[2]:
@@ -137,7 +137,7 @@ def test_no_event_twice_and_none_missed_after_a_resume(tmp_path_factory, script)
     assert len(got) == len(set(got)), "an event reached the wallet twice"
     have = set(got)
     for a, upto in resumed.items():
-        missing = [e.seq for e in led.recent if start < e.seq <= upto
+        missing = [e.seq for e in led.journal.recent if start < e.seq <= upto
                    and e.addresses is not None and a in e.addresses and e.seq not in have]
         assert not missing, (a, missing)
 
@@ -146,7 +146,7 @@ def test_no_event_twice_and_none_missed_after_a_resume(tmp_path_factory, script)
 def test_subscribed_reply_and_snapshot(tmp_path, since):
     led, fan = _node(tmp_path)
     _, a = new_wallet()
-    led.faucet(a, 9)
+    led.faucet.pay(a, 9)
     w = Wallet(led, fan)
     data = {"addresses": [a]}
     if since is not None:
@@ -161,7 +161,7 @@ def test_subscribed_reply_and_snapshot(tmp_path, since):
 def test_get_history_answers_with_its_id(tmp_path):
     led, fan = _node(tmp_path)
     _, a = new_wallet()
-    paid = led.faucet(a, 10)
+    paid = led.faucet.pay(a, 10)
     w = Wallet(led, fan)
     w.say({"type": "GetHistory", "id": 7, "data": {"address": a}})
     w.say({"type": "GetHistory", "id": 8, "data": {"address": a, "limit": 0}})
@@ -188,7 +188,7 @@ def test_subscription_history_is_bounded_and_subscribe_touches_only_its_addresse
         touched.clear()
         w.say({"type": "Subscribe", "data": {"addresses": addrs, "snapshot": False}})
         assert len(touched) <= len(addrs)
-        led.faucet(payee, 1000 + r)
+        led.faucet.pay(payee, 1000 + r)
         w.say({"type": "Unsubscribe", "data": {"addresses": addrs}})
         assert len(w.session.seen) <= 2 * 100
     assert all(m["type"] in ("Subscribed", "Unsubscribed") for m in w.got())
@@ -201,7 +201,7 @@ def test_a_forgotten_history_resumes_with_a_snapshot_not_a_repeat(tmp_path):
     _, a = new_wallet()
     start = led.seq
     w.say({"type": "Subscribe", "data": {"addresses": [a], "snapshot": False}})
-    led.faucet(a, 1000)
+    led.faucet.pay(a, 1000)
     w.say({"type": "Unsubscribe", "data": {"addresses": [a]}})
     for r in range(3):  # 30 other addresses come and go: a's history is forgotten
         others = [f"o{r}x{i}" for i in range(10)]
@@ -291,7 +291,7 @@ def test_a_subscribe_answered_later_gets_what_it_gets_at_once_and_holds_what_fol
     late.say({"type": "Ping", "id": 2})
     late.say({"type": "Unsubscribe", "id": 3, "data": {"addresses": [a]}})
     assert late.got() == [] and held == [True]
-    led.faucet(a, 5)  # events after the snapshot's seq, before the answer
+    led.faucet.pay(a, 5)  # events after the snapshot's seq, before the answer
     late_source.release()
     fan.flush()
     got = late.got()

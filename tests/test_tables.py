@@ -109,10 +109,10 @@ def test_a_batch_reads_its_own_writes(tmp_path):
         # Not yet in the database, yet every read sees it.
         assert led.store.one("SELECT 1 FROM txs WHERE txid=?", (tx.txid,)) is None
         assert led.status_of(tx.txid) == "finalized"
-        assert led.get_transaction(tx.txid)["status"] == "finalized"
-        led.make_block()
-        assert led.get_txout(split.txid, 0)["state"] == "Confirmed"
-        assert led.get_block(led.height)["txids"][-1] == tx.txid
+        assert led.reads.get_transaction(tx.txid)["status"] == "finalized"
+        led.blocks.make_block()
+        assert led.reads.get_txout(split.txid, 0)["state"] == "Confirmed"
+        assert led.reads.get_block(led.height)["txids"][-1] == tx.txid
         with pytest.raises(LedgerError) as e:
             led.submit(build([(split.txid, 0, ka)], [(a, 1)], timestamp=3).to_json())
         assert e.value.code == "TX_CONFLICT"
@@ -152,14 +152,14 @@ def test_batch_commit_uses_one_statement_per_kind(tmp_path, monkeypatch):
 
 def test_a_failed_write_mid_batch_fails_the_whole_batch(tmp_path):
     led, ka, a, split = ledger_with_coins(tmp_path / "l.db")
-    seq, balance = led.seq, led.balance(a)
+    seq, balance = led.seq, led.reads.balance(a)
     tx = build([(split.txid, 0, ka)], [(new_wallet()[1], 500)], timestamp=2)
     with pytest.raises(StorageError), led.batch():
         led.submit(tx.to_json())
         led.store.db.execute("PRAGMA query_only=ON")
-        led.get_transaction(tx.txid)  # must write the staged rows first: refused
+        led.reads.get_transaction(tx.txid)  # must write the staged rows first: refused
     led.store.db.execute("PRAGMA query_only=OFF")
-    assert led.seq == seq and led.balance(a) == balance and led.status_of(tx.txid) is None
+    assert led.seq == seq and led.reads.balance(a) == balance and led.status_of(tx.txid) is None
     assert led.submit(tx.to_json()) == tx.txid
 
 
@@ -190,16 +190,16 @@ def test_the_ledger_counts_inline_and_table_votes(tmp_path):
     led = Ledger(Store(tmp_path / "l.db"), "regtest", keys[0], pubs)
     _, a = new_wallet()
     with led.batch():  # the own batch signed in the commit that stores the transaction
-        t = led.faucet(a, 10)
+        t = led.faucet.pay(a, 10)
         led.sign_batch()
     assert led.store.query("SELECT * FROM votes") == []
-    assert led.get_transaction(t)["votes"] == 1
-    led.submit_vote(batch_vote(led, keys[1], t, True))
+    assert led.reads.get_transaction(t)["votes"] == 1
+    led.votes.submit_vote(batch_vote(led, keys[1], t, True))
     assert len(led.store.query("SELECT * FROM votes")) == 1
-    assert led.get_transaction(t)["votes"] == 2
+    assert led.reads.get_transaction(t)["votes"] == 2
     # Both kinds name their signed batch, which the certificate finds.
     assert sorted(b.voter for b in led.certificate(t)) == sorted(pubs[:2])
     led.store.close()
     led = Ledger(Store(tmp_path / "l.db"), "regtest", keys[0], pubs)
-    assert led.pending[t].approvals == set(pubs[:2])
-    assert led.next_batch == 2
+    assert led.pool.pending[t].approvals == set(pubs[:2])
+    assert led.votes.next_batch == 2

@@ -11,7 +11,7 @@ commit, in ``seq`` order, each message sent with ``Nats-Expected-Last-Sequence``
 that the stream refuses anything but the next one (no gap, no reordering, even
 with many messages in flight).  On any failure (NATS down, a refusal) it asks the
 stream what it holds last and goes on from there, reading the events it lacks back
-from SQLite; the ledger prunes no event above that point (``Ledger.publish_floor``).
+from SQLite; the ledger prunes no event above that point (``Work.keep_stored_after``).
 The wallets of the masternode never wait for any of this.
 
 This module is imported only when EVENT_BUS is set: without it, nothing of NATS is.
@@ -107,8 +107,8 @@ class Publisher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # Until the stream has said what it holds, nothing may be pruned.
-        ledger.publish_floor = 0
-        ledger.listeners.append(self.on_events)
+        ledger.work.keep_stored_after(0)
+        ledger.listen(self.on_events)
 
     def start(self) -> None:
         """Start publishing in the background."""
@@ -198,7 +198,7 @@ class Publisher:
         self.stream_sent = info.state.last_seq
         self.acked = self.sent = acked
         self.in_flight = 0
-        self.ledger.publish_floor = acked
+        self.ledger.work.keep_stored_after(acked)
 
     def _take(self, after: int, n: int) -> list[Event]:
         """The next events after ``after``: from memory, else from SQLite."""
@@ -207,7 +207,7 @@ class Publisher:
             buf.popleft()
         if buf and buf[0].seq == after + 1:
             return [buf[i] for i in range(min(n, len(buf)))]
-        return self.ledger.stored_events(after, n)
+        return self.ledger.reads.stored_events(after, n)
 
     async def _on_ack(self, msg: Any) -> None:
         """The stream's answer to one message: ``<inbox>.<epoch>.<seq>``."""
@@ -237,7 +237,7 @@ class Publisher:
             if self.failure is not None:
                 raise nats.errors.Error(f"the stream refused a message: {self.failure}")
             assert self.acked is not None
-            self.ledger.publish_floor = self.acked
+            self.ledger.work.keep_stored_after(self.acked)
             room = WINDOW - self.in_flight
             if room > 0 and self.sent < self.target:
                 events = self._take(self.sent, room)

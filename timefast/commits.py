@@ -96,7 +96,7 @@ class GroupCommit:
         self._last_run = self.loop.time()
         if self.queue and not self._checking:
             group, self.queue = self.queue, []
-            sigs = self.ledger.signature_items(tx for _, _, tx in group if tx is not None)
+            sigs = self.ledger.mempool.signature_items(tx for _, _, tx in group if tx is not None)
             if len(sigs) < CHECK_AHEAD_MIN:
                 self.ready += group  # too few to be worth the hand-off
             else:
@@ -109,7 +109,7 @@ class GroupCommit:
             took = self.loop.time() - self._last_run
             self._wait = min(self.min_interval, BUSY_FACTOR * took)
         # Every checked signature has been used (or its work refused): forget them.
-        self.ledger.forget_checked()
+        self.ledger.mempool.forget_checked()
 
     def _check(self, group: list[_Item], sigs: list[tuple[bytes, bytes, bytes]]) -> None:
         try:
@@ -122,7 +122,7 @@ class GroupCommit:
         def checked(f: asyncio.Future[bytes]) -> None:
             self._checking = False
             if not f.cancelled() and f.exception() is None:
-                self.ledger.checked(sigs, f.result())
+                self.ledger.mempool.checked(sigs, f.result())
                 self.checked_ahead += len(sigs)
             self.ready += group
             self._kick()

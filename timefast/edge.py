@@ -39,7 +39,7 @@ from timefast.node import FD_RESERVE, raise_fd_limit
 from timefast.server import REFUSED_WAITING, WalletServer
 from timefast.session import Limits
 from timefast.settings import Settings
-from timefast.source import Done, Gauge, Labelled, WalletSource
+from timefast.source import Done, Gauge, Labelled, Listener, WalletSource
 
 log = logging.getLogger("timefast.edge")
 
@@ -150,7 +150,7 @@ class StreamSource(WalletSource):
         self.network = str(info["network"])
         self.public_key = str(info["masternode"])
         self.address = str(info["address"])
-        self.listeners = []
+        self.listeners: list[Listener] = []
         self.window = Journal(keep, 0, keep_bytes)  # only its replay window is used
         self._seq = 0  # the last event handed to the listeners
         self._height = int(info["height"])
@@ -160,6 +160,9 @@ class StreamSource(WalletSource):
         self.connected = False
         self.waiters: list[tuple[int, int, Callable[[], None]]] = []
         self._order = itertools.count()
+
+    def listen(self, fn: Listener) -> None:
+        self.listeners.append(fn)
 
     @property
     def seq(self) -> int:

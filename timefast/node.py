@@ -254,7 +254,7 @@ class Node:
                 log.error("could not expire transactions: %s", err)
             elif n:
                 log.info("%d transaction(s) rejected: finality timeout", n)
-        self.commits.submit(self.ledger.expire, done)
+        self.commits.submit(self.ledger.finality.expire, done)
         self._timers[0] = asyncio.get_running_loop().call_later(EXPIRY_CHECK, self._expire)
 
     def _release_memory(self) -> None:
@@ -277,7 +277,7 @@ class Node:
                 # A block turns over thousands of events at once; once its frames
                 # are written (the flush is already queued), hand the pages back.
                 loop.call_soon(self._trim, 0)
-        self.commits.submit(self.ledger.make_block, done)
+        self.commits.submit(self.ledger.blocks.make_block, done)
         self._timers[1] = loop.call_later(self.settings.block_interval, self._block)
 
     async def stop(self) -> None:

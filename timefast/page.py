@@ -39,8 +39,8 @@ def status(ledger: Ledger, now: float | None = None,
     ``MAX_LISTED``, oldest first, with the full counts beside them; ``peers`` as
     ``getpeerinfo`` shows them.
     """
-    pending, unconfirmed = ledger.in_flight(MAX_LISTED, now)
-    counts = ledger.counts()
+    pending, unconfirmed = ledger.reads.in_flight(MAX_LISTED, now)
+    counts = ledger.reads.counts()
     return {
         "network": ledger.network, "node": ledger.public_key, "address": ledger.address,
         "height": ledger.height, "tip": ledger.tip, "tip_timestamp": ledger.tip_timestamp,

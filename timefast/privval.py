@@ -7,8 +7,9 @@ here, and only once what it commits the node to is durable:
   machine's ``consensus.Record`` (position, locks, own messages of the round) and
   syncs it to disk; ``sign`` then signs a message of that record's height, and
   never a second, different one for the same (height, round, step);
-- the precommit of a one-masternode network's block (``sign_commit``) and the
-  node's vote batches (``sign_votes``): they are written in the same commit as
+- the precommit of a one-masternode network's block (``sign_commit``), its
+  approvals (``sign_timevote``) and a network masternode's vote batches
+  (``sign_votes``): they are written in the same commit as
   what they decide (the block, the approvals), which the caller syncs to disk
   (``Store.sync_next_commit``) before anyone hears of it.
 
@@ -26,7 +27,7 @@ from nacl.signing import SigningKey
 
 from timefast import consensus, wire
 from timefast.consensus import Record
-from timefast.crypto import public_key_hex
+from timefast.crypto import public_key_hex, sign_vote
 from timefast.storage import Store
 from timefast.tables import Tables
 
@@ -115,6 +116,11 @@ class PrivValidator:
         stored with the block in the commit that adds it (synced by the caller)."""
         pc = wire.sign_precommit(self.key, self.network_id, height, round_, block_hash)
         return wire.CommitSig(self.public_key, round_, pc.signature)
+
+    def sign_timevote(self, txid: str) -> str:
+        """The approval of a one-masternode network (upstream ``TIMEVOTE``), stored
+        in the step that accepts ``txid``; returns its signature (hex)."""
+        return str(sign_vote(self.key, txid, True)["signature"])
 
     def sign_votes(self, batch: int, votes: Iterable[tuple[str, bool]]) -> wire.Votes:
         """This masternode's batch of votes numbered ``batch``; the caller stores it,

@@ -100,21 +100,21 @@ class RpcDispatcher:
         self.ledger = ledger
         self.peers = peers
         self.rounds = rounds
-        self.make_block = make_block or ledger.make_block
+        self.make_block = make_block or ledger.blocks.make_block
         self.extra_info = extra_info
         self.methods: dict[str, tuple[tuple[str, ...], int, Callable[..., Any]]] = {
             "getinfo": ((), 0, self.getinfo),
             "getblockcount": ((), 0, lambda: ledger.height),
             "getbestblockhash": ((), 0, lambda: ledger.tip),
-            "getblock": (("height_or_hash",), 1, ledger.get_block),
+            "getblock": (("height_or_hash",), 1, ledger.reads.get_block),
             "sendrawtransaction": (("tx",), 1, ledger.submit),
-            "gettransaction": (("txid",), 1, ledger.get_transaction),
+            "gettransaction": (("txid",), 1, ledger.reads.get_transaction),
             "gettxout": (("txid", "vout"), 2, self.gettxout),
             "listunspent": (("address",), 1, self.listunspent),
             "getbalance": (("address",), 1, self.getbalance),
-            "getaddresshistory": (("address", "limit", "before"), 1, ledger.history),
+            "getaddresshistory": (("address", "limit", "before"), 1, ledger.reads.history),
             "masternodelist": ((), 0, self.masternodelist),
-            "submitvote": (("vote",), 1, ledger.submit_vote),
+            "submitvote": (("vote",), 1, ledger.votes.submit_vote),
             "getpeerinfo": ((), 0, self.getpeerinfo),
             "addnode": (("address",), 1, self.addnode),
             # For edges (docs/EDGES.md): answers that carry the seq they were taken at.
@@ -123,7 +123,7 @@ class RpcDispatcher:
         }
         if ledger.network == "regtest":
             self.methods["generate"] = (("n",), 0, self.generate)
-            self.methods["faucet"] = (("address", "amount"), 2, ledger.faucet)
+            self.methods["faucet"] = (("address", "amount"), 2, ledger.faucet.pay)
 
     def getinfo(self) -> dict[str, Any]:
         led = self.ledger
@@ -135,7 +135,7 @@ class RpcDispatcher:
                 "peers": 0 if self.peers is None else len(self.peers.by_key),
                 "consensus": (self.rounds.info() if self.rounds is not None else
                               {"height": led.height + 1, "round": 0, "step": "NewHeight"}),
-                **led.counts()}
+                **led.reads.counts()}
         if self.extra_info is not None:
             info.update(self.extra_info())
         return info
@@ -143,7 +143,7 @@ class RpcDispatcher:
     def gettxout(self, txid: Any, vout: Any) -> dict[str, Any] | None:
         if not isinstance(txid, str) or type(vout) is not int:
             raise RpcError(INVALID_PARAMS, "gettxout takes a txid string and a vout integer")
-        return self.ledger.get_txout(txid, vout)
+        return self.ledger.reads.get_txout(txid, vout)
 
     def _address(self, address: Any) -> str:
         if not isinstance(address, str):
@@ -151,10 +151,10 @@ class RpcDispatcher:
         return address
 
     def listunspent(self, address: Any) -> list[dict[str, Any]]:
-        return self.ledger.list_unspent(self._address(address))
+        return self.ledger.reads.list_unspent(self._address(address))
 
     def getbalance(self, address: Any) -> int:
-        return self.ledger.balance(self._address(address))
+        return self.ledger.reads.balance(self._address(address))
 
     def masternodelist(self) -> list[dict[str, Any]]:
         led = self.ledger
@@ -162,7 +162,7 @@ class RpcDispatcher:
                  "self": k == led.public_key,
                  "connected": k == led.public_key or (self.peers is not None
                                                      and self.peers.connected(k)),
-                 **led.masternode_info(k)} for k in led.masternodes]
+                 **led.votes.masternode_info(k)} for k in led.masternodes]
 
     def getpeerinfo(self) -> list[dict[str, Any]]:
         return [] if self.peers is None else self.peers.peer_info()
@@ -186,7 +186,7 @@ class RpcDispatcher:
         addrs = wallet_addresses({"addresses": addresses}, MAX_SNAPSHOT_ADDRESSES)
         cursor = utxo_cursor({"after": after}, addrs)
         led = self.ledger
-        return {"seq": led.seq, "snapshot": {a: led.snapshot(a, cursor) for a in addrs}}
+        return {"seq": led.seq, "snapshot": {a: led.reads.snapshot(a, cursor) for a in addrs}}
 
     def submittransaction(self, tx: Any) -> dict[str, Any]:
         """``{txid, seq}``: ``seq`` is the last event of the node once the

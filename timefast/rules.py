@@ -14,12 +14,11 @@ from typing import Any, Literal, NamedTuple
 
 from nacl.signing import SigningKey
 
-from timefast.crypto import NETWORK_PREFIX, TXID, WIRE_ADDRESS, address_of, public_key_hex, sha3
-from timefast.errors import RequestError
-
 # Only the sans-I/O formats of the peer protocol: the signed layouts of vote batches
 # and precommits are the peers' to define, their meaning for the chain is ours.
 from timefast import wire
+from timefast.crypto import NETWORK_PREFIX, TXID, WIRE_ADDRESS, address_of, public_key_hex, sha3
+from timefast.errors import RequestError
 from timefast.transaction import COIN, U32, Transaction, TxOutput, txid_of
 
 GENESIS_TIMESTAMP = 1764150000
@@ -182,12 +181,18 @@ class Header(NamedTuple):
 
 def check_block_header(block: Any, height: int, prev_hash: str, prev_timestamp: int,
                        now: float | None = None) -> Header:
-    """The header of ``block`` if it is a valid next block after ``(height - 1,
-    prev_hash, prev_timestamp)``: its hash matches, its timestamp is an integer not
-    before its parent's (and, when ``now`` is given, at most ``MAX_FUTURE_S``
-    ahead of it), it names each transaction once and at most ``MAX_BLOCK_TXS``;
-    ``LedgerError(BAD_REQUEST)`` otherwise.  A header without ``round`` (a block
-    stored before rounds) is round 0."""
+    """The header of ``block`` (its JSON) if it is a valid next block after
+    ``(height - 1, prev_hash, prev_timestamp)``: its hash matches, its timestamp is an
+    integer not before its parent's (and, when ``now`` is given, at most
+    ``MAX_FUTURE_S`` ahead of it), it names each transaction once and at most
+    ``MAX_BLOCK_TXS``; ``LedgerError(BAD_REQUEST)`` otherwise.  A header without
+    ``round`` (a block stored before rounds) is round 0."""
+    return check_header(header_of(block), height, prev_hash, prev_timestamp, now)
+
+
+def header_of(block: Any) -> Header:
+    """The header fields of a block's JSON, each of its type (not yet checked
+    against the chain: ``check_header``); ``LedgerError(BAD_REQUEST)`` otherwise."""
     if not isinstance(block, dict):
         raise LedgerError("BAD_REQUEST", "a block is an object")
     h, digest, prev, ts = (block.get("height"), block.get("hash"), block.get("prev_hash"),
@@ -202,6 +207,16 @@ def check_block_header(block: Any, height: int, prev_hash: str, prev_timestamp: 
         raise LedgerError("BAD_REQUEST", f"block round {round_} is out of range")
     if not isinstance(txids, list) or not all(isinstance(t, str) for t in txids):
         raise LedgerError("BAD_REQUEST", "block txids must be a list of txids")
+    # Checked against the chain by ``check_header`` (a hash or parent that is not a
+    # string matches nothing).
+    return Header(h, digest, prev, ts, txids, producer, round_)  # type: ignore[arg-type]
+
+
+def check_header(header: Header, height: int, prev_hash: str, prev_timestamp: int,
+                 now: float | None = None) -> Header:
+    """``header`` if it is a valid next block after ``(height - 1, prev_hash,
+    prev_timestamp)`` (see ``check_block_header``)."""
+    h, digest, prev, ts, txids, producer, round_ = header
     if h != height:
         raise LedgerError("BAD_REQUEST", f"block {h} is not the next block ({height})")
     if prev != prev_hash:
@@ -218,7 +233,7 @@ def check_block_header(block: Any, height: int, prev_hash: str, prev_timestamp: 
         raise LedgerError("BAD_REQUEST", f"block {h} names a transaction twice")
     if block_hash(h, prev, ts, txids, producer, round_) != digest:
         raise LedgerError("BAD_REQUEST", f"block {h}: hash does not match its header")
-    return Header(h, digest, prev, ts, txids, producer, round_)
+    return header
 
 
 def proposer(masternodes: Iterable[str], height: int, round_: int) -> str:

@@ -620,7 +620,7 @@ class WalletServer:
         self.pending_stamps: list[tuple[float, int]] = []
         self.servers: list[asyncio.AbstractServer] = []
         self._heartbeat: asyncio.TimerHandle | None = None
-        source.listeners.append(self.on_events)
+        source.listen(self.on_events)
 
     # -- lifecycle ---------------------------------------------------------------------
 

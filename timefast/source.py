@@ -23,7 +23,8 @@ from timefast.errors import RequestError
 from timefast.journal import Event
 from timefast.ledger import Ledger, StorageError
 from timefast.page import status
-from timefast.transaction import Transaction
+from timefast.transaction import Transaction, TxFormatError
+from timefast.transaction import parse as parse_tx
 
 Done = Callable[[Any, BaseException | None], None]
 Listener = Callable[[list[Event]], None]
@@ -37,8 +38,11 @@ class WalletSource(ABC):
     network: str
     public_key: str
     address: str
-    # Called with each list of new events, in seq order, once they may be served.
-    listeners: list[Listener]
+
+    @abstractmethod
+    def listen(self, fn: Listener) -> None:
+        """Call ``fn`` with each list of new events, in seq order, once they may be
+        served."""
 
     @property
     @abstractmethod
@@ -105,11 +109,13 @@ class LedgerSource(WalletSource):
         self.network = ledger.network
         self.public_key = ledger.public_key
         self.address = ledger.address
-        self.listeners = ledger.listeners
         # Set by the node when it has peers: getpeerinfo's rows for /status, and more
         # gauges and counters for /metrics.
         self.peer_info: Callable[[], list[dict[str, Any]]] | None = None
         self.extra_metrics: Callable[[], list[Gauge]] | None = None
+
+    def listen(self, fn: Listener) -> None:
+        self.ledger.listen(fn)
 
     @property
     def seq(self) -> int:
@@ -120,10 +126,10 @@ class LedgerSource(WalletSource):
         return self.ledger.height
 
     def oldest_seq(self) -> int:
-        return self.ledger.oldest_seq()
+        return self.ledger.reads.oldest_seq()
 
     def events_for(self, addresses: Iterable[str], seq: int) -> tuple[bool, list[Event]]:
-        return self.ledger.events_for(addresses, seq)
+        return self.ledger.reads.events_for(addresses, seq)
 
     def reach(self, seq: int, done: Done) -> None:
         # The ledger is the source of every seq: a wallet ahead of it (a database
@@ -132,30 +138,32 @@ class LedgerSource(WalletSource):
 
     def snapshots(self, addresses: list[str], after: tuple[str, int] | None,
                   done: Done) -> None:
-        led = self.ledger
+        reads = self.ledger.reads
         try:
             # One loop turn, no commit between: the seq and the snapshots agree.
-            out = (led.seq, {a: led.snapshot(a, after) for a in addresses})
+            out = (self.ledger.seq, {a: reads.snapshot(a, after) for a in addresses})
         except (RequestError, StorageError) as e:
             done(None, e)
             return
         done(out, None)
 
     def get_transaction(self, txid: Any, done: Done) -> None:
-        _now(done, lambda: self.ledger.get_transaction(txid))
+        _now(done, lambda: self.ledger.reads.get_transaction(txid))
 
     def history(self, address: Any, limit: Any, before: Any, done: Done) -> None:
-        _now(done, lambda: self.ledger.history(address, limit, before))
+        _now(done, lambda: self.ledger.reads.history(address, limit, before))
 
     def prepare_submit(self, tx: Any) -> tuple[int, Any]:
         if self.commits is None:
             return 0, tx
         # Only a transaction that passes the checks that cost no signature has any
-        # checked (``Ledger.spendable``); those count against the budget.
-        prepared = self.ledger.prepare(tx)
-        if prepared is None:
-            return 0, tx
-        return (len(prepared.inputs) if self.ledger.spendable(prepared) else 0), prepared
+        # checked (``Mempool.spendable``); those count against the budget.
+        try:
+            prepared = parse_tx(tx)
+        except TxFormatError:
+            return 0, tx  # ``submit`` refuses it with the reason
+        return (len(prepared.inputs) if self.ledger.mempool.spendable(prepared) else 0), \
+            prepared
 
     def submit(self, prepared: Any, done: Done) -> None:
         if self.commits is None:
@@ -169,12 +177,12 @@ class LedgerSource(WalletSource):
                       peers=self.peer_info() if self.peer_info is not None else None)
 
     def metrics(self) -> tuple[list[Gauge], list[Labelled]]:
-        led = self.ledger
+        reads = self.ledger.reads
         extra = self.extra_metrics() if self.extra_metrics is not None else []
         return ([("timefast_pending_transactions", "gauge", "Transactions awaiting quorum",
-                  led.counts()["pending"]), *extra],
+                  reads.counts()["pending"]), *extra],
                 [("timefast_transactions_total", "outcome", "Transactions by outcome",
-                  led.outcome_counts())])
+                  reads.outcome_counts())])
 
 
 def _now(done: Done, fn: Callable[[], Any]) -> None:

@@ -37,12 +37,11 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.http11 import Request, Response
 
-from timefast import crashpoints
+from timefast import crashpoints, wire
 from timefast.commits import GroupCommit
 from timefast.crypto import verify_batch
 from timefast.journal import Change, TxAccepted, TxConfirmed, TxFinalized
 from timefast.ledger import Ledger, LedgerError
-from timefast import wire
 from timefast.p2p.link import (
     AddrBook,
     Authenticated,
@@ -138,8 +137,8 @@ class PeerNetwork:
     async def start(self, peers: Iterable[str] = ()) -> None:
         """Listen (when a listen address is set) and start dialling ``peers``."""
         loop = asyncio.get_running_loop()
-        self.ledger.vote_wanted = self._want_votes
-        self.ledger.watchers.append(self._changes)
+        self.ledger.on_own_votes(self._want_votes)
+        self.ledger.watch(self._changes)
         if self.listen_addr is not None:
             self._server = await serve(
                 self._accept, self.listen_addr[0], self.listen_addr[1],
@@ -152,7 +151,7 @@ class PeerNetwork:
             self._sign_addr()
         for address in peers:
             self.add_node(address)
-        if self.ledger.own_queue:
+        if self.ledger.has_own_votes():
             self._want_votes()
         self._spawn(self._ticker(loop))
 
@@ -587,13 +586,12 @@ class PeerNetwork:
                     # rejected (or finalized) within one group commit is no longer
                     # pending when the commit is announced, and the other nodes must
                     # still hear of it, to end it as this node did.
-                    held = self.ledger.pending.get(c.txid)
-                    tx = held.tx if held is not None else parse_tx(orjson.loads(c.raw))
+                    tx = self.ledger.pending_tx(c.txid) or parse_tx(orjson.loads(c.raw))
                     self._broadcast(wire.Tx(tx), but=source)
                     self.counters["tx_relayed"] += 1
             elif isinstance(c, TxFinalized | TxConfirmed):
                 parents.append(c.txid)
-        if parents and self.ledger.orphans:
+        if parents and self.ledger.has_orphans():
             for tx in self.ledger.take_orphans(parents):
                 self._resubmit(tx)
 
@@ -624,7 +622,7 @@ class PeerNetwork:
                 self.relay.add_votes(msg)
                 self._broadcast(msg)
                 self.counters["batches_signed"] += 1
-            if self.ledger.own_queue:
+            if self.ledger.has_own_votes():
                 self._want_votes()
         self.commits.submit(self.ledger.sign_batch, done)
 

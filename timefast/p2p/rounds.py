@@ -20,22 +20,20 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 from nacl.signing import SigningKey
 
-from timefast import consensus, crashpoints
+from timefast import consensus, crashpoints, wire
 from timefast.commits import GroupCommit
 from timefast.consensus import Consensus, Decision, Output, Record, Timeout, Timeouts
 from timefast.ledger import Ledger, LedgerError
-from timefast import wire
 
 log = logging.getLogger("timefast.consensus")
 
 MAX_BLOCKS_PER_REQUEST = 500
-RECORD_KEY = "consensus"
 START_MARGIN = 0.02  # seconds
 KEPT_BLOCKS = 64  # proposed blocks kept per height (an honest proposer sends one a round)
 # Signed consensus messages of others kept (oldest dropped first) to store as evidence
@@ -80,7 +78,7 @@ class BlockRounds:
             self.machine = Consensus(ledger.masternodes, self.me, get_value=self._get_value,
                                      valid=self._valid, timeouts=timeouts)
         # Blocks proposed at the current height, by hash, with their certificates.
-        self.blocks: dict[str, tuple[dict[str, Any], tuple[wire.Votes, ...]]] = {}
+        self.blocks: dict[str, tuple[wire.Block, tuple[wire.Votes, ...]]] = {}
         # Signatures of precommits seen, for the commit of a decision.
         self.signatures: dict[tuple[int, int, str, str | None], str] = {}
         self.own: list[wire.Message] = []  # own signed messages of the current height
@@ -104,17 +102,11 @@ class BlockRounds:
         """Resume the last signed position (after a restart), or plan the next height."""
         if self.machine is None:
             return
-        raw = self.ledger.store.meta(RECORD_KEY)
-        if raw is not None:
-            try:
-                record = Record.from_dict(orjson.loads(raw))
-            except ValueError as e:
-                log.error("consensus record unreadable (%s): starting afresh", e)
-                record = None
-            if record is not None and record.height == self.ledger.height + 1:
-                log.info("consensus resumes height %d round %d", record.height, record.round)
-                self._apply(self.machine.restore(record))
-                return
+        record = self.ledger.privval.restore()
+        if record is not None and record.height == self.ledger.height + 1:
+            log.info("consensus resumes height %d round %d", record.height, record.round)
+            self._apply(self.machine.restore(record))
+            return
         self._plan_height()
 
     def close(self) -> None:
@@ -170,7 +162,7 @@ class BlockRounds:
         for t in self._timers:
             t.cancel()
         self._timers.clear()
-        self.blocks = {h: e for h, e in self.blocks.items() if e[0].get("height") == height}
+        self.blocks = {h: e for h, e in self.blocks.items() if e[0].height == height}
         self.own.clear()
         self.seen = {k for k in self.seen if k[1] >= height}
         self.signatures = {k: v for k, v in self.signatures.items() if k[0] >= height}
@@ -183,16 +175,12 @@ class BlockRounds:
     def _get_value(self, height: int, round_: int) -> str:
         block = self.ledger.propose_block(round_, self.me, int(time.time()))
         certs: dict[tuple[str, int], wire.Votes] = {}
-        for txid in block["txids"][1 if self._has_coinbase(block) else 0:]:
+        has_coinbase = bool(block.txs) and not block.txs[0].inputs
+        for txid in block.txids[1 if has_coinbase else 0:]:
             for b in self.ledger.certificate(txid):
                 certs[(b.voter, b.batch)] = b
-        self.blocks[block["hash"]] = (block, tuple(certs.values()))
-        return str(block["hash"])
-
-    @staticmethod
-    def _has_coinbase(block: dict[str, Any]) -> bool:
-        txs = block.get("txs") or []
-        return bool(txs) and not txs[0].get("inputs")
+        self.blocks[block.hash] = (block, tuple(certs.values()))
+        return block.hash
 
     def _valid(self, block_hash: str) -> bool:
         entry = self.blocks.get(block_hash)
@@ -204,7 +192,7 @@ class BlockRounds:
         except LedgerError as e:
             self.refused_blocks += 1
             log.warning("block %s of height %s refused: %s", block_hash[:16],
-                        block.get("height"), e.message)
+                        block.height, e.message)
             return False
         return True
 
@@ -263,11 +251,7 @@ class BlockRounds:
     def _persist(self, record: Record) -> None:
         # Synced to disk before anything signed leaves:
         # after a restart the same messages go out again, never others (SPEC 7.5).
-        store = self.ledger.store
-        with store.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                       (RECORD_KEY, orjson.dumps(record.to_dict()).decode()))
-            store.sync_next_commit()
+        self.ledger.privval.persist(record)
 
     def _sign(self, m: consensus.Message) -> wire.Message | None:
         if isinstance(m, consensus.Proposal):
@@ -276,14 +260,11 @@ class BlockRounds:
                 log.error("own proposal of %s without its block", m.block_hash[:16])
                 return None
             block, certs = entry
-            return wire.sign_proposal(self.key, self.network, m.height, m.round,
-                                      m.valid_round, wire.Block.from_data(block, "block"),
-                                      certs)
-        if isinstance(m, consensus.Prevote):
-            return wire.sign_prevote(self.key, self.network, m.height, m.round, m.block_hash)
-        pc = wire.sign_precommit(self.key, self.network, m.height, m.round, m.block_hash)
-        self.signatures[(m.height, m.round, self.me, m.block_hash)] = pc.signature
-        return pc
+            return self.ledger.privval.sign(m, block, certs)
+        signed = self.ledger.privval.sign(m)
+        if isinstance(signed, wire.Precommit):
+            self.signatures[(m.height, m.round, self.me, m.block_hash)] = signed.signature
+        return signed
 
     def _timeout(self, t: Timeout) -> None:
         if self.machine is not None and not self._closed:
@@ -302,10 +283,10 @@ class BlockRounds:
         for pc in d.commit:
             sig = self.signatures.get((pc.height, pc.round, pc.voter, pc.block_hash))
             if sig is not None:
-                commit.append({"voter": pc.voter, "round": pc.round, "signature": sig})
-        self._commit(block, commit)
+                commit.append(wire.CommitSig(pc.voter, pc.round, sig))
+        self._commit(replace(block, commit=tuple(commit)))
 
-    def _commit(self, block: dict[str, Any], commit: list[dict[str, Any]]) -> None:
+    def _commit(self, block: wire.Block) -> None:
         if self._committing:
             return
         self._committing = True
@@ -313,10 +294,10 @@ class BlockRounds:
         def done(_: Any, err: BaseException | None) -> None:
             self._committing = False
             if err is not None:
-                log.error("could not commit block %s: %s", block.get("hash"), err)
+                log.error("could not commit block %s: %s", block.hash, err)
                 return
-            self._after_block(str(block["hash"]))
-        self.commits.submit(lambda: self.ledger.accept_block(block, commit), done)
+            self._after_block(block.hash)
+        self.commits.submit(lambda: self.ledger.accept_block(block), done)
 
     def _after_block(self, block_hash: str) -> None:
         """A block was committed (decided here or fetched): announce, go on."""
@@ -402,7 +383,7 @@ class BlockRounds:
             "valid_round": p.valid_round, "block_hash": p.block.hash,
             "proposer": proposer, "signature": p.signature})
         if p.block.hash not in self.blocks and len(self.blocks) < KEPT_BLOCKS:
-            self.blocks[p.block.hash] = (p.block.to_data(), tuple(p.certificates))
+            self.blocks[p.block.hash] = (p.block, tuple(p.certificates))
         self._apply(m.on_message(consensus.Proposal(p.height, p.round, p.valid_round,
                                                      p.block.hash, proposer)))
         if self._pending_decision is not None \
@@ -451,9 +432,8 @@ class BlockRounds:
         last = min(self.ledger.height, req.from_height + min(req.count,
                                                              MAX_BLOCKS_PER_REQUEST) - 1)
         for h in range(req.from_height, last + 1):
-            d = self.ledger.get_block(h, with_txs=True)
-            b = wire.Block.from_data(d, "block")
-            size += len(orjson.dumps(d))
+            b = self.ledger.block_at(h)
+            size += len(orjson.dumps(b.to_data()))
             if out and size > self.max_message_bytes // 2:
                 break
             out.append(b)
@@ -472,9 +452,8 @@ class BlockRounds:
             for b in blocks:
                 if b.height != self.ledger.height + 1:
                     break
-                d = b.to_data()
                 try:
-                    self.ledger.accept_block(d, d.get("commit", []))
+                    self.ledger.accept_block(replace(b, commit=b.commit or ()))
                 except LedgerError as e:
                     return n, e
                 n += 1
