@@ -8,9 +8,8 @@ import secrets
 import pytest
 
 from timefast import commits
-from timefast.ledger import mempool
 from timefast.commits import GroupCommit
-from timefast.ledger import LedgerError
+from timefast.ledger import LedgerError, mempool
 from timefast.storage import StorageError
 from timefast.transaction import Transaction, TxInput, TxOutput, build, parse
 

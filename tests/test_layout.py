@@ -149,5 +149,5 @@ def test_no_module_reads_another_objects_private_attributes():
             # self._x and cls._x are the object's own.
             if isinstance(owner, ast.Name) and owner.id in ("self", "cls", *imported):
                 continue
-            assert False, (f"timefast.{module} line {node.lineno} reads "
-                           f"{ast.unparse(node)}")
+            raise AssertionError(f"timefast.{module} line {node.lineno} reads "
+                                 f"{ast.unparse(node)}")

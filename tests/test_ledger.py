@@ -9,9 +9,8 @@ from dataclasses import replace
 import orjson
 import pytest
 
-from timefast import crypto
+from timefast import crypto, wire
 from timefast.ledger import FAUCET_KEY, GENESIS_SUPPLY, Ledger, LedgerError
-from timefast import wire
 from timefast.rules import coinbase, proposer
 from timefast.storage import StorageError, Store
 from timefast.transaction import build
@@ -299,7 +298,8 @@ def test_four_masternodes_three_against_reject_and_unlock(tmp_path):
     assert led.status_of(tx.txid) == "pending"
     led.votes.submit_vote(batch_vote(led, keys[3], tx.txid, False))
     assert led.status_of(tx.txid) == "rejected"
-    assert led.pool.utxos.get(u["txid"], u["vout"]) == (u["address"], 1000, "Unspent", None, 0, None)
+    assert led.pool.utxos.get(u["txid"], u["vout"]) == (u["address"], 1000, "Unspent", None,
+                                                        0, None)
     assert kinds(events)[-2:] == [("UtxoStateChange", "Unspent", "SpentPending"),
                                   ("TransactionRejected",)]
     assert orjson.loads(events[-1].payload)["data"]["reason"] == "quorum against"
@@ -837,7 +837,8 @@ def test_replay_window_is_bounded_in_bytes(tmp_path):
         led.faucet.pay(a, 10 + i)
     assert sum(e.size for e in events) > 40_000
     assert sum(e.size for e in led.journal.recent) == led.journal.recent_bytes <= 20_000
-    assert [e.seq for e in led.journal.recent] == list(range(led.journal.recent[0].seq, led.seq + 1))
+    kept = led.journal.recent
+    assert [e.seq for e in kept] == list(range(kept[0].seq, led.seq + 1))
     assert led.reads.events_after(first) == (False, [])  # too old: resync
     led.store.close()
     led2, _ = make_ledger(tmp_path, replay_bytes=20_000)
@@ -1192,7 +1193,8 @@ def test_propose_block_fills_a_block_within_its_limits_parents_first(tmp_path, m
     monkeypatch.setattr(blocks_module, "MAX_BLOCK_TXS", 3)
     assert len(propose(led, 0, led.public_key, 1_800_000_000)["txids"]) == 3
     accept(led, block, commit_for(block, [led.key], led.network_id))
-    assert led.reads.get_block(1, with_txs=True) == block | {"commit": led.reads.get_block(1)["commit"]}
+    stored = led.reads.get_block(1, with_txs=True)
+    assert stored == block | {"commit": led.reads.get_block(1)["commit"]}
     monkeypatch.setattr(blocks_module, "MAX_BLOCK_TXS", 10_000)
     # Then the next block: the parent, then its child.
     nxt = led.blocks.make_block()

@@ -13,8 +13,7 @@ import orjson
 import pytest
 from websockets.sync.client import connect
 
-from timefast import cli, crypto
-from timefast import wire
+from timefast import cli, crypto, wire
 from timefast.p2p.link import Link
 from timefast.transaction import build
 

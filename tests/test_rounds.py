@@ -11,8 +11,7 @@ import orjson
 import pytest
 from websockets.sync.client import connect
 
-from timefast import crypto
-from timefast import wire
+from timefast import crypto, wire
 from timefast.p2p.link import Link
 from timefast.rules import block_hash, coinbase
 from timefast.transaction import build
