@@ -330,7 +330,7 @@ def test_a_spend_accepted_and_rejected_in_one_commit_is_relayed_all_the_same(tmp
         led.votes.submit_vote(batch_vote(led, k, coin, True))
     assert led.status_of(coin) == "finalized"
     peers = PeerNetwork(led, None, keys[0], listen=None, advertise=None)  # type: ignore[arg-type]
-    led.watchers.append(peers._changes)  # as start() does
+    led.watch(peers._changes)  # as start() does
     sent: list[bytes] = []
     peers.by_key[pubs[1]] = Peer(SimpleNamespace(authenticated=True, peer_key=pubs[1]),
                                  "127.0.0.1:1", False, sent.append)
