@@ -820,8 +820,7 @@ def _lies(real: dict[int, Any], quorum: int, network_id: bytes, pubs: list[str]
     ``Blocks`` to send or None).  ``real`` holds the real blocks by height."""
     from dataclasses import replace
 
-    from timefast import crypto
-    from timefast import wire
+    from timefast import crypto, wire
     from timefast.rules import block_hash
 
     def commit_by(keys: list[Any], names: list[str], b: Any) -> tuple[Any, ...]:
@@ -875,8 +874,7 @@ def catchup_liar(root: Path, seed: int) -> dict[str, Any]:
     refuses every forged block (counted, the link closed), and once its links to the
     honest masternodes are back it catches up from them while the liar goes on
     lying: nothing forks."""
-    from timefast import crypto
-    from timefast import wire
+    from timefast import crypto, wire
 
     from .byzantine import Byzantine
     figures: dict[str, Any] = {}
@@ -1187,8 +1185,7 @@ def crash_at_precommit(root: Path, seed: int) -> dict[str, Any]:
     other two are locked on it, a precommit short).  Restarted and healed, it
     precommits that block again or nothing for that round, never another (what it
     sends, first-hand and relayed, is watched), and the height commits."""
-    from timefast import crypto
-    from timefast import wire
+    from timefast import crypto, wire
 
     from .byzantine import Byzantine
     # Short proposal timeouts: a victim restarted with a lock from before may wait

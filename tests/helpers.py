@@ -21,10 +21,9 @@ import orjson
 import pytest
 
 import timefast
-from timefast import crypto
+from timefast import crypto, wire
 from timefast.ledger import Ledger
 from timefast.node import Node
-from timefast import wire
 from timefast.rules import proposer
 from timefast.settings import load
 from timefast.storage import Store

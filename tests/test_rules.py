@@ -8,8 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from timefast import crypto
-from timefast import wire
+from timefast import crypto, wire
 from timefast.rules import (
     MAX_BLOCK_BYTES,
     MAX_BLOCK_TXS,

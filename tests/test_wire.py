@@ -15,8 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from timefast import transaction
-from timefast import wire
+from timefast import transaction, wire
 
 VECTORS = json.loads((Path(__file__).resolve().parent / "vectors" / "p2p.json").read_text())
 KEYS = {k["public_key"]: SigningKey(bytes.fromhex(k["seed"])) for k in VECTORS["keys"]}

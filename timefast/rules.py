@@ -14,12 +14,11 @@ from typing import Any, Literal, NamedTuple
 
 from nacl.signing import SigningKey
 
-from timefast.crypto import NETWORK_PREFIX, TXID, WIRE_ADDRESS, address_of, public_key_hex, sha3
-from timefast.errors import RequestError
-
 # Only the sans-I/O formats of the peer protocol: the signed layouts of vote batches
 # and precommits are the peers' to define, their meaning for the chain is ours.
 from timefast import wire
+from timefast.crypto import NETWORK_PREFIX, TXID, WIRE_ADDRESS, address_of, public_key_hex, sha3
+from timefast.errors import RequestError
 from timefast.transaction import COIN, U32, Transaction, TxOutput, txid_of
 
 GENESIS_TIMESTAMP = 1764150000
