@@ -26,7 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from timefast import wire
 from timefast.p2p.link import Link
-from timefast.rules import block_hash
+from timefast.rules import block_hash, proposer
 
 from .network import Network
 
@@ -186,7 +186,7 @@ class Byzantine:
 
     def proposer(self, height: int, round_: int) -> str:
         """The proposer of (height, round) (SPEC 7.5)."""
-        return self.validators[(height + round_) % len(self.validators)]
+        return proposer(self.validators, height, round_)
 
     def block(self, height: int, prev_hash: str, timestamp: int, round_: int) -> wire.Block:
         """An empty block this masternode makes for ``height`` in ``round_``: valid

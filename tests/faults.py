@@ -469,12 +469,13 @@ def partition_halves(root: Path, seed: int) -> dict[str, Any]:
 
 def isolated_proposer(root: Path, seed: int) -> dict[str, Any]:
     """1|3 with the next height's proposer alone: the three go on (a later round)."""
+    from timefast.rules import proposer
     with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
         net.start()
 
         def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
             h = net.rpc(0, "getblockcount") + 1
-            alone = net.pubs.index(sorted(net.pubs)[h % 4])
+            alone = net.pubs.index(proposer(net.pubs, h, 0))
             rest = [i for i in range(4) if i != alone]
             net.partition([alone], rest)
             for _ in range(8):
@@ -489,12 +490,14 @@ def isolated_proposer(root: Path, seed: int) -> dict[str, Any]:
 def paused_proposer(root: Path, seed: int) -> dict[str, Any]:
     """SIGSTOP the next height's proposer for a while, then SIGCONT."""
     import signal
+
+    from timefast.rules import proposer
     with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
         net.start()
 
         def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
             h = net.rpc(0, "getblockcount") + 1
-            paused = net.pubs.index(sorted(net.pubs)[h % 4])
+            paused = net.pubs.index(proposer(net.pubs, h, 0))
             proc = net.nodes[paused].proc
             assert proc is not None
             proc.send_signal(signal.SIGSTOP)
@@ -548,11 +551,12 @@ def votes_both_ways(root: Path, seed: int) -> dict[str, Any]:
 def network_of(root: Path, seed: int, n: int) -> dict[str, Any]:
     """n masternodes (q differs from 2f+1 for 3, 5, 6, 8, 9): payments and blocks
     with f of them killed for a while."""
+    from timefast.rules import faults
     with FaultNetwork(root, n, BLOCK_INTERVAL=1) as net:
         net.start()
 
         def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
-            f = (n - 1) // 3
+            f = faults(n)
             down = rng.sample(range(n), f)
             for i in down:
                 net.kill(i)
@@ -875,6 +879,7 @@ def catchup_liar(root: Path, seed: int) -> dict[str, Any]:
     honest masternodes are back it catches up from them while the liar goes on
     lying: nothing forks."""
     from timefast import crypto, wire
+    from timefast.rules import quorum
 
     from .byzantine import Byzantine
     figures: dict[str, Any] = {}
@@ -904,7 +909,7 @@ def catchup_liar(root: Path, seed: int) -> dict[str, Any]:
             src = rng.choice(rest)
             liar.connect([src])
             real = liar.fetch_blocks(src, behind + 1, lies_needed)
-            lies = _lies(real, 3, liar.network_id, net.pubs)
+            lies = _lies(real, quorum(len(net)), liar.network_id, net.pubs)
             far, wrong = behind + rng.randint(1_000, 1_000_000), rng.randbytes(32).hex()
             for name in rng.sample(sorted(lies), len(lies)):
                 refuse, make = lies[name]
@@ -1015,6 +1020,8 @@ def clock_skew(root: Path, seed: int, skew: int) -> dict[str, Any]:
     import itertools
 
     import libfaketime
+
+    from timefast.rules import proposer
     _, env = libfaketime.get_reload_information()
     preload = str(Path(env["LD_LIBRARY_PATH"]) / env["LD_PRELOAD"])
     s = random.Random(seed).randrange(4)
@@ -1025,7 +1032,6 @@ def clock_skew(root: Path, seed: int, skew: int) -> dict[str, Any]:
                                  FAKETIME=f"{skew:+d}s")
         net.start()
         honest = [i for i in range(4) if i != s]
-        order = sorted(net.pubs)
         seen: dict[int, float] = {}  # height -> when an honest node first had it
 
         def height() -> int:
@@ -1035,7 +1041,8 @@ def clock_skew(root: Path, seed: int, skew: int) -> dict[str, Any]:
 
         def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
             first = height()
-            turn = next(h for h in itertools.count(first + 2) if order[h % 4] == net.pubs[s])
+            turn = next(h for h in itertools.count(first + 2)
+                        if proposer(net.pubs, h, 0) == net.pubs[s])
             figures["turn"] = turn
             for _ in range(6):
                 pay.pay(list(range(4)))
