@@ -13,14 +13,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 
 import orjson
 
 from bench import report
 from bench.test_fanout_bench import Server, _free_port, loadclient, run_client, start_timefast
-from tests.helpers import NatsServer
+from tests.helpers import NatsServer, wait_for
 
 __all__ = ["loadclient"]
 
@@ -49,15 +48,8 @@ class Edges:
                       for _ in range(count)]
         # Ready when the port answers and the edges have the node's last event.
         want = node.rpc("getinfo")["seq"]  # type: ignore[index]
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                if all(self._seq() >= want for _ in range(4 * count)):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("the edges did not start")
+        wait_for(lambda: all(self._seq() >= want for _ in range(4 * count)), 30,
+                 "the edges started")
 
     def _seq(self) -> int:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ws_port}/metrics",

@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 from bench import report
+from tests.helpers import wait_for
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -66,14 +67,8 @@ class Server:
         self.argv, self.env = argv, env  # to start it again (bench/test_storm_bench.py)
         self.proc = subprocess.Popen(argv, env={**os.environ, **(env or {})},
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                self.rpc("getblockcount")
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"{name} did not start")
+        # Started once its RPC answers (an OSError until it listens).
+        wait_for(lambda: self.rpc("getblockcount") is not None, 30, f"{name} started")
 
     def rpc(self, method: str, *params: object) -> object:
         body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": method,

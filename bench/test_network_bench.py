@@ -23,7 +23,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from bench import report
-from tests.helpers import NodeProcess, new_wallet, result
+from tests.helpers import NodeProcess, new_wallet, result, wait_for
 from tests.network import Network
 from timefast.transaction import build
 
@@ -52,13 +52,8 @@ def _fund(rpc_urls: list[str], wait_all, n: int):
 
 
 def _finalized_everywhere(txid: str, urls: list[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(result(u, "gettransaction", txid)["status"] in ("finalized", "confirmed")
-               for u in urls):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"{txid} not finalized on every node")
+    wait_for(lambda: all(result(u, "gettransaction", txid)["status"] in ("finalized", "confirmed")
+                         for u in urls), timeout, f"{txid} finalized on every node")
 
 
 async def _run(ws_urls: list[str], txs, receivers: list[str], rate: float | None,

@@ -26,8 +26,9 @@ from websockets.sync.client import ClientConnection, connect
 
 from timefast import wire
 from timefast.p2p.link import Link
-from timefast.rules import block_hash
+from timefast.rules import block_hash, proposer
 
+from .helpers import wait_for
 from .network import Network
 
 # Link-level messages: answered by the link, never forwarded or replayed.
@@ -131,14 +132,10 @@ class Byzantine:
     def wait_message(self, i: int, kind: type, timeout: float = 10) -> Any:
         """The first message of type ``kind`` node ``i`` sent on the current link
         (waiting for it); ``TimeoutError`` if none comes."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def first() -> Any:
             with self._lock:
-                for msg in self.received[i]:
-                    if isinstance(msg, kind):
-                        return msg
-            time.sleep(0.02)
-        raise TimeoutError(f"no {kind.__name__} from node {i} within {timeout} s")
+                return next((m for m in self.received[i] if isinstance(m, kind)), None)
+        return wait_for(first, timeout, f"a {kind.__name__} from node {i}")
 
     def fetch_blocks(self, i: int, first: int, count: int) -> dict[int, wire.Block]:
         """Real blocks ``first``.. (with their commits) asked of node ``i``, by height."""
@@ -186,7 +183,7 @@ class Byzantine:
 
     def proposer(self, height: int, round_: int) -> str:
         """The proposer of (height, round) (SPEC 7.5)."""
-        return self.validators[(height + round_) % len(self.validators)]
+        return proposer(self.validators, height, round_)
 
     def block(self, height: int, prev_hash: str, timestamp: int, round_: int) -> wire.Block:
         """An empty block this masternode makes for ``height`` in ``round_``: valid

@@ -4,7 +4,9 @@ link, and a checker of what the nodes then hold.
 ``FaultNetwork`` is a ``Network`` whose nodes dial each other only through a
 ``LinkProxy`` per ordered pair (i dials j through proxy (i, j)), with ``Addr``
 discovery off, so a test can cut, delay, drop and heal any link, and partition the
-nodes.  ``check`` reads every node after a scenario and returns the violations it
+nodes.  ``Scenario`` is the set-up every scenario below shares (the network, its
+byzantine masternodes, funding, listening wallets, settling, gathering, checking).
+``check`` reads every node after a scenario and returns the violations it
 finds (an empty list: nothing split); ``History`` is what it reads, so a test can also
 feed it a made-up history to show that each check catches what it is for.
 """
@@ -19,9 +21,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .network import Network, free_ports
+
+if TYPE_CHECKING:
+    from .byzantine import Byzantine
 
 
 class LinkProxy:
@@ -92,6 +97,8 @@ class FaultNetwork(Network):
 
     def __init__(self, root: Path, n: int, **settings: Any) -> None:
         super().__init__(root, n, P2P_DISCOVERY=0, **settings)
+        # The masternodes the test plays itself (tests/byzantine.py): never restarted.
+        self.byzantine: set[int] = set()
         self.proxy_ports = {(i, j): p for (i, j), p in zip(
             [(i, j) for i in range(n) for j in range(n) if i != j],
             free_ports(n * (n - 1)), strict=True)}
@@ -399,27 +406,88 @@ def settle(net: Network, pay: Payments, timeout: float = 60) -> None:
 # -- scenarios (each returns its figures; ``violations`` must be empty) -----------------
 
 
-def _run(net: FaultNetwork, seed: int, coins: int, body: Any,
-         supply: int | None = None) -> dict[str, Any]:
-    from timefast.rules import GENESIS_SUPPLY
-    rng = random.Random(seed)
-    pay = Payments(net, rng, coins)
-    listeners = {i: Listener(net, i, pay.watched()) for i in range(len(net))}
-    faults = body(net, rng, pay)
-    net.heal()
-    t0 = time.monotonic()
-    for i in range(len(net)):
-        if i not in net.up() and not getattr(net, "byzantine", set()) & {i}:
-            net.restart(i)
-    settle(net, pay)
-    recover = time.monotonic() - t0
-    time.sleep(0.5)  # the wallets' last events
-    for x in listeners.values():
-        x.stop()
-    h = gather(net, pay, listeners, GENESIS_SUPPLY if supply is None else supply)
-    return {"seed": seed, "payments": len(pay.acknowledged), "conflicts": len(pay.conflicts),
-            "faults": faults, "violations": check(h), "recover_s": round(recover, 1),
-            "height": min(len(v.chain) for v in h.nodes.values()) - 1}
+class Scenario:
+    """What every scenario shares, around its body: ``n`` masternodes on a
+    ``FaultNetwork`` (a block a second, ``settings`` on top; ``nodes`` maps a node to
+    settings of its own), started and linked.  The last ``byzantine`` of them are the
+    test's: never started as nodes, each a ``Byzantine`` peer (``byz``, in key order)
+    linked to the ``honest`` ones.  ``peer()`` links a further full node of the
+    test's; every peer is closed when the scenario ends.
+
+    ``run(coins, body)`` is the rest: a funded wallet split into ``coins`` coins
+    (``Payments``), a listening wallet on every node, the body, then every link
+    healed, every killed honest node restarted, the network settled, every node's
+    view gathered and checked; it returns the figures."""
+
+    def __init__(self, root: Path, seed: int, n: int = 4, *, byzantine: int = 0,
+                 nodes: dict[int, dict[str, Any]] | None = None, **settings: Any) -> None:
+        self.root, self.seed, self.n = root, seed, n
+        self.honest = list(range(n - byzantine))
+        self.byzantine = list(range(n - byzantine, n))
+        self.byz: list[Byzantine] = []
+        self._nodes = nodes or {}
+        self._settings = settings
+        self._exit = contextlib.ExitStack()
+
+    def __enter__(self) -> Scenario:
+        try:
+            self._start()
+        except BaseException:
+            self._exit.close()
+            raise
+        return self
+
+    def _start(self) -> None:
+        net = self.net = self._exit.enter_context(
+            FaultNetwork(self.root, self.n, BLOCK_INTERVAL=1, **self._settings))
+        for i, extra in self._nodes.items():
+            net.nodes[i] = net._node(i, **extra)
+        if not self.byzantine:
+            net.start()
+            return
+        for i in self.honest:
+            net.nodes[i].start()
+        net.wait_linked(self.honest)
+        net.byzantine = set(self.byzantine)
+        self.byz = [self.peer(net.keys[k]).connect(self.honest) for k in self.byzantine]
+
+    def peer(self, key: Any = None) -> Byzantine:
+        """A peer of the test's under ``key`` (a byzantine masternode's), or a full node
+        of its own key (relays, never votes), not linked yet; closed at the end."""
+        from timefast import crypto
+
+        from .byzantine import Byzantine
+        b = Byzantine(self.net, key if key is not None else crypto.new_key())
+        self._exit.callback(b.close)
+        return b
+
+    def run(self, coins: int, body: Any, supply: int | None = None) -> dict[str, Any]:
+        """Fund, listen, ``body(net, rng, pay)`` (it returns its count of faults), heal,
+        restart, settle, gather and check: the scenario's figures."""
+        from timefast.rules import GENESIS_SUPPLY
+        net, seed = self.net, self.seed
+        rng = random.Random(seed)
+        pay = Payments(net, rng, coins)
+        listeners = {i: Listener(net, i, pay.watched()) for i in range(len(net))}
+        faults = body(net, rng, pay)
+        net.heal()
+        t0 = time.monotonic()
+        for i in range(len(net)):
+            if i not in net.up() and i not in net.byzantine:
+                net.restart(i)
+        settle(net, pay)
+        recover = time.monotonic() - t0
+        time.sleep(0.5)  # the wallets' last events
+        for x in listeners.values():
+            x.stop()
+        h = gather(net, pay, listeners, GENESIS_SUPPLY if supply is None else supply)
+        return {"seed": seed, "payments": len(pay.acknowledged),
+                "conflicts": len(pay.conflicts), "faults": faults, "violations": check(h),
+                "recover_s": round(recover, 1),
+                "height": min(len(v.chain) for v in h.nodes.values()) - 1}
+
+    def __exit__(self, *exc: Any) -> bool:
+        return self._exit.__exit__(*exc)
 
 
 def kill_cycles(root: Path, seed: int, cycles: int = 5) -> dict[str, Any]:
@@ -428,8 +496,7 @@ def kill_cycles(root: Path, seed: int, cycles: int = 5) -> dict[str, Any]:
     A cycle: kill, payments at the others, restart after a random while, and the
     next kill a random while after that start, whether or not the node has linked
     and caught up again (so a kill may also land in a restart's recovery)."""
-    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
-        net.start()
+    with Scenario(root, seed) as sc:
 
         def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
             for _ in range(cycles):
@@ -442,13 +509,12 @@ def kill_cycles(root: Path, seed: int, cycles: int = 5) -> dict[str, Any]:
                 time.sleep(rng.uniform(0.0, 0.4))
                 pay.pay(net.up())
             return cycles
-        return _run(net, seed, cycles * 4 + 4, body)
+        return sc.run(cycles * 4 + 4, body)
 
 
 def partition_halves(root: Path, seed: int) -> dict[str, Any]:
     """2|2: no payment finalizes and no block commits while it lasts; healed, both do."""
-    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
-        net.start()
+    with Scenario(root, seed) as sc:
 
         def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
             net.partition([0, 1], [2, 3])
@@ -464,17 +530,17 @@ def partition_halves(root: Path, seed: int) -> dict[str, Any]:
             if stuck or grown:
                 raise AssertionError(f"progress in a 2|2 partition: {stuck} {grown}")
             return 1
-        return _run(net, seed, 16, body)
+        return sc.run(16, body)
 
 
 def isolated_proposer(root: Path, seed: int) -> dict[str, Any]:
     """1|3 with the next height's proposer alone: the three go on (a later round)."""
-    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
-        net.start()
+    from timefast.rules import proposer
+    with Scenario(root, seed) as sc:
 
         def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
             h = net.rpc(0, "getblockcount") + 1
-            alone = net.pubs.index(sorted(net.pubs)[h % 4])
+            alone = net.pubs.index(proposer(net.pubs, h, 0))
             rest = [i for i in range(4) if i != alone]
             net.partition([alone], rest)
             for _ in range(8):
@@ -483,18 +549,19 @@ def isolated_proposer(root: Path, seed: int) -> dict[str, Any]:
             net.wait_for(lambda: min(net.rpc(i, "getblockcount") for i in rest) >= h + 1,
                          30, "the three commit past the isolated proposer's height")
             return 1
-        return _run(net, seed, 12, body)
+        return sc.run(12, body)
 
 
 def paused_proposer(root: Path, seed: int) -> dict[str, Any]:
     """SIGSTOP the next height's proposer for a while, then SIGCONT."""
     import signal
-    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
-        net.start()
+
+    from timefast.rules import proposer
+    with Scenario(root, seed) as sc:
 
         def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
             h = net.rpc(0, "getblockcount") + 1
-            paused = net.pubs.index(sorted(net.pubs)[h % 4])
+            paused = net.pubs.index(proposer(net.pubs, h, 0))
             proc = net.nodes[paused].proc
             assert proc is not None
             proc.send_signal(signal.SIGSTOP)
@@ -506,22 +573,14 @@ def paused_proposer(root: Path, seed: int) -> dict[str, Any]:
             finally:
                 proc.send_signal(signal.SIGCONT)
             return 1
-        return _run(net, seed, 10, body)
+        return sc.run(10, body)
 
 
 def votes_both_ways(root: Path, seed: int) -> dict[str, Any]:
     """A lying masternode approves a payment to one node and rejects it to the others
     under one batch number: every honest node still finalizes and confirms it."""
-    from .byzantine import Byzantine
-    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
-        for i in range(3):
-            net.nodes[i].start()
-        net.wait_linked([0, 1, 2])
-        net.byzantine = {3}  # type: ignore[attr-defined]
-        liar = Byzantine(net, net.keys[3])
-        liar.links = {}
-        for i in range(3):  # straight to the nodes, not through the proxies
-            liar.connect([i])
+    with Scenario(root, seed, byzantine=1) as sc:
+        liar = sc.byz[0]  # linked straight to the nodes, not through the proxies
 
         def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
             from timefast.transaction import build
@@ -539,20 +598,17 @@ def votes_both_ways(root: Path, seed: int) -> dict[str, Any]:
                      if m["public_key"] == net.pubs[3])["equivocations"] >= 1
                 for i in range(3)), 20, "the evidence on every honest node")
             return 1
-        try:
-            return _run(net, seed, 6, body)
-        finally:
-            liar.close()
+        return sc.run(6, body)
 
 
 def network_of(root: Path, seed: int, n: int) -> dict[str, Any]:
     """n masternodes (q differs from 2f+1 for 3, 5, 6, 8, 9): payments and blocks
     with f of them killed for a while."""
-    with FaultNetwork(root, n, BLOCK_INTERVAL=1) as net:
-        net.start()
+    from timefast.rules import faults
+    with Scenario(root, seed, n) as sc:
 
         def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
-            f = (n - 1) // 3
+            f = faults(n)
             down = rng.sample(range(n), f)
             for i in down:
                 net.kill(i)
@@ -560,22 +616,15 @@ def network_of(root: Path, seed: int, n: int) -> dict[str, Any]:
                 pay.pay(net.up())
             time.sleep(2)
             return f
-        return _run(net, seed, 10, body)
+        return sc.run(10, body)
 
 
 def conflicting_approvals(root: Path, seed: int) -> dict[str, Any]:
     """A lying masternode approves two spends of one coin, each approval sent to
     different nodes, while the owner sends the two spends to different nodes: at
     most one is finalized anywhere."""
-    from .byzantine import Byzantine
-    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
-        for i in range(3):
-            net.nodes[i].start()
-        net.wait_linked([0, 1, 2])
-        net.byzantine = {3}  # type: ignore[attr-defined]
-        liar = Byzantine(net, net.keys[3])
-        for i in range(3):
-            liar.connect([i])
+    with Scenario(root, seed, byzantine=1) as sc:
+        liar = sc.byz[0]
 
         def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
             from timefast.transaction import build
@@ -591,17 +640,13 @@ def conflicting_approvals(root: Path, seed: int) -> dict[str, Any]:
                 pay.send_at_once((order[0], a), (order[1], b))
             time.sleep(2)
             return 3
-        try:
-            return _run(net, seed, 6, body)
-        finally:
-            liar.close()
+        return sc.run(6, body)
 
 
 def flapping_link(root: Path, seed: int) -> dict[str, Any]:
     """One link cut and healed again and again, another slow and lossy, during
     payments and blocks."""
-    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
-        net.start()
+    with Scenario(root, seed) as sc:
 
         def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
             i, j, k, m = rng.sample(range(4), 4)
@@ -617,19 +662,15 @@ def flapping_link(root: Path, seed: int) -> dict[str, Any]:
                 time.sleep(rng.uniform(0.2, 0.8))
                 flaps += 1
             return flaps
-        return _run(net, seed, 16, body)
+        return sc.run(16, body)
 
 
 def child_before_parent(root: Path, seed: int) -> dict[str, Any]:
     """A payment spending the output of one not yet finalized reaches a node (through
     a peer) before its parent's votes: it waits there as an orphan and finalizes on
     every node after its parent."""
-    from timefast import crypto
-
-    from .byzantine import Byzantine
-    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
-        net.start()
-        relay = Byzantine(net, crypto.new_key())  # a full node: relays, never votes
+    with Scenario(root, seed) as sc:
+        relay = sc.peer()  # a full node: relays, never votes
 
         def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
             from timefast import wire
@@ -652,10 +693,7 @@ def child_before_parent(root: Path, seed: int) -> dict[str, Any]:
                 pay.acknowledged.append(child.txid)
                 n += 2
             return n
-        try:
-            return _run(net, seed, 8, body)
-        finally:
-            relay.close()
+        return sc.run(8, body)
 
 
 # -- the byzantine masternode in consensus: two blocks for one round, votes for both,
@@ -678,14 +716,9 @@ def lying_proposers(root: Path, seed: int, n: int = 4, liars: int = 1) -> dict[s
     messages, malformed and badly signed ones; meanwhile the honest nodes take
     payments, some of them two spends of one coin at two nodes.  Blocks keep
     committing, and each honest node keeps the evidence."""
-    from .byzantine import Byzantine, Liar
-    with FaultNetwork(root, n, BLOCK_INTERVAL=1) as net:
-        honest = list(range(n - liars))
-        for i in honest:
-            net.nodes[i].start()
-        net.wait_linked(honest)
-        net.byzantine = set(range(n - liars, n))  # type: ignore[attr-defined]
-        byzs = [Byzantine(net, net.keys[k]).connect(honest) for k in range(n - liars, n)]
+    from .byzantine import Liar
+    with Scenario(root, seed, n, byzantine=liars) as sc:
+        net, honest, byzs = sc.net, sc.honest, sc.byz
         lying: list[Liar] = []
 
         def height() -> int:
@@ -711,19 +744,15 @@ def lying_proposers(root: Path, seed: int, n: int = 4, liars: int = 1) -> dict[s
                 raise AssertionError(f"no progress: height {start} to {height()}")
             # The lies (approving every spend it hears of is not one in itself).
             return sum(v for x in lying for k, v in x.counts.items() if k != "approvals")
-        try:
-            figures = _run(net, seed, 10, body)
-            # What every honest node recorded: evidence kept (masternodelist: double
-            # proposals and votes, approvals of two spends), double proposals and
-            # votes seen since start-up (/metrics), links closed for garbage.
-            seen = [metrics(net, i) for i in honest]
-            listed = [{m["public_key"]: m["equivocations"]
-                       for m in net.rpc(i, "masternodelist")} for i in honest]
-            producers = [net.rpc(0, "getblock", h)["producer"]
-                         for h in range(1, figures["height"] + 1)]
-        finally:
-            for b in byzs:
-                b.close()
+        figures = sc.run(10, body)
+        # What every honest node recorded: evidence kept (masternodelist: double
+        # proposals and votes, approvals of two spends), double proposals and
+        # votes seen since start-up (/metrics), links closed for garbage.
+        seen = [metrics(net, i) for i in honest]
+        listed = [{m["public_key"]: m["equivocations"]
+                   for m in net.rpc(i, "masternodelist")} for i in honest]
+        producers = [net.rpc(0, "getblock", h)["producer"]
+                     for h in range(1, figures["height"] + 1)]
         counts = {k: sum(x.counts[k] for x in lying) for k in lying[0].counts}
         kept = [sum(x[b.public_key] for b in byzs) for x in listed]
         consensus = [int(m["timefast_consensus_equivocations_total"]) for m in seen]
@@ -746,14 +775,9 @@ def reproposed_block(root: Path, seed: int) -> dict[str, Any]:
     round-0 proposer, its ``round`` 0, its commit's precommits of a later round."""
     from timefast import wire
 
-    from .byzantine import Byzantine, Router
-    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
-        honest = [0, 1, 2]
-        for i in honest:
-            net.nodes[i].start()
-        net.wait_linked(honest)
-        net.byzantine = {3}  # type: ignore[attr-defined]
-        byz = Byzantine(net, net.keys[3]).connect(honest)
+    from .byzantine import Router
+    with Scenario(root, seed, byzantine=1) as sc:
+        honest, byz = sc.honest, sc.byz[0]
         found: dict[str, Any] = {}
         router: list[Router] = []
 
@@ -801,11 +825,10 @@ def reproposed_block(root: Path, seed: int) -> dict[str, Any]:
                     return attempt
             raise AssertionError(f"no block was re-proposed in a later round: {found}")
         try:
-            figures = _run(net, seed, 4, body)
-        finally:
+            figures = sc.run(4, body)
+        finally:  # before the scenario closes the byzantine masternode's links
             for r in router:
                 r.stop()
-            byz.close()
         figures["reproposed"] = found
         return figures
 
@@ -874,13 +897,12 @@ def catchup_liar(root: Path, seed: int) -> dict[str, Any]:
     refuses every forged block (counted, the link closed), and once its links to the
     honest masternodes are back it catches up from them while the liar goes on
     lying: nothing forks."""
-    from timefast import crypto, wire
-
-    from .byzantine import Byzantine
+    from timefast import wire
+    from timefast.rules import quorum
     figures: dict[str, Any] = {}
-    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
-        net.start()
-        liar = Byzantine(net, crypto.new_key())
+    with Scenario(root, seed) as sc:
+        net = sc.net
+        liar = sc.peer()
 
         def height(i: int) -> int:
             return int(net.rpc(i, "getblockcount"))
@@ -904,7 +926,7 @@ def catchup_liar(root: Path, seed: int) -> dict[str, Any]:
             src = rng.choice(rest)
             liar.connect([src])
             real = liar.fetch_blocks(src, behind + 1, lies_needed)
-            lies = _lies(real, 3, liar.network_id, net.pubs)
+            lies = _lies(real, quorum(len(net)), liar.network_id, net.pubs)
             far, wrong = behind + rng.randint(1_000, 1_000_000), rng.randbytes(32).hex()
             for name in rng.sample(sorted(lies), len(lies)):
                 refuse, make = lies[name]
@@ -949,10 +971,7 @@ def catchup_liar(root: Path, seed: int) -> dict[str, Any]:
             net.wait_for(caught, 40, f"node {v} caught up past the liar")
             figures["catchup_s"] = round(time.monotonic() - t0, 1)
             return len(lies)
-        try:
-            return _run(net, seed, 6, body) | figures
-        finally:
-            liar.close()
+        return sc.run(6, body) | figures
 
 
 def co_signer_double_spend(root: Path, seed: int) -> dict[str, Any]:
@@ -963,8 +982,7 @@ def co_signer_double_spend(root: Path, seed: int) -> dict[str, Any]:
 
     from .helpers import new_wallet
     made: list[tuple[str, str]] = []
-    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
-        net.start()
+    with Scenario(root, seed) as sc:
 
         def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
             pairs = 3
@@ -987,7 +1005,8 @@ def co_signer_double_spend(root: Path, seed: int) -> dict[str, Any]:
                 pay.send_at_once(*rng.sample([(i, shared), (j, alone)], 2))
                 time.sleep(rng.uniform(0, 0.3))
             return pairs
-        out = _run(net, seed, 8, body)
+        out = sc.run(8, body)
+        net = sc.net
         # Which of each pair won, on node 0 (the checker saw every node agree).
         won = {"shared": 0, "alone": 0, "neither": 0}
         for shared, alone in made:
@@ -1015,17 +1034,17 @@ def clock_skew(root: Path, seed: int, skew: int) -> dict[str, Any]:
     import itertools
 
     import libfaketime
+
+    from timefast.rules import proposer
     _, env = libfaketime.get_reload_information()
     preload = str(Path(env["LD_LIBRARY_PATH"]) / env["LD_PRELOAD"])
     s = random.Random(seed).randrange(4)
     figures: dict[str, Any] = {"skew_s": skew}
-    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
-        # Its wall clock only: the monotonic one times its timeouts.
-        net.nodes[s] = net._node(s, LD_PRELOAD=preload, DONT_FAKE_MONOTONIC=1,
-                                 FAKETIME=f"{skew:+d}s")
-        net.start()
+    # Its wall clock only: the monotonic one times its timeouts.
+    faked = {"LD_PRELOAD": preload, "DONT_FAKE_MONOTONIC": 1, "FAKETIME": f"{skew:+d}s"}
+    with Scenario(root, seed, nodes={s: faked}) as sc:
+        net = sc.net
         honest = [i for i in range(4) if i != s]
-        order = sorted(net.pubs)
         seen: dict[int, float] = {}  # height -> when an honest node first had it
 
         def height() -> int:
@@ -1035,7 +1054,8 @@ def clock_skew(root: Path, seed: int, skew: int) -> dict[str, Any]:
 
         def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
             first = height()
-            turn = next(h for h in itertools.count(first + 2) if order[h % 4] == net.pubs[s])
+            turn = next(h for h in itertools.count(first + 2)
+                        if proposer(net.pubs, h, 0) == net.pubs[s])
             figures["turn"] = turn
             for _ in range(6):
                 pay.pay(list(range(4)))
@@ -1044,7 +1064,7 @@ def clock_skew(root: Path, seed: int, skew: int) -> dict[str, Any]:
             net.wait_for(lambda: height() >= turn + 2, 40 + max(skew, 0),
                          f"heights up to {turn + 2} with node {s}'s clock {skew:+d} s off")
             return 1
-        out = _run(net, seed, 8, body)
+        out = sc.run(8, body)
         turn = figures["turn"]
         blocks = [net.rpc(honest[0], "getblock", h) for h in range(turn - 1, turn + 3)]
         figures["rounds"] = {b["height"]: b["round"] for b in blocks}
@@ -1131,8 +1151,8 @@ def crash_at_vote(root: Path, seed: int, point: str) -> dict[str, Any]:
     needs (its approval is on its disk at ``send`` only, asserted); healed and
     restarted, its decision stands (its spend finalizes, the other is rejected) and
     it never approves the other."""
-    with FaultNetwork(root, 4, BLOCK_INTERVAL=1) as net:
-        net.start()
+    with Scenario(root, seed) as sc:
+        net = sc.net
         chosen: dict[str, Any] = {}
 
         def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
@@ -1168,11 +1188,11 @@ def crash_at_vote(root: Path, seed: int, point: str) -> dict[str, Any]:
             for _ in range(2):
                 pay.pay([i for i in side if i != victim])
             time.sleep(rng.uniform(0.1, 0.5))
-            if rng.random() < 0.5:  # healed before the restart, or together (_run)
+            if rng.random() < 0.5:  # healed before the restart, or together (run)
                 net.heal()
                 time.sleep(rng.uniform(0.3, 1.5))
             return 1
-        figures = _run(net, seed, 6, body)
+        figures = sc.run(6, body)
         figures["violations"] += _no_equivocation(net, chosen["victim"], chosen["pay"])
         # How the two spends ended (the victim's first): the checker saw every node agree.
         figures["spends"] = "/".join(str(net.status(0, t)) for t in chosen["spends"])
@@ -1185,14 +1205,12 @@ def crash_at_precommit(root: Path, seed: int) -> dict[str, Any]:
     other two are locked on it, a precommit short).  Restarted and healed, it
     precommits that block again or nothing for that round, never another (what it
     sends, first-hand and relayed, is watched), and the height commits."""
-    from timefast import crypto, wire
-
-    from .byzantine import Byzantine
+    from timefast import wire
     # Short proposal timeouts: a victim restarted with a lock from before may wait
     # for its own turn to propose that block again (one round in four).
-    with FaultNetwork(root, 4, BLOCK_INTERVAL=1, TIMEOUT_PROPOSE=1) as net:
-        net.start()
-        watcher = Byzantine(net, crypto.new_key())  # a full node: hears every relay
+    with Scenario(root, seed, TIMEOUT_PROPOSE=1) as sc:
+        net = sc.net
+        watcher = sc.peer()  # a full node: hears every relay
         chosen: dict[str, Any] = {}
 
         def body(net: FaultNetwork, rng: random.Random, pay: Payments) -> int:
@@ -1217,7 +1235,7 @@ def crash_at_precommit(root: Path, seed: int) -> dict[str, Any]:
             chosen.update(victim=victim, pay=pay, record=record, precommit=(
                 pc["height"], pc["round"], pc["block_hash"]))
             time.sleep(rng.uniform(0.1, 1.0))
-            if rng.random() < 0.5:  # healed before the restart, or after it (_run)
+            if rng.random() < 0.5:  # healed before the restart, or after it (run)
                 net.heal()
                 time.sleep(rng.uniform(0.3, 1.5))
             net.restart(victim)
@@ -1225,23 +1243,20 @@ def crash_at_precommit(root: Path, seed: int) -> dict[str, Any]:
             # hears them first-hand, beside what the others relay.
             watcher.connect([victim])
             return 1
-        try:
-            figures = _run(net, seed, 4, body)
-            height, round_, block = chosen["precommit"]
-            mine = {(m.height, m.round, m.block_hash)
-                    for msgs in watcher.received.values() for m in msgs
-                    if isinstance(m, wire.Precommit) and m.voter == net.pubs[chosen["victim"]]}
-            figures["violations"] += [
-                f"node {chosen['victim']} precommitted {m[2]} at height {height} round "
-                f"{round_} after {block}"
-                for m in mine if m[:2] == (height, round_) and m[2] != block]
-            if figures["height"] < height:
-                figures["violations"].append(f"height {height} never committed")
-            figures["violations"] += [
-                f"node {i}: consensus equivocation seen" for i in net.up()
-                if metrics(net, i)["timefast_consensus_equivocations_total"]]
-            figures["violations"] += _no_equivocation(net, chosen["victim"], chosen["pay"])
-            figures["resent"] = (height, round_, block) in mine
-            return figures
-        finally:
-            watcher.close()
+        figures = sc.run(4, body)
+        height, round_, block = chosen["precommit"]
+        mine = {(m.height, m.round, m.block_hash)
+                for msgs in watcher.received.values() for m in msgs
+                if isinstance(m, wire.Precommit) and m.voter == net.pubs[chosen["victim"]]}
+        figures["violations"] += [
+            f"node {chosen['victim']} precommitted {m[2]} at height {height} round "
+            f"{round_} after {block}"
+            for m in mine if m[:2] == (height, round_) and m[2] != block]
+        if figures["height"] < height:
+            figures["violations"].append(f"height {height} never committed")
+        figures["violations"] += [
+            f"node {i}: consensus equivocation seen" for i in net.up()
+            if metrics(net, i)["timefast_consensus_equivocations_total"]]
+        figures["violations"] += _no_equivocation(net, chosen["victim"], chosen["pay"])
+        figures["resent"] = (height, round_, block) in mine
+        return figures

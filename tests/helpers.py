@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
+import pty
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -15,7 +18,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pytest
@@ -31,9 +34,69 @@ from timefast.transaction import Transaction, build
 
 BANNER = re.compile(r"wallets wss?://([\d.]+):(\d+), RPC http://([\d.]+):(\d+)")
 EDGE_BANNER = re.compile(r"edge of masternode .* wallets wss?://([\d.]+):(\d+), stream")
+T = TypeVar("T")
 
 
 _batch_numbers: dict[str, itertools.count[int]] = {}
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 30, what: str = "condition") -> T:
+    """Poll ``predicate`` until it returns something true, and return that;
+    ``TimeoutError`` naming ``what`` after ``timeout`` seconds.
+
+    A predicate that raises OSError, RuntimeError or KeyError (a node starting,
+    restarting or gone; an answer without the field yet) is polled again, and the
+    last such error is named in the timeout: every test that waits on nodes, peers or
+    processes polls this way."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (OSError, RuntimeError, KeyError) as e:
+            last = e
+        time.sleep(0.05)
+    raise TimeoutError(f"{what}: not within {timeout} s" + (f" ({last})" if last else ""))
+
+
+class Pty:
+    """A program on a pseudo-terminal: type lines, read its screen."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: the program, on the terminal
+            if env is None:
+                os.execvp(argv[0], argv)
+            os.execvpe(argv[0], argv, env)
+        self.screen = b""
+
+    def type(self, line: str) -> None:
+        os.write(self.fd, line.encode() + b"\r")
+
+    def wait_for(self, needle: str, timeout: float = 20) -> None:
+        """Read the screen until ``needle`` shows (or the program exits: then the
+        assertion shows what it wrote)."""
+        want = needle.encode()
+
+        def shown_or_exited() -> bool:
+            if select.select([self.fd], [], [], 0.2)[0]:
+                try:
+                    self.screen += os.read(self.fd, 65536)
+                except OSError:  # EIO: the program exited, nothing more will come
+                    return True
+            return want in self.screen
+        with contextlib.suppress(TimeoutError):
+            wait_for(shown_or_exited, timeout, f"{needle!r} on the terminal")
+        assert want in self.screen, self.screen.decode(errors="replace")
+
+    def close(self) -> None:
+        try:
+            os.kill(self.pid, 9)
+            os.waitpid(self.pid, 0)
+        except OSError:
+            pass
 
 
 def batch_vote(led: Ledger, key: Any, txid: str, approve: bool = True) -> dict[str, Any]:

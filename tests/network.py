@@ -14,14 +14,12 @@ import collections
 import random
 import socket
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from timefast import crypto
 
-from .helpers import NodeProcess, new_wallet, rpc
+from .helpers import NodeProcess, new_wallet, rpc, wait_for
 
 DEFAULTS = {"FINALITY_TIMEOUT": "2", "LOG_LEVEL": "INFO"}
 
@@ -147,21 +145,8 @@ class Network:
         reply = rpc(self.nodes[i].rpc_url, "gettransaction", txid)
         return None if "error" in reply else reply["result"]["status"]
 
-    @staticmethod
-    def wait_for(cond: Callable[[], Any], timeout: float = 30, what: str = "condition"
-                 ) -> Any:
-        """Poll ``cond`` until it is true; its value, or ``TimeoutError``."""
-        deadline = time.monotonic() + timeout
-        last: BaseException | None = None
-        while time.monotonic() < deadline:
-            try:
-                value = cond()
-                if value:
-                    return value
-            except (OSError, RuntimeError, KeyError) as e:  # a node starting or gone
-                last = e
-            time.sleep(0.05)
-        raise TimeoutError(f"{what}: not within {timeout} s" + (f" ({last})" if last else ""))
+    # The one polling helper, as a method too: scenarios and tests call net.wait_for.
+    wait_for = staticmethod(wait_for)
 
     def wait_status(self, txid: str, status: str, nodes: list[int] | None = None,
                     timeout: float = 30) -> None:

@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -22,7 +21,7 @@ from timefast.journal import Event
 from timefast.ledger import Ledger
 from timefast.storage import Store
 
-from .helpers import NatsServer, NodeProcess, NodeThread, new_wallet, result
+from .helpers import NatsServer, NodeProcess, NodeThread, new_wallet, result, wait_for
 
 
 def read_stream(url: str, network: str, public_key: str) -> list[tuple[int, Event]]:
@@ -43,15 +42,6 @@ def read_stream(url: str, network: str, public_key: str) -> list[tuple[int, Even
         finally:
             await nc.close()
     return asyncio.run(main())
-
-
-def wait_for(predicate: Any, timeout: float = 20, what: str = "") -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def events_of(rpc_url: str, ws_url: str, address: str) -> list[bytes]:

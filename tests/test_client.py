@@ -12,7 +12,6 @@ answered by a ``Reply`` line.
 from __future__ import annotations
 
 import os
-import queue
 import shutil
 import socket
 import subprocess
@@ -29,7 +28,7 @@ import websocket
 
 from timefast.transaction import build
 
-from .helpers import NodeProcess, fund_coins, new_wallet, result
+from .helpers import NodeProcess, fund_coins, new_wallet, result, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNERS = Path(__file__).parent / "clients"
@@ -87,28 +86,34 @@ class Client:
         self.proc = subprocess.Popen(_argv(kind, urls, addresses), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         self.lines: list[dict[str, Any]] = []
-        self._new: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._seen = 0  # lines before this index were looked at by an earlier wait_for
+        self._read_all = threading.Event()  # its stdout closed: every line is in
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for text in self.proc.stdout:
-            line = orjson.loads(text)
-            self.lines.append(line)
-            self._new.put(line)
+            self.lines.append(orjson.loads(text))
+        self._read_all.set()
 
     def wait_for(self, pred: Any, timeout: float = 90) -> dict[str, Any]:
-        """The first line from now on for which ``pred`` holds."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            try:
-                line = self._new.get(timeout=0.5)
-            except queue.Empty:
-                assert self.proc.poll() is None, "the client exited"
-                continue
-            if pred(line):
-                return line
-        raise AssertionError(f"no such event in {timeout} s; last: {self.lines[-3:]}")
+        """The first line from now on for which ``pred`` holds (the lines up to it are
+        passed over by the next call)."""
+
+        def next_match() -> dict[str, Any] | None:
+            new = len(self.lines)
+            for n in range(self._seen, new):
+                if pred(self.lines[n]):
+                    self._seen = n + 1
+                    return self.lines[n]
+            self._seen = new
+            assert not self._read_all.is_set(), "the client exited"
+            return None
+        try:
+            return wait_for(next_match, timeout, "such an event")
+        except TimeoutError:
+            raise AssertionError(f"no such event in {timeout} s; last: {self.lines[-3:]}"
+                                 ) from None
 
     def send(self, cmd: dict[str, Any]) -> None:
         """Ask the client for something (see tests/clients/py_runner.py)."""

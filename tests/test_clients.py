@@ -9,13 +9,10 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import pty
-import select
 import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +20,7 @@ import websocket
 
 from timefast.transaction import build
 
-from .helpers import NodeThread, new_wallet, result
+from .helpers import NodeThread, Pty, new_wallet, result
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_MODULES = Path(os.environ.get("TIMEFAST_NODE_MODULES", ROOT / ".ci" / "node_modules"))
@@ -42,36 +39,6 @@ def _tool(name: str) -> str:
     if not found:
         pytest.skip(f"{name} is not installed (npm install --prefix .ci {name})")
     return found
-
-
-class Pty:
-    """A program on a pseudo-terminal: type lines, read its screen."""
-
-    def __init__(self, argv: list[str]) -> None:
-        self.pid, self.fd = pty.fork()
-        if self.pid == 0:
-            os.execvp(argv[0], argv)
-        self.screen = b""
-
-    def type(self, line: str) -> None:
-        os.write(self.fd, line.encode() + b"\r")
-
-    def wait_for(self, needle: str, timeout: float = 20) -> None:
-        deadline = time.time() + timeout
-        while needle.encode() not in self.screen and time.time() < deadline:
-            if select.select([self.fd], [], [], 0.2)[0]:
-                try:
-                    self.screen += os.read(self.fd, 65536)
-                except OSError:
-                    break
-        assert needle.encode() in self.screen, self.screen.decode(errors="replace")
-
-    def close(self) -> None:
-        try:
-            os.kill(self.pid, 9)
-            os.waitpid(self.pid, 0)
-        except OSError:
-            pass
 
 
 def test_wscat_as_the_seed_shows(node):

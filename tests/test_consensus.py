@@ -27,10 +27,9 @@ from timefast.consensus import (
     Timeout,
     TimeoutKind,
     Timeouts,
-    max_faulty,
-    quorum,
     sender_of,
 )
+from timefast.rules import faults, quorum
 
 # Seeds per network size for the random simulation; raise it for a longer search
 # (CONSENSUS_SIM_SEEDS=500 pytest tests/test_consensus.py -k random).
@@ -162,15 +161,11 @@ class Cluster:
 # -- thresholds, rotation, timeouts --
 
 
-@pytest.mark.parametrize(
-    ("n", "q", "f"),
-    [(1, 1, 0), (2, 2, 0), (3, 2, 0), (4, 3, 1), (5, 4, 1), (6, 4, 1), (7, 5, 2),
-     (8, 6, 2), (9, 6, 2), (10, 7, 3), (100, 67, 33)],
-)
-def test_quorum_is_two_thirds_rounded_up(n: int, q: int, f: int) -> None:
-    assert quorum(n) == q and max_faulty(n) == f
-    # Two quorums share an honest validator, and the honest alone make a quorum.
-    assert 2 * q - n >= f + 1 and n - f >= q
+def test_the_machine_s_thresholds_are_the_rules() -> None:
+    # q and f are timefast.rules' (tests/test_rules.py holds their table).
+    keys = [key(i) for i in range(7)]
+    m = Consensus(keys, keys[0], get_value=lambda h, r: "v-x", valid=is_valid)
+    assert (m.q, m.f) == (quorum(7), faults(7)) == (5, 2)
 
 
 def test_proposer_rotates_over_the_sorted_keys() -> None:
@@ -437,7 +432,7 @@ def _partition_run(n: int, cls: type[Consensus]) -> dict[str, str]:
     f byzantine validators runs one honest-looking machine per side (so it signs
     conflicting messages).  Returns each honest validator's decision of height 1."""
     keys = [key(i) for i in range(n)]
-    f = max_faulty(n)
+    f = faults(n)
     byz = keys[1 : 1 + f]  # key(1) proposes (1, 0)
     honest = [k for k in keys if k not in byz]
     half = (len(honest) + 1) // 2
@@ -638,7 +633,7 @@ class Sim:
         self.rng = rng = random.Random(seed)
         self.keys = [key(i) for i in range(n)]
         self.heights = heights
-        self.byz = set(rng.sample(self.keys, rng.randint(0, max_faulty(n))))
+        self.byz = set(rng.sample(self.keys, rng.randint(0, faults(n))))
         self.liars = {b for b in self.byz if rng.random() < 0.7}  # the rest are silent
         self.honest = [k for k in self.keys if k not in self.byz]
         self.machines: dict[str, Consensus] = {}

@@ -22,8 +22,7 @@ from websockets.sync.client import ClientConnection, connect
 from timefast.settings import load
 from timefast.transaction import build
 
-from .helpers import EdgeProcess, NatsServer, NodeProcess, new_wallet, result, rpc
-from .test_bus import wait_for
+from .helpers import EdgeProcess, NatsServer, NodeProcess, new_wallet, result, rpc, wait_for
 
 
 def send(ws: ClientConnection, type_: str, data: dict[str, Any] | None = None,

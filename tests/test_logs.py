@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from websockets.sync.client import connect
 
-from .helpers import NodeProcess
+from .helpers import NodeProcess, wait_for
 
 
 def test_json_logs_banner_and_seed_lines(tmp_path):
@@ -14,10 +14,7 @@ def test_json_logs_banner_and_seed_lines(tmp_path):
         with connect(node.ws_url) as ws:
             ws.send('{"type":"Subscribe","data":{"addresses":["a","b","c","d","e"]}}')
             ws.recv(timeout=10)
-        import time
-        deadline = time.time() + 10
-        while time.time() < deadline and not any("disconnected" in x for x in node.log):
-            time.sleep(0.05)
+        wait_for(lambda: any("disconnected" in x for x in node.log), 10, "its disconnection logged")
     finally:
         node.terminate()
     records = [orjson.loads(line) for line in node.log if line.startswith("{")]

@@ -23,7 +23,7 @@ from timefast import crypto
 from timefast.ledger import FAUCET_KEY, GENESIS_SUPPLY
 from timefast.transaction import build
 
-from .helpers import NodeThread, new_wallet, result, rpc
+from .helpers import NodeThread, Pty, new_wallet, result, rpc
 
 
 @pytest.fixture(scope="module")
@@ -430,38 +430,19 @@ def test_time_cli_into_a_closed_pipe_has_no_traceback(node):
 
 
 def test_time_cli_watch_shows_a_transaction_move_on_a_terminal(node):
-    import pty
-    import select
-    import time as _time
-
     ka, a = new_wallet()
     coin = result(node.rpc_url, "faucet", a, 1000)
     result(node.rpc_url, "generate", 1)
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: time-cli watch on a real terminal
-        os.execvpe(sys.executable, [sys.executable, "-m", "timefast.cli", "watch", a,
-                                    "--ws-url", node.ws_url, "--max-events", "9"],
-                   {**os.environ, "TERM": "xterm"})
-    screen = b""
-
-    def read_until(needle: bytes, timeout: float = 20) -> None:
-        nonlocal screen
-        deadline = _time.time() + timeout
-        while needle not in screen and _time.time() < deadline:
-            if select.select([fd], [], [], 0.2)[0]:
-                try:
-                    screen += os.read(fd, 65536)
-                except OSError:
-                    break
-        assert needle in screen, screen.decode(errors="replace")
-
-    read_until(b"watching " + a.encode())
+    # time-cli watch on a real terminal
+    term = Pty([sys.executable, "-m", "timefast.cli", "watch", a, "--ws-url", node.ws_url,
+                "--max-events", "9"], {**os.environ, "TERM": "xterm"})
+    term.wait_for("watching " + a)
     tx = build([(coin, 0, ka)], [(new_wallet()[1], 600), (a, 400)], timestamp=3)
     result(node.rpc_url, "sendrawtransaction", tx.to_json())
     result(node.rpc_url, "generate", 1)
-    read_until(b"block ")
-    os.waitpid(pid, 0)
-    text = screen.decode(errors="replace")
+    term.wait_for("block ")
+    os.waitpid(term.pid, 0)
+    text = term.screen.decode(errors="replace")
     assert "\x1b[" in text  # colour on a terminal
     plain = __import__("re").sub(r"\x1b\[[0-9;]*m", "", text)
     locked = plain.index("-> Locked")

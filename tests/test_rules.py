@@ -22,6 +22,7 @@ from timefast.rules import (
     check_coinbase,
     check_commit,
     coinbase,
+    faults,
     genesis_hash,
     parse_commit,
     proposer,
@@ -98,6 +99,19 @@ def test_a_block_holds_at_most_10000_transactions():
     check_block_header(_header(txids[:-1]), 5, TIP, 0)
     with pytest.raises(LedgerError, match="at most 10000"):
         check_block_header(_header(txids), 5, TIP, 0)
+
+
+@pytest.mark.parametrize(
+    ("n", "q", "f"),
+    [(1, 1, 0), (2, 2, 0), (3, 2, 0), (4, 3, 1), (5, 4, 1), (6, 4, 1), (7, 5, 2),
+     (8, 6, 2), (9, 6, 2), (10, 7, 3), (100, 67, 33)],
+)
+def test_quorum_is_two_thirds_rounded_up(n: int, q: int, f: int) -> None:
+    # The one definition of q and f: finality votes and consensus rounds both count
+    # with them.
+    assert quorum(n) == q and faults(n) == f
+    # Two quorums share an honest validator, and the honest alone make a quorum.
+    assert 2 * q - n >= f + 1 and n - f >= q
 
 
 def test_the_proposer_rotates_over_the_sorted_voting_set():

@@ -29,7 +29,15 @@ from websockets.sync.client import connect
 
 from timefast.transaction import build
 
-from .helpers import NodeProcess, NodeThread, client_frame, fund_coins, new_wallet, result
+from .helpers import (
+    NodeProcess,
+    NodeThread,
+    client_frame,
+    fund_coins,
+    new_wallet,
+    result,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -545,9 +553,11 @@ def test_unfinished_handshakes_count_against_the_caps(tmp_path, monkeypatch):
         assert cut >= 30
         for s in socks:
             s.close()
-        deadline = time.monotonic() + 10
-        while n.call(lambda: len(n.node.wallets.conns)) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # Up to 10 s for the cut connections to be gone; the Ping says whether
+        # capacity is back.
+        with contextlib.suppress(TimeoutError):
+            wait_for(lambda: not n.call(lambda: len(n.node.wallets.conns)), 10,
+                     "the connections gone")
         with connect(n.ws_url) as ws:  # capacity is back once they are gone
             send(ws, {"type": "Ping"})
             assert ws.recv(timeout=10) == '{"type":"Pong"}'

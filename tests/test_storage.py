@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from timefast.storage import WAL_PAGES, Store
 
-
-def _wait(cond, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
+from .helpers import wait_for
 
 
 def _in_database_file(path: Path) -> int:
@@ -41,9 +33,9 @@ def test_the_thread_copies_commits_into_the_database_file(tmp_path):
             db.executemany("INSERT INTO meta VALUES (?, ?)",
                            [(f"k{i}", "v" * 500) for i in range(2000)])
         assert store.one("SELECT value FROM meta WHERE key=?", ("k1999",))[0] == "v" * 500
-        assert _wait(lambda: _in_database_file(path) == 2000)
+        wait_for(lambda: _in_database_file(path) == 2000, 5, "the rows in the database file")
         # (It counts a checkpoint just after the copy lands.)
-        assert _wait(lambda: store.checkpointer.checkpoints > 0)
+        wait_for(lambda: store.checkpointer.checkpoints > 0, 5, "a checkpoint counted")
     finally:
         store.close()
 
@@ -78,7 +70,7 @@ def test_a_failing_checkpoint_is_retried_and_logged_once(tmp_path, caplog):
     failing = _Failing()
     store.checkpointer._db = failing  # type: ignore[assignment]
     try:
-        assert _wait(lambda: failing.calls >= 3)
+        wait_for(lambda: failing.calls >= 3, 5, "three failed checkpoints")
         assert store.checkpointer._thread.is_alive()
         assert store.checkpointer.failures >= 3
         assert sum("checkpoint failed" in r.getMessage() for r in caplog.records) == 1

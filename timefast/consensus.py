@@ -11,9 +11,11 @@ equivocation :class:`Evidence` that call uncovered.
 
 Where SPEC 7 differs from the paper:
 
-* every threshold the paper writes 2f+1 is q = ceil(2n/3) (:func:`quorum`); f+1
-  (f = floor((n-1)/3), :func:`max_faulty`) is used only to skip to a higher round;
-* the proposer of (h, r) is ``sorted(validators)[(h + r) mod n]``;
+* every threshold the paper writes 2f+1 is q = ceil(2n/3)
+  (:func:`timefast.rules.quorum`); f+1 (f = floor((n-1)/3),
+  :func:`timefast.rules.faults`) is used only to skip to a higher round;
+* the proposer of (h, r) is ``sorted(validators)[(h + r) mod n]``
+  (:func:`timefast.rules.proposer`);
 * a decision ends the height: the caller starts the next one with
   :meth:`Consensus.start_height` when SPEC's block interval says so (the paper's
   line 52-54 would start it at once);
@@ -46,6 +48,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+# The thresholds and the proposer's rotation are the chain's rules, which the ledger
+# checks blocks and commits against: one definition for both (rules is sans-I/O too).
+from timefast import rules
+
 TIMEOUT_PROPOSE = 3.0
 TIMEOUT_PREVOTE = 1.0
 TIMEOUT_PRECOMMIT = 1.0
@@ -65,16 +71,6 @@ MAX_VOTES_PER_VOTER = 8
 MAX_BUFFERED_PER_SENDER = 64
 # Evidence kept in memory (every piece is also returned once in an Output).
 MAX_EVIDENCE = 1024
-
-
-def quorum(n: int) -> int:
-    """q = ceil(2n/3): the votes that make a polka, a lock or a commit (SPEC 7)."""
-    return (2 * n + 2) // 3
-
-
-def max_faulty(n: int) -> int:
-    """f = floor((n-1)/3): the faulty validators the network tolerates."""
-    return (n - 1) // 3
 
 
 class Step(enum.IntEnum):
@@ -353,8 +349,8 @@ class Consensus:
             raise ValueError("this node is not in the voting set")
         self.me = me
         self.n = len(self.validators)
-        self.q = quorum(self.n)
-        self.f = max_faulty(self.n)
+        self.q = rules.quorum(self.n)  # the votes that make a polka, a lock or a commit
+        self.f = rules.faults(self.n)
         self._members = frozenset(self.validators)
         self._get_value = get_value
         self._valid_fn = valid
@@ -418,7 +414,7 @@ class Consensus:
 
     def proposer(self, height: int, round: int) -> str:
         """proposer(h, r) = sorted(validators)[(h + r) mod n] (SPEC 7.5)."""
-        return self.validators[(height + round) % self.n]
+        return rules.proposer(self.validators, height, round)
 
     def record(self) -> Record | None:
         """The state :class:`Output.persist` would hold now (None before a height)."""

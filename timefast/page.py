@@ -1,8 +1,10 @@
 """The live page on the wallet port: ``GET /status`` (SPEC 3.7) and the page's files.
 
 The page (``timefast/static/``) is plain HTML, CSS and an ES module built on the
-JavaScript wallet client (``/client.js``, the same file as ``clients/js``): it is
-served as stored, with no CDN and no build step at run time.  ``GET /`` is the page
+JavaScript wallet client (``/client.js``: ``static/client.js`` is a symbolic link to
+``clients/js/timefast-client.js``, so git holds the client once, and building the
+wheel copies its contents into the package): it is served as stored, with no CDN and
+no build step at run time.  ``GET /`` is the page
 only for a request that accepts HTML and is not a WebSocket upgrade, so wallets keep
 connecting to ``/``.
 """
