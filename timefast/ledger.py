@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 from nacl.signing import SigningKey
 
-from timefast import _core, crashpoints
+from timefast import _core, crashpoints, wire
 from timefast.crypto import (
     HEX64,
     HEX128,
@@ -67,7 +67,7 @@ from timefast.journal import (
     events_of_rows,
     kept,
 )
-from timefast import wire
+from timefast.privval import PrivValidator
 from timefast.rules import (
     FAUCET_KEY,
     GENESIS_SUPPLY,
@@ -332,6 +332,7 @@ class Ledger:
         self.last_vote: dict[str, float] = {}
         self.recent_rejected: OrderedDict[str, bytes] = OrderedDict()
         self._sync_commit = False  # the open commit holds own signed votes
+        self.privval = PrivValidator(store, self.tables, key, self.network_id)
         self._load()
 
     @property
@@ -1265,7 +1266,13 @@ class Ledger:
         self._run(lambda s: self._add_block(s, header, items, commit))
         return self._header_json(header, commit)
 
-    def propose_block(self, round_: int, producer: str, timestamp: int) -> dict[str, Any]:
+    def propose_block(self, round_: int, producer: str, timestamp: int) -> wire.Block:
+        """The proposal as a typed block (adapter of the peer layer's contract)."""
+        return wire.Block.from_data(self._propose_block_data(round_, producer, timestamp),
+                                    "block")
+
+    def _propose_block_data(self, round_: int, producer: str, timestamp: int
+                            ) -> dict[str, Any]:
         """The block ``producer`` proposes for the next height in round ``round_``
         (SPEC 7.5), without committing it: ``{height, prev_hash, timestamp, txids,
         producer, round, hash, txs}``, the coinbase first when there are fees, then
@@ -1284,8 +1291,8 @@ class Ledger:
         out["txs"] = [orjson.loads(i.raw) for i in items]
         return out
 
-    def validate_proposal(self, block: Any, certificates: Sequence[wire.Votes] = ()
-                          ) -> None:
+    def validate_proposal(self, block: wire.Block,
+                          certificates: Sequence[wire.Votes] = ()) -> None:
         """Whether a validator may prevote ``block`` (header and ``txs``) for the next
         height (SPEC 7.5): returns None, or raises ``LedgerError(BAD_REQUEST)`` saying
         why not; nothing changes either way.
@@ -1294,9 +1301,40 @@ class Ledger:
         ``MAX_FUTURE_S`` ahead of this node's clock, and each transaction not
         finalized here must hold a finality certificate among ``certificates`` (the
         proposal's signed ``Votes`` batches): q approvals of distinct masternodes."""
-        self._check_block(block, None, certificates, self.clock())
+        self._check_block(block.to_data(), None, certificates, self.clock())
 
-    def accept_block(self, block: Any, commit: Any) -> None:
+    def accept_block(self, block: wire.Block) -> None:
+        """Commit a typed block with the precommits of ``block.commit`` (adapter of
+        the peer layer's contract; see ``_accept_block_data``)."""
+        self._accept_block_data(block.to_data(),
+                                [c.to_data() for c in block.commit or ()])
+
+    def block_at(self, height: int) -> wire.Block:
+        """A stored block with its txs and its commit; raises NOT_FOUND."""
+        return wire.Block.from_data(self.get_block(height, with_txs=True), "block")
+
+    def watch(self, fn: Callable[[list[Change]], None]) -> None:
+        """Call ``fn`` with the typed changes of every commit, once committed."""
+        self.watchers.append(fn)
+
+    def on_own_votes(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` when own votes are queued for signing."""
+        self.vote_wanted = fn
+
+    def has_own_votes(self) -> bool:
+        """Whether own votes wait to be signed."""
+        return bool(self.own_queue)
+
+    def pending_tx(self, txid: str) -> Transaction | None:
+        """A pending transaction's parsed form."""
+        held = self.pending.get(txid)
+        return None if held is None else held.tx
+
+    def has_orphans(self) -> bool:
+        """Whether orphans wait for their parents."""
+        return bool(self.orphans)
+
+    def _accept_block_data(self, block: Any, commit: Any) -> None:
         """Commit a block the network decided: ``block`` is its header and ``txs``
         (the coinbase first when there are fees), ``commit`` its precommits
         ``[{voter, round, signature}]``, stored with it.
