@@ -21,10 +21,9 @@ import orjson
 import pytest
 
 import timefast
-from timefast import crypto
+from timefast import crypto, wire
 from timefast.ledger import Ledger
 from timefast.node import Node
-from timefast import wire
 from timefast.rules import proposer
 from timefast.settings import load
 from timefast.storage import Store
@@ -102,11 +101,12 @@ def commit_next(ledgers: list[Ledger], keys: list[Any], round_: int = 0,
     block with its ``txs`` and ``commit``."""
     first = ledgers[0]
     producer = proposer(first.masternodes, first.height + 1, round_)
-    block = first.propose_block(round_, producer,
-                                int(first.clock()) if timestamp is None else timestamp)
+    proposal = first.propose_block(round_, producer,
+                                   int(first.clock()) if timestamp is None else timestamp)
+    block = proposal.to_data()
     block["commit"] = commit_for(block, keys[:first.quorum], first.network_id)
     for led in ledgers:
-        led.accept_block(block, block["commit"])
+        led.accept_block(wire.Block.from_data(block, "block"))
     return block
 
 
