@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from timefast import wire
 from timefast.crypto import sha3
 from timefast.p2p import link as p2p
-from timefast import wire
 from timefast.p2p.link import (
     AddrBook,
     Authenticated,
