@@ -71,3 +71,29 @@ def test_no_import_cycle_in_the_package():
     for m in sorted(names):
         if m not in seen:
             visit(m, [])
+
+
+def test_the_peer_layer_never_imports_storage_or_the_wallet_ports_and_has_no_cycle():
+    # The switch and the reactors reach the database only through the ledger's
+    # contract (and its privval): SQL stays below the ledger.
+    p2p = PACKAGE / "p2p"
+    names = [p.stem for p in p2p.glob("*.py") if p.stem != "__init__"]
+    graph: dict[str, set[str]] = {}
+    for module in names:
+        found = imports(f"p2p/{module}")
+        bad = {n for n in found if n.startswith(("timefast.storage", "timefast.tables"))
+               or any(n == f"timefast.{p}" or n.startswith(f"timefast.{p}.") for p in PORTS)}
+        assert not bad, f"timefast/p2p/{module}.py imports {sorted(bad)}"
+        graph[module] = {n.split(".")[2] for n in found
+                         if n.startswith("timefast.p2p.") and n.split(".")[2] in names}
+    done: set[str] = set()
+
+    def visit(m: str, path: list[str]) -> None:
+        assert m not in path, f"import cycle: {' -> '.join([*path, m])}"
+        for n in sorted(graph[m] - {m}):
+            if n not in done:
+                visit(n, [*path, m])
+        done.add(m)
+
+    for m in sorted(names):
+        visit(m, [])
