@@ -12,14 +12,22 @@ import ssl
 from collections.abc import Callable
 from typing import Any, cast
 
+from nacl.signing import SigningKey
+
 from timefast import __version__
 from timefast.commits import GroupCommit
 from timefast.consensus import Timeouts
 from timefast.crypto import KeyFormatError, load_or_create_key
 from timefast.datadir import DataDirError, DataDirLock, check_network
 from timefast.ledger import Ledger
-from timefast.p2p.peers import PeerNetwork
-from timefast.p2p.rounds import BlockRounds
+from timefast.p2p.addrs import AddrReactor
+from timefast.p2p.blocksync import BlockSyncReactor
+from timefast.p2p.gossip import ConsensusReactor
+from timefast.p2p.link import RelayFilter
+from timefast.p2p.mempool import MempoolReactor
+from timefast.p2p.rounds import RoundDriver
+from timefast.p2p.switch import Switch
+from timefast.p2p.votes import VotesReactor
 from timefast.rpc import RpcDispatcher, RpcLimits, RpcService
 from timefast.server import REFUSED_WAITING, WalletServer
 from timefast.session import Limits
@@ -107,8 +115,11 @@ class Node:
         self.commits: GroupCommit | None = None
         self.wallets: WalletServer | None = None
         self.rpc: RpcService | None = None
-        self.peers: PeerNetwork | None = None
-        self.rounds: BlockRounds | None = None
+        self.peers: Switch | None = None
+        self.rounds: RoundDriver | None = None
+        self.mempool: MempoolReactor | None = None
+        self.votes: VotesReactor | None = None
+        self.blocksync: BlockSyncReactor | None = None
         self.bus: Any = None  # timefast.bus.Publisher, with EVENT_BUS
         self.ws_addresses: list[tuple[str, int]] = []
         self.p2p_addresses: list[tuple[str, int]] = []
@@ -163,19 +174,8 @@ class Node:
         self.ws_addresses = await self.wallets.listen(*s.ws_addr, ssl_context=ctx)
         listen = p2p_listen(s, self.ledger.public_key)
         if listen is not None or self.ledger.networked:
-            self.peers = PeerNetwork(self.ledger, self.commits, key, listen=listen,
-                                     advertise=s.p2p_advertise, discovery=s.p2p_discovery,
-                                     max_peers=s.max_peers,
-                                     max_message_bytes=s.max_p2p_message_bytes)
-            if self.ledger.networked:
-                peers = self.peers
-                self.rounds = BlockRounds(
-                    self.ledger, self.commits, key, block_interval=s.block_interval,
-                    timeouts=Timeouts(s.timeout_propose, s.timeout_prevote,
-                                      s.timeout_precommit),
-                    send=peers.send, send_to=peers.send_to, misbehaved=peers.misbehaved,
-                    max_message_bytes=s.max_p2p_message_bytes)
-                peers.rounds = self.rounds
+            self._build_peers(key, listen)
+            assert self.peers is not None
             await self.peers.start(s.peers or ())
             if self.rounds is not None:
                 self.rounds.start()
@@ -193,7 +193,7 @@ class Node:
         loop = asyncio.get_running_loop()
         self._timers.append(loop.call_later(EXPIRY_CHECK, self._expire))
         if s.block_interval > 0 and self.rounds is None:
-            # A network's heights are started by its rounds (BlockRounds).
+            # A network's heights are started by its round driver (RoundDriver).
             self._timers.append(loop.call_later(s.block_interval, self._block))
         if self._trim is not None:
             self._trim_timer = loop.call_later(TRIM_INTERVAL, self._release_memory)
@@ -210,18 +210,51 @@ class Node:
                  led.network, scheme, *self.ws_addresses[0], *self.rpc_addresses[0], listening,
                  led.address, len(led.masternodes), led.quorum, led.height, led.seq)
 
+    def _build_peers(self, key: SigningKey, listen: tuple[str, int] | None) -> None:
+        """The switch, its reactors and (on a network) the round driver, each handed
+        what it needs as it is built: the switch first, the reactors it dispatches
+        to in the order they hear of a new peer (after the node's Status: Addr
+        records, GetPending, own consensus messages, GetBlocks)."""
+        s = self.settings
+        assert self.ledger is not None and self.commits is not None
+        switch = Switch(self.ledger, key, listen=listen, advertise=s.p2p_advertise,
+                        discovery=s.p2p_discovery, max_peers=s.max_peers,
+                        max_message_bytes=s.max_p2p_message_bytes)
+        relay = RelayFilter(self.ledger.network_id)
+        switch.add_reactor(AddrReactor(switch))
+        votes = VotesReactor(self.ledger, self.commits, switch, relay)
+        mempool = MempoolReactor(self.ledger, self.commits, switch, relay, votes.take)
+        switch.add_reactor(mempool)
+        switch.add_reactor(votes)
+        if self.ledger.networked:
+            rounds = RoundDriver(self.ledger, self.commits, block_interval=s.block_interval,
+                                 timeouts=Timeouts(s.timeout_propose, s.timeout_prevote,
+                                                   s.timeout_precommit),
+                                 broadcast=switch.broadcast)
+            sync = BlockSyncReactor(self.ledger, self.commits, switch, rounds.blocks_fetched)
+            switch.add_reactor(ConsensusReactor(self.ledger, self.commits, switch, rounds,
+                                                sync.ask_blocks))
+            switch.add_reactor(sync)
+            self.rounds, self.blocksync = rounds, sync
+        self.peers, self.mempool, self.votes = switch, mempool, votes
+
     def _network_metrics(self) -> list[tuple[str, str, str, float | int]]:
-        assert self.peers is not None
-        rows = self.peers.metrics()
+        assert self.peers is not None and self.mempool is not None
+        assert self.votes is not None and self.ledger is not None
+        rows = self.peers.metrics() + self.mempool.metrics() + self.votes.metrics()
+        rows.append(("timefast_equivocations_total", "counter",
+                     "Equivocation evidence kept (all masternodes)",
+                     sum(self.ledger.equivocations.values())))
         r = self.rounds
         if r is not None:
+            assert self.blocksync is not None
             info = r.info()
             rows += [
                 ("timefast_consensus_height", "gauge", "Height being decided", info["height"]),
                 ("timefast_consensus_round", "gauge", "Round of that height", info["round"]),
                 ("timefast_blocks_refused_total", "counter",
                  "Blocks refused (proposals not valid, fetched blocks whose commit or "
-                 "content failed)", r.refused_blocks),
+                 "content failed)", r.refused_blocks + self.blocksync.refused_blocks),
                 ("timefast_consensus_equivocations_total", "counter",
                  "Validators seen signing two different votes for one round and step",
                  r.evidence)]

@@ -36,8 +36,8 @@ from timefast.session import utxo_cursor, wallet_addresses
 from timefast.settings import SettingsError, host_port
 
 if TYPE_CHECKING:
-    from timefast.p2p.peers import PeerNetwork
-    from timefast.p2p.rounds import BlockRounds
+    from timefast.p2p.rounds import RoundDriver
+    from timefast.p2p.switch import Switch
 
 log = logging.getLogger("timefast.rpc")
 
@@ -96,7 +96,7 @@ class RpcDispatcher:
 
     def __init__(self, ledger: Ledger, make_block: Callable[[], dict[str, Any]] | None = None,
                  extra_info: Callable[[], dict[str, Any]] | None = None,
-                 peers: PeerNetwork | None = None, rounds: BlockRounds | None = None) -> None:
+                 peers: Switch | None = None, rounds: RoundDriver | None = None) -> None:
         self.ledger = ledger
         self.peers = peers
         self.rounds = rounds

@@ -1,7 +1,9 @@
-"""The masternode peer protocol (SPEC 7), sans-I/O.
+"""The masternode peer protocol (SPEC 7).
 
 ``timefast.wire`` parses, serializes, signs and checks every peer message; ``link`` is the
 per-link state machine (handshake, pings, misbehaviour) and the node-wide relay and
-address records. Neither module opens a socket, starts a task or reads a clock: the
-caller feeds them frames and ``now`` values and acts on what they return.
+address records, sans-I/O: it opens no socket, starts no task and reads no clock.
+``switch`` runs the links on sockets and hands each message by its type to the
+reactor that registered it (``mempool``, ``votes``, ``gossip``, ``blocksync``,
+``addrs``); ``rounds`` is the round driver of block consensus.
 """

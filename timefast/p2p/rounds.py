@@ -1,17 +1,18 @@
-"""Blocks every masternode agrees on (SPEC 7.5): the Tendermint machine wired to the
-ledger and the peers.
+"""The round driver (SPEC 7.5): the Tendermint machine wired to the ledger.
 
-``consensus.Consensus`` decides; this module gives it what it needs and carries out
-what it asks, in its order: the record of its position and locks is written durably
-*before* a message it signed leaves, blocks come from ``Ledger.propose_block`` (with
-the finality certificates of their transactions) and are checked by
-``Ledger.validate_proposal``, and a decision is committed by ``Ledger.accept_block``
-through the node's group commit, with the q signed precommits as its commit.
+``consensus.Consensus`` decides; ``RoundDriver`` gives it what it needs and carries
+out what it asks, in its order: the record of its position and locks is persisted
+by the ledger's ``privval`` *before* a message it signed leaves (the privval signs
+it), blocks come from ``Ledger.propose_block`` (with the finality certificates of
+their transactions) and are checked by ``Ledger.validate_proposal``, and a decision
+is committed by ``Ledger.accept_block`` through the node's group commit, with the q
+signed precommits as its commit.
 
 Heights start ``BLOCK_INTERVAL`` after the previous block's timestamp (no drift);
 with ``BLOCK_INTERVAL=0`` (regtest) only when asked (``generate``, or a peer's
-``StartHeight``).  A node behind its peers (a ``Status``, or messages of a later
-height) fetches blocks with ``GetBlocks`` and applies each only if its commit holds.
+``StartHeight``).  What peers send reaches the driver checked, through the
+consensus gossip reactor (``p2p/gossip.py``); fetched blocks through block sync
+(``p2p/blocksync.py``).  A node outside the voting set runs no machine.
 """
 
 from __future__ import annotations
@@ -23,22 +24,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import orjson
-from nacl.signing import SigningKey
-
 from timefast import consensus, crashpoints, wire
 from timefast.commits import GroupCommit
-from timefast.consensus import Consensus, Decision, Output, Record, Timeout, Timeouts
+from timefast.consensus import Consensus, Decision, Evidence, Output, Timeout, Timeouts
 from timefast.ledger import Ledger, LedgerError
+from timefast.privval import DoubleSign
 
 log = logging.getLogger("timefast.consensus")
 
-MAX_BLOCKS_PER_REQUEST = 500
 START_MARGIN = 0.02  # seconds
 KEPT_BLOCKS = 64  # proposed blocks kept per height (an honest proposer sends one a round)
-# Signed consensus messages of others kept (oldest dropped first) to store as evidence
-# when the machine finds two of one validator for one (height, round, step).
-KEPT_SIGNED = 4096
 
 
 @dataclass
@@ -50,29 +45,21 @@ class _Generate:
     done: asyncio.Future[list[str]] | None = None
 
 
-class BlockRounds:
+class RoundDriver:
     """One masternode's part in agreeing on blocks (see the module docstring).
 
-    ``send(msg, but)`` broadcasts a peer message; ``send_to(peer, msg)`` answers one
-    peer.  A node outside the voting set runs no machine: it only follows committed
-    blocks (catch-up)."""
+    ``broadcast(msg)`` sends a peer message to every peer.  Subscribers of
+    ``on_height`` hear of each height started; of ``on_evidence``, of each
+    equivocation the machine found."""
 
-    def __init__(self, ledger: Ledger, commits: GroupCommit, key: SigningKey, *,
-                 block_interval: float, timeouts: Timeouts,
-                 send: Callable[[wire.Message, Any], None],
-                 send_to: Callable[[Any, wire.Message], None],
-                 misbehaved: Callable[[Any, str], None],
-                 max_message_bytes: int = wire.MAX_P2P_MESSAGE_BYTES) -> None:
+    def __init__(self, ledger: Ledger, commits: GroupCommit, *, block_interval: float,
+                 timeouts: Timeouts, broadcast: Callable[[wire.Message], Any]) -> None:
         self.ledger = ledger
         self.commits = commits
-        self.key = key
+        self.privval = ledger.privval
         self.me = ledger.public_key
-        self.network = ledger.network_id
         self.block_interval = block_interval
-        self.send = send
-        self.send_to = send_to
-        self.misbehaved = misbehaved
-        self.max_message_bytes = max_message_bytes
+        self.broadcast = broadcast
         self.machine: Consensus | None = None
         if ledger.voting:
             self.machine = Consensus(ledger.masternodes, self.me, get_value=self._get_value,
@@ -82,19 +69,24 @@ class BlockRounds:
         # Signatures of precommits seen, for the commit of a decision.
         self.signatures: dict[tuple[int, int, str, str | None], str] = {}
         self.own: list[wire.Message] = []  # own signed messages of the current height
-        self.seen: set[tuple[Any, ...]] = set()  # consensus messages relayed already
-        # (kind, height, round, signer, block hash) -> the signed message as evidence
-        # keeps it (a proposal without its block).
-        self.signed: dict[tuple[str, int, int, str, str | None], bytes] = {}
         self.refused_blocks = 0
         self.evidence = 0
+        self._height_watchers: list[Callable[[int], None]] = []
+        self._evidence_watchers: list[Callable[[Evidence], None]] = []
         self._timers: list[asyncio.TimerHandle] = []
         self._next_height: asyncio.TimerHandle | None = None
         self._pending_decision: Decision | None = None
         self._committing = False
-        self._asked: dict[Any, float] = {}  # peer -> when blocks were last asked of it
         self._generate: _Generate | None = None
         self._closed = False
+
+    def on_height(self, fn: Callable[[int], None]) -> None:
+        """Call ``fn(height)`` when a height starts (what is older is of no use)."""
+        self._height_watchers.append(fn)
+
+    def on_evidence(self, fn: Callable[[Evidence], None]) -> None:
+        """Call ``fn`` with each equivocation the machine finds."""
+        self._evidence_watchers.append(fn)
 
     # -- life --------------------------------------------------------------------------
 
@@ -102,7 +94,7 @@ class BlockRounds:
         """Resume the last signed position (after a restart), or plan the next height."""
         if self.machine is None:
             return
-        record = self.ledger.privval.restore()
+        record = self.privval.restore()
         if record is not None and record.height == self.ledger.height + 1:
             log.info("consensus resumes height %d round %d", record.height, record.round)
             self._apply(self.machine.restore(record))
@@ -158,17 +150,28 @@ class BlockRounds:
         if m.height is not None and m.height >= height:
             return
         if self._generate is not None:
-            self.send(wire.StartHeight(height), None)
+            self.broadcast(wire.StartHeight(height))
+        self._cancel_timers()
+        self.blocks = {h: e for h, e in self.blocks.items() if e[0].height == height}
+        self.own.clear()
+        self.signatures = {k: v for k, v in self.signatures.items() if k[0] >= height}
+        for fn in self._height_watchers:
+            fn(height)
+        self._pending_decision = None
+        self._apply(m.start_height(height))
+
+    def follow(self, height: int) -> None:
+        """A peer sent a message of ``height``, the next one: on regtest without a
+        block timer that peer started it (``generate``), and so does this node."""
+        if (self.block_interval == 0 and self.ledger.network == "regtest"
+                and self.machine is not None
+                and (self.machine.height is None or self.machine.height < height)):
+            self.start_height(height)
+
+    def _cancel_timers(self) -> None:
         for t in self._timers:
             t.cancel()
         self._timers.clear()
-        self.blocks = {h: e for h, e in self.blocks.items() if e[0].height == height}
-        self.own.clear()
-        self.seen = {k for k in self.seen if k[1] >= height}
-        self.signatures = {k: v for k, v in self.signatures.items() if k[0] >= height}
-        self.signed = {k: v for k, v in self.signed.items() if k[1] >= height}
-        self._pending_decision = None
-        self._apply(m.start_height(height))
 
     # -- what the machine asks of us -------------------------------------------------------
 
@@ -199,7 +202,9 @@ class BlockRounds:
     def _apply(self, out: Output) -> None:
         """Carry out an Output in its order: persist, send, schedule, decide."""
         if out.persist is not None:
-            self._persist(out.persist)
+            # Synced to disk before anything signed leaves: after a restart the same
+            # messages go out again, never others (SPEC 7.5).
+            self.privval.persist(out.persist)
         for m in out.messages:
             if (out.persist is not None and isinstance(m, consensus.Precommit)
                     and m.block_hash is not None and out.persist.precommit == m):
@@ -209,7 +214,7 @@ class BlockRounds:
             signed = self._sign(m)
             if signed is not None:
                 self.own.append(signed)
-                self.send(signed, None)
+                self.broadcast(signed)
         loop = asyncio.get_running_loop()
         for t in out.timeouts:
             self._timers.append(loop.call_later(t.seconds, self._timeout, t))
@@ -218,50 +223,25 @@ class BlockRounds:
             self.evidence += 1
             log.warning("consensus equivocation by %s at height %d round %d",
                         consensus.sender_of(e.first)[:16], e.first.height, e.first.round)
-            self._keep_evidence(e)
+            for fn in self._evidence_watchers:
+                fn(e)
         if out.decision is not None:
             self._decide(out.decision)
 
-    def _keep_evidence(self, e: consensus.Evidence) -> None:
-        """Store both signed messages of an equivocation (``masternodelist`` counts
-        it, and it outlives a restart), when both are still at hand."""
-        kind = {consensus.Proposal: "proposal", consensus.Prevote: "prevote",
-                consensus.Precommit: "precommit"}[type(e.first)]
-        voter = consensus.sender_of(e.first)
-        first, second = (self.signed.get((kind, m.height, m.round, voter, m.block_hash))
-                         for m in (e.first, e.second))
-        if first is None or second is None:
-            return
-
-        def done(_: Any, err: BaseException | None) -> None:
-            if err is not None:
-                log.error("could not keep the evidence against %s: %s", voter[:16], err)
-        self.commits.submit(lambda: self.ledger.add_evidence(voter, kind, first, second),
-                            done)
-
-    def _keep_signed(self, kind: str, height: int, round_: int, signer: str,
-                     block_hash: str | None, body: dict[str, Any]) -> None:
-        key = (kind, height, round_, signer, block_hash)
-        if key in self.signed:
-            return
-        if len(self.signed) >= KEPT_SIGNED:
-            del self.signed[next(iter(self.signed))]
-        self.signed[key] = orjson.dumps(body)
-
-    def _persist(self, record: Record) -> None:
-        # Synced to disk before anything signed leaves:
-        # after a restart the same messages go out again, never others (SPEC 7.5).
-        self.ledger.privval.persist(record)
-
     def _sign(self, m: consensus.Message) -> wire.Message | None:
+        block: wire.Block | None = None
+        certs: tuple[wire.Votes, ...] = ()
         if isinstance(m, consensus.Proposal):
             entry = self.blocks.get(m.block_hash)
             if entry is None:
                 log.error("own proposal of %s without its block", m.block_hash[:16])
                 return None
             block, certs = entry
-            return self.ledger.privval.sign(m, block, certs)
-        signed = self.ledger.privval.sign(m)
+        try:
+            signed = self.privval.sign(m, block, certs)
+        except DoubleSign as e:
+            log.error("not signed: %s", e)
+            return None
         if isinstance(signed, wire.Precommit):
             self.signatures[(m.height, m.round, self.me, m.block_hash)] = signed.signature
         return signed
@@ -276,7 +256,7 @@ class BlockRounds:
             # Decided without the block (its proposal missed): peers that committed
             # it hand it over by GetBlocks.
             self._pending_decision = d
-            self.send(wire.GetBlocks(d.height, 1), None)
+            self.broadcast(wire.GetBlocks(d.height, 1))
             return
         block, _ = entry
         commit = []
@@ -303,10 +283,8 @@ class BlockRounds:
         """A block was committed (decided here or fetched): announce, go on."""
         led = self.ledger
         log.info("⛓  block %d %s committed", led.height, block_hash[:16])
-        self.send(wire.Status(led.height, led.tip), None)
-        for t in self._timers:
-            t.cancel()
-        self._timers.clear()
+        self.broadcast(wire.Status(led.height, led.tip))
+        self._cancel_timers()
         g = self._generate
         if g is not None:
             g.hashes.append(led.tip)
@@ -316,72 +294,25 @@ class BlockRounds:
                     g.done.set_result(g.hashes)
         self._plan_height()
 
-    # -- what peers send -------------------------------------------------------------------
-
-    def on_message(self, peer: Any, msg: wire.Message) -> None:
-        """A consensus or block message from an authenticated peer."""
-        if isinstance(msg, wire.Proposal):
-            self._take_proposal(peer, msg)
-        elif isinstance(msg, wire.Prevote | wire.Precommit):
-            self._take_vote(peer, msg)
-        elif isinstance(msg, wire.GetBlocks):
-            self._answer_blocks(peer, msg)
-        elif isinstance(msg, wire.Blocks):
-            self._take_blocks(peer, msg)
-        elif isinstance(msg, wire.StartHeight):
-            if self.ledger.network == "regtest" and msg.height == self.ledger.height + 1:
-                self.start_height(msg.height)
-        elif isinstance(msg, wire.Status) and msg.height > self.ledger.height:
-            self._ask_blocks(peer)
-
-    def peer_up(self, peer: Any, height: int) -> None:
-        """A peer authenticated: it gets this height's own messages; a peer ahead is
-        asked for blocks."""
-        for m in self.own:
-            self.send_to(peer, m)
-        if height > self.ledger.height:
-            self._ask_blocks(peer)
-
-    def _relay_once(self, key: tuple[Any, ...], peer: Any, msg: wire.Message) -> bool:
-        if key in self.seen:
-            return False
-        self.seen.add(key)
-        self.send(msg, peer)
-        return True
-
-    def _skip(self, peer: Any, height: int) -> bool:
-        """Whether a message of ``height`` is of no use now.  One of the next height
-        is kept by the machine until that height starts; one further ahead means
-        this node is behind: blocks are asked for."""
-        if height <= self.ledger.height:
-            return True
-        if height > self.ledger.height + 1:
-            self._ask_blocks(peer)
-            return height > self.ledger.height + 2
-        if (self.block_interval == 0 and self.ledger.network == "regtest"
-                and self.machine is not None
-                and (self.machine.height is None or self.machine.height < height)):
-            # regtest without a block timer: a peer started this height (generate).
-            self.start_height(height)
-        return False
-
-    def _take_proposal(self, peer: Any, p: wire.Proposal) -> None:
+    def blocks_fetched(self) -> None:
+        """Blocks fetched from peers were committed (block sync): the height being
+        decided, if one of them, is over."""
         m = self.machine
-        if m is None or self._skip(peer, p.height):
+        if m is not None and m.height is not None and m.height <= self.ledger.height:
+            self._cancel_timers()
+        self._after_block(self.ledger.tip)
+
+    # -- what peers send, checked by the gossip reactor ---------------------------------------
+
+    def proposer(self, height: int, round_: int) -> str | None:
+        """The proposer of (height, round); None on a node that runs no machine."""
+        return None if self.machine is None else self.machine.proposer(height, round_)
+
+    def take_proposal(self, p: wire.Proposal, proposer: str) -> None:
+        """A proposal whose signature holds, new here."""
+        m = self.machine
+        if m is None:
             return
-        proposer = m.proposer(p.height, p.round)
-        try:
-            wire.verify_proposal(p, self.network, proposer)
-        except wire.BadSignature as e:
-            self.misbehaved(peer, str(e))
-            return
-        key = ("P", p.height, p.round, p.block.hash, p.signature)
-        if not self._relay_once(key, peer, p):
-            return
-        self._keep_signed("proposal", p.height, p.round, proposer, p.block.hash, {
-            "type": p.TYPE, "height": p.height, "round": p.round,
-            "valid_round": p.valid_round, "block_hash": p.block.hash,
-            "proposer": proposer, "signature": p.signature})
         if p.block.hash not in self.blocks and len(self.blocks) < KEPT_BLOCKS:
             self.blocks[p.block.hash] = (p.block, tuple(p.certificates))
         self._apply(m.on_message(consensus.Proposal(p.height, p.round, p.valid_round,
@@ -391,23 +322,11 @@ class BlockRounds:
             d, self._pending_decision = self._pending_decision, None
             self._decide(d)
 
-    def _take_vote(self, peer: Any, v: wire.Prevote | wire.Precommit) -> None:
+    def take_vote(self, v: wire.Prevote | wire.Precommit) -> None:
+        """A prevote or precommit whose signature holds, new here."""
         m = self.machine
-        if v.voter not in self.ledger.masternodes:
-            self.misbehaved(peer, f"{v.TYPE} by {v.voter[:16]}, not a masternode")
+        if m is None:
             return
-        if m is None or self._skip(peer, v.height):
-            return
-        try:
-            wire.verify_bft(v, self.network)
-        except wire.BadSignature as e:
-            self.misbehaved(peer, str(e))
-            return
-        key = (v.TYPE, v.height, v.round, v.voter, v.block_hash, v.signature)
-        if not self._relay_once(key, peer, v):
-            return
-        self._keep_signed(v.TYPE.lower(), v.height, v.round, v.voter, v.block_hash,
-                          {"type": v.TYPE, **v.to_data()})
         if isinstance(v, wire.Precommit):
             self.signatures.setdefault((v.height, v.round, v.voter, v.block_hash),
                                        v.signature)
@@ -416,75 +335,6 @@ class BlockRounds:
         else:
             self._apply(m.on_message(consensus.Prevote(v.height, v.round, v.block_hash,
                                                         v.voter)))
-
-    # -- catch-up ------------------------------------------------------------------------
-
-    def _ask_blocks(self, peer: Any) -> None:
-        now = time.monotonic()
-        if now - self._asked.get(peer, 0.0) < 1.0:
-            return
-        self._asked[peer] = now
-        self.send_to(peer, wire.GetBlocks(self.ledger.height + 1, MAX_BLOCKS_PER_REQUEST))
-
-    def _answer_blocks(self, peer: Any, req: wire.GetBlocks) -> None:
-        out: list[wire.Block] = []
-        size = 0
-        last = min(self.ledger.height, req.from_height + min(req.count,
-                                                             MAX_BLOCKS_PER_REQUEST) - 1)
-        for h in range(req.from_height, last + 1):
-            b = self.ledger.block_at(h)
-            size += len(orjson.dumps(b.to_data()))
-            if out and size > self.max_message_bytes // 2:
-                break
-            out.append(b)
-        if out:
-            self.send_to(peer, wire.Blocks(tuple(out)))
-
-    def _take_blocks(self, peer: Any, msg: wire.Blocks) -> None:
-        blocks = [b for b in msg.blocks if b.height > self.ledger.height]
-        if not blocks:
-            return
-
-        def work() -> tuple[int, LedgerError | None]:
-            # Blocks applied before a refused one stay committed: the count of them
-            # comes back with the refusal, so that the node moves on past them.
-            n = 0
-            for b in blocks:
-                if b.height != self.ledger.height + 1:
-                    break
-                try:
-                    self.ledger.accept_block(replace(b, commit=b.commit or ()))
-                except LedgerError as e:
-                    return n, e
-                n += 1
-            return n, None
-
-        def done(result: Any, err: BaseException | None) -> None:
-            if err is not None:
-                log.error("could not apply fetched blocks: %s", err)
-                return
-            n, refused = result
-            if refused is not None:
-                self.refused_blocks += 1
-                self.misbehaved(peer, f"block refused: {refused.message}")
-            if n:
-                log.info("caught up %d block(s) to height %d", n, self.ledger.height)
-                self._asked.pop(peer, None)
-                m = self.machine
-                if m is not None and m.height is not None and m.height <= self.ledger.height:
-                    for t in self._timers:
-                        t.cancel()
-                    self._timers.clear()
-                self._after_block(self.ledger.tip)
-                if refused is None and len(blocks) >= MAX_BLOCKS_PER_REQUEST:
-                    self._ask_blocks(peer)
-        self.commits.submit(work, done)
-
-    def generate_cancel(self) -> None:
-        """Give up a ``generate`` in progress (its caller timed out)."""
-        g, self._generate = self._generate, None
-        if g is not None and g.done is not None and not g.done.done():
-            g.done.cancel()
 
     # -- regtest ---------------------------------------------------------------------------
 
@@ -501,3 +351,8 @@ class BlockRounds:
         self.start_height(self.ledger.height + 1)
         return fut
 
+    def generate_cancel(self) -> None:
+        """Give up a ``generate`` in progress (its caller timed out)."""
+        g, self._generate = self._generate, None
+        if g is not None and g.done is not None and not g.done.done():
+            g.done.cancel()

@@ -1,0 +1,117 @@
+"""The block sync reactor (timefast/p2p/blocksync.py): catching up on blocks with
+their commits (SPEC 7.5)."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import pytest
+
+from timefast import wire
+
+from .network import Network, free_ports
+from .p2p_net import (
+    closed,
+    raw_peer,
+    same_chain,
+)
+
+
+@pytest.fixture
+def four(tmp_path):
+    # generate(k) gives up after FINALITY_TIMEOUT x k: a round of a dead proposer
+    # costs TIMEOUT_PROPOSE (3 s), more than the harness's 2 s a block.
+    net = Network(tmp_path, 4, FINALITY_TIMEOUT=10)
+    try:
+        yield net.start()
+    finally:
+        net.close()
+
+
+def test_a_node_down_for_20_blocks_catches_up_and_takes_part_again(four):
+    net = four
+    net.kill(3)
+    for _ in range(4):
+        net.rpc(0, "generate", 5)
+    net.restart(3)
+    net.wait_linked(timeout=30)
+    net.wait_for(lambda: net.rpc(3, "getblockcount") == 20, 30, "node 3 caught up")
+    same_chain(net, list(range(4)), 20)
+    # And it takes part: with another node down, its precommit is needed for q = 3.
+    net.kill(1)
+    made = net.rpc(3, "generate", 1)
+    net.wait_for(lambda: net.rpc(0, "getblockcount") == 21, 10)
+    commit = net.rpc(0, "getblock", 21)["commit"]
+    assert net.rpc(0, "getblock", 21)["hash"] == made[0]
+    assert net.pubs[3] in {c["voter"] for c in commit}
+
+
+def test_blocks_with_a_forged_commit_or_a_greedy_coinbase_are_refused_and_counted(four):
+    net = four
+    net.kill(3)
+    net.rpc(0, "generate", 1)
+    good = net.rpc(0, "getblock", 1) | {"txs": []}
+    good["txs"] = [net.rpc(0, "gettransaction", t)["tx"] for t in good["txids"]]
+    node3 = None
+    try:
+        # Node 3 is behind, on a port the others do not know; a lying peer offers
+        # height 1 with a commit of one signer.
+        (port,) = free_ports(1)
+        net.nodes[3] = net._node(3, PEERS="", P2P_DISCOVERY=0, P2P_ADDR=f"127.0.0.1:{port}")
+        node3 = net.nodes[3].start()
+        ws, _ = raw_peer(net, 3, port)
+        forged = dict(good, commit=good["commit"][:1])
+        ws.send(wire.encode(wire.Blocks((wire.Block.from_data(forged, "b"),))).decode())
+        assert closed(ws) == 1008
+        ws, _ = raw_peer(net, 3, port)
+        other = dict(good, commit=[dict(c, signature="00" * 64) for c in good["commit"]])
+        ws.send(wire.encode(wire.Blocks((wire.Block.from_data(other, "b"),))).decode())
+        assert closed(ws) == 1008
+        assert net.rpc(3, "getblockcount") == 0
+        # The true block, with its commit, is taken.
+        ws, _ = raw_peer(net, 3, port)
+        ws.send(wire.encode(wire.Blocks((wire.Block.from_data(good, "b"),))).decode())
+        net.wait_for(lambda: net.rpc(3, "getblockcount") == 1, 10)
+        ws.close()
+        text = urllib.request.urlopen(
+            net.nodes[3].ws_url.replace("ws://", "http://") + "/metrics", timeout=10).read()
+        assert b"timefast_blocks_refused_total 2" in text
+    finally:
+        if node3 is not None:
+            node3.kill()
+
+
+def test_a_true_block_then_a_forged_one_from_a_peer_still_moves_the_node_on(tmp_path):
+    """A lying catch-up peer sends a true block and, in the same ``Blocks``, one whose
+    commit is cut short: the node keeps the first, refuses the second (the link
+    closed, counted) and goes on to the next height.  Before, the refusal skipped
+    what follows a committed block: the node stayed on the height it had just
+    committed, and a network that needed its vote stalled there."""
+    net = Network(tmp_path, 4, FINALITY_TIMEOUT=10)
+    node3 = None
+    try:
+        net.start()
+        net.kill(3)
+        net.rpc(0, "generate", 2)
+        blocks = []
+        for h in (1, 2):
+            b = net.rpc(0, "getblock", h)
+            b["txs"] = [net.rpc(0, "gettransaction", t)["tx"] for t in b["txids"]]
+            blocks.append(b)
+        blocks[1]["commit"] = blocks[1]["commit"][:1]
+        # Node 3 alone, behind, with a block timer: it starts each height it can.
+        (port,) = free_ports(1)
+        net.nodes[3] = net._node(3, PEERS="", P2P_DISCOVERY=0, BLOCK_INTERVAL=1,
+                                 P2P_ADDR=f"127.0.0.1:{port}")
+        node3 = net.nodes[3].start()
+        ws, _ = raw_peer(net, 3, port)
+        ws.send(wire.encode(wire.Blocks(tuple(wire.Block.from_data(b, "b")
+                                              for b in blocks))).decode())
+        assert closed(ws) == 1008
+        assert net.rpc(3, "getblockcount") == 1
+        net.wait_for(lambda: net.rpc(3, "getinfo")["consensus"]["height"] == 2, 10,
+                     "node 3 on height 2")
+    finally:
+        if node3 is not None:
+            node3.kill()
+        net.close()

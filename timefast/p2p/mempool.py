@@ -1,0 +1,154 @@
+"""Transactions between peers (SPEC 7.3): the ``Tx``, ``GetPending`` and ``Pending``
+reactor.  It decides no ledger rule: transactions from peers go through the node's
+group commit like a wallet's, and it relays what the ledger accepted:
+
+- a ``Tx`` is submitted as relayed (its signatures are checked ahead on the group
+  commit's thread); once accepted it is relayed to every other peer (the ledger's
+  ``TxAccepted`` change), each transaction once;
+- an orphan whose parents were finalized or confirmed is submitted again;
+- ``GetPending`` is sent to each new peer and, for transactions still without
+  quorum, every ``FINALITY_TIMEOUT``; its answer carries the transactions and the
+  signed batches that vote on them (handed to the votes reactor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import orjson
+
+from timefast import wire
+from timefast.commits import GroupCommit
+from timefast.journal import Change, TxAccepted, TxConfirmed, TxFinalized
+from timefast.ledger import Ledger, LedgerError
+from timefast.p2p.link import RelayFilter
+from timefast.p2p.switch import Peer, Reactor, Switch
+from timefast.transaction import Transaction
+from timefast.transaction import parse as parse_tx
+
+log = logging.getLogger("timefast.p2p")
+
+ASK_LIMIT = 1000  # txids per GetPending sent for transactions without quorum
+
+
+class MempoolReactor(Reactor):
+    """Takes and relays transactions; asks peers for what lacks quorum."""
+
+    MESSAGES: ClassVar[tuple[type[wire.Message], ...]] = (
+        wire.Tx, wire.GetPending, wire.Pending)
+
+    def __init__(self, ledger: Ledger, commits: GroupCommit, switch: Switch,
+                 relay: RelayFilter, take_votes: Callable[[Peer, wire.Votes], None]
+                 ) -> None:
+        self.ledger = ledger
+        self.commits = commits
+        self.switch = switch
+        self.relay = relay
+        self.take_votes = take_votes
+        self.received = 0
+        self.relayed = 0
+        self.asked = 0
+        self._source: dict[str, Peer] = {}  # txid -> the peer it came from
+        self._ticker: asyncio.Task[None] | None = None
+        ledger.watch(self._changes)
+
+    def start(self) -> None:
+        """Ask again, every quarter of FINALITY_TIMEOUT, for what lacks quorum."""
+        self._ticker = asyncio.ensure_future(self._tick())
+
+    def stop(self) -> None:
+        """Stop asking."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+
+    def metrics(self) -> list[tuple[str, str, str, float | int]]:
+        """Transaction counters for ``/metrics``."""
+        return [
+            ("timefast_peer_tx_received_total", "counter", "Tx messages from peers",
+             self.received),
+            ("timefast_peer_tx_relayed_total", "counter", "Transactions relayed to peers",
+             self.relayed),
+            ("timefast_pending_asked_total", "counter",
+             "GetPending requests for transactions still without quorum", self.asked)]
+
+    def peer_up(self, peer: Peer, hello: wire.Hello) -> None:
+        """A new peer is asked for everything it holds pending."""
+        self.switch.send_to(peer, wire.GetPending(None))
+
+    def receive(self, peer: Peer, msg: wire.Message) -> None:
+        """A ``Tx``, ``GetPending`` or ``Pending`` from a peer."""
+        if isinstance(msg, wire.Tx):
+            self.received += 1
+            self._take_tx(peer, msg.tx)
+        elif isinstance(msg, wire.GetPending):
+            txs, batches = self.ledger.pending_for(
+                msg.txids, self.switch.max_message_bytes // 2)
+            self.switch.send_to(peer, wire.Pending(tuple(txs), tuple(batches)))
+        elif isinstance(msg, wire.Pending):
+            for tx in msg.txs:
+                self._take_tx(peer, tx)
+            for votes in msg.votes:
+                self.take_votes(peer, votes)
+        else:
+            self.refuse(msg)
+
+    def _take_tx(self, peer: Peer, tx: Transaction) -> None:
+        txid = tx.txid
+        if self.relay.tx_known(txid):
+            return
+        if txid in self._source or self.ledger.status_of(txid) is not None:
+            return  # on its way in, or known (pending, decided for good, confirmed)
+        self._source[txid] = peer
+
+        def done(_: Any, err: BaseException | None) -> None:
+            self._source.pop(txid, None)  # (the relay, on TxAccepted, has used it)
+            if err is None:
+                return
+            if isinstance(err, LedgerError) and "bad signature" in err.message:
+                self.switch.misbehaved(peer, f"transaction {txid}: {err.message}")
+            elif isinstance(err, LedgerError):
+                log.debug("peer %s: transaction %s not taken: %s", (peer.key or "?")[:16],
+                          txid, err.message)
+
+        self.commits.submit(lambda: self.ledger.submit(tx, relayed=True), done, tx)
+
+    def _changes(self, changes: list[Change]) -> None:
+        parents: list[str] = []
+        for c in changes:
+            if isinstance(c, TxAccepted):
+                source = self._source.pop(c.txid, None)
+                if self.relay.add_tx(c.txid):
+                    # Relayed whatever became of it since: one accepted and then
+                    # rejected (or finalized) within one group commit is no longer
+                    # pending when the commit is announced, and the other nodes must
+                    # still hear of it, to end it as this node did.
+                    tx = self.ledger.pending_tx(c.txid)
+                    if tx is None:
+                        tx = parse_tx(orjson.loads(c.raw))
+                    self.switch.broadcast(wire.Tx(tx), but=source)
+                    self.relayed += 1
+            elif isinstance(c, TxFinalized | TxConfirmed):
+                parents.append(c.txid)
+        if parents and self.ledger.has_orphans():
+            for tx in self.ledger.take_orphans(parents):
+                self._resubmit(tx)
+
+    def _resubmit(self, tx: Transaction) -> None:
+        """An orphan whose inputs appeared: submitted again (or kept again)."""
+        def done(_: Any, err: BaseException | None) -> None:
+            if err is not None and not (isinstance(err, LedgerError)
+                                        and err.code == "TX_ORPHAN"):
+                log.debug("orphan %s not taken: %s", tx.txid, err)
+        self.commits.submit(lambda: self.ledger.submit(tx, relayed=True), done, tx)
+
+    async def _tick(self) -> None:
+        period = max(0.05, min(1.0, self.ledger.finality_timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            due = self.ledger.overdue()
+            if due and self.switch.by_key:
+                self.asked += 1
+                self.switch.broadcast(wire.GetPending(tuple(due[:ASK_LIMIT])))
