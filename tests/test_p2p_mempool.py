@@ -72,10 +72,10 @@ def test_a_spend_accepted_and_rejected_in_one_commit_is_relayed_all_the_same(tmp
     pubs = [crypto.public_key_hex(k) for k in keys]
     led = Ledger(Store(tmp_path / "t.db"), "regtest", keys[0], pubs)
     owner, address = new_wallet()
-    coin = led.faucet(address, 5000)
+    coin = led.faucet.pay(address, 5000)
     led.sign_batch()  # its own vote, as the peer layer signs it
     for k in keys[1:3]:
-        led.submit_vote(batch_vote(led, k, coin, True))
+        led.votes.submit_vote(batch_vote(led, k, coin, True))
     assert led.status_of(coin) == "finalized"
     switch = Switch(led, keys[0], listen=None, advertise=None)
     # The reactor watches the ledger's commits from when it is built.
@@ -89,7 +89,7 @@ def test_a_spend_accepted_and_rejected_in_one_commit_is_relayed_all_the_same(tmp
         led.submit(mine.to_json())
         led.submit(theirs.to_json(), relayed=True)
         for k in keys[1:4]:
-            led.submit_vote(batch_vote(led, k, theirs.txid, True))
+            led.votes.submit_vote(batch_vote(led, k, theirs.txid, True))
     assert led.status_of(mine.txid) == "rejected"
     relayed = {m.tx.txid for m in map(wire.parse, sent) if isinstance(m, wire.Tx)}
     assert mine.txid in relayed

@@ -162,28 +162,28 @@ class Node:
         # One group commit for every caller: wallets, the RPC and the timers.
         self.commits = GroupCommit(self.ledger, asyncio.get_running_loop(), s.commit_batch,
                                    NETWORK_COMMIT_INTERVAL if self.ledger.networked else 0.0)
+        listen = p2p_listen(s, self.ledger.public_key)
+        if listen is not None or self.ledger.networked:
+            self._build_peers(key, listen)  # built now, started once the wallets listen
+        source = LedgerSource(
+            self.ledger, self.commits,
+            peer_info=None if self.peers is None else self.peers.peer_info,
+            extra_metrics=None if self.peers is None else self._network_metrics)
         self.wallets = WalletServer(self.ledger, limits, max_connections=s.max_connections,
                                     max_connections_per_ip=s.max_connections_per_ip,
                                     heartbeat_interval=s.heartbeat_interval, origins=origins,
                                     commits=self.commits, open_timeout=s.open_timeout,
-                                    close_timeout=s.close_timeout)
+                                    close_timeout=s.close_timeout, source=source)
         ctx = None
         if s.tls_cert and s.tls_key:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(s.tls_cert, s.tls_key)
         self.ws_addresses = await self.wallets.listen(*s.ws_addr, ssl_context=ctx)
-        listen = p2p_listen(s, self.ledger.public_key)
-        if listen is not None or self.ledger.networked:
-            self._build_peers(key, listen)
-            assert self.peers is not None
+        if self.peers is not None:
             await self.peers.start(s.peers or ())
             if self.rounds is not None:
                 self.rounds.start()
             self.p2p_addresses = self.peers.addresses
-            source = self.wallets.source
-            assert isinstance(source, LedgerSource)
-            source.extra_metrics = self._network_metrics
-            source.peer_info = self.peers.peer_info
         auth = (s.rpc_user, s.rpc_password) if s.rpc_user and s.rpc_password else None
         dispatcher = RpcDispatcher(self.ledger, extra_info=self._extra_info,
                                    peers=self.peers, rounds=self.rounds)

@@ -103,16 +103,18 @@ class WalletSource(ABC):
 class LedgerSource(WalletSource):
     """The masternode's own ledger: answers at once, submissions by group commit."""
 
-    def __init__(self, ledger: Ledger, commits: GroupCommit | None = None) -> None:
+    def __init__(self, ledger: Ledger, commits: GroupCommit | None = None, *,
+                 peer_info: Callable[[], list[dict[str, Any]]] | None = None,
+                 extra_metrics: Callable[[], list[Gauge]] | None = None) -> None:
+        """``peer_info``: getpeerinfo's rows for /status; ``extra_metrics``: more
+        gauges and counters for /metrics (a node with peers has both)."""
         self.ledger = ledger
         self.commits = commits
         self.network = ledger.network
         self.public_key = ledger.public_key
         self.address = ledger.address
-        # Set by the node when it has peers: getpeerinfo's rows for /status, and more
-        # gauges and counters for /metrics.
-        self.peer_info: Callable[[], list[dict[str, Any]]] | None = None
-        self.extra_metrics: Callable[[], list[Gauge]] | None = None
+        self.peer_info = peer_info
+        self.extra_metrics = extra_metrics
 
     def listen(self, fn: Listener) -> None:
         self.ledger.listen(fn)
