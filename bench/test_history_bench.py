@@ -24,6 +24,7 @@ from bench import report
 from tests.helpers import ledger_with_coins, new_wallet
 from timefast import crypto
 from timefast.ledger import Ledger
+from timefast.ledger.index import AddressIndex
 from timefast.storage import Store
 from timefast.transaction import build
 
@@ -83,7 +84,7 @@ def _rate(path: Path, indexed: bool) -> float:
     txs = [build([(*coins[i], ka)], [(payees[i % 16], 600), (a, 400)], timestamp=i)
            for i in range(PAYMENTS)]
     if not indexed:
-        Ledger._index = lambda self, s, tx, spent: None  # type: ignore[method-assign]
+        AddressIndex.add = lambda self, s, tx, spent: None  # type: ignore[method-assign]
     start = time.perf_counter()
     for i in range(0, len(txs), BATCH):
         with led.batch():

@@ -6,7 +6,7 @@ nothing flushed or closed.  The points are the edges where a masternode's votes
 become durable before they leave (SPEC 7.4, 7.5):
 
 - ``approval``: own votes decided (their transactions stored), the batch that will
-  hold them not yet signed or stored (``Ledger.sign_batch``);
+  hold them not yet signed or stored (``ledger.votes.Votes.sign_batch``);
 - ``batch``: the batch signed and its rows written in the open transaction, not yet
   committed.  The batch, its number (the highest stored) and its approvals are one
   commit: ``batch`` is that commit's near side, ``send`` its far side;

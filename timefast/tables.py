@@ -9,7 +9,7 @@ state.  A step that fails merges nothing, so it needs no savepoint.
 Invariant: for every key staged in the batch's ``Rows``, the staged row is newer
 than the database's; for any other key the database is current.  Keyed reads
 (``tx_status``, ``utxo``, ``has_vote``) answer from the staged rows first; other
-reads write the staged rows out first (``Ledger._flush_staged``).
+reads write the staged rows out first (``ledger.work.Work.flush_staged``).
 """
 
 from __future__ import annotations
