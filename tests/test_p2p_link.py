@@ -34,9 +34,9 @@ TIP = "cd" * 32
 H = "ef" * 32
 
 
-def make(i: int, outbound: bool, now: float = 0.0, network: bytes = NET,
+def make(i: int, outbound: bool, now: float = 0.0, network_id: bytes = NET,
          **kw: Any) -> Link:
-    return Link(KEYS[i], network, MASTERNODES, outbound=outbound, now=now, height=4, tip=TIP,
+    return Link(KEYS[i], network_id, MASTERNODES, outbound=outbound, now=now, height=4, tip=TIP,
                 listen=f"127.0.0.1:{24200 + i}", **kw)
 
 
@@ -115,7 +115,7 @@ def test_start_height_from_a_masternode_is_received():
 
 def test_other_network_is_refused_on_both_sides():
     other = wire.network_id("ab" * 32, PUBS)
-    a, b = make(0, True, network=other), make(1, False)
+    a, b = make(0, True, network_id=other), make(1, False)
     ea, eb = pump(a, b, 0.0)
     assert closed_with(ea) == (1008, True)
     assert closed_with(eb) == (1008, True)
@@ -123,7 +123,7 @@ def test_other_network_is_refused_on_both_sides():
     # Refused at the Hello: no Auth is signed for another network.
     c = make(1, False)
     c.data_to_send()
-    c.receive(hello_of(make(0, True, network=other)), 0.0)
+    c.receive(hello_of(make(0, True, network_id=other)), 0.0)
     assert c.data_to_send() == []
     assert closed_with(c.events_received()) == (1008, True)
 

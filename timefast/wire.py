@@ -324,13 +324,13 @@ class Votes:
             raise ParseError("Votes.votes names a txid twice")
         return cls(voter, batch, tuple(votes), _sig(d, "signature", w))
 
-    def signed_bytes(self, network: bytes) -> bytes:
+    def signed_bytes(self, network_id: bytes) -> bytes:
         """What ``signature`` signs."""
-        return votes_bytes(network, self.voter, self.batch, self.votes)
+        return votes_bytes(network_id, self.voter, self.batch, self.votes)
 
-    def content_hash(self, network: bytes) -> bytes:
+    def content_hash(self, network_id: bytes) -> bytes:
         """SHA3-256 of the signed bytes: tells two batches under one number apart."""
-        return sha3(self.signed_bytes(network))
+        return sha3(self.signed_bytes(network_id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,9 +439,9 @@ class Proposal:
                    Block.from_data(_get(d, "block", w), w + ".block"), certs,
                    _sig(d, "signature", w))
 
-    def signed_bytes(self, network: bytes) -> bytes:
+    def signed_bytes(self, network_id: bytes) -> bytes:
         """What ``signature`` signs."""
-        return proposal_bytes(network, self.height, self.round, self.valid_round,
+        return proposal_bytes(network_id, self.height, self.round, self.valid_round,
                               self.block.hash)
 
 
@@ -461,9 +461,9 @@ class _BftVote:
         return {"height": self.height, "round": self.round, "block_hash": self.block_hash,
                 "voter": self.voter, "signature": self.signature}
 
-    def signed_bytes(self, network: bytes) -> bytes:
+    def signed_bytes(self, network_id: bytes) -> bytes:
         """What ``signature`` signs."""
-        return bft_bytes(network, self.STEP, self.height, self.round, self.block_hash)
+        return bft_bytes(network_id, self.STEP, self.height, self.round, self.block_hash)
 
     @staticmethod
     def _fields(d: dict[str, Any], w: str) -> tuple[int, int, str | None, str, str]:
@@ -656,42 +656,43 @@ def encode(msg: Message) -> bytes:
 
 # -- signed bytes (SPEC 7.2, 7.4, 7.5) -------------------------------------------------
 
-def auth_bytes(network: bytes, peer_nonce: bytes, public_key: bytes) -> bytes:
+def auth_bytes(network_id: bytes, peer_nonce: bytes, public_key: bytes) -> bytes:
     """``b"TIMEP2P/1" + network_id + peer's nonce + own public_key``."""
-    return b"TIMEP2P/1" + network + peer_nonce + public_key
+    return b"TIMEP2P/1" + network_id + peer_nonce + public_key
 
 
-def addr_bytes(network: bytes, public_key: str, listen: str, timestamp: int) -> bytes:
+def addr_bytes(network_id: bytes, public_key: str, listen: str, timestamp: int) -> bytes:
     """``b"TIMEADDR/1" + network_id + public_key + listen ASCII + timestamp i64``."""
-    return (b"TIMEADDR/1" + network + bytes.fromhex(public_key) + listen.encode("ascii")
+    return (b"TIMEADDR/1" + network_id + bytes.fromhex(public_key) + listen.encode("ascii")
             + struct.pack("<q", timestamp))
 
 
-def votes_bytes(network: bytes, voter: str, batch: int,
+def votes_bytes(network_id: bytes, voter: str, batch: int,
                 votes: Iterable[tuple[str, bool]]) -> bytes:
     """``b"TIMEVOTES/1" + network_id + voter + batch u64 + count u32`` + per vote
     ``txid (32 bytes) + approve u8``."""
     votes = tuple(votes)
-    parts = [b"TIMEVOTES/1", network, bytes.fromhex(voter), struct.pack("<QI", batch, len(votes))]
+    parts = [b"TIMEVOTES/1", network_id, bytes.fromhex(voter),
+             struct.pack("<QI", batch, len(votes))]
     for txid, approve in votes:
         parts.append(bytes.fromhex(txid))
         parts.append(b"\x01" if approve else b"\x00")
     return b"".join(parts)
 
 
-def proposal_bytes(network: bytes, height: int, round_: int, valid_round: int,
+def proposal_bytes(network_id: bytes, height: int, round_: int, valid_round: int,
                    block_hash: str) -> bytes:
     """``b"TIMEPROPOSAL/1" + network_id + height u64 + round u32 + valid_round i32 +
     block hash``."""
-    return (b"TIMEPROPOSAL/1" + network + struct.pack("<QIi", height, round_, valid_round)
+    return (b"TIMEPROPOSAL/1" + network_id + struct.pack("<QIi", height, round_, valid_round)
             + bytes.fromhex(block_hash))
 
 
-def bft_bytes(network: bytes, step: int, height: int, round_: int,
+def bft_bytes(network_id: bytes, step: int, height: int, round_: int,
               block_hash: str | None) -> bytes:
     """``b"TIMEBFT/1" + network_id + step u8 + height u64 + round u32 + block hash``
     (32 zero bytes for nil); step 1 prevote, 2 precommit."""
-    return (b"TIMEBFT/1" + network + struct.pack("<BQI", step, height, round_)
+    return (b"TIMEBFT/1" + network_id + struct.pack("<BQI", step, height, round_)
             + (ZERO_HASH if block_hash is None else bytes.fromhex(block_hash)))
 
 
@@ -706,95 +707,95 @@ def _check(public_key: bytes, message: bytes, signature: str, what: str) -> None
         raise BadSignature(f"{what}: signature does not verify")
 
 
-def sign_auth(key: SigningKey, network: bytes, peer_nonce: bytes) -> Auth:
+def sign_auth(key: SigningKey, network_id: bytes, peer_nonce: bytes) -> Auth:
     """Our ``Auth`` for a peer whose ``Hello`` carried ``peer_nonce``."""
-    return Auth(key.sign(auth_bytes(network, peer_nonce, _pub(key))).signature.hex())
+    return Auth(key.sign(auth_bytes(network_id, peer_nonce, _pub(key))).signature.hex())
 
 
-def verify_auth(auth: Auth, network: bytes, own_nonce: bytes, peer_key: str) -> None:
+def verify_auth(auth: Auth, network_id: bytes, own_nonce: bytes, peer_key: str) -> None:
     """Check a peer's ``Auth``: signed by ``peer_key`` over the nonce we sent."""
     peer = bytes.fromhex(peer_key)
-    _check(peer, auth_bytes(network, own_nonce, peer), auth.signature, "Auth")
+    _check(peer, auth_bytes(network_id, own_nonce, peer), auth.signature, "Auth")
 
 
-def sign_addr(key: SigningKey, network: bytes, listen: str, timestamp: int) -> Addr:
+def sign_addr(key: SigningKey, network_id: bytes, listen: str, timestamp: int) -> Addr:
     """An ``Addr`` record saying that ``key`` listens at ``listen``."""
     pub = _pub(key).hex()
-    sig = key.sign(addr_bytes(network, pub, listen, timestamp)).signature.hex()
+    sig = key.sign(addr_bytes(network_id, pub, listen, timestamp)).signature.hex()
     return Addr(pub, listen, timestamp, sig)
 
 
-def verify_addr(addr: Addr, network: bytes) -> None:
+def verify_addr(addr: Addr, network_id: bytes) -> None:
     """Check an ``Addr`` record's signature by its own ``public_key``."""
     _check(bytes.fromhex(addr.public_key),
-           addr_bytes(network, addr.public_key, addr.listen, addr.timestamp),
+           addr_bytes(network_id, addr.public_key, addr.listen, addr.timestamp),
            addr.signature, "Addr")
 
 
-def sign_votes(key: SigningKey, network: bytes, batch: int,
+def sign_votes(key: SigningKey, network_id: bytes, batch: int,
                votes: Iterable[tuple[str, bool]]) -> Votes:
     """A signed batch of ``(txid, approve)`` votes numbered ``batch``."""
     votes = tuple(votes)
     voter = _pub(key).hex()
-    sig = key.sign(votes_bytes(network, voter, batch, votes)).signature.hex()
+    sig = key.sign(votes_bytes(network_id, voter, batch, votes)).signature.hex()
     return Votes(voter, batch, votes, sig)
 
 
-def votes_check(votes: Votes, network: bytes) -> tuple[bytes, bytes, bytes]:
+def votes_check(votes: Votes, network_id: bytes) -> tuple[bytes, bytes, bytes]:
     """``(public key, message, signature)`` of a batch, for ``crypto.verify_batch``
     (many batches checked at once, off the event loop)."""
-    return (bytes.fromhex(votes.voter), votes.signed_bytes(network),
+    return (bytes.fromhex(votes.voter), votes.signed_bytes(network_id),
             bytes.fromhex(votes.signature))
 
 
-def verify_votes(votes: Votes, network: bytes) -> None:
+def verify_votes(votes: Votes, network_id: bytes) -> None:
     """Check a vote batch's signature by its ``voter``."""
-    _check(bytes.fromhex(votes.voter), votes.signed_bytes(network), votes.signature, "Votes")
+    _check(bytes.fromhex(votes.voter), votes.signed_bytes(network_id), votes.signature, "Votes")
 
 
-def sign_proposal(key: SigningKey, network: bytes, height: int, round_: int,
+def sign_proposal(key: SigningKey, network_id: bytes, height: int, round_: int,
                   valid_round: int, block: Block,
                   certificates: Iterable[Votes] = ()) -> Proposal:
     """A signed ``Proposal`` of ``block`` for (height, round)."""
-    sig = key.sign(proposal_bytes(network, height, round_, valid_round, block.hash))
+    sig = key.sign(proposal_bytes(network_id, height, round_, valid_round, block.hash))
     return Proposal(height, round_, valid_round, block, tuple(certificates),
                     sig.signature.hex())
 
 
-def verify_proposal(proposal: Proposal, network: bytes, proposer: str) -> None:
+def verify_proposal(proposal: Proposal, network_id: bytes, proposer: str) -> None:
     """Check a ``Proposal``'s signature by ``proposer`` (the proposer of its height and
     round, SPEC 7.5: the message does not name its signer)."""
-    _check(bytes.fromhex(proposer), proposal.signed_bytes(network), proposal.signature,
+    _check(bytes.fromhex(proposer), proposal.signed_bytes(network_id), proposal.signature,
            "Proposal")
 
 
-def sign_prevote(key: SigningKey, network: bytes, height: int, round_: int,
+def sign_prevote(key: SigningKey, network_id: bytes, height: int, round_: int,
                  block_hash: str | None) -> Prevote:
     """A signed ``Prevote`` for ``block_hash`` (None: nil)."""
-    sig = key.sign(bft_bytes(network, STEP_PREVOTE, height, round_, block_hash))
+    sig = key.sign(bft_bytes(network_id, STEP_PREVOTE, height, round_, block_hash))
     return Prevote(height, round_, block_hash, _pub(key).hex(), sig.signature.hex())
 
 
-def sign_precommit(key: SigningKey, network: bytes, height: int, round_: int,
+def sign_precommit(key: SigningKey, network_id: bytes, height: int, round_: int,
                    block_hash: str | None) -> Precommit:
     """A signed ``Precommit`` for ``block_hash`` (None: nil)."""
-    sig = key.sign(bft_bytes(network, STEP_PRECOMMIT, height, round_, block_hash))
+    sig = key.sign(bft_bytes(network_id, STEP_PRECOMMIT, height, round_, block_hash))
     return Precommit(height, round_, block_hash, _pub(key).hex(), sig.signature.hex())
 
 
-def verify_bft(vote: Prevote | Precommit, network: bytes) -> None:
+def verify_bft(vote: Prevote | Precommit, network_id: bytes) -> None:
     """Check a ``Prevote``'s or ``Precommit``'s signature by its ``voter``."""
-    _check(bytes.fromhex(vote.voter), vote.signed_bytes(network), vote.signature, vote.TYPE)
+    _check(bytes.fromhex(vote.voter), vote.signed_bytes(network_id), vote.signature, vote.TYPE)
 
 
-def verify_commit(block: Block, network: bytes) -> list[str]:
+def verify_commit(block: Block, network_id: bytes) -> list[str]:
     """The voters of ``block.commit`` whose precommits for its hash verify; raises
     ``BadSignature`` at the first that does not (whether they make q of the voting
     set is the chain's rule)."""
     voters = []
     for c in block.commit or ():
         _check(bytes.fromhex(c.voter),
-               bft_bytes(network, STEP_PRECOMMIT, block.height, c.round, block.hash),
+               bft_bytes(network_id, STEP_PRECOMMIT, block.height, c.round, block.hash),
                c.signature, "commit")
         voters.append(c.voter)
     return voters

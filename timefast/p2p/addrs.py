@@ -27,7 +27,7 @@ class AddrReactor(Reactor):
 
     def __init__(self, switch: Switch) -> None:
         self.switch = switch
-        self.addrs = AddrBook(switch.network, switch.masternodes)
+        self.addrs = AddrBook(switch.network_id, switch.masternodes)
         self._own_addr: wire.Addr | None = None
         self._ticker: asyncio.Task[None] | None = None
 
@@ -61,7 +61,7 @@ class AddrReactor(Reactor):
     def _sign_addr(self) -> None:
         advertise = self.switch.advertise
         assert advertise is not None
-        self._own_addr = wire.sign_addr(self.switch.key, self.switch.network, advertise,
+        self._own_addr = wire.sign_addr(self.switch.key, self.switch.network_id, advertise,
                                         int(time.time()))
         self.addrs.offer(self._own_addr, time.time(), checked=True)
 

@@ -46,7 +46,7 @@ class ConsensusReactor(Reactor):
         self.switch = switch
         self.driver = driver
         self.ask_blocks = ask_blocks
-        self.network = ledger.network_id
+        self.network_id = ledger.network_id
         self.masternodes = frozenset(ledger.masternodes)
         self.seen: set[tuple[Any, ...]] = set()  # consensus messages relayed already
         # (kind, height, round, signer, block hash) -> the signed message as evidence
@@ -101,7 +101,7 @@ class ConsensusReactor(Reactor):
         if proposer is None or self._skip(peer, p.height):
             return
         try:
-            wire.verify_proposal(p, self.network, proposer)
+            wire.verify_proposal(p, self.network_id, proposer)
         except wire.BadSignature as e:
             self.switch.misbehaved(peer, str(e))
             return
@@ -121,7 +121,7 @@ class ConsensusReactor(Reactor):
         if self.driver.machine is None or self._skip(peer, v.height):
             return
         try:
-            wire.verify_bft(v, self.network)
+            wire.verify_bft(v, self.network_id)
         except wire.BadSignature as e:
             self.switch.misbehaved(peer, str(e))
             return

@@ -102,7 +102,7 @@ def link_stays(dialer: str, accepter: str) -> bool:
 class Link:
     """The protocol state of one peer link (see the module docstring)."""
 
-    def __init__(self, key: SigningKey, network: bytes, masternodes: Collection[str], *,
+    def __init__(self, key: SigningKey, network_id: bytes, masternodes: Collection[str], *,
                  outbound: bool, now: float, height: int, tip: str, listen: str | None,
                  expected_key: str | None = None,
                  max_message_bytes: int = MAX_P2P_MESSAGE_BYTES,
@@ -113,7 +113,7 @@ class Link:
         an ``Addr``), refused if the peer shows another."""
         self.key = key
         self.public_key = key.verify_key.encode().hex()
-        self.network = network
+        self.network_id = network_id
         self.masternodes = frozenset(k.lower() for k in masternodes)
         self.outbound = outbound
         self.expected_key = expected_key.lower() if expected_key else None
@@ -131,7 +131,7 @@ class Link:
         self._next_ping = 0.0
         self._ping_nonce = 0
         self._ping_sent_at: float | None = None
-        self._queue(Hello(PROTOCOL_VERSION, network.hex(), self.public_key, self.nonce.hex(),
+        self._queue(Hello(PROTOCOL_VERSION, network_id.hex(), self.public_key, self.nonce.hex(),
                           height, tip, listen))
 
     # -- what the caller reads -----------------------------------------------------
@@ -267,7 +267,7 @@ class Link:
     def _receive_hello(self, hello: Hello) -> None:
         if hello.version != PROTOCOL_VERSION:
             self._fail(f"protocol version {hello.version}, expected {PROTOCOL_VERSION}")
-        elif hello.network_id != self.network.hex():
+        elif hello.network_id != self.network_id.hex():
             self._fail(f"another network {hello.network_id}")
         elif hello.public_key == self.public_key:
             self._close(CLOSE_NORMAL, "connected to self")
@@ -276,12 +276,12 @@ class Link:
         else:
             self.peer_hello = hello
             self._state = _AUTH_WAIT
-            self._queue(wire.sign_auth(self.key, self.network, bytes.fromhex(hello.nonce)))
+            self._queue(wire.sign_auth(self.key, self.network_id, bytes.fromhex(hello.nonce)))
 
     def _receive_auth(self, auth: Auth, now: float) -> None:
         assert self.peer_hello is not None  # _AUTH_WAIT is entered with it
         try:
-            wire.verify_auth(auth, self.network, self.nonce, self.peer_hello.public_key)
+            wire.verify_auth(auth, self.network_id, self.nonce, self.peer_hello.public_key)
         except wire.BadSignature as e:
             self._fail(str(e))
             return
@@ -303,7 +303,7 @@ class Link:
             self._fail("second Auth")
         elif isinstance(msg, Addr):
             try:
-                wire.verify_addr(msg, self.network)
+                wire.verify_addr(msg, self.network_id)
             except wire.BadSignature as e:
                 self._fail(str(e))
                 return
@@ -344,10 +344,10 @@ class RelayFilter:
     the ledger remembers the rest.
     """
 
-    def __init__(self, network: bytes, max_txids: int = 262_144,
+    def __init__(self, network_id: bytes, max_txids: int = 262_144,
                  max_batches: int = 65_536) -> None:
         """``network``: the network id (batch content hashes bind it)."""
-        self.network = network
+        self.network_id = network_id
         self.max_txids = max_txids
         self.max_batches = max_batches
         self._txids: dict[str, None] = {}
@@ -371,7 +371,7 @@ class RelayFilter:
     def votes_known(self, votes: Votes) -> bool:
         """Whether this very batch (voter, number and content) was relayed already."""
         seen = self._batches.get((votes.voter, votes.batch))
-        return seen is not None and votes.content_hash(self.network) in seen
+        return seen is not None and votes.content_hash(self.network_id) in seen
 
     def add_votes(self, votes: Votes) -> tuple[bool, Equivocation | None]:
         """Record a batch whose signature verified. Returns (new: relay it,
@@ -379,7 +379,7 @@ class RelayFilter:
         same (voter, batch); that batch is new too and is relayed, so every node sees
         both."""
         key = (votes.voter, votes.batch)
-        content = votes.content_hash(self.network)
+        content = votes.content_hash(self.network_id)
         seen = self._batches.get(key)
         if seen is None:
             self._batches[key] = {content: votes}
@@ -402,11 +402,11 @@ class AddrBook:
     so a node re-signs its own record more often than ``max_age``.
     """
 
-    def __init__(self, network: bytes, masternodes: Collection[str], *,
+    def __init__(self, network_id: bytes, masternodes: Collection[str], *,
                  max_records: int = 1024, max_future: float = 600.0,
                  max_age: float = 86_400.0) -> None:
         """``network``: the network id the records are signed for."""
-        self.network = network
+        self.network_id = network_id
         self.masternodes = frozenset(k.lower() for k in masternodes)
         self.max_records = max_records
         self.max_future = max_future
@@ -423,7 +423,7 @@ class AddrBook:
         if held is not None and held.timestamp >= addr.timestamp:
             return False
         if not checked:
-            wire.verify_addr(addr, self.network)
+            wire.verify_addr(addr, self.network_id)
         self._records[addr.public_key] = addr
         if held is None and addr.public_key not in self.masternodes:
             others = [a for a in self._records.values()

@@ -98,7 +98,7 @@ class Switch:
         self.ledger = ledger
         self.key = key
         self.public_key = ledger.public_key
-        self.network = ledger.network_id
+        self.network_id = ledger.network_id
         self.masternodes = frozenset(ledger.masternodes)
         self.listen_addr = listen
         self.advertise = advertise
@@ -281,7 +281,7 @@ class Switch:
                      expected: str | None = None) -> bool:
         """Serve one connection until it closes; True if it authenticated."""
         loop = asyncio.get_running_loop()
-        link = Link(self.key, self.network, self.masternodes, outbound=not inbound,
+        link = Link(self.key, self.network_id, self.masternodes, outbound=not inbound,
                     now=loop.time(), height=self.ledger.height, tip=self.ledger.tip,
                     listen=self.advertise, expected_key=expected,
                     max_message_bytes=self.max_message_bytes)

@@ -102,7 +102,7 @@ class VotesReactor(Reactor):
         if not batch:
             return
         self._checking = True
-        items = [wire.votes_check(v, self.switch.network) for _, v in batch]
+        items = [wire.votes_check(v, self.switch.network_id) for _, v in batch]
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self._checker, verify_batch, items)
 
