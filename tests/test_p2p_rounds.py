@@ -183,7 +183,7 @@ def test_the_precommit_crash_point_is_a_fresh_lock_not_a_restored_precommit(tmp_
         (proposal,) = [m for m in sent if isinstance(m, wire.Proposal)]
         assert r.machine is not None and reached == []
         for voter in (pubs[2], pubs[3]):
-            r._apply(r.machine.on_message(consensus.Prevote(1, 0, proposal.block.hash, voter)))
+            r._carry_out(r.machine.on_message(consensus.Prevote(1, 0, proposal.block.hash, voter)))
         r.close()
         stores[-1].close()
         return proposal.block.hash

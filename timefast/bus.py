@@ -112,7 +112,7 @@ class Publisher:
 
     def start(self) -> None:
         """Start publishing in the background."""
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = asyncio.get_running_loop().create_task(self._publish_forever())
 
     async def close(self) -> None:
         """Stop publishing (what the stream lacks is published at the next start)."""
@@ -138,7 +138,7 @@ class Publisher:
         return {"stream": self.stream, "connected": self.connected,
                 "published_seq": self.acked}
 
-    async def _run(self) -> None:
+    async def _publish_forever(self) -> None:
         failed = False
         while True:
             try:

@@ -347,7 +347,7 @@ class WalletClient:
     async def start(self) -> None:
         """Start connecting (once) and wait until the client is in sync."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task = asyncio.get_running_loop().create_task(self._run_forever())
         await self._wait_ready()
 
     async def _wait_ready(self) -> None:
@@ -505,11 +505,11 @@ class WalletClient:
             if self.seq is not None and seq <= self.seq:
                 return  # had it already
             if isinstance(ev, UtxoStateChange):
-                self._apply(ev)
+                self._track_coin(ev)
             self.seq = seq
         self._emit(ev)
 
-    def _apply(self, ev: UtxoStateChange) -> None:
+    def _track_coin(self, ev: UtxoStateChange) -> None:
         utxos = self.state.setdefault(ev.address, {})
         known = utxos.get(ev.outpoint)
         if known is not None and known.as_of >= ev.seq:
@@ -554,7 +554,7 @@ class WalletClient:
 
     # -- the connection loop -------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _run_forever(self) -> None:
         try:
             await self._connections()
         finally:

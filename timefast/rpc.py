@@ -607,7 +607,7 @@ class RpcConnection(asyncio.Protocol):
             self._continue()
             self._update_reading()
 
-        self._run(body, reply)
+        self._dispatch_body(body, reply)
         self._update_reading()
 
     def _upgrade(self) -> None:
@@ -623,7 +623,7 @@ class RpcConnection(asyncio.Protocol):
         self._arm(self.limits.idle_timeout)
         self._feed_ws()
 
-    def _run(self, body: bytes, reply: Callable[[bytes | None], None]) -> None:
+    def _dispatch_body(self, body: bytes, reply: Callable[[bytes | None], None]) -> None:
         """Answer one JSON-RPC body, in the next group commit when there is one."""
         self.in_flight += 1
         self._disarm_if_busy()
@@ -693,7 +693,7 @@ class RpcConnection(asyncio.Protocol):
             ws.fail(e.code, e.reason)
             return
         if message is not None and message[0] is Opcode.TEXT:
-            self._run(message[1], self._ws_reply)
+            self._dispatch_body(message[1], self._ws_reply)
 
     def _ws_reply(self, out: bytes | None) -> None:
         if self.ws is not None and out is not None and self.ws.state is State.OPEN:

@@ -61,11 +61,11 @@ class Checkpointer:
         # time and refuses a second at once, so the writer's restart waits here.
         self.lock = threading.Lock()
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._thread = threading.Thread(target=self._run, name="timefast-checkpoint",
+        self._thread = threading.Thread(target=self._checkpoint_forever, name="timefast-checkpoint",
                                         daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
+    def _checkpoint_forever(self) -> None:
         failing = False
         while not self._stop.wait(self.interval):
             try:

@@ -97,7 +97,7 @@ class RoundDriver:
         record = self.privval.restore()
         if record is not None and record.height == self.ledger.height + 1:
             log.info("consensus resumes height %d round %d", record.height, record.round)
-            self._apply(self.machine.restore(record))
+            self._carry_out(self.machine.restore(record))
             return
         self._plan_height()
 
@@ -158,7 +158,7 @@ class RoundDriver:
         for fn in self._height_watchers:
             fn(height)
         self._pending_decision = None
-        self._apply(m.start_height(height))
+        self._carry_out(m.start_height(height))
 
     def follow(self, height: int) -> None:
         """A peer sent a message of ``height``, the next one: on regtest without a
@@ -199,7 +199,7 @@ class RoundDriver:
             return False
         return True
 
-    def _apply(self, out: Output) -> None:
+    def _carry_out(self, out: Output) -> None:
         """Carry out an Output in its order: persist, send, schedule, decide."""
         if out.persist is not None:
             # Synced to disk before anything signed leaves: after a restart the same
@@ -248,7 +248,7 @@ class RoundDriver:
 
     def _timeout(self, t: Timeout) -> None:
         if self.machine is not None and not self._closed:
-            self._apply(self.machine.on_timeout(t.kind, t.height, t.round))
+            self._carry_out(self.machine.on_timeout(t.kind, t.height, t.round))
 
     def _decide(self, d: Decision) -> None:
         entry = self.blocks.get(d.block_hash)
@@ -315,7 +315,7 @@ class RoundDriver:
             return
         if p.block.hash not in self.blocks and len(self.blocks) < KEPT_BLOCKS:
             self.blocks[p.block.hash] = (p.block, tuple(p.certificates))
-        self._apply(m.on_message(consensus.Proposal(p.height, p.round, p.valid_round,
+        self._carry_out(m.on_message(consensus.Proposal(p.height, p.round, p.valid_round,
                                                      p.block.hash, proposer)))
         if self._pending_decision is not None \
                 and self._pending_decision.block_hash == p.block.hash:
@@ -330,10 +330,10 @@ class RoundDriver:
         if isinstance(v, wire.Precommit):
             self.signatures.setdefault((v.height, v.round, v.voter, v.block_hash),
                                        v.signature)
-            self._apply(m.on_message(consensus.Precommit(v.height, v.round, v.block_hash,
+            self._carry_out(m.on_message(consensus.Precommit(v.height, v.round, v.block_hash,
                                                           v.voter)))
         else:
-            self._apply(m.on_message(consensus.Prevote(v.height, v.round, v.block_hash,
+            self._carry_out(m.on_message(consensus.Prevote(v.height, v.round, v.block_hash,
                                                         v.voter)))
 
     # -- regtest ---------------------------------------------------------------------------
