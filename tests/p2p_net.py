@@ -16,9 +16,9 @@ from timefast.transaction import build
 from .network import Network
 
 
-def four_network(tmp_path):
-    """Four masternodes started and linked (a test's ``four`` fixture), closed after."""
-    net = Network(tmp_path, 4)
+def four_network(tmp_path, **settings):
+    """Four masternodes started and linked (the ``four`` fixtures), closed after."""
+    net = Network(tmp_path, 4, **settings)
     try:
         yield net.start()
     finally:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import urllib.request
 
-import pytest
-
 from timefast import wire
 
 from .network import Network, free_ports
@@ -17,19 +15,8 @@ from .p2p_net import (
 )
 
 
-@pytest.fixture
-def four(tmp_path):
-    # generate(k) gives up after FINALITY_TIMEOUT x k: a round of a dead proposer
-    # costs TIMEOUT_PROPOSE (3 s), more than the harness's 2 s a block.
-    net = Network(tmp_path, 4, FINALITY_TIMEOUT=10)
-    try:
-        yield net.start()
-    finally:
-        net.close()
-
-
-def test_a_node_down_for_20_blocks_catches_up_and_takes_part_again(four):
-    net = four
+def test_a_node_down_for_20_blocks_catches_up_and_takes_part_again(four_generating):
+    net = four_generating
     net.kill(3)
     for _ in range(4):
         net.rpc(0, "generate", 5)
@@ -46,8 +33,8 @@ def test_a_node_down_for_20_blocks_catches_up_and_takes_part_again(four):
     assert net.pubs[3] in {c["voter"] for c in commit}
 
 
-def test_blocks_with_a_forged_commit_or_a_greedy_coinbase_are_refused_and_counted(four):
-    net = four
+def test_blocks_with_a_forged_commit_or_a_greedy_coinbase_are_refused_and_counted(four_generating):
+    net = four_generating
     net.kill(3)
     net.rpc(0, "generate", 1)
     good = net.rpc(0, "getblock", 1) | {"txs": []}

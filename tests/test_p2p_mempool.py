@@ -5,18 +5,10 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-
 from timefast import crypto, wire
 from timefast.transaction import build
 
 from .helpers import new_wallet, rpc
-from .p2p_net import four_network
-
-
-@pytest.fixture
-def four(tmp_path):
-    yield from four_network(tmp_path)
 
 
 def test_conflicting_spends_at_two_nodes_never_both_finalize(four):

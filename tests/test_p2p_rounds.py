@@ -7,8 +7,6 @@ import itertools
 import statistics
 import time
 
-import pytest
-
 from timefast import crypto, wire
 from timefast.transaction import build
 
@@ -19,19 +17,8 @@ from .p2p_net import (
 )
 
 
-@pytest.fixture
-def four(tmp_path):
-    # generate(k) gives up after FINALITY_TIMEOUT x k: a round of a dead proposer
-    # costs TIMEOUT_PROPOSE (3 s), more than the harness's 2 s a block.
-    net = Network(tmp_path, 4, FINALITY_TIMEOUT=10)
-    try:
-        yield net.start()
-    finally:
-        net.close()
-
-
-def test_generate_commits_blocks_on_every_node_with_their_commits(four):
-    net = four
+def test_generate_commits_blocks_on_every_node_with_their_commits(four_generating):
+    net = four_generating
     key, _, coin = net.fund(0, 5000)
     _, to = new_wallet()
     tx = build([(coin, 0, key)], [(to, 4900)], timestamp=1)  # a fee of 100
@@ -70,8 +57,8 @@ def test_blocks_by_the_interval_are_the_same_on_every_node(tmp_path):
         net.close()
 
 
-def test_a_dead_proposer_s_height_is_committed_in_a_later_round(four):
-    net = four
+def test_a_dead_proposer_s_height_is_committed_in_a_later_round(four_generating):
+    net = four_generating
     net.rpc(0, "generate", 1)
     net.wait_for(lambda: all(net.rpc(i, "getblockcount") == 1 for i in range(4)), 10)
     # The proposer of height 2, round 0: sorted(MASTERNODES)[(2 + 0) mod 4].
@@ -122,8 +109,8 @@ def test_blocks_commit_while_a_masternode_approved_the_losing_spend(tmp_path):
         net.close()
 
 
-def test_the_supply_is_whole_after_payments_with_fees_and_blocks(four):
-    net = four
+def test_the_supply_is_whole_after_payments_with_fees_and_blocks(four_generating):
+    net = four_generating
     key, address, coin = net.fund(0, 100_000)
     prev = (coin, 0)
     balance = 100_000

@@ -20,15 +20,9 @@ from .helpers import NodeThread, new_wallet, result, rpc
 from .p2p_net import (
     Wallet,
     closed_with,
-    four_network,
     handshake,
     pay,
 )
-
-
-@pytest.fixture
-def four(tmp_path):
-    yield from four_network(tmp_path)
 
 
 def test_a_payment_at_one_node_finalizes_on_all_and_a_wallet_elsewhere_hears(four):

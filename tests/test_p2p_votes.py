@@ -6,24 +6,16 @@ from __future__ import annotations
 import sqlite3
 import time
 
-import pytest
-
 from timefast import crypto, wire
 from timefast.transaction import build
 
 from .helpers import new_wallet
 from .network import Network
 from .p2p_net import (
-    four_network,
     handshake,
     pay,
     stored_votes,
 )
-
-
-@pytest.fixture
-def four(tmp_path):
-    yield from four_network(tmp_path)
 
 
 def test_one_down_still_finalizes_two_down_waits_for_one_back(four):

@@ -7,11 +7,13 @@ here, and only once what it commits the node to is durable:
   machine's ``consensus.Record`` (position, locks, own messages of the round) and
   syncs it to disk; ``sign`` then signs a message of that record's height, and
   never a second, different one for the same (height, round, step);
-- the precommit of a one-masternode network's block (``sign_commit``), its
-  approvals (``sign_timevote``) and a network masternode's vote batches
-  (``sign_votes``): they are written in the same commit as
-  what they decide (the block, the approvals), which the caller syncs to disk
-  (``Store.sync_next_commit``) before anyone hears of it.
+- a network masternode's vote batches (``sign_votes``): written in the same
+  commit as the approvals they hold, which the caller syncs to disk
+  (``Store.sync_next_commit``) before the batch may leave;
+- the precommit of a one-masternode network's block (``sign_commit``) and its
+  approvals (``sign_timevote``): written in the commit that adds the block or the
+  transaction, and announced only once it committed (with no other validator
+  there is nobody to sign a second, different one to).
 
 The peer handshake and ``Addr`` records are signed by the link with the same key:
 they commit the node to nothing.
@@ -113,7 +115,7 @@ class PrivValidator:
 
     def sign_commit(self, height: int, round_: int, block_hash: str) -> wire.CommitSig:
         """The one precommit of a one-masternode network's block (n = 1: q = 1),
-        stored with the block in the commit that adds it (synced by the caller)."""
+        stored with the block in the commit that adds it."""
         pc = wire.sign_precommit(self.key, self.network_id, height, round_, block_hash)
         return wire.CommitSig(self.public_key, round_, pc.signature)
 
