@@ -155,10 +155,16 @@ def _events_since(ws_url: str, addresses: list[str], since: int) -> tuple[int, l
         ws.close()
 
 
-def _send_all(node_box: list[NodeProcess], txs: list, sent: list[int]) -> None:
+def _send_all(node_box: list[NodeProcess], txs: list, sent: list[int],
+              gates: dict[int, threading.Event]) -> None:
     """Submit ``txs`` in order through whichever node process is current, retrying
-    each until it is acknowledged (resubmitting is idempotent)."""
-    for tx in txs:
+    each until it is acknowledged (resubmitting is idempotent).  Before payment ``n``
+    it waits for ``gates[n]``, if there is one: the test sets it once it has killed
+    the node, so that a kill always cuts the stream with payments still to come."""
+    for n, tx in enumerate(txs):
+        gate = gates.get(n)
+        if gate is not None:
+            gate.wait(120)
         while True:
             try:
                 result(node_box[0].rpc_url, "sendrawtransaction", tx.to_json())
@@ -166,6 +172,10 @@ def _send_all(node_box: list[NodeProcess], txs: list, sent: list[int]) -> None:
             except (OSError, urllib.error.URLError):
                 time.sleep(0.05)
         sent[0] += 1
+
+
+KILL_MARKS = (170, 340)  # payments sent when the node is killed
+RUN_AHEAD = 20
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -183,13 +193,19 @@ def test_every_event_exactly_once_across_two_node_restarts(kind, tmp_path):
         assert snap["balances"][a] == 500 * 1000
         client.wait_for(lambda e: e["type"] == "Connected")
         sent = [0]
-        sender = threading.Thread(target=_send_all, args=(box, txs, sent), daemon=True)
+        # The sender may run at most RUN_AHEAD payments past a mark before that mark's
+        # kill: a test thread held up on a loaded machine once let it send all 500
+        # before the second kill, and then no event was left to wait for.
+        gates = {mark + RUN_AHEAD: threading.Event() for mark in KILL_MARKS}
+        sender = threading.Thread(target=_send_all, args=(box, txs, sent, gates),
+                                  daemon=True)
         sender.start()
-        for mark in (170, 340):
+        for mark in KILL_MARKS:
             while sent[0] < mark:
                 assert sender.is_alive(), "the sender stopped"
                 time.sleep(0.01)
             box[0].kill()
+            gates[mark + RUN_AHEAD].set()
             box[0] = _restart(box[0])
             # Back in sync before the next kill, so that each kill cuts a live link.
             client.wait_for(lambda e: e["type"] == "Connected")
