@@ -29,7 +29,7 @@ from timefast.p2p.link import Link
 from timefast.rules import block_hash, proposer
 
 from .helpers import wait_for
-from .network import Network
+from .network import Network, authenticate
 
 # Link-level messages: answered by the link, never forwarded or replayed.
 LINK_LEVEL = (wire.Hello, wire.Auth, wire.Ping, wire.Pong, wire.Addr)
@@ -82,12 +82,7 @@ class Byzantine:
                      open_timeout=10).__enter__()
         link = Link(self.key, self.network_id, self.net.pubs, outbound=True, now=0,
                     height=height, tip=tip, listen=None)
-        for frame in link.data_to_send():
-            ws.send(frame.decode())
-        while not link.authenticated:
-            link.receive_frame(ws.recv(timeout=10), 0)
-            for frame in link.data_to_send():
-                ws.send(frame.decode())
+        authenticate(ws, link)
         closed = threading.Event()
         with self._lock:
             self.links[i] = (ws, link)

@@ -164,3 +164,14 @@ class Network:
         txid = self.rpc(i, "faucet", address, amount)
         self.wait_status(txid, "finalized", nodes)
         return key, address, txid
+
+
+def authenticate(ws: Any, link: Any) -> None:
+    """Run ``link``'s handshake (a ``p2p.link.Link``) over the open peer socket ``ws``
+    until it authenticates (a test's own peer: raw links, byzantine masternodes)."""
+    for frame in link.data_to_send():
+        ws.send(frame.decode())
+    while not link.authenticated:
+        link.receive_frame(ws.recv(timeout=10), 0)
+        for frame in link.data_to_send():
+            ws.send(frame.decode())

@@ -13,7 +13,7 @@ from timefast import crypto, wire
 from timefast.p2p.link import Link
 from timefast.transaction import build
 
-from .network import Network
+from .network import Network, authenticate
 
 
 def four_network(tmp_path, **settings):
@@ -109,12 +109,7 @@ def raw_peer(net: Network, i: int, port: int):
     ws = connect(f"ws://127.0.0.1:{port}/p2p").__enter__()
     link = Link(crypto.new_key(), net_id, net.pubs, outbound=True, now=0, height=0,
                 tip="00" * 32, listen=None)
-    for frame in link.data_to_send():
-        ws.send(frame.decode())
-    while not link.authenticated:
-        link.receive_frame(ws.recv(timeout=10), 0)
-        for frame in link.data_to_send():
-            ws.send(frame.decode())
+    authenticate(ws, link)
     return ws, net_id
 
 
