@@ -316,7 +316,7 @@ class RoundDriver:
         if p.block.hash not in self.blocks and len(self.blocks) < KEPT_BLOCKS:
             self.blocks[p.block.hash] = (p.block, tuple(p.certificates))
         self._carry_out(m.on_message(consensus.Proposal(p.height, p.round, p.valid_round,
-                                                     p.block.hash, proposer)))
+                                                        p.block.hash, proposer)))
         if self._pending_decision is not None \
                 and self._pending_decision.block_hash == p.block.hash:
             d, self._pending_decision = self._pending_decision, None
@@ -330,11 +330,11 @@ class RoundDriver:
         if isinstance(v, wire.Precommit):
             self.signatures.setdefault((v.height, v.round, v.voter, v.block_hash),
                                        v.signature)
-            self._carry_out(m.on_message(consensus.Precommit(v.height, v.round, v.block_hash,
-                                                          v.voter)))
+            self._carry_out(m.on_message(consensus.Precommit(v.height, v.round,
+                                                             v.block_hash, v.voter)))
         else:
-            self._carry_out(m.on_message(consensus.Prevote(v.height, v.round, v.block_hash,
-                                                        v.voter)))
+            self._carry_out(m.on_message(consensus.Prevote(v.height, v.round,
+                                                           v.block_hash, v.voter)))
 
     # -- regtest ---------------------------------------------------------------------------
 
