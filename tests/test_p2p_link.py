@@ -1,5 +1,4 @@
-"""The per-link state machine and the node-wide relay and address records, driven
-in memory by ``now`` values (SPEC 7.2-7.4)."""
+"""The per-link state machine, driven in memory by ``now`` values (SPEC 7.2-7.3)."""
 
 from __future__ import annotations
 
@@ -17,13 +16,11 @@ from timefast import wire
 from timefast.crypto import sha3
 from timefast.p2p import link as p2p
 from timefast.p2p.link import (
-    AddrBook,
     Authenticated,
     Closed,
     Link,
     Misbehaviour,
     Received,
-    RelayFilter,
 )
 
 KEYS = [SigningKey(sha3(b"timefast p2p link test %d" % i)) for i in range(4)]
@@ -338,101 +335,6 @@ def test_link_dialled_by_smaller_key_stays_on_both_sides():
     for link in (two_a, two_b):
         assert not p2p.link_stays(link.dialer or "", link.accepter or "")
     assert p2p.link_stays(PUBS[small].upper(), PUBS[big])
-
-
-# -- relay -----------------------------------------------------------------------------
-
-def test_tx_relayed_once_known_only_after_caller_says_so():
-    f = RelayFilter(NET)
-    assert not f.tx_known(H)
-    assert f.add_tx(H)
-    assert f.tx_known(H)
-    assert not f.add_tx(H)
-
-
-def test_relay_sets_are_bounded():
-    f = RelayFilter(NET, max_txids=2, max_batches=2)
-    for t in ("01" * 32, "02" * 32, "03" * 32):
-        f.add_tx(t)
-    assert not f.tx_known("01" * 32) and f.tx_known("03" * 32)
-    batches = [wire.sign_votes(KEYS[0], NET, n, [(H, True)]) for n in (1, 2, 3)]
-    for v in batches:
-        f.add_votes(v)
-    assert not f.votes_known(batches[0]) and f.votes_known(batches[2])
-
-
-def test_votes_dedup_by_voter_batch_and_content():
-    f = RelayFilter(NET)
-    v = wire.sign_votes(KEYS[0], NET, 1, [(H, True)])
-    assert not f.votes_known(v)
-    assert f.add_votes(v) == (True, None)
-    assert f.votes_known(v)
-    assert f.add_votes(v) == (False, None)
-    # Same number, another voter; same voter, next number: both new, no evidence.
-    assert f.add_votes(wire.sign_votes(KEYS[1], NET, 1, [(H, True)])) == (True, None)
-    assert f.add_votes(wire.sign_votes(KEYS[0], NET, 2, [(H, True)])) == (True, None)
-
-
-def test_two_batches_under_one_number_are_equivocation_evidence():
-    f = RelayFilter(NET)
-    first = wire.sign_votes(KEYS[0], NET, 7, [(H, True)])
-    second = wire.sign_votes(KEYS[0], NET, 7, [(H, False)])
-    f.add_votes(first)
-    new, evidence = f.add_votes(second)
-    assert new  # relayed too, so that every node sees both
-    assert evidence == p2p.Equivocation(PUBS[0], 7, first, second)
-    # The evidence is both signed batches: anyone can check it.
-    wire.verify_votes(evidence.first, NET)
-    wire.verify_votes(evidence.second, NET)
-    assert evidence.first.content_hash(NET) != evidence.second.content_hash(NET)
-    assert f.add_votes(second) == (False, None)
-    third = wire.sign_votes(KEYS[0], NET, 7, [(H, True), ("01" * 32, True)])
-    assert f.add_votes(third) == (True, p2p.Equivocation(PUBS[0], 7, first, third))
-
-
-# -- addresses -------------------------------------------------------------------------
-
-NOW = 1764150000
-
-
-def test_addr_book_keeps_the_newest_per_key():
-    book = AddrBook(NET, MASTERNODES)
-    old = wire.sign_addr(KEYS[0], NET, "10.0.0.1:24200", NOW - 60)
-    new = wire.sign_addr(KEYS[0], NET, "10.0.0.9:24200", NOW)
-    assert book.offer(old, NOW)
-    assert book.offer(new, NOW)
-    assert not book.offer(old, NOW)
-    assert not book.offer(new, NOW)
-    assert book.get(PUBS[0].upper()) == new
-    assert book.records() == [new]
-
-
-def test_addr_book_refuses_bad_signature_future_and_stale_records():
-    book = AddrBook(NET, MASTERNODES)
-    rec = wire.sign_addr(KEYS[0], NET, "10.0.0.1:24200", NOW)
-    forged = wire.Addr(rec.public_key, "10.6.6.6:24200", rec.timestamp, rec.signature)
-    with pytest.raises(wire.BadSignature):
-        book.offer(forged, NOW)
-    assert not book.offer(wire.sign_addr(KEYS[0], NET, "10.0.0.1:1", NOW + 601), NOW)
-    assert not book.offer(wire.sign_addr(KEYS[0], NET, "10.0.0.1:1", NOW - 86_401), NOW)
-    assert len(book) == 0
-    assert book.offer(rec, NOW)
-    assert book.records(now=NOW + 86_401) == []
-
-
-def test_addr_book_bounded_but_keeps_masternodes():
-    others = [SigningKey(sha3(b"other %d" % i)) for i in range(3)]
-    book = AddrBook(NET, MASTERNODES, max_records=2)
-    for n, k in enumerate(others):
-        assert book.offer(wire.sign_addr(k, NET, f"10.1.0.{n}:1", NOW + n), NOW)
-    for n, k in enumerate(KEYS[:3]):
-        assert book.offer(wire.sign_addr(k, NET, f"10.2.0.{n}:1", NOW - 100), NOW)
-    kept = {a.public_key for a in book.records()}
-    assert kept == {*PUBS[:3], *(k.verify_key.encode().hex() for k in others[1:])}
-    # A record older than every other one held is not kept when the book is full.
-    late = SigningKey(sha3(b"late"))
-    assert not book.offer(wire.sign_addr(late, NET, "10.3.0.0:1", NOW - 50), NOW)
-    assert book.get(late.verify_key.encode().hex()) is None
 
 
 def test_link_and_wire_import_no_asyncio_or_sockets():

@@ -54,8 +54,8 @@ def test_a_spend_accepted_and_rejected_in_one_commit_is_relayed_all_the_same(tmp
     from types import SimpleNamespace
 
     from timefast.ledger import Ledger
-    from timefast.p2p.link import RelayFilter
     from timefast.p2p.mempool import MempoolReactor
+    from timefast.p2p.relay import RelayFilter
     from timefast.p2p.switch import Peer, Switch
     from timefast.storage import Store
 

@@ -23,8 +23,8 @@ from timefast.ledger import Ledger
 from timefast.p2p.addrs import AddrReactor
 from timefast.p2p.blocksync import BlockSyncReactor
 from timefast.p2p.gossip import ConsensusReactor
-from timefast.p2p.link import RelayFilter
 from timefast.p2p.mempool import MempoolReactor
+from timefast.p2p.relay import RelayFilter
 from timefast.p2p.rounds import RoundDriver
 from timefast.p2p.switch import Switch
 from timefast.p2p.votes import VotesReactor

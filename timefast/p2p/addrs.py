@@ -13,7 +13,7 @@ import time
 from typing import ClassVar
 
 from timefast import wire
-from timefast.p2p.link import AddrBook
+from timefast.p2p.addrbook import AddrBook
 from timefast.p2p.switch import Peer, Reactor, Switch
 
 ADDR_REFRESH = 3600.0  # seconds between re-signings of this node's Addr

@@ -1,4 +1,4 @@
-"""One peer link, and the node-wide relay and address records, sans-I/O (SPEC 7.2-7.4).
+"""One peer link, sans-I/O (SPEC 7.2-7.3).
 
 ``Link`` is the state machine of one WebSocket link at path ``/p2p``. Its caller owns
 the socket and the clock: it passes each received text frame with ``now`` (any
@@ -20,9 +20,7 @@ open, the link sends ``Ping`` every ``ping_interval`` and closes (1011) after
 ``silence_timeout`` without a frame; a handshake not done in ``handshake_timeout``
 closes likewise.
 
-``RelayFilter`` (one per node) says which ``Tx`` and ``Votes`` to relay, once each,
-and finds vote batches that equivocate; ``AddrBook`` (one per node) keeps the newest
-``Addr`` per key for gossip. ``link_stays`` decides between two links of one pair.
+``link_stays`` decides between two links of one pair.
 """
 
 from __future__ import annotations
@@ -45,7 +43,6 @@ from timefast.wire import (
     Ping,
     Pong,
     StartHeight,
-    Votes,
 )
 
 PING_INTERVAL = 10.0
@@ -318,133 +315,3 @@ class Link:
         self._ping_sent_at = now
         self._next_ping = now + self.ping_interval
         self._queue(Ping(self._ping_nonce))
-
-
-# -- node-wide records -----------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Equivocation:
-    """Two different signed batches of one voter under one number (SPEC 7.4): the
-    evidence, to keep, log and show; both batches' votes still count."""
-
-    voter: str
-    batch: int
-    first: Votes
-    second: Votes
-
-
-class RelayFilter:
-    """Which transactions and vote batches this node has already relayed, so that
-    each reaches every peer once (SPEC 7.3, 7.4); one per node, shared by its links.
-
-    Only what the caller verified goes in: a txid is added after the transaction's
-    signatures verified, a batch after its signature verified, so that a copy with a
-    broken signature never hides the real one. Both sets are bounded (oldest out
-    first): they need to cover the time a message takes to spread, not the chain;
-    the ledger remembers the rest.
-    """
-
-    def __init__(self, network_id: bytes, max_txids: int = 262_144,
-                 max_batches: int = 65_536) -> None:
-        """``network``: the network id (batch content hashes bind it)."""
-        self.network_id = network_id
-        self.max_txids = max_txids
-        self.max_batches = max_batches
-        self._txids: dict[str, None] = {}
-        # (voter, batch) -> the batches seen under that number, by content hash
-        self._batches: dict[tuple[str, int], dict[bytes, Votes]] = {}
-
-    def tx_known(self, txid: str) -> bool:
-        """Whether the transaction was relayed already (skip checking it again)."""
-        return txid in self._txids
-
-    def add_tx(self, txid: str) -> bool:
-        """Record a transaction whose signatures verified; True if it is new here
-        (relay it to every peer but the one it came from)."""
-        if txid in self._txids:
-            return False
-        self._txids[txid] = None
-        if len(self._txids) > self.max_txids:
-            del self._txids[next(iter(self._txids))]
-        return True
-
-    def votes_known(self, votes: Votes) -> bool:
-        """Whether this very batch (voter, number and content) was relayed already."""
-        seen = self._batches.get((votes.voter, votes.batch))
-        return seen is not None and votes.content_hash(self.network_id) in seen
-
-    def add_votes(self, votes: Votes) -> tuple[bool, Equivocation | None]:
-        """Record a batch whose signature verified. Returns (new: relay it,
-        evidence): evidence when another batch with other content was seen under the
-        same (voter, batch); that batch is new too and is relayed, so every node sees
-        both."""
-        key = (votes.voter, votes.batch)
-        content = votes.content_hash(self.network_id)
-        seen = self._batches.get(key)
-        if seen is None:
-            self._batches[key] = {content: votes}
-            if len(self._batches) > self.max_batches:
-                del self._batches[next(iter(self._batches))]
-            return True, None
-        if content in seen:
-            return False, None
-        first = next(iter(seen.values()))
-        seen[content] = votes
-        return True, Equivocation(votes.voter, votes.batch, first, votes)
-
-
-class AddrBook:
-    """The newest signed ``Addr`` per key, for gossip and dialling (SPEC 7.2).
-
-    Records of MASTERNODES keys are always kept; others are bounded by
-    ``max_records``, the oldest (by timestamp) dropped first. A record dated more
-    than ``max_future`` seconds ahead of ``now`` or older than ``max_age`` is refused,
-    so a node re-signs its own record more often than ``max_age``.
-    """
-
-    def __init__(self, network_id: bytes, masternodes: Collection[str], *,
-                 max_records: int = 1024, max_future: float = 600.0,
-                 max_age: float = 86_400.0) -> None:
-        """``network``: the network id the records are signed for."""
-        self.network_id = network_id
-        self.masternodes = frozenset(k.lower() for k in masternodes)
-        self.max_records = max_records
-        self.max_future = max_future
-        self.max_age = max_age
-        self._records: dict[str, Addr] = {}
-
-    def offer(self, addr: Addr, now: float, checked: bool = False) -> bool:
-        """Keep ``addr`` if it is the newest for its key; True if kept (gossip it on).
-        Its signature is checked here unless ``checked`` (a ``Link`` checked it);
-        a bad one raises ``wire.BadSignature``. ``now``: unix seconds."""
-        if not now - self.max_age <= addr.timestamp <= now + self.max_future:
-            return False
-        held = self._records.get(addr.public_key)
-        if held is not None and held.timestamp >= addr.timestamp:
-            return False
-        if not checked:
-            wire.verify_addr(addr, self.network_id)
-        self._records[addr.public_key] = addr
-        if held is None and addr.public_key not in self.masternodes:
-            others = [a for a in self._records.values()
-                      if a.public_key not in self.masternodes]
-            if len(others) > self.max_records:
-                oldest = min(others, key=lambda a: a.timestamp)
-                del self._records[oldest.public_key]
-                return oldest is not addr
-        return True
-
-    def get(self, public_key: str) -> Addr | None:
-        """The record held for a key."""
-        return self._records.get(public_key.lower())
-
-    def records(self, now: float | None = None) -> list[Addr]:
-        """Every record held (not older than ``max_age`` when ``now`` is given), to
-        send to a new peer."""
-        if now is None:
-            return list(self._records.values())
-        return [a for a in self._records.values() if a.timestamp >= now - self.max_age]
-
-    def __len__(self) -> int:
-        return len(self._records)
-

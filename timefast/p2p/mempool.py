@@ -24,7 +24,7 @@ from timefast import wire
 from timefast.commits import GroupCommit
 from timefast.journal import Change, TxAccepted, TxConfirmed, TxFinalized
 from timefast.ledger import Ledger, LedgerError
-from timefast.p2p.link import RelayFilter
+from timefast.p2p.relay import RelayFilter
 from timefast.p2p.switch import Peer, Reactor, Switch
 from timefast.transaction import Transaction
 from timefast.transaction import parse as parse_tx

@@ -18,7 +18,7 @@ from timefast import crashpoints, wire
 from timefast.commits import GroupCommit
 from timefast.crypto import verify_batch
 from timefast.ledger import Ledger
-from timefast.p2p.link import RelayFilter
+from timefast.p2p.relay import RelayFilter
 from timefast.p2p.switch import Peer, Reactor, Switch
 
 log = logging.getLogger("timefast.p2p")
