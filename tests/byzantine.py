@@ -25,7 +25,7 @@ from nacl.signing import SigningKey
 from websockets.sync.client import ClientConnection, connect
 
 from timefast import wire
-from timefast.p2p.link import Link
+from timefast.p2p.link import Link, Received
 from timefast.rules import block_hash, proposer
 
 from .helpers import wait_for
@@ -90,7 +90,7 @@ class Byzantine:
             self.closed[i] = closed
             self._send_locks.setdefault(i, threading.Lock())
             self.dead.discard(i)
-        threading.Thread(target=self._read, args=(i, ws, closed), daemon=True).start()
+        threading.Thread(target=self._read, args=(i, ws, link, closed), daemon=True).start()
 
     def reconnect(self, i: int) -> bool:
         """Link to node ``i`` again (after it closed the link); False if it refused."""
@@ -105,17 +105,29 @@ class Byzantine:
             return False
         return True
 
-    def _read(self, i: int, ws: ClientConnection, closed: threading.Event) -> None:
+    def _read(self, i: int, ws: ClientConnection, link: Link,
+              closed: threading.Event) -> None:
         try:
             for frame in ws:
-                msg = wire.parse(frame)
-                # Answered before it is kept: whoever waits for it (wait_message)
-                # finds the answer already sent.
-                if self.answer is not None:
-                    self.answer(i, msg)
-                with self._lock:
-                    self.received[i].append(msg)
-                self.inbox.put((i, msg))
+                # The link opens the sealed frame (and answers a Ping itself); its
+                # stream to the node is shared with the senders, under their lock.
+                with self._send_locks[i]:
+                    link.receive_frame(frame, 0)
+                    for out in link.data_to_send():
+                        ws.send(out)
+                for ev in link.events_received():
+                    if not isinstance(ev, Received):
+                        continue
+                    msg = ev.message
+                    # Answered before it is kept: whoever waits for it (wait_message)
+                    # finds the answer already sent.
+                    if self.answer is not None:
+                        self.answer(i, msg)
+                    with self._lock:
+                        self.received[i].append(msg)
+                    self.inbox.put((i, msg))
+                if link.closed:
+                    break
         except Exception:
             pass
         finally:
@@ -142,15 +154,18 @@ class Byzantine:
         return {b.height: b for b in got.blocks}
 
     def send(self, i: int, msg: Any) -> bool:
-        """One message (a ``wire`` message, or raw text) to node ``i``; False when the
-        link is down."""
-        link = self.links.get(i)
-        if link is None:
+        """One message (a ``wire`` message, or raw text: garbage the test sends) to
+        node ``i``, sealed on the link; False when the link is down."""
+        held = self.links.get(i)
+        if held is None:
             return False
-        frame = msg if isinstance(msg, str) else wire.encode(msg).decode()
+        ws, link = held
+        payload = msg.encode() if isinstance(msg, str) else wire.encode(msg)
         try:
             with self._send_locks[i]:
-                link[0].send(frame)
+                link.send_encoded(payload)
+                for frame in link.data_to_send():
+                    ws.send(frame)
         except Exception:
             return False
         return True

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from timefast import crypto
+from timefast.p2p.link import Received
 
 from .helpers import NodeProcess, new_wallet, rpc, wait_for
 
@@ -168,10 +169,33 @@ class Network:
 
 def authenticate(ws: Any, link: Any) -> None:
     """Run ``link``'s handshake (a ``p2p.link.Link``) over the open peer socket ``ws``
-    until it authenticates (a test's own peer: raw links, byzantine masternodes)."""
+    until it authenticates and the node's stream header arrived (a test's own peer:
+    raw links, byzantine masternodes); then ``link.send`` seals what the test sends."""
     for frame in link.data_to_send():
-        ws.send(frame.decode())
+        ws.send(frame)
     while not link.authenticated:
         link.receive_frame(ws.recv(timeout=10), 0)
         for frame in link.data_to_send():
-            ws.send(frame.decode())
+            ws.send(frame)
+        if link.closed:
+            raise ConnectionError(f"handshake refused: {link.events_received()}")
+
+
+def send_sealed(ws: Any, link: Any, msg: Any) -> None:
+    """Send one message (a ``wire`` message, or raw bytes: a test's garbage) sealed on
+    an authenticated ``link`` over ``ws``."""
+    if isinstance(msg, bytes):
+        link.send_encoded(msg)
+    else:
+        link.send(msg)
+    for frame in link.data_to_send():
+        ws.send(frame)
+
+
+def read_sealed(ws: Any, link: Any, timeout: float = 10) -> list[Any]:
+    """The messages in the next frame ``ws`` receives on an authenticated ``link``
+    (none for the node's stream header or a Ping, answered here)."""
+    link.receive_frame(ws.recv(timeout=timeout), 0)
+    for frame in link.data_to_send():
+        ws.send(frame)
+    return [ev.message for ev in link.events_received() if isinstance(ev, Received)]

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from types import SimpleNamespace
 
 import orjson
 from websockets.sync.client import connect
 
 from timefast import crypto, wire
 from timefast.p2p.link import Link
+from timefast.p2p.switch import Peer
 from timefast.transaction import build
 
 from .network import Network, authenticate
@@ -80,7 +82,7 @@ def handshake(net: Network, i: int, key, network: bytes):
     link = Link(key, network, net.pubs, outbound=True, now=0, height=0, tip="00" * 32,
                 listen=None)
     for frame in link.data_to_send():
-        ws.send(frame.decode())
+        ws.send(frame)
     return ws, link
 
 
@@ -110,7 +112,7 @@ def raw_peer(net: Network, i: int, port: int):
     link = Link(crypto.new_key(), net_id, net.pubs, outbound=True, now=0, height=0,
                 tip="00" * 32, listen=None)
     authenticate(ws, link)
-    return ws, net_id
+    return ws, link
 
 
 def closed(ws) -> int | None:
@@ -119,3 +121,11 @@ def closed(ws) -> int | None:
             ws.recv(timeout=10)
     except Exception:
         return ws.close_code
+
+
+def fake_peer(key: str, sent: list[bytes], masternode: bool = True) -> Peer:
+    """A peer whose link is up, without a socket (reactor tests): the encoded messages
+    handed to its link to seal land in ``sent``."""
+    link = SimpleNamespace(authenticated=True, peer_key=key, peer_masternode=masternode,
+                           closed=False, send_encoded=sent.append, data_to_send=list)
+    return Peer(link, "127.0.0.1:1", False, sent.append)  # type: ignore[arg-type]

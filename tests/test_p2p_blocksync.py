@@ -7,7 +7,7 @@ import urllib.request
 
 from timefast import wire
 
-from .network import Network, free_ports
+from .network import Network, free_ports, send_sealed
 from .p2p_net import (
     closed,
     raw_peer,
@@ -46,18 +46,18 @@ def test_blocks_with_a_forged_commit_or_a_greedy_coinbase_are_refused_and_counte
         (port,) = free_ports(1)
         net.nodes[3] = net._node(3, PEERS="", P2P_DISCOVERY=0, P2P_ADDR=f"127.0.0.1:{port}")
         node3 = net.nodes[3].start()
-        ws, _ = raw_peer(net, 3, port)
+        ws, link = raw_peer(net, 3, port)
         forged = dict(good, commit=good["commit"][:1])
-        ws.send(wire.encode(wire.Blocks((wire.Block.from_data(forged, "b"),))).decode())
+        send_sealed(ws, link, wire.Blocks((wire.Block.from_data(forged, "b"),)))
         assert closed(ws) == 1008
-        ws, _ = raw_peer(net, 3, port)
+        ws, link = raw_peer(net, 3, port)
         other = dict(good, commit=[dict(c, signature="00" * 64) for c in good["commit"]])
-        ws.send(wire.encode(wire.Blocks((wire.Block.from_data(other, "b"),))).decode())
+        send_sealed(ws, link, wire.Blocks((wire.Block.from_data(other, "b"),)))
         assert closed(ws) == 1008
         assert net.rpc(3, "getblockcount") == 0
         # The true block, with its commit, is taken.
-        ws, _ = raw_peer(net, 3, port)
-        ws.send(wire.encode(wire.Blocks((wire.Block.from_data(good, "b"),))).decode())
+        ws, link = raw_peer(net, 3, port)
+        send_sealed(ws, link, wire.Blocks((wire.Block.from_data(good, "b"),)))
         net.wait_for(lambda: net.rpc(3, "getblockcount") == 1, 10)
         ws.close()
         text = urllib.request.urlopen(
@@ -91,9 +91,9 @@ def test_a_true_block_then_a_forged_one_from_a_peer_still_moves_the_node_on(tmp_
         net.nodes[3] = net._node(3, PEERS="", P2P_DISCOVERY=0, BLOCK_INTERVAL=1,
                                  P2P_ADDR=f"127.0.0.1:{port}")
         node3 = net.nodes[3].start()
-        ws, _ = raw_peer(net, 3, port)
-        ws.send(wire.encode(wire.Blocks(tuple(wire.Block.from_data(b, "b")
-                                              for b in blocks))).decode())
+        ws, link = raw_peer(net, 3, port)
+        send_sealed(ws, link, wire.Blocks(tuple(wire.Block.from_data(b, "b")
+                                                for b in blocks)))
         assert closed(ws) == 1008
         assert net.rpc(3, "getblockcount") == 1
         net.wait_for(lambda: net.rpc(3, "getinfo")["consensus"]["height"] == 2, 10,

@@ -14,6 +14,7 @@ from timefast.rules import block_hash, coinbase
 from .byzantine import Byzantine
 from .network import Network
 from .p2p_net import (
+    fake_peer,
     same_chain,
 )
 
@@ -121,7 +122,6 @@ def test_a_vote_is_relayed_once_to_every_other_peer_and_handed_on_once(tmp_path)
     one it came from, and to the round driver; a second copy (another peer, the same
     signed message) goes nowhere."""
     import asyncio
-    from types import SimpleNamespace
 
     from timefast.consensus import Timeouts
     from timefast.ledger import Ledger
@@ -144,8 +144,7 @@ def test_a_vote_is_relayed_once_to_every_other_peer_and_handed_on_once(tmp_path)
         switch.add_reactor(gossip)
         sent: dict[str, list[bytes]] = {k: [] for k in pubs[1:]}
         for k in pubs[1:]:
-            link = SimpleNamespace(authenticated=True, peer_key=k, peer_masternode=True)
-            switch.by_key[k] = Peer(link, "127.0.0.1:1", False, sent[k].append)  # type: ignore[arg-type]
+            switch.by_key[k] = fake_peer(k, sent[k])
         try:
             vote = wire.sign_prevote(keys[3], led.network_id, 1, 0, None)
             switch.dispatch(switch.by_key[pubs[1]], vote)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from typing import Any
@@ -125,11 +126,29 @@ def test_other_network_is_refused_on_both_sides():
     assert closed_with(c.events_received()) == (1008, True)
 
 
-def test_other_protocol_version_is_refused():
+def test_other_protocol_version_is_refused_saying_so():
     a, b = make(0, True), make(1, False)
-    hello = hello_of(a)
-    b.receive(wire.Hello(2, hello.network_id, hello.public_key, hello.nonce, 4, TIP, None), 0)
-    assert closed_with(b.events_received()) == (1008, True)
+    hello = orjson.loads(a.data_to_send()[0])
+    hello["data"]["version"] = 1  # a version 1 Hello carried a nonce, no ephemeral
+    del hello["data"]["ephemeral"]
+    b.receive_frame(orjson.dumps(hello).decode(), 0)
+    events = b.events_received()
+    assert closed_with(events) == (1008, True)
+    assert events[0] == Misbehaviour("protocol version 1, expected 2")
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("network", "mainnet", "network 'mainnet', ours 'regtest'"),
+    ("genesis", "77" * 32, "genesis 7777"),
+    (None, None, "the same genesis with another genesis voting set")])
+def test_another_network_is_refused_saying_what_differs(field, value, says):
+    other = wire.network_id("ab" * 32, PUBS)
+    kw = {field: value} if field else {}
+    a, b = make(0, True, network_id=other, **kw), make(1, False)
+    b.receive_frame(a.data_to_send()[0], 0.0)
+    events = b.events_received()
+    assert closed_with(events) == (1008, True)
+    assert isinstance(events[0], Misbehaviour) and says in events[0].reason
 
 
 def test_bad_auth_is_refused():
@@ -141,17 +160,20 @@ def test_bad_auth_is_refused():
 
 
 def test_auth_by_another_key_is_refused():
-    """A Hello claiming key 0 with an Auth signed by key 2 over the right nonce."""
+    """A Hello claiming key 0 with an Auth signed by key 2 over the right fields."""
     a, b = make(0, True), make(1, False)
-    b.receive(hello_of(a), 0.0)
-    forged = wire.Auth(KEYS[2].sign(wire.auth_bytes(NET, b.nonce, bytes.fromhex(PUBS[0])))
-                       .signature.hex())
+    hello = hello_of(a)
+    b.receive(hello, 0.0)
+    forged = wire.Auth(KEYS[2].sign(wire.auth_bytes(
+        NET, 0, bytes.fromhex(hello.ephemeral), b.ephemeral, bytes.fromhex(PUBS[0]),
+        bytes.fromhex(PUBS[1]))).signature.hex())
     b.receive(forged, 0.0)
     assert closed_with(b.events_received()) == (1008, True)
 
 
 def test_replayed_auth_is_refused():
-    """An Auth recorded from one link does not open another: it signs that link's nonce."""
+    """An Auth recorded from one link does not open another: it signs that link's
+    ephemerals."""
     a, b = make(0, True), make(1, False)
     recorded_hello = hello_of(a)
     b_hello = hello_of(b)
@@ -162,12 +184,43 @@ def test_replayed_auth_is_refused():
     b.receive(recorded_hello, 0.0)
     b.receive(recorded_auth, 0.0)
     assert b.authenticated
-    # ... refused on a new link to the same node, which sent another nonce.
+    # ... refused on a new link to the same node, which sent another ephemeral.
     b2 = make(1, False)
-    assert b2.nonce != b.nonce
+    assert b2.ephemeral != b.ephemeral
     b2.receive(recorded_hello, 1.0)
     b2.receive(recorded_auth, 1.0)
     assert closed_with(b2.events_received()) == (1008, True)
+
+
+def test_a_relayed_handshake_does_not_open_a_link():
+    """The impersonation of version 1: a third party with no key dials A and B and
+    passes each one's handshake to the other. Both accepted, so each signs the
+    acceptor's role and each refuses the other's Auth: no link opens, neither side
+    lists the other's key at the third party's address."""
+    a, b = make(0, False), make(1, False)  # both accepted the third party's connection
+    ea, eb = pump(a, b, 0.0)  # it forwards every frame unchanged
+    assert not a.authenticated and not b.authenticated
+    assert closed_with(ea) == (1008, True) and closed_with(eb) == (1008, True)
+    assert not any(isinstance(e, Authenticated) for e in ea + eb)
+
+
+def test_a_relayed_version_1_handshake_opened_a_link():
+    """The same relay against version 1's Auth (a signature over the peer's nonce and
+    the own key only, SPEC 7.2): both sides authenticate the other. This is the attack
+    the version 2 Auth closes."""
+
+    def v1_auth(key: SigningKey, network_id: bytes, peer_nonce: bytes) -> bytes:
+        return key.sign(b"TIMEP2P/1" + network_id + peer_nonce + key.verify_key.encode()
+                        ).signature
+
+    nonce_a, nonce_b = b"\x0a" * 32, b"\x0b" * 32  # each side's Hello, relayed
+    auth_a = v1_auth(KEYS[0], NET, nonce_b)  # A signs the nonce B sent
+    auth_b = v1_auth(KEYS[1], NET, nonce_a)
+    # Each checks the other's Auth as version 1 did: over its own nonce.
+    assert KEYS[1].verify_key.verify(b"TIMEP2P/1" + NET + nonce_a + KEYS[1].verify_key.encode(),
+                                     auth_b)
+    assert KEYS[0].verify_key.verify(b"TIMEP2P/1" + NET + nonce_b + KEYS[0].verify_key.encode(),
+                                     auth_a)
 
 
 @pytest.mark.parametrize("after_hello", [False, True])
@@ -198,8 +251,74 @@ def test_second_hello_is_refused_before_and_after_auth():
 
 def test_second_auth_is_refused():
     _, b = opened()
-    b.receive(wire.sign_auth(KEYS[0], NET, b.nonce), 0.0)
+    b.receive(wire.sign_auth(KEYS[0], NET, 0, b"\x01" * 32, b.ephemeral, PUBS[1]), 0.0)
     assert closed_with(b.events_received()) == (1008, True)
+
+
+# -- the sealed stream -----------------------------------------------------------------
+
+def test_messages_after_auth_are_sealed_binary_frames():
+    a, b = opened()
+    a.send(wire.Status(5, TIP))
+    frames = a.data_to_send()
+    assert all(isinstance(f, bytes) for f in frames)
+    assert b"Status" not in frames[0]  # nobody on the path reads it
+    b.receive_frame(frames[0], 1.0)
+    assert b.events_received() == [Received(wire.Status(5, TIP))]
+
+
+def test_an_unsealed_or_altered_or_replayed_frame_closes_the_link():
+    a, b = opened()
+    b.receive_frame(wire.encode(wire.Status(5, TIP)).decode(), 0.0)  # text after Auth
+    assert closed_with(b.events_received()) == (1008, True)
+    a, b = opened()
+    a.send(wire.Status(5, TIP))
+    frame = bytearray(a.data_to_send()[0])
+    frame[-1] ^= 1
+    b.receive_frame(bytes(frame), 0.0)
+    assert closed_with(b.events_received()) == (1008, True)
+    a, b = opened()
+    a.send(wire.Status(5, TIP))
+    frame = a.data_to_send()[0]
+    b.receive_frame(frame, 0.0)
+    b.receive_frame(frame, 0.0)  # the stream counts frames: a copy does not open
+    events = b.events_received()
+    assert events[0] == Received(wire.Status(5, TIP))
+    assert closed_with(events) == (1008, True)
+
+
+def test_a_frame_sealed_for_another_link_does_not_open():
+    a, _ = opened()
+    _, d = opened()
+    a.send(wire.Status(5, TIP))
+    d.receive_frame(a.data_to_send()[0], 0.0)
+    assert closed_with(d.events_received()) == (1008, True)
+
+
+def test_before_auth_only_small_text_frames_are_read():
+    b = make(1, False)
+    b.receive_frame(b"\x00" * 24, 0.0)
+    assert closed_with(b.events_received()) == (1008, True)
+    # Over 4 KiB: refused by its size before it is parsed (it is not even JSON).
+    b = make(1, False)
+    b.receive_frame("[]," * 2000, 0.0)
+    events = b.events_received()
+    assert closed_with(events) == (1008, True)
+    assert events[0] == Misbehaviour("handshake frame over 4096 bytes")
+    # A Hello of 4 KiB or less is read.
+    b = make(1, False)
+    b.receive_frame(a_hello := make(0, True).data_to_send()[0], 0.0)
+    assert len(a_hello) <= wire.MAX_HANDSHAKE_BYTES and b.events_received() == []
+
+
+def test_a_closed_link_keeps_no_keys_and_sends_nothing_more():
+    a, _ = opened()
+    a.close("done")
+    assert a.closed
+    with pytest.raises(RuntimeError):
+        a.send(wire.Status(1, TIP))
+    a.receive_frame(b"\x00" * 40, 0.0)
+    assert a.data_to_send() == [] and a.events_received() == [Closed(1000, "done")]
 
 
 def test_connected_to_self_closes_without_misbehaviour():
@@ -215,12 +334,14 @@ def test_unexpected_key_is_refused():
 
 
 def test_malformed_frame_closes_1008_and_too_large_1009():
-    _, b = opened()
-    b.receive_frame(b'{"type":"Status","data":{"height":-1,"tip":"x"}}', 1.0)
+    a, b = opened()
+    a.send_encoded(b'{"type":"Status","data":{"height":-1,"tip":"x"}}')
+    b.receive_frame(a.data_to_send()[0], 1.0)
     assert closed_with(b.events_received()) == (1008, True)
-    small = make(1, False, max_message_bytes=600)
-    small.receive_frame(wire.encode(hello_of(make(0, True))), 0.0)
-    small.receive_frame(b'{"type":"Ping","data":{"pad":"' + b"x" * 600 + b'"}}', 0.0)
+    big, small = make(0, True), make(1, False, max_message_bytes=600)
+    pump(big, small, 0.0)
+    big.send_encoded(b'{"type":"Ping","data":{"pad":"' + b"x" * 600 + b'"}}')
+    small.receive_frame(big.data_to_send()[0], 0.0)
     assert closed_with(small.events_received()) == (1009, True)
 
 
@@ -260,11 +381,26 @@ def test_send_needs_an_open_link_and_no_handshake_messages():
 def test_any_frame_sequence_never_raises(data):
     """Whatever a peer sends, in whatever order, the link answers with events."""
     a, b = make(0, True), make(1, False)
-    valid = [*a.data_to_send(), wire.encode(wire.sign_auth(KEYS[0], NET, b.nonce)),
-             wire.encode(wire.Status(1, TIP)), wire.encode(wire.Ping(3)),
-             wire.encode(wire.sign_addr(KEYS[2], NET, "10.0.0.2:1", 5)),
-             wire.encode(wire.StartHeight(2)), b'{"type":"Pong","data":{"nonce":1}}']
-    frames = data.draw(st.lists(st.sampled_from(valid) | st.binary(max_size=64), max_size=8))
+    hello = a.data_to_send()
+    b_hello = wire.parse(b.data_to_send()[0])
+    assert isinstance(b_hello, wire.Hello)
+    auth = wire.encode(wire.sign_auth(KEYS[0], NET, 0, a.ephemeral, b.ephemeral, PUBS[1]))
+    # Open ``a`` with a copy of ``b`` (same key and ephemeral), so that what ``a``
+    # sends after Auth is sealed for ``b``'s stream.
+    a.receive(b_hello, 0.0)
+    a.data_to_send()
+    b_twin = copy.deepcopy(b)
+    b_twin.receive(wire.parse(hello[0]), 0.0)
+    a.receive(wire.parse(b_twin.data_to_send()[0]), 0.0)
+    assert a.authenticated
+    after = a.data_to_send()  # its stream header, then sealed messages
+    for m in (wire.Status(1, TIP), wire.Ping(3), wire.sign_addr(KEYS[2], NET, "10.0.0.2:1", 5),
+              wire.StartHeight(2), wire.Pong(1)):
+        a.send(m)
+    after += a.data_to_send()
+    valid = [*hello, auth.decode(), *after, wire.encode(wire.Status(1, TIP)).decode()]
+    frames = data.draw(st.lists(st.sampled_from(valid) | st.binary(max_size=64)
+                                | st.text(max_size=64), max_size=8))
     for n, f in enumerate(frames):
         b.receive_frame(f, float(n))
         b.tick(float(n))
@@ -284,10 +420,11 @@ def test_ping_every_10_s_answered_with_pong_and_latency():
     assert a.data_to_send() == []
     a.tick(110.0)
     frames = a.data_to_send()
-    assert [wire.parse(f) for f in frames] == [wire.Ping(1)]
+    assert len(frames) == 1  # the Ping, sealed
     b.receive_frame(frames[0], 110.0)
+    assert b.events_received() == []  # answered by the link itself
     pong = b.data_to_send()
-    assert [wire.parse(f) for f in pong] == [wire.Pong(1)]
+    assert len(pong) == 1
     a.receive_frame(pong[0], 110.25)
     assert a.latency == 0.25
     assert a.next_deadline() == 120.0
@@ -295,9 +432,9 @@ def test_ping_every_10_s_answered_with_pong_and_latency():
 
 def test_silent_30_s_closes_1011():
     a, _ = opened(now=0.0)  # the peer answers nothing from here on
-    for n, t in enumerate((10.0, 20.0), 1):
+    for t in (10.0, 20.0):
         a.tick(t)
-        assert [wire.parse(f) for f in a.data_to_send()] == [wire.Ping(n)]
+        assert len(a.data_to_send()) == 1  # a Ping
     a.tick(29.9)
     assert not a.closed
     a.tick(30.0)
@@ -346,7 +483,7 @@ def test_link_and_wire_import_no_asyncio_or_sockets():
     assert out.strip() == "[]"
 
 
-def test_frames_are_json_text():
+def test_handshake_frames_are_json_text():
     a = make(0, True)
     frame = a.data_to_send()[0]
-    assert orjson.loads(frame.decode("utf-8"))["type"] == "Hello"
+    assert isinstance(frame, str) and orjson.loads(frame)["type"] == "Hello"

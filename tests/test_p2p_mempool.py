@@ -9,6 +9,7 @@ from timefast import crypto, wire
 from timefast.transaction import build
 
 from .helpers import new_wallet, rpc
+from .p2p_net import fake_peer
 
 
 def test_conflicting_spends_at_two_nodes_never_both_finalize(four):
@@ -51,12 +52,10 @@ def test_a_spend_accepted_and_rejected_in_one_commit_is_relayed_all_the_same(tmp
     hear of it too, to store it rejected as this node did.  Relaying only what was
     still pending when the commit was announced left them never knowing it (the
     fault bench found it: one node with the payment unknown, two with it rejected)."""
-    from types import SimpleNamespace
-
     from timefast.ledger import Ledger
     from timefast.p2p.mempool import MempoolReactor
     from timefast.p2p.relay import RelayFilter
-    from timefast.p2p.switch import Peer, Switch
+    from timefast.p2p.switch import Switch
     from timefast.storage import Store
 
     from .helpers import batch_vote
@@ -73,8 +72,7 @@ def test_a_spend_accepted_and_rejected_in_one_commit_is_relayed_all_the_same(tmp
     # The reactor watches the ledger's commits from when it is built.
     MempoolReactor(led, None, switch, RelayFilter(led.network_id), lambda p, v: None)  # type: ignore[arg-type]
     sent: list[bytes] = []
-    switch.by_key[pubs[1]] = Peer(SimpleNamespace(authenticated=True, peer_key=pubs[1]),
-                                 "127.0.0.1:1", False, sent.append)
+    switch.by_key[pubs[1]] = fake_peer(pubs[1], sent)
     mine = build([(coin, 0, owner)], [(new_wallet()[1], 1000)], timestamp=1)
     theirs = build([(coin, 0, owner)], [(new_wallet()[1], 2000)], timestamp=2)
     with led.batch():  # one group commit: accepted, outvoted, rejected

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import urllib.request
-from types import SimpleNamespace
 
 import pytest
 
@@ -17,9 +16,11 @@ from timefast.p2p.switch import Peer, Reactor, Switch
 from timefast.storage import Store
 
 from .helpers import NodeThread, new_wallet, result, rpc
+from .network import authenticate, send_sealed
 from .p2p_net import (
     Wallet,
     closed_with,
+    fake_peer,
     handshake,
     pay,
 )
@@ -68,27 +69,24 @@ def test_bad_peers_are_closed_and_counted_and_the_node_carries_on(four):
     # Another network id (another genesis or voting set): refused in the handshake.
     ws, _ = handshake(net, 0, crypto.new_key(), b"\x01" * 32)
     assert closed_with(ws) == 1008
-    # A bad Auth: signed over the wrong nonce.
+    # A bad Auth: signed over another ephemeral than the node's.
     outsider = crypto.new_key()
     ws, link = handshake(net, 0, outsider, net_id)
     hello = wire.parse(ws.recv(timeout=10))
     assert isinstance(hello, wire.Hello)
-    ws.send(wire.encode(wire.sign_auth(outsider, net_id, b"\x00" * 32)).decode())
+    ws.send(wire.encode(wire.sign_auth(outsider, net_id, 0, link.ephemeral, b"\x00" * 32,
+                                       hello.public_key)).decode())
     assert closed_with(ws) == 1008
     # An authenticated full node that then sends garbage, then a forged vote batch.
     for bad in (b"{not json", None):
         ws, link = handshake(net, 0, outsider, net_id)
-        link.receive_frame(ws.recv(timeout=10), 0)
-        for frame in link.data_to_send():
-            ws.send(frame.decode())
-        link.receive_frame(ws.recv(timeout=10), 0)
-        assert link.authenticated
+        authenticate(ws, link)
         if bad is not None:
-            ws.send(bad.decode())
+            send_sealed(ws, link, bad)
         else:
             forged = wire.sign_votes(crypto.new_key(), net_id, 1, [("ab" * 32, True)])
             forged = wire.Votes(net.pubs[1], 1, forged.votes, forged.signature)
-            ws.send(wire.encode(forged).decode())
+            send_sealed(ws, link, forged)
         assert closed_with(ws) == 1008
     text = urllib.request.urlopen(
         net.nodes[0].ws_url.replace("ws://", "http://") + "/metrics", timeout=10).read()
@@ -120,12 +118,6 @@ def test_a_single_masternode_has_no_peer_port_and_says_so(tmp_path):
         node.stop()
 
 
-def _fake_peer(key: str, sent: list[bytes]) -> Peer:
-    """A peer whose link is up, without a socket: frames sent to it land in ``sent``."""
-    link = SimpleNamespace(authenticated=True, peer_key=key, peer_masternode=True)
-    return Peer(link, "127.0.0.1:1", False, sent.append)  # type: ignore[arg-type]
-
-
 class _Recorder(Reactor):
     def __init__(self, types: tuple[type[wire.Message], ...]) -> None:
         self.MESSAGES = types  # type: ignore[misc]
@@ -150,7 +142,7 @@ def test_messages_go_to_the_reactor_registered_for_their_type(tmp_path):
         txs, sync = _Recorder((wire.Tx, wire.GetPending)), _Recorder((wire.Status,))
         switch.add_reactor(txs)
         switch.add_reactor(sync)
-        peer = _fake_peer("ab" * 32, [])
+        peer = fake_peer("ab" * 32, [])
         status = wire.Status(5, "cd" * 32)
         switch.dispatch(peer, status)
         switch.dispatch(peer, wire.GetPending(None))
@@ -174,7 +166,7 @@ def test_a_type_is_taken_by_one_reactor_and_a_reactor_refuses_what_it_did_not_de
         switch.add_reactor(later)
         addrs = AddrReactor(switch)
         with pytest.raises(TypeError, match="Status"):
-            addrs.receive(_fake_peer("ab" * 32, []), wire.Status(1, "cd" * 32))
+            addrs.receive(fake_peer("ab" * 32, []), wire.Status(1, "cd" * 32))
     finally:
         store.close()
 
@@ -184,10 +176,10 @@ def test_a_broadcast_is_encoded_once_and_skips_the_peer_it_came_from(tmp_path):
     try:
         a, b, c = [], [], []
         for key, sent in (("aa" * 32, a), ("bb" * 32, b), ("cc" * 32, c)):
-            switch.by_key[key] = _fake_peer(key, sent)
+            switch.by_key[key] = fake_peer(key, sent)
         msg = wire.StartHeight(7)
         assert switch.broadcast(msg, but=switch.by_key["bb" * 32]) == 2
         assert a == c == [wire.encode(msg)] and b == []
-        assert a[0] is c[0]  # one frame for every peer
+        assert a[0] is c[0]  # encoded once for every peer (each link seals it)
     finally:
         store.close()

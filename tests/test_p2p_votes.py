@@ -10,7 +10,7 @@ from timefast import crypto, wire
 from timefast.transaction import build
 
 from .helpers import new_wallet
-from .network import Network
+from .network import Network, authenticate, send_sealed
 from .p2p_net import (
     handshake,
     pay,
@@ -61,12 +61,8 @@ def test_a_restarted_masternode_keeps_the_vote_it_gave(tmp_path):
         # A peer brings node 3 the conflicting spend: stored, and voted against.
         net_id = wire.network_id(net.rpc(3, "getblock", 0)["hash"], net.pubs)
         ws, link = handshake(net, 3, crypto.new_key(), net_id)
-        link.receive_frame(ws.recv(timeout=10), 0)
-        for frame in link.data_to_send():
-            ws.send(frame.decode())
-        link.receive_frame(ws.recv(timeout=10), 0)
-        assert link.authenticated
-        ws.send(wire.encode(wire.Tx(t2)).decode())
+        authenticate(ws, link)
+        send_sealed(ws, link, wire.Tx(t2))
         net.wait_for(lambda: net.pubs[3] in dict(stored_votes(net, 3, t2.txid)), 20,
                      "node 3 voted on t2")
         ws.close()

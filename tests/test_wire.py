@@ -39,18 +39,50 @@ def test_network_id_normalises_case_duplicates_and_order():
     assert wire.network_id("00" * 32, keys) != NET
 
 
-def test_auth_vector():
-    v = VECTORS["auth"]
-    nonce = bytes.fromhex(v["peer_nonce"])
-    signed = wire.auth_bytes(NET, nonce, bytes.fromhex(v["public_key"]))
+@pytest.mark.parametrize("name", ["auth", "auth_acceptor"])
+def test_auth_vectors(name):
+    v = VECTORS[name]
+    own, peer = bytes.fromhex(v["ephemeral"]), bytes.fromhex(v["peer_ephemeral"])
+    signed = wire.auth_bytes(NET, v["role"], own, peer, bytes.fromhex(v["public_key"]),
+                             bytes.fromhex(v["peer_public_key"]))
     assert signed.hex() == v["signed_bytes"]
-    auth = wire.sign_auth(SIGNER, NET, nonce)
+    auth = wire.sign_auth(KEYS[v["public_key"]], NET, v["role"], own, peer,
+                          v["peer_public_key"])
     assert auth.signature == v["signature"]
-    wire.verify_auth(auth, NET, nonce, v["public_key"])
-    with pytest.raises(wire.BadSignature):
-        wire.verify_auth(auth, NET, bytes(32), v["public_key"])
-    with pytest.raises(wire.BadSignature):
-        wire.verify_auth(auth, NET, nonce, VECTORS["masternodes"][1])
+    # The peer checks it from its side: its own role and ephemeral, then ours.
+    wire.verify_auth(auth, NET, 1 - v["role"], peer, own, v["peer_public_key"],
+                     v["public_key"])
+
+
+def test_auth_binds_roles_ephemerals_and_keys():
+    v = VECTORS["auth"]
+    own, peer = bytes.fromhex(v["ephemeral"]), bytes.fromhex(v["peer_ephemeral"])
+    auth = wire.Auth(v["signature"])
+    args = (NET, 1, peer, own, v["peer_public_key"], v["public_key"])
+    wire.verify_auth(auth, *args)
+    # Each field changed in turn: the dialler's Auth shown to another dialler (the
+    # relay of a third party that dialled both sides), other ephemerals, other keys.
+    for i, other in ((1, 0), (2, bytes(32)), (3, bytes(32)), (4, VECTORS["masternodes"][2]),
+                     (5, VECTORS["masternodes"][2])):
+        changed = list(args)
+        changed[i] = other
+        with pytest.raises(wire.BadSignature):
+            wire.verify_auth(auth, *changed)
+
+
+def test_session_keys_vector():
+    from timefast.crypto import sha3
+    from timefast.p2p.seal import ephemeral_keypair, session_keys
+
+    v = VECTORS["session_keys"]
+    own = ephemeral_keypair(sha3(b"own ephemeral"))
+    peer = ephemeral_keypair(sha3(b"peer ephemeral"))
+    assert own[0].hex() == VECTORS["auth"]["ephemeral"]
+    assert peer[0].hex() == VECTORS["auth"]["peer_ephemeral"]
+    rx, tx = session_keys(True, own[0], own[1], peer[0])
+    assert (rx.hex(), tx.hex()) == (v["dialler_rx"], v["dialler_tx"])
+    # The acceptor's keys are the dialler's, crossed.
+    assert session_keys(False, peer[0], peer[1], own[0]) == (tx, rx)
 
 
 def test_addr_vector():
@@ -155,10 +187,13 @@ def _examples() -> list[wire.Message]:
                       VECTORS["masternodes"][0], 0, H, (_coinbase(), _tx()), commit)
     genesis = wire.Block(0, "00" * 32, 1764150000, (), "", 0, H, (), ())
     return [
-        wire.Hello(1, NET.hex(), VECTORS["masternodes"][0], "01" * 32, 7, H, "127.0.0.1:24200"),
-        wire.Hello(1, NET.hex(), VECTORS["masternodes"][0], "01" * 32, 0, H, None),
-        wire.Hello(1, NET.hex(), VECTORS["masternodes"][0], "01" * 32, 0, H, "[::1]:24200"),
-        wire.sign_auth(SIGNER, NET, bytes(32)),
+        wire.Hello(2, NET.hex(), "regtest", H, VECTORS["masternodes"][0], "01" * 32, 7, H,
+                   "127.0.0.1:24200"),
+        wire.Hello(2, NET.hex(), "mainnet", H, VECTORS["masternodes"][0], "01" * 32, 0, H,
+                   None),
+        wire.Hello(2, NET.hex(), "testnet", H, VECTORS["masternodes"][0], "01" * 32, 0, H,
+                   "[::1]:24200"),
+        wire.sign_auth(SIGNER, NET, 0, bytes(32), b"\x01" * 32, VECTORS["masternodes"][1]),
         wire.sign_addr(SIGNER, NET, "node-1.example.org:24100", 1764150000),
         wire.Ping(5), wire.Pong(wire.U64_MAX),
         wire.Tx(_tx()),

@@ -29,7 +29,10 @@ from timefast import transaction
 from timefast.crypto import sha3, verify
 from timefast.transaction import Transaction, TxFormatError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+# Before Auth a peer may send only Hello and Auth, each at most this many bytes (SPEC
+# 7.2): an outsider cannot make a node parse a large frame.
+MAX_HANDSHAKE_BYTES = 4096
 MAX_P2P_MESSAGE_BYTES = 8_388_608
 MAX_GET_BLOCKS = 500  # GetBlocks.count
 MAX_VOTES_PER_BATCH = 256
@@ -72,6 +75,10 @@ class MessageTooLarge(ParseError):
     """A frame over ``MAX_P2P_MESSAGE_BYTES``."""
 
     code = CLOSE_TOO_BIG
+
+
+class UnsupportedVersion(ParseError):
+    """A ``Hello`` of another protocol version."""
 
 
 class BadSignature(WireError):
@@ -169,13 +176,17 @@ _PLACEHOLDER_INPUT = {"previous_output": {"txid": "0" * 64, "vout": 0},
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """First message of each side (SPEC 7.2); ``nonce`` is fresh random per link."""
+    """First message of each side (SPEC 7.2). ``ephemeral`` is a fresh X25519 public
+    key for this connection only; ``network`` and ``genesis`` say, to an operator
+    whose peer has another ``network_id``, what differs."""
 
     TYPE: ClassVar[str] = "Hello"
     version: int
     network_id: str
+    network: str
+    genesis: str
     public_key: str
-    nonce: str
+    ephemeral: str
     height: int
     tip: str
     listen: str | None
@@ -183,23 +194,34 @@ class Hello:
     def to_data(self) -> dict[str, Any]:
         """The ``data`` object."""
         return {"version": self.version, "network_id": self.network_id,
-                "public_key": self.public_key, "nonce": self.nonce, "height": self.height,
-                "tip": self.tip, "listen": self.listen}
+                "network": self.network, "genesis": self.genesis,
+                "public_key": self.public_key, "ephemeral": self.ephemeral,
+                "height": self.height, "tip": self.tip, "listen": self.listen}
 
     @classmethod
     def from_data(cls, d: dict[str, Any]) -> Hello:
         """Parse the ``data`` object."""
         w = cls.TYPE
+        version = _int(d, "version", 0, U32_MAX, w)
+        if version != PROTOCOL_VERSION:
+            # Checked first, so that a peer of another version is told so, not that
+            # a field of this version is missing.
+            raise UnsupportedVersion(f"protocol version {version}, expected "
+                                     f"{PROTOCOL_VERSION}")
+        network = _get(d, "network", w)
+        if not isinstance(network, str) or not 0 < len(network) <= 32:
+            raise ParseError(f"{w}.network: a name of 1-32 characters")
         listen = _get(d, "listen", w)
-        return cls(_int(d, "version", 0, U32_MAX, w), _hex32(d, "network_id", w),
-                   _hex32(d, "public_key", w), _hex32(d, "nonce", w),
+        return cls(version, _hex32(d, "network_id", w), network, _hex32(d, "genesis", w),
+                   _hex32(d, "public_key", w), _hex32(d, "ephemeral", w),
                    _int(d, "height", 0, U64_MAX, w), _hex32(d, "tip", w),
                    None if listen is None else _listen(listen, w + ".listen"))
 
 
 @dataclass(frozen=True, slots=True)
 class Auth:
-    """The signature over ``auth_bytes`` with the peer's nonce (SPEC 7.2)."""
+    """The signature over ``auth_bytes``: the roles, both ephemerals and both keys
+    (SPEC 7.2)."""
 
     TYPE: ClassVar[str] = "Auth"
     signature: str
@@ -656,9 +678,12 @@ def encode(msg: Message) -> bytes:
 
 # -- signed bytes (SPEC 7.2, 7.4, 7.5) -------------------------------------------------
 
-def auth_bytes(network_id: bytes, peer_nonce: bytes, public_key: bytes) -> bytes:
-    """``b"TIMEP2P/1" + network_id + peer's nonce + own public_key``."""
-    return b"TIMEP2P/1" + network_id + peer_nonce + public_key
+def auth_bytes(network_id: bytes, role: int, ephemeral: bytes, peer_ephemeral: bytes,
+               public_key: bytes, peer_public_key: bytes) -> bytes:
+    """``b"TIMEP2P/2" + network_id + role u8 (0: the signer dialled, 1: it accepted) +
+    own ephemeral + peer's ephemeral + own public_key + peer's public_key``."""
+    return (b"TIMEP2P/2" + network_id + bytes((role,)) + ephemeral + peer_ephemeral
+            + public_key + peer_public_key)
 
 
 def addr_bytes(network_id: bytes, public_key: str, listen: str, timestamp: int) -> bytes:
@@ -707,15 +732,25 @@ def _check(public_key: bytes, message: bytes, signature: str, what: str) -> None
         raise BadSignature(f"{what}: signature does not verify")
 
 
-def sign_auth(key: SigningKey, network_id: bytes, peer_nonce: bytes) -> Auth:
-    """Our ``Auth`` for a peer whose ``Hello`` carried ``peer_nonce``."""
-    return Auth(key.sign(auth_bytes(network_id, peer_nonce, _pub(key))).signature.hex())
+def sign_auth(key: SigningKey, network_id: bytes, role: int, ephemeral: bytes,
+              peer_ephemeral: bytes, peer_key: str) -> Auth:
+    """Our ``Auth`` on a link where we have ``role`` (0 dialled, 1 accepted), sent our
+    ``ephemeral`` and got the peer's ``Hello`` with ``peer_ephemeral`` and ``peer_key``."""
+    signed = auth_bytes(network_id, role, ephemeral, peer_ephemeral, _pub(key),
+                        bytes.fromhex(peer_key))
+    return Auth(key.sign(signed).signature.hex())
 
 
-def verify_auth(auth: Auth, network_id: bytes, own_nonce: bytes, peer_key: str) -> None:
-    """Check a peer's ``Auth``: signed by ``peer_key`` over the nonce we sent."""
+def verify_auth(auth: Auth, network_id: bytes, role: int, ephemeral: bytes,
+                peer_ephemeral: bytes, public_key: str, peer_key: str) -> None:
+    """Check a peer's ``Auth`` on a link where *we* have ``role`` and sent
+    ``ephemeral``: signed by ``peer_key`` in the other role, over its ephemeral then
+    ours, its key then ours. A relayed handshake fails here: a third party that dialled
+    both sides makes each of them the acceptor, so neither signed the dialler's role."""
     peer = bytes.fromhex(peer_key)
-    _check(peer, auth_bytes(network_id, own_nonce, peer), auth.signature, "Auth")
+    signed = auth_bytes(network_id, 1 - role, peer_ephemeral, ephemeral, peer,
+                        bytes.fromhex(public_key))
+    _check(peer, signed, auth.signature, "Auth")
 
 
 def sign_addr(key: SigningKey, network_id: bytes, listen: str, timestamp: int) -> Addr:

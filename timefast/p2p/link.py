@@ -1,39 +1,56 @@
 """One peer link, sans-I/O (SPEC 7.2-7.3).
 
 ``Link`` is the state machine of one WebSocket link at path ``/p2p``. Its caller owns
-the socket and the clock: it passes each received text frame with ``now`` (any
-monotonic seconds) to ``receive_frame``, calls ``tick(now)`` by ``next_deadline()``,
-sends what ``data_to_send()`` returns, and acts on ``events_received()``:
+the socket and the clock: it passes each received frame (``str`` for a text frame,
+``bytes`` for a binary one) with ``now`` (any monotonic seconds) to
+``receive_frame``, calls ``tick(now)`` by ``next_deadline()``, sends what
+``data_to_send()`` returns (``str`` as a text frame, ``bytes`` as a binary one), and
+acts on ``events_received()``:
 
 - ``Authenticated``: the peer proved its key (``masternode`` says whether it is in
-  MASTERNODES: a plain full node may relay and sync, it never votes);
+  the voting set: a plain full node may relay and sync, it never votes);
 - ``Received``: an application message (``Addr`` already signature-checked);
 - ``Misbehaviour``: count it (``timefast_peer_misbehaviour_total``); a ``Closed``
   with 1008 or 1009 follows;
 - ``Closed``: close the WebSocket with this code and reason; the link is done.
 
-Handshake: both sides send ``Hello`` at once (queued by the constructor), then
-``Auth`` signed over the peer's nonce. Before the peer's ``Auth`` verifies, any other
-message closes the link (1008), as do a second ``Hello`` or ``Auth``, another network
-id or protocol version, and a frame that does not parse (1009 if too large). Once
-open, the link sends ``Ping`` every ``ping_interval`` and closes (1011) after
-``silence_timeout`` without a frame; a handshake not done in ``handshake_timeout``
-closes likewise.
-
+Handshake (version 2, a SIGMA exchange): both sides send ``Hello`` at once (queued by
+the constructor) with a fresh X25519 ephemeral; on the peer's ``Hello`` each sends
+``Auth``, signed over the roles, both ephemerals and both keys. A third party that
+dials two nodes and relays one's handshake to the other cannot finish it: both of
+them accepted, so neither signed the dialler's role, and the session keys are theirs.
+Before the peer's ``Auth`` verifies, only ``Hello`` and ``Auth`` may come, as text
+frames of at most ``MAX_HANDSHAKE_BYTES`` (checked before parsing); anything else, a
+second ``Hello`` or ``Auth``, another network id or protocol version closes the link
+(1008). Then each side sends the header of its secretstream (``seal.Sealer``) as
+one binary frame, and every later message is one sealed binary frame; a text frame
+or a frame that does not open closes the link (1008), a message over
+``max_message_bytes`` too (1009). Once open, the link sends ``Ping`` every
+``ping_interval`` and closes (1011) after ``silence_timeout`` without a frame; a
+handshake not done in ``handshake_timeout`` closes likewise.
 ``link_stays`` decides between two links of one pair.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection
 from dataclasses import dataclass
 
 from nacl.signing import SigningKey
 
 from timefast import wire
+from timefast.p2p.seal import (
+    OVERHEAD,
+    NotOpened,
+    Opener,
+    Sealer,
+    ephemeral_keypair,
+    session_keys,
+)
 from timefast.wire import (
     CLOSE_POLICY,
+    CLOSE_TOO_BIG,
+    MAX_HANDSHAKE_BYTES,
     MAX_P2P_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     Addr,
@@ -89,6 +106,17 @@ Event = Authenticated | Received | Misbehaviour | Closed
 _HELLO_WAIT, _AUTH_WAIT, _OPEN, _CLOSED = range(4)
 
 
+def _differs(hello: Hello, network: str, genesis: str) -> str:
+    """What differs between a peer's network and ours (``network``, ``genesis``), for
+    the operator whose node refused it."""
+    if hello.network != network:
+        return f"network {hello.network!r}, ours {network!r}"
+    if hello.genesis != genesis:
+        return f"genesis {hello.genesis}, ours {genesis}"
+    return (f"network id {hello.network_id}: the same genesis with another "
+            "genesis voting set (MASTERNODES)")
+
+
 def link_stays(dialer: str, accepter: str) -> bool:
     """Whether a link dialled by ``dialer`` to ``accepter`` is the one kept when a pair
     of keys has two links: the one dialled by the smaller public key stays (SPEC 7.2).
@@ -101,35 +129,46 @@ class Link:
 
     def __init__(self, key: SigningKey, network_id: bytes, masternodes: Collection[str], *,
                  outbound: bool, now: float, height: int, tip: str, listen: str | None,
+                 network: str = "regtest", genesis: str = "00" * 32,
                  expected_key: str | None = None,
                  max_message_bytes: int = MAX_P2P_MESSAGE_BYTES,
                  ping_interval: float = PING_INTERVAL,
                  silence_timeout: float = SILENCE_TIMEOUT,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
-        """``outbound``: we dialled. ``expected_key``: the key we meant to reach (from
-        an ``Addr``), refused if the peer shows another."""
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 ephemeral_seed: bytes | None = None) -> None:
+        """``outbound``: we dialled. ``network`` and ``genesis`` go in ``Hello`` so
+        that a peer of another network id can say what differs. ``expected_key``: the
+        key we meant to reach (from an ``Addr``), refused if the peer shows another.
+        ``ephemeral_seed``: only for known-answer tests (a link's ephemeral is
+        otherwise fresh random, so that its session keys are its own)."""
         self.key = key
         self.public_key = key.verify_key.encode().hex()
         self.network_id = network_id
+        self.network = network
+        self.genesis = genesis
         self.masternodes = frozenset(k.lower() for k in masternodes)
         self.outbound = outbound
+        self._role = 0 if outbound else 1  # in Auth: 0 this side dialled, 1 it accepted
         self.expected_key = expected_key.lower() if expected_key else None
         self.max_message_bytes = max_message_bytes
         self.ping_interval = ping_interval
         self.silence_timeout = silence_timeout
-        self.nonce = os.urandom(32)  # fresh per link: an Auth cannot be replayed
+        self.ephemeral, self._ephemeral_secret = ephemeral_keypair(ephemeral_seed)
         self.peer_hello: Hello | None = None
         self.latency: float | None = None  # seconds, from the last answered Ping
         self._state = _HELLO_WAIT
-        self._out: list[bytes] = []
+        self._out: list[bytes | str] = []
         self._events: list[Event] = []
+        self._sealer: Sealer | None = None
+        self._opener: Opener | None = None  # from the peer's stream header on
+        self._rx_key = b""
         self._last_heard = now
         self._handshake_deadline = now + handshake_timeout
         self._next_ping = 0.0
         self._ping_nonce = 0
         self._ping_sent_at: float | None = None
-        self._queue(Hello(PROTOCOL_VERSION, network_id.hex(), self.public_key, self.nonce.hex(),
-                          height, tip, listen))
+        self._queue_text(Hello(PROTOCOL_VERSION, network_id.hex(), network, genesis,
+                               self.public_key, self.ephemeral.hex(), height, tip, listen))
 
     # -- what the caller reads -----------------------------------------------------
 
@@ -151,7 +190,7 @@ class Link:
 
     @property
     def peer_masternode(self) -> bool:
-        """Whether the authenticated peer's key is in MASTERNODES (it may vote)."""
+        """Whether the authenticated peer's key is in the voting set (it may vote)."""
         return self._state == _OPEN and self.peer_key in self.masternodes
 
     @property
@@ -164,8 +203,9 @@ class Link:
         """The key of the side that accepted this link."""
         return self.peer_key if self.outbound else self.public_key
 
-    def data_to_send(self) -> list[bytes]:
-        """Frames to send, in order (each a UTF-8 JSON text frame); drained."""
+    def data_to_send(self) -> list[bytes | str]:
+        """Frames to send, in order: ``str`` as a text frame (the handshake), ``bytes``
+        as a binary one (the stream header, sealed messages); drained."""
         out, self._out = self._out, []
         return out
 
@@ -185,18 +225,47 @@ class Link:
     # -- what the caller feeds -----------------------------------------------------
 
     def receive_frame(self, frame: bytes | str, now: float) -> None:
-        """One text frame from the peer."""
+        """One frame from the peer: ``str`` for a text frame, ``bytes`` for binary."""
         if self._state == _CLOSED:
             return
+        if self._state != _OPEN:
+            # Refused before parsing: an outsider cannot make the node parse more.
+            if not isinstance(frame, str):
+                self._fail("binary frame before authentication")
+            elif len(frame) > MAX_HANDSHAKE_BYTES:
+                self._fail(f"handshake frame over {MAX_HANDSHAKE_BYTES} bytes")
+            else:
+                self._parse(frame, now, MAX_HANDSHAKE_BYTES)
+            return
+        if isinstance(frame, str):
+            self._fail("unsealed frame after authentication")
+        elif self._opener is None:
+            try:
+                self._opener = Opener(self._rx_key, frame)
+            except NotOpened as e:
+                self._fail(str(e))
+            self._last_heard = now
+        elif len(frame) - OVERHEAD > self.max_message_bytes:
+            self._fail(f"message of {len(frame) - OVERHEAD} bytes "
+                       f"(limit {self.max_message_bytes})", CLOSE_TOO_BIG)
+        else:
+            try:
+                message = self._opener.open(frame)
+            except NotOpened as e:
+                self._fail(str(e))
+                return
+            self._parse(message, now, self.max_message_bytes)
+
+    def _parse(self, frame: bytes | str, now: float, limit: int) -> None:
         try:
-            msg = wire.parse(frame, self.max_message_bytes)
+            msg = wire.parse(frame, limit)
         except wire.ParseError as e:
             self._fail(str(e), e.code)
             return
         self.receive(msg, now)
 
     def receive(self, msg: Message, now: float) -> None:
-        """One parsed message from the peer."""
+        """One parsed message from the peer (as ``receive_frame`` opened it)."""
         if self._state == _CLOSED:
             return
         self._last_heard = now
@@ -228,14 +297,18 @@ class Link:
             self._ping(now)
 
     def send(self, msg: Message) -> None:
-        """Queue an application message (the link must be open). To send one message
-        to many links, encode it once with ``wire.encode`` and hand the frame to each
-        socket instead."""
-        if self._state != _OPEN:
-            raise RuntimeError("the link is not authenticated")
+        """Queue an application message, sealed (the link must be open). To send one
+        message to many links, encode it once with ``wire.encode`` and hand the bytes
+        to each link's ``send_encoded``."""
         if isinstance(msg, Hello | Auth):
             raise ValueError(f"{msg.TYPE} belongs to the handshake")
-        self._queue(msg)
+        self.send_encoded(wire.encode(msg))
+
+    def send_encoded(self, message: bytes) -> None:
+        """Queue an already encoded message (``wire.encode``), sealed for this link."""
+        if self._state != _OPEN or self._sealer is None:
+            raise RuntimeError("the link is not authenticated")
+        self._out.append(self._sealer.seal(message))
 
     def misbehaved(self, reason: str) -> None:
         """The caller found the peer at fault (a signature that did not verify in its
@@ -250,11 +323,12 @@ class Link:
 
     # -- internals -----------------------------------------------------------------
 
-    def _queue(self, msg: Message) -> None:
-        self._out.append(wire.encode(msg))
+    def _queue_text(self, msg: Message) -> None:
+        self._out.append(wire.encode(msg).decode())
 
     def _close(self, code: int, reason: str) -> None:
         self._state = _CLOSED
+        self._sealer = self._opener = None  # nothing of a closed link is kept
         self._events.append(Closed(code, reason))
 
     def _fail(self, reason: str, code: int = CLOSE_POLICY) -> None:
@@ -262,34 +336,45 @@ class Link:
         self._close(code, reason)
 
     def _receive_hello(self, hello: Hello) -> None:
-        if hello.version != PROTOCOL_VERSION:
-            self._fail(f"protocol version {hello.version}, expected {PROTOCOL_VERSION}")
-        elif hello.network_id != self.network_id.hex():
-            self._fail(f"another network {hello.network_id}")
+        if hello.network_id != self.network_id.hex():
+            self._fail(f"another network: {_differs(hello, self.network, self.genesis)}")
         elif hello.public_key == self.public_key:
             self._close(CLOSE_NORMAL, "connected to self")
         elif self.expected_key is not None and hello.public_key != self.expected_key:
             self._fail(f"key {hello.public_key}, expected {self.expected_key}")
+        elif hello.ephemeral == self.ephemeral.hex():
+            # Our own Hello reflected back: no session key would be secret.
+            self._fail("the peer's ephemeral is ours")
         else:
             self.peer_hello = hello
             self._state = _AUTH_WAIT
-            self._queue(wire.sign_auth(self.key, self.network_id, bytes.fromhex(hello.nonce)))
+            self._queue_text(wire.sign_auth(self.key, self.network_id, self._role,
+                                            self.ephemeral, bytes.fromhex(hello.ephemeral),
+                                            hello.public_key))
 
     def _receive_auth(self, auth: Auth, now: float) -> None:
-        assert self.peer_hello is not None  # _AUTH_WAIT is entered with it
+        hello = self.peer_hello
+        assert hello is not None  # _AUTH_WAIT is entered with it
+        peer_ephemeral = bytes.fromhex(hello.ephemeral)
         try:
-            wire.verify_auth(auth, self.network_id, self.nonce, self.peer_hello.public_key)
+            wire.verify_auth(auth, self.network_id, self._role, self.ephemeral,
+                             peer_ephemeral, self.public_key, hello.public_key)
         except wire.BadSignature as e:
             self._fail(str(e))
             return
+        self._rx_key, tx_key = session_keys(self.outbound, self.ephemeral,
+                                            self._ephemeral_secret, peer_ephemeral)
+        self._ephemeral_secret = b""  # the session keys are made: forward secrecy
+        self._sealer = Sealer(tx_key)
+        self._out.append(self._sealer.header)
         self._state = _OPEN
         self._next_ping = now + self.ping_interval
-        key = self.peer_hello.public_key
-        self._events.append(Authenticated(key, key in self.masternodes, self.peer_hello))
+        key = hello.public_key
+        self._events.append(Authenticated(key, key in self.masternodes, hello))
 
     def _receive_open(self, msg: Message, now: float) -> None:
         if isinstance(msg, Ping):
-            self._queue(Pong(msg.nonce))
+            self.send(Pong(msg.nonce))
         elif isinstance(msg, Pong):
             if self._ping_sent_at is not None and msg.nonce == self._ping_nonce:
                 self.latency = now - self._ping_sent_at
@@ -306,7 +391,7 @@ class Link:
                 return
             self._events.append(Received(msg))
         elif isinstance(msg, StartHeight) and not self.peer_masternode:
-            self._fail("StartHeight from a peer outside MASTERNODES")
+            self._fail("StartHeight from a peer outside the voting set")
         else:
             self._events.append(Received(msg))
 
@@ -314,4 +399,4 @@ class Link:
         self._ping_nonce += 1
         self._ping_sent_at = now
         self._next_ping = now + self.ping_interval
-        self._queue(Ping(self._ping_nonce))
+        self.send(Ping(self._ping_nonce))

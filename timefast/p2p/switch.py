@@ -28,6 +28,8 @@ from websockets.http11 import Request, Response
 from timefast import wire
 from timefast.ledger import Ledger
 from timefast.p2p.link import Authenticated, Closed, Link, Misbehaviour, Received, link_stays
+from timefast.p2p.seal import OVERHEAD
+from timefast.rules import genesis_hash
 
 log = logging.getLogger("timefast.p2p")
 
@@ -46,7 +48,7 @@ class Peer:
     link: Link
     address: str  # host:port as dialled, or the remote address of an inbound link
     inbound: bool
-    send: Callable[[bytes], None] = field(repr=False)
+    send: Callable[[bytes | str], None] = field(repr=False)
     height: int = -1
     tip: str = ""
     misbehaviour: int = 0
@@ -138,7 +140,8 @@ class Switch:
         if self.listen_addr is not None:
             self._server = await serve(
                 self._accept, self.listen_addr[0], self.listen_addr[1],
-                process_request=self._check_path, max_size=self.max_message_bytes,
+                process_request=self._check_path,
+                max_size=self.max_message_bytes + OVERHEAD,
                 ping_interval=None, compression=None, max_queue=64)
             self.addresses = [s.getsockname()[:2] for s in self._server.sockets]
             if self.advertise is None and self.addresses[0][0] not in ("0.0.0.0", "::"):
@@ -221,13 +224,19 @@ class Switch:
             self._flush(peer)
 
     def broadcast(self, msg: wire.Message, but: Peer | None = None) -> int:
-        """Send ``msg`` to every authenticated peer but ``but``, encoded once;
-        returns to how many."""
-        frame = wire.encode(msg)
+        """Send ``msg`` to every authenticated peer but ``but``, encoded once (each
+        link seals it with its own stream); returns to how many."""
+        return self.broadcast_encoded(wire.encode(msg), but)
+
+    def broadcast_encoded(self, message: bytes, but: Peer | None = None,
+                          to: Iterable[Peer] | None = None) -> int:
+        """Send an encoded message (``wire.encode``) to the authenticated peers ``to``
+        (default: all) but ``but``; returns to how many."""
         n = 0
-        for p in list(self.by_key.values()):
+        for p in list(self.by_key.values()) if to is None else list(to):
             if p is not but and p.link.authenticated:
-                p.send(frame)
+                p.link.send_encoded(message)
+                self._flush(p)
                 n += 1
         return n
 
@@ -261,7 +270,8 @@ class Switch:
                 continue
             authenticated = False
             try:
-                async with connect(uri, max_size=self.max_message_bytes, ping_interval=None,
+                async with connect(uri, max_size=self.max_message_bytes + OVERHEAD,
+                                   ping_interval=None,
                                    compression=None, open_timeout=10, max_queue=64) as ws:
                     authenticated = await self._serve(ws, address, inbound=False,
                                                       expected=known)
@@ -283,12 +293,13 @@ class Switch:
         loop = asyncio.get_running_loop()
         link = Link(self.key, self.network_id, self.masternodes, outbound=not inbound,
                     now=loop.time(), height=self.ledger.height, tip=self.ledger.tip,
-                    listen=self.advertise, expected_key=expected,
+                    listen=self.advertise, network=self.ledger.network,
+                    genesis=genesis_hash(self.ledger.network), expected_key=expected,
                     max_message_bytes=self.max_message_bytes)
-        out: list[bytes] = []
+        out: list[bytes | str] = []
         wake = asyncio.Event()
 
-        def send(frame: bytes) -> None:
+        def send(frame: bytes | str) -> None:
             out.append(frame)
             peer.queued += len(frame)
             wake.set()
@@ -305,7 +316,7 @@ class Switch:
                     del out[:]
                     for frame in frames:
                         peer.queued -= len(frame)
-                        await ws.send(frame.decode())
+                        await ws.send(frame)  # str: text frame; bytes: binary
 
         writing = self._spawn(writer())
         authenticated = False
@@ -323,7 +334,7 @@ class Switch:
             writing.cancel()
             code, reason = peer.close_code
             for frame in out:  # what the link said last (a Pong, a refusal) goes first
-                await ws.send(frame.decode())
+                await ws.send(frame)
             await ws.close(code, reason[:120])
         except ConnectionClosed:
             pass

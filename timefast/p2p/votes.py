@@ -156,13 +156,10 @@ class VotesReactor(Reactor):
                             and k != votes.voter and p is not source)
             later = [k for k in others if k > self.ledger.public_key]
             ring = (later or others)[0] if others else None
-        for key, p in list(by_key.items()):
-            if p is source or key == votes.voter or not p.link.authenticated:
-                continue
-            if direct and p.link.peer_masternode and key != ring:
-                continue
-            p.send(frame)
-            self.relayed += 1
+        to = [p for key, p in by_key.items()
+              if p is not source and key != votes.voter
+              and not (direct and p.link.peer_masternode and key != ring)]
+        self.relayed += self.switch.broadcast_encoded(frame, to=to)
 
     # -- own votes -----------------------------------------------------------------
 
