@@ -13,7 +13,7 @@ import orjson
 
 from timefast.crypto import address_of, verify
 from timefast.errors import LockConflict, UnknownOutpoint
-from timefast.journal import TxAccepted, TxRejected, kept
+from timefast.journal import TxAccepted, kept
 from timefast.ledger.config import LedgerConfig
 from timefast.ledger.finality import Finality
 from timefast.ledger.index import AddressIndex
@@ -31,6 +31,17 @@ ORPHAN_BYTES = 32 << 20
 ORPHAN_TTL = 600.0
 
 SignatureItem = tuple[bytes, bytes, bytes]  # (public key, signed bytes, signature)
+
+
+class SpentConflict(LedgerError):
+    """``TX_CONFLICT`` for a transaction spending an output that a finalized or
+    confirmed transaction spent (SPEC 7.3 Budgets).  ``confirmed_at``: the lowest
+    height of a block confirming such a spend (None: finalized only), so that the
+    peer layer can tell whether the peer that sent it should have known better."""
+
+    def __init__(self, message: str, confirmed_at: int | None) -> None:
+        super().__init__("TX_CONFLICT", message)
+        self.confirmed_at = confirmed_at
 
 
 class Mempool:
@@ -128,9 +139,13 @@ class Mempool:
                 return tx.txid
             raise self._refuse(LedgerError("TX_INVALID", f"transaction {tx.txid} was "
                                            "rejected by the network"))
+        spent_final = self._spent_final(tx)
+        if spent_final is not None:
+            # Refused before any signature is checked, stored nowhere, relayed to
+            # nobody (SPEC 7.3 Budgets): its outcome is decided already.
+            raise self._refuse(spent_final)
         coin_of: Callable[[str, int], CoinView | None] = pool.coin
         contested = False
-        lost = False  # a peer's spend of a coin a finalized transaction took
         if relayed:
             if any(pool.coin(i.prev_txid, i.vout) is None
                    and pool.status_of(i.prev_txid) in (None, "pending") for i in tx.inputs):
@@ -140,13 +155,9 @@ class Mempool:
 
             def contested_coin(t: str, v: int) -> CoinView | None:
                 nonlocal contested
-                nonlocal lost
                 found = pool.coin(t, v)
                 if found is not None and found[2] in ("Locked", "SpentPending"):
                     contested = True
-                    return found[0], found[1], "Unspent", None
-                if found is not None and found[2] in ("SpentFinalized", "Confirmed"):
-                    lost = True
                     return found[0], found[1], "Unspent", None
                 return found
             coin_of = contested_coin
@@ -157,10 +168,34 @@ class Mempool:
             raise self._refuse(e) from None
         addresses = tuple(dict.fromkeys([*(a for a, _ in spent), *tx.addresses()]))
         raw = kept(orjson.dumps(tx.to_json()))
-        if lost:
-            return self._store_lost(tx, raw, addresses, spent)
         return str(self.work.run(lambda s: self._accept(s, tx, raw, addresses, spent,
                                                         known, relayed, contested)))
+
+    def _spent_final(self, tx: Transaction) -> SpentConflict | None:
+        """The refusal of ``tx`` when one of its inputs is spent by a finalized or
+        confirmed transaction (SPEC 7.3 Budgets): such a spend can never win, and
+        storing every signed variant of it would let anyone grow every node's disk.
+        Only a spend that is final refuses it: one that conflicts with a pending
+        lock is stored and voted on (SPEC 7.4)."""
+        pool = self.pool
+        first = ""
+        confirmed_at: int | None = None
+        for n, inp in enumerate(tx.inputs):
+            try:
+                _, _, state, spender, _, height = pool.utxos.get(inp.prev_txid, inp.vout)
+            except UnknownOutpoint:
+                coin = pool.stored_utxo((inp.prev_txid, inp.vout))
+                if coin is None:
+                    continue
+                state, spender, height = coin.state, coin.spender, coin.height
+            if spender == tx.txid or state not in ("SpentFinalized", "Confirmed"):
+                continue
+            first = first or (f"TX_CONFLICT: input {n} {inp.prev_txid}:{inp.vout} is "
+                              f"already {state}")
+            if state == "Confirmed" and height is not None:
+                confirmed_at = height if confirmed_at is None else min(confirmed_at,
+                                                                       height)
+        return SpentConflict(first, confirmed_at) if first else None
 
     def _accept(self, s: Step, tx: Transaction, raw: bytes, addresses: tuple[str, ...],
                 spent: list[tuple[str, int]], known: str | None, relayed: bool,
@@ -197,28 +232,6 @@ class Mempool:
                                                  signature))
         self.votes.early(s, p)
         return tx.txid
-
-    def _store_lost(self, tx: Transaction, raw: bytes, addresses: tuple[str, ...],
-                    spent: list[tuple[str, int]]) -> str:
-        """A peer relays a spend of a coin that a finalized transaction took: it was
-        pending at some node, and is rejected there and everywhere (``conflict``).
-        Stored as such, with the events every other node's wallets saw for it."""
-        now = self.config.clock()
-        pool = self.pool
-
-        def step(s: Step) -> str:
-            self.index.add(s, tx, spent)
-            s.rows.add_tx(TxRow(tx.txid, raw, "rejected", now, None, "conflict",
-                                orjson.dumps(addresses), None))
-            s.emit(TxAccepted(tx.txid, raw, addresses))
-            s.emit(TxRejected(tx.txid, "conflict", addresses))
-
-            def done() -> None:
-                pool.remember_rejected(tx.txid, raw)
-                pool.count("rejected")
-            s.after.append(done)
-            return tx.txid
-        return str(self.work.run(step))
 
     # -- orphans -------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import orjson
 from timefast import wire
 from timefast.commits import GroupCommit
 from timefast.journal import Change, TxAccepted, TxConfirmed, TxFinalized
-from timefast.ledger import Ledger, LedgerError
+from timefast.ledger import Ledger, LedgerError, SpentConflict
 from timefast.p2p.relay import RelayFilter
 from timefast.p2p.switch import Peer, Reactor, Switch
 from timefast.transaction import Transaction
@@ -89,25 +89,49 @@ class MempoolReactor(Reactor):
             self.switch.send_to(peer, wire.Pending(tuple(txs), tuple(batches)))
         elif isinstance(msg, wire.Pending):
             for tx in msg.txs:
-                self._take_tx(peer, tx)
+                self._take_tx(peer, tx, answered=True)
             for votes in msg.votes:
                 self.take_votes(peer, votes)
         else:
             self.refuse(msg)
 
-    def _take_tx(self, peer: Peer, tx: Transaction) -> None:
+    def _take_tx(self, peer: Peer, tx: Transaction, answered: bool = False) -> None:
+        """Submit a peer's transaction as relayed.  ``answered``: it came in a
+        ``Pending`` answer, where an honest peer passes on what it rejected lately
+        (``Ledger.pending_for``), so a spend of a coin spent for good counts against
+        the peer only in a ``Tx``."""
         txid = tx.txid
         if self.relay.tx_known(txid):
             return
         if txid in self._source or self.ledger.status_of(txid) is not None:
             return  # on its way in, or known (pending, decided for good, confirmed)
         self._source[txid] = peer
+        # The height the peer claimed before it sent this (SPEC 7.3 Budgets): frames
+        # on a link arrive in order and a node sends ``Status`` after every block it
+        # applies, and it relays a transaction when the commit accepting it is
+        # announced.  A peer that claimed a height above the block confirming a rival
+        # spend had applied that block before it relayed this, and an honest node then
+        # refuses such a spend.  Strictly above: a spend accepted in the same group
+        # commit as the block may be announced after that commit's ``Status``.
+        height = peer.height
 
         def done(_: Any, err: BaseException | None) -> None:
             self._source.pop(txid, None)  # (the relay, on TxAccepted, has used it)
             if err is None:
                 return
-            if isinstance(err, LedgerError) and "bad signature" in err.message:
+            if isinstance(err, SpentConflict):
+                # Only the height rule: whether the finality certificate reached the
+                # peer earlier would need a record of every certificate sent to
+                # every peer; without a block a finalized spend may still be news.
+                if (not answered and err.confirmed_at is not None
+                        and height > err.confirmed_at):
+                    self.switch.misbehaved(peer, f"transaction {txid} spends an output "
+                                           f"confirmed spent at height {err.confirmed_at}, "
+                                           f"which the peer had (height {height})")
+                else:
+                    log.debug("peer %s: transaction %s not taken: %s",
+                              (peer.key or "?")[:16], txid, err.message)
+            elif isinstance(err, LedgerError) and "bad signature" in err.message:
                 self.switch.misbehaved(peer, f"transaction {txid}: {err.message}")
             elif isinstance(err, LedgerError):
                 log.debug("peer %s: transaction %s not taken: %s", (peer.key or "?")[:16],
