@@ -168,3 +168,27 @@ def test_kept_rejections_are_bounded_in_count_and_bytes(monkeypatch):
     pool.remember_rejected("ff" * 32, b"y" * 85)
     assert list(pool.recent_rejected) == [f"{4:064x}", "ff" * 32]
     assert pool.recent_rejected_bytes == 95
+
+
+def test_a_spend_of_a_coin_taken_in_a_peers_answer_is_stored_rejected(tmp_path):
+    # Pending at another node before the winner finalized there, and passed on in its
+    # answer to GetPending: every node ends with it rejected, and its wallets with the
+    # same events (SPEC 7.4); its signatures are checked first.
+    led, events, keys, _, ka, coin = _net(tmp_path)
+    t1 = build([(coin, 0, ka)], [(new_wallet()[1], 1000)], timestamp=1)
+    t2 = build([(coin, 0, ka)], [(new_wallet()[1], 2000)], timestamp=2)
+    led.submit(t1.to_json())
+    for k in keys[1:3]:
+        led.votes.submit_vote(batch_vote(led, k, t1.txid, True))
+    events.clear()
+    forged = t2.to_json()
+    forged["inputs"][0]["signature"] = "00" * 64
+    with pytest.raises(LedgerError, match="signature"):
+        led.submit(forged, relayed=True, answered=True)
+    assert led.submit(t2.to_json(), relayed=True, answered=True) == t2.txid
+    assert led.status_of(t2.txid) == "rejected"
+    assert kinds(events) == [("TransactionPending",), ("TransactionRejected",)]
+    assert led.reads.get_transaction(t2.txid)["reason"] == "conflict"
+    txs, _ = led.pending_for(None, 1 << 20)
+    assert t2.txid in [t.txid for t in txs]
+    assert led.submit(t2.to_json(), relayed=True) == t2.txid and len(events) == 2

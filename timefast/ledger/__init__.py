@@ -147,9 +147,9 @@ class Ledger:
 
     # -- transactions ----------------------------------------------------------------------
 
-    def submit(self, obj: Any, relayed: bool = False) -> str:
+    def submit(self, obj: Any, relayed: bool = False, answered: bool = False) -> str:
         """Validate and accept a transaction (``mempool.Mempool.submit``)."""
-        return self.mempool.submit(obj, relayed)
+        return self.mempool.submit(obj, relayed, answered)
 
     def status_of(self, txid: str) -> str | None:
         """pending, finalized, confirmed, rejected, or None for an unknown txid."""

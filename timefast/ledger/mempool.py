@@ -13,7 +13,7 @@ import orjson
 
 from timefast.crypto import address_of, verify
 from timefast.errors import LockConflict, UnknownOutpoint
-from timefast.journal import TxAccepted, kept
+from timefast.journal import TxAccepted, TxRejected, kept
 from timefast.ledger.config import LedgerConfig
 from timefast.ledger.finality import Finality
 from timefast.ledger.index import AddressIndex
@@ -110,14 +110,19 @@ class Mempool:
         self.pool.count("conflict" if e.code == "TX_CONFLICT" else "invalid")
         return e
 
-    def submit(self, obj: Any, relayed: bool = False) -> str:
+    def submit(self, obj: Any, relayed: bool = False, answered: bool = False) -> str:
         """Validate and accept a transaction; returns its txid (idempotent).
 
         ``obj`` is the upstream JSON object, or a parsed ``Transaction``.
         ``relayed``: it came from a peer (SPEC 7.4): one that spends coins another
         pending transaction locked is stored and voted on all the same, locking
         nothing; one whose inputs are not known yet waits as an orphan
-        (``TX_ORPHAN``) and is tried again by ``take_orphans``.
+        (``TX_ORPHAN``) and is tried again by ``take_orphans``.  One spending an
+        output a finalized or confirmed transaction spent is refused
+        (``SpentConflict``), unless ``answered``: it came in a peer's answer to this
+        node's ``GetPending``, where a peer passes on what it rejected lately; it
+        was acknowledged to a wallet there, so it is stored rejected here too, once
+        its signatures verified (SPEC 7.4: every node's wallets see the same end).
 
         Raises ``LedgerError`` with ``TX_INVALID``, ``TX_CONFLICT`` or ``TX_ORPHAN``,
         or ``StorageError`` when it could not be stored (nothing is then accepted).
@@ -140,7 +145,7 @@ class Mempool:
             raise self._refuse(LedgerError("TX_INVALID", f"transaction {tx.txid} was "
                                            "rejected by the network"))
         spent_final = self._spent_final(tx)
-        if spent_final is not None:
+        if spent_final is not None and not (relayed and answered):
             # Refused before any signature is checked, stored nowhere, relayed to
             # nobody (SPEC 7.3 Budgets): its outcome is decided already.
             raise self._refuse(spent_final)
@@ -159,6 +164,8 @@ class Mempool:
                 if found is not None and found[2] in ("Locked", "SpentPending"):
                     contested = True
                     return found[0], found[1], "Unspent", None
+                if found is not None and spent_final is not None:
+                    return found[0], found[1], "Unspent", None  # checked, then stored lost
                 return found
             coin_of = contested_coin
         try:
@@ -168,6 +175,8 @@ class Mempool:
             raise self._refuse(e) from None
         addresses = tuple(dict.fromkeys([*(a for a, _ in spent), *tx.addresses()]))
         raw = kept(orjson.dumps(tx.to_json()))
+        if spent_final is not None:
+            return self._store_lost(tx, raw, addresses, spent)
         return str(self.work.run(lambda s: self._accept(s, tx, raw, addresses, spent,
                                                         known, relayed, contested)))
 
@@ -232,6 +241,29 @@ class Mempool:
                                                  signature))
         self.votes.early(s, p)
         return tx.txid
+
+    def _store_lost(self, tx: Transaction, raw: bytes, addresses: tuple[str, ...],
+                    spent: list[tuple[str, int]]) -> str:
+        """A peer's answer holds a spend of a coin that a finalized transaction took:
+        it was pending at that node, and is rejected there and everywhere
+        (``conflict``).  Stored as such, with the events every other node's wallets
+        saw for it."""
+        now = self.config.clock()
+        pool = self.pool
+
+        def step(s: Step) -> str:
+            self.index.add(s, tx, spent)
+            s.rows.add_tx(TxRow(tx.txid, raw, "rejected", now, None, "conflict",
+                                orjson.dumps(addresses), None))
+            s.emit(TxAccepted(tx.txid, raw, addresses))
+            s.emit(TxRejected(tx.txid, "conflict", addresses))
+
+            def done() -> None:
+                pool.remember_rejected(tx.txid, raw)
+                pool.count("rejected")
+            s.after.append(done)
+            return tx.txid
+        return str(self.work.run(step))
 
     # -- orphans -------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from timefast.transaction import parse as parse_tx
 log = logging.getLogger("timefast.p2p")
 
 ASK_LIMIT = 1000  # txids per GetPending sent for transactions without quorum
+ASKS_OPEN = 4  # unanswered GetPending counted per peer
 
 
 class MempoolReactor(Reactor):
@@ -52,6 +53,9 @@ class MempoolReactor(Reactor):
         self.relayed = 0
         self.asked = 0
         self._source: dict[str, Peer] = {}  # txid -> the peer it came from
+        # GetPending sent to each peer and not answered yet (at most ASKS_OPEN): only
+        # an answer may carry the rejections a peer passes on (``_take_tx``).
+        self._asked: dict[Peer, int] = {}
         self._ticker: asyncio.Task[None] | None = None
         ledger.watch(self._changes)
 
@@ -76,7 +80,12 @@ class MempoolReactor(Reactor):
 
     def peer_up(self, peer: Peer, hello: wire.Hello) -> None:
         """A new peer is asked for everything it holds pending."""
+        self._asked[peer] = 1
         self.switch.send_to(peer, wire.GetPending(None))
+
+    def peer_down(self, peer: Peer) -> None:
+        """Nothing of a closed link is kept."""
+        self._asked.pop(peer, None)
 
     def receive(self, peer: Peer, msg: wire.Message) -> None:
         """A ``Tx``, ``GetPending`` or ``Pending`` from a peer."""
@@ -88,18 +97,22 @@ class MempoolReactor(Reactor):
                 msg.txids, self.switch.max_message_bytes // 2)
             self.switch.send_to(peer, wire.Pending(tuple(txs), tuple(batches)))
         elif isinstance(msg, wire.Pending):
+            asked = self._asked.get(peer, 0)
+            if asked:
+                self._asked[peer] = asked - 1
             for tx in msg.txs:
-                self._take_tx(peer, tx, answered=True)
+                self._take_tx(peer, tx, answered=asked > 0)
             for votes in msg.votes:
                 self.take_votes(peer, votes)
         else:
             self.refuse(msg)
 
     def _take_tx(self, peer: Peer, tx: Transaction, answered: bool = False) -> None:
-        """Submit a peer's transaction as relayed.  ``answered``: it came in a
-        ``Pending`` answer, where an honest peer passes on what it rejected lately
-        (``Ledger.pending_for``), so a spend of a coin spent for good counts against
-        the peer only in a ``Tx``."""
+        """Submit a peer's transaction as relayed.  ``answered``: it came in the
+        peer's answer to this node's ``GetPending``, where an honest peer passes on
+        what it rejected lately (``Ledger.pending_for``): a spend of a coin spent for
+        good is then stored rejected, as there (``Ledger.submit``), and counts
+        against the peer only in a ``Tx`` or an unasked ``Pending``."""
         txid = tx.txid
         if self.relay.tx_known(txid):
             return
@@ -137,7 +150,8 @@ class MempoolReactor(Reactor):
                 log.debug("peer %s: transaction %s not taken: %s", (peer.key or "?")[:16],
                           txid, err.message)
 
-        self.commits.submit(lambda: self.ledger.submit(tx, relayed=True), done, tx)
+        self.commits.submit(lambda: self.ledger.submit(tx, relayed=True, answered=answered),
+                            done, tx)
 
     def _changes(self, changes: list[Change]) -> None:
         parents: list[str] = []
@@ -175,4 +189,6 @@ class MempoolReactor(Reactor):
             due = self.ledger.overdue()
             if due and self.switch.by_key:
                 self.asked += 1
+                for p in self.switch.by_key.values():
+                    self._asked[p] = min(ASKS_OPEN, self._asked.get(p, 0) + 1)
                 self.switch.broadcast(wire.GetPending(tuple(due[:ASK_LIMIT])))
