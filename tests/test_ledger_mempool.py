@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from timefast.ledger import LedgerError
+from timefast.ledger import LedgerError, SpentConflict
 from timefast.transaction import build
 
-from .helpers import batch_vote, new_wallet
+from .helpers import batch_vote, commit_next, new_wallet
 from .ledger_helpers import _net, _own_vote, kinds, make_ledger
 
 
@@ -107,26 +107,88 @@ def test_an_orphan_waits_for_its_parent(tmp_path):
     assert led.status_of(child.txid) == "pending" and not led.mempool.orphans
 
 
-def test_a_relayed_spend_of_a_coin_already_taken_is_stored_rejected_and_passed_on(tmp_path):
-    # Pending at another node before the winner finalized there: every node must end
-    # with it rejected, and its wallets with the same events (SPEC 7.4).
+def test_a_spend_of_a_coin_spent_for_good_is_refused_unstored(tmp_path):
+    # SPEC 7.3 Budgets: whoever sends it, a spend of an output a finalized or
+    # confirmed transaction spent is refused (TX_CONFLICT), stored nowhere, announced
+    # to nobody; the peer layer learns the confirming block's height.
+    led, events, keys, _, ka, coin = _net(tmp_path)
+    t1 = build([(coin, 0, ka)], [(new_wallet()[1], 1000)], timestamp=1)
+    led.submit(t1.to_json())
+    for k in keys[1:3]:
+        led.votes.submit_vote(batch_vote(led, k, t1.txid, True))
+    assert led.status_of(t1.txid) == "finalized"
+    events.clear()
+    seq = led.seq
+    respends = [build([(coin, 0, ka)], [(new_wallet()[1], 2000 + i)], timestamp=2 + i)
+                for i in range(3)]
+    for t in respends:
+        with pytest.raises(SpentConflict) as e:
+            led.submit(t.to_json(), relayed=True)
+        assert e.value.code == "TX_CONFLICT" and e.value.confirmed_at is None
+        with pytest.raises(LedgerError, match="TX_CONFLICT"):
+            led.submit(t.to_json())  # from a wallet: the same answer
+        assert led.status_of(t.txid) is None
+    assert (led.seq, events) == (seq, [])
+    txs, _ = led.pending_for(None, 1 << 20)
+    assert not {t.txid for t in respends} & {t.txid for t in txs}
+    # Once a block confirms the spend, the refusal names its height.
+    block = commit_next([led], keys)
+    assert led.status_of(t1.txid) == "confirmed"
+    with pytest.raises(SpentConflict) as e:
+        led.submit(respends[0].to_json(), relayed=True)
+    assert e.value.confirmed_at == block["height"]
+
+
+def test_a_spend_refused_for_a_final_rival_has_its_signatures_unchecked(tmp_path,
+                                                                         monkeypatch):
+    # Refused before any signature is checked: a flood of them costs no ed25519.
+    led, _, keys, _, ka, coin = _net(tmp_path)
+    t1 = build([(coin, 0, ka)], [(new_wallet()[1], 1000)], timestamp=1)
+    led.submit(t1.to_json())
+    for k in keys[1:3]:
+        led.votes.submit_vote(batch_vote(led, k, t1.txid, True))
+    checked = []
+    monkeypatch.setattr(led.mempool, "good_signature", lambda *a: checked.append(a))
+    with pytest.raises(SpentConflict):
+        led.submit(build([(coin, 0, ka)], [(new_wallet()[1], 7)], timestamp=9).to_json(),
+                   relayed=True)
+    assert checked == []
+
+
+def test_kept_rejections_are_bounded_in_count_and_bytes(monkeypatch):
+    from timefast.ledger import pool as pool_module
+    from timefast.ledger.pool import Pool
+    from timefast.tables import Rows
+    monkeypatch.setattr(pool_module, "RECENT_REJECTED", 3)
+    monkeypatch.setattr(pool_module, "RECENT_REJECTED_BYTES", 100)
+    pool = Pool(Rows(), None)  # type: ignore[arg-type]
+    for i in range(5):
+        pool.remember_rejected(f"{i:064x}", b"x" * 10)
+    assert list(pool.recent_rejected) == [f"{i:064x}" for i in (2, 3, 4)]
+    pool.remember_rejected("ff" * 32, b"y" * 85)
+    assert list(pool.recent_rejected) == [f"{4:064x}", "ff" * 32]
+    assert pool.recent_rejected_bytes == 95
+
+
+def test_a_spend_of_a_coin_taken_in_a_peers_answer_is_stored_rejected(tmp_path):
+    # Pending at another node before the winner finalized there, and passed on in its
+    # answer to GetPending: every node ends with it rejected, and its wallets with the
+    # same events (SPEC 7.4); its signatures are checked first.
     led, events, keys, _, ka, coin = _net(tmp_path)
     t1 = build([(coin, 0, ka)], [(new_wallet()[1], 1000)], timestamp=1)
     t2 = build([(coin, 0, ka)], [(new_wallet()[1], 2000)], timestamp=2)
     led.submit(t1.to_json())
     for k in keys[1:3]:
         led.votes.submit_vote(batch_vote(led, k, t1.txid, True))
-    assert led.status_of(t1.txid) == "finalized"
     events.clear()
-    assert led.submit(t2.to_json(), relayed=True) == t2.txid
+    forged = t2.to_json()
+    forged["inputs"][0]["signature"] = "00" * 64
+    with pytest.raises(LedgerError, match="signature"):
+        led.submit(forged, relayed=True, answered=True)
+    assert led.submit(t2.to_json(), relayed=True, answered=True) == t2.txid
     assert led.status_of(t2.txid) == "rejected"
     assert kinds(events) == [("TransactionPending",), ("TransactionRejected",)]
     assert led.reads.get_transaction(t2.txid)["reason"] == "conflict"
-    # Passed on to a peer that asks, and never taken again, nor from a wallet.
     txs, _ = led.pending_for(None, 1 << 20)
     assert t2.txid in [t.txid for t in txs]
     assert led.submit(t2.to_json(), relayed=True) == t2.txid and len(events) == 2
-    with pytest.raises(LedgerError, match="rejected by the network"):
-        led.submit(t2.to_json())
-    with pytest.raises(LedgerError, match="TX_CONFLICT"):
-        led.submit(build([(coin, 0, ka)], [(new_wallet()[1], 3)], timestamp=3).to_json())

@@ -72,20 +72,130 @@ def test_votes_before_their_transaction_are_kept_and_counted(tmp_path):
     assert ("TransactionFinalized",) in kinds(events)
 
 
-def test_kept_early_votes_are_bounded(tmp_path, monkeypatch):
-    from timefast.ledger import votes as votes_module
-    monkeypatch.setattr(votes_module, "EARLY_VOTES_MAX", 5)
+def test_kept_early_votes_are_bounded_per_voter(tmp_path):
+    # SPEC 7.3 Budgets: at most so many early votes per voter; a voter past its
+    # quota loses its new ones, never another voter's.
+    from timefast.ledger.early import EarlyVotes
     keys = [crypto.new_key() for _ in range(4)]
     pubs = [crypto.public_key_hex(k) for k in keys]
     clock = Clock()
     led, _ = make_ledger(tmp_path, key=keys[0], masternodes=pubs, clock=clock)
+    led.votes.early_votes = early = EarlyVotes(quota=5, ttl=600.0)
     txids = [f"{i:064x}" for i in range(8)]
     for t in txids:
         led.votes.submit_vote(batch_vote(led, keys[1], t, True))
-    assert list(led.votes._early) == txids[-5:]  # the oldest went first
-    clock.now += votes_module.EARLY_VOTES_TTL + 1
-    led.votes.submit_vote(batch_vote(led, keys[2], "ff" * 32, True))
-    assert list(led.votes._early) == ["ff" * 32]  # the stale ones went
+    assert [t for t in txids if early.has(t, pubs[1])] == txids[:5]
+    assert len(early) == 5 and early.dropped == 3
+    led.votes.submit_vote(batch_vote(led, keys[2], txids[7], True))
+    assert early.has(txids[7], pubs[2])  # another voter's quota is its own
+    clock.now += 601
+    led.votes.submit_vote(batch_vote(led, keys[1], "ff" * 32, True))
+    assert early.has("ff" * 32, pubs[1]) and not early.has(txids[0], pubs[1])
+    assert len(early) == 2  # the stale ones went (keys[2]'s goes at its next vote)
+
+
+def test_early_votes_are_written_only_when_their_transaction_arrives(tmp_path):
+    led, _, keys, pubs, ka, coin = _net(tmp_path)
+    tx = build([(coin, 0, ka)], [(new_wallet()[1], 1000)], timestamp=1)
+    flood = [f"{i:064x}" for i in range(1, 256)]
+    batches = [wire.sign_votes(k, led.network_id, 40, [(tx.txid, True), *[
+        (t, True) for t in flood]]) for k in keys[1:3]]
+    def rows():
+        return [led.store.one(f"SELECT COUNT(*) FROM {t}")[0] for t in ("batches", "votes")]
+    before = rows()
+    assert [led.add_batch(b) for b in batches] == [True, True]
+    # Nothing of them on disk, nor of their votes: memory only, bounded.
+    assert rows() == before
+    assert len(led.votes.early_votes) == 2 * 256
+    assert led.add_batch(batches[0]) is False  # the same batch again: known
+    led.submit(tx.to_json())
+    # Counted as it arrived, and their batches kept as its certificate.
+    assert led.status_of(tx.txid) == "finalized"
+    assert sorted(b.voter for b in led.certificate(tx.txid)) == sorted(pubs[:3])
+    assert len(led.votes.early_votes) == 2 * 255
+    assert led.add_batch(batches[1]) is False
+
+
+def test_a_batch_for_unknown_transactions_past_the_quota_is_dropped_unwritten(tmp_path):
+    from timefast.ledger.early import EarlyVotes
+    led, _, keys, pubs, ka, coin = _net(tmp_path)
+    led.votes.early_votes = EarlyVotes(quota=2)
+    unknown = [wire.sign_votes(keys[1], led.network_id, n, [(f"{n:064x}", True)])
+               for n in range(1, 5)]
+    assert [led.add_batch(b) for b in unknown] == [True, True, False, False]
+    tx = build([(coin, 0, ka)], [(new_wallet()[1], 1000)], timestamp=1)
+    led.submit(tx.to_json())
+    # A batch with a vote on a transaction this node holds is counted all the same.
+    mixed = wire.sign_votes(keys[1], led.network_id, 9, [("ab" * 32, True),
+                                                         (tx.txid, True)])
+    assert led.add_batch(mixed)
+    assert pubs[1] in led.pool.pending[tx.txid].approvals
+
+
+def test_a_number_used_twice_is_evidence_once_and_its_further_batches_are_dropped(
+        tmp_path):
+    led, _, keys, pubs, ka, coin = _net(tmp_path)
+    txs = [build([(coin, 0, ka)], [(new_wallet()[1], 1000 + i)], timestamp=i)
+           for i in range(3)]
+    led.submit(txs[0].to_json())
+    for t in txs[1:]:
+        led.submit(t.to_json(), relayed=True)
+    first, second, third = (wire.sign_votes(keys[1], led.network_id, 1, [(t.txid, False)])
+                            for t in txs)
+    assert led.add_batch(first) and led.add_batch(second)
+    assert led.votes.masternode_info(pubs[1])["equivocations"] == 1
+    assert led.add_batch(third) is False  # dropped unread: not counted, not kept
+    assert pubs[1] not in led.pool.pending[txs[2].txid].rejections
+    assert pubs[1] in led.pool.pending[txs[1].txid].rejections  # the second counts
+    assert led.votes.masternode_info(pubs[1])["equivocations"] == 1
+    assert len(led.tables.batch_bodies(pubs[1], 1)) == 2
+
+
+def test_a_number_first_used_by_an_unwritten_batch_still_makes_evidence(tmp_path):
+    led, _, keys, pubs, ka, coin = _net(tmp_path)
+    tx = build([(coin, 0, ka)], [(new_wallet()[1], 1000)], timestamp=1)
+    early = wire.sign_votes(keys[1], led.network_id, 3, [("ab" * 32, True)])
+    assert led.add_batch(early)
+    assert led.tables.batch_bodies(pubs[1], 3) == {}
+    led.submit(tx.to_json())
+    assert led.add_batch(wire.sign_votes(keys[1], led.network_id, 3, [(tx.txid, True)]))
+    assert led.votes.masternode_info(pubs[1])["equivocations"] == 1
+    assert len(led.tables.batch_bodies(pubs[1], 3)) == 2
+    assert pubs[1] in led.pool.pending[tx.txid].approvals
+
+
+def test_a_batch_on_decided_transactions_writes_nothing(tmp_path):
+    led, _, keys, _, _, coin = _net(tmp_path)
+    assert led.status_of(coin) == "finalized"
+    rows = led.store.one("SELECT COUNT(*) FROM batches")[0]
+    for n in range(100, 110):
+        assert led.add_batch(wire.sign_votes(keys[3], led.network_id, n, [(coin, True)]))
+    assert led.store.one("SELECT COUNT(*) FROM batches")[0] == rows
+    # Its numbers are remembered (bounded), so the same batch is known again.
+    assert not led.add_batch(wire.sign_votes(keys[3], led.network_id, 100, [(coin, True)]))
+
+
+def test_early_votes_hold_bounded_memory():
+    from timefast.ledger.early import NUMBERS_PER_VOTER, EarlyVotes
+    from timefast.tables import Vote
+    early = EarlyVotes(quota=10, quota_bytes=1000)
+    voter = "aa" * 32
+    for n in range(NUMBERS_PER_VOTER + 50):
+        early.note_number(voter, n, b"%d" % n)
+    assert early.number(voter, 0) is None
+    assert early.number(voter, NUMBERS_PER_VOTER + 49) == (b"%d" % (NUMBERS_PER_VOTER + 49),
+                                                           None)
+    body = b"x" * 400
+    kept = [early.keep(Vote(f"{i:064x}", voter, True, "@1"), 0.0, (voter, i, b"d"), body)
+            for i in range(4)]
+    assert kept == [True, True, False, False]  # 1,000 bytes of batches at most
+    assert early.held_bytes() == 800
+    # Many votes of one batch hold its body once.
+    for i in range(10, 20):
+        early.keep(Vote(f"{i:064x}", voter, True, "@9"), 0.0, (voter, 9, b"d"), b"y" * 100)
+    assert len(early) == 10 and early.held_bytes() == 900
+    early.forget(f"{0:064x}")
+    assert early.held_bytes() == 500 and len(early) == 9
 
 
 def test_add_batch_counts_a_signed_batch_of_many_once(tmp_path):

@@ -83,3 +83,68 @@ def test_a_spend_accepted_and_rejected_in_one_commit_is_relayed_all_the_same(tmp
     assert led.status_of(mine.txid) == "rejected"
     relayed = {m.tx.txid for m in map(wire.parse, sent) if isinstance(m, wire.Tx)}
     assert mine.txid in relayed
+
+
+def test_a_respend_counts_against_a_peer_whose_height_covers_its_confirmation(tmp_path):
+    """SPEC 7.3 Budgets: a spend of an output a confirmed transaction spent is refused;
+    in a ``Tx`` from a peer whose ``Status`` height is above the confirming block it
+    is misbehaviour (an honest node there refuses such a spend), not from a peer
+    behind, nor in an answer to this node's ``GetPending``."""
+    from types import SimpleNamespace
+
+    from timefast.ledger import Ledger
+    from timefast.p2p.mempool import MempoolReactor
+    from timefast.p2p.relay import RelayFilter
+    from timefast.p2p.switch import Peer, Switch
+    from timefast.storage import Store
+
+    from .helpers import batch_vote, commit_next
+    keys = [crypto.new_key() for _ in range(4)]
+    pubs = [crypto.public_key_hex(k) for k in keys]
+    led = Ledger(Store(tmp_path / "t.db"), "regtest", keys[0], pubs)
+    owner, address = new_wallet()
+    coin = led.faucet.pay(address, 5000)
+    led.sign_batch()
+    for k in keys[1:3]:
+        led.votes.submit_vote(batch_vote(led, k, coin, True))
+    spend = build([(coin, 0, owner)], [(new_wallet()[1], 1000)], timestamp=1)
+    led.submit(spend.to_json())
+    led.sign_batch()
+    for k in keys[1:3]:
+        led.votes.submit_vote(batch_vote(led, k, spend.txid, True))
+    confirmed_at = commit_next([led], keys)["height"]
+
+    def submit(fn, done, *_):
+        try:
+            done(fn(), None)
+        except Exception as e:  # handed over, as the group commit does
+            done(None, e)
+    switch = Switch(led, keys[0], listen=None, advertise=None)
+    blamed = []
+    switch.misbehaved = lambda peer, reason: blamed.append((peer, reason))  # type: ignore[method-assign]
+    reactor = MempoolReactor(led, SimpleNamespace(submit=submit), switch,  # type: ignore[arg-type]
+                             RelayFilter(led.network_id), lambda p, v: None)
+
+    def peer(height):
+        p = Peer(SimpleNamespace(authenticated=True, peer_key=pubs[1],
+                                 send=lambda msg: None, data_to_send=list),
+                 "127.0.0.1:1", False, lambda frame: None)
+        p.height = height
+        return p
+    respends = [build([(coin, 0, owner)], [(new_wallet()[1], 7 + i)], timestamp=3 + i)
+                for i in range(4)]
+    behind, level, ahead, answering = (peer(confirmed_at - 1), peer(confirmed_at),
+                                       peer(confirmed_at + 1), peer(confirmed_at + 5))
+    reactor.receive(behind, wire.Tx(respends[0]))
+    reactor.receive(level, wire.Tx(respends[1]))  # may be racing its own block's Status
+    reactor.peer_up(answering, None)  # type: ignore[arg-type]
+    reactor.receive(answering, wire.Pending((respends[2],), ()))
+    assert blamed == []
+    assert led.status_of(respends[2].txid) == "rejected"  # as at the peer that had it
+    reactor.receive(ahead, wire.Tx(respends[3]))
+    assert [p for p, _ in blamed] == [ahead]
+    assert [led.status_of(t.txid) for t in respends] == [None, None, "rejected", None]
+    # An unasked Pending is no answer: its spends are refused, and counted, as in a Tx.
+    reactor.receive(answering, wire.Pending((respends[0],), ()))
+    assert led.status_of(respends[0].txid) is None
+    assert [p for p, _ in blamed] == [ahead, answering]

@@ -47,18 +47,30 @@ def test_votes_dedup_by_voter_batch_and_content():
     assert f.add_votes(wire.sign_votes(KEYS[0], NET, 2, [(H, True)])) == (True, None)
 
 
-def test_two_batches_under_one_number_are_equivocation_evidence():
+def test_two_batches_under_one_number_are_evidence_and_a_third_is_dropped_unread():
     f = RelayFilter(NET)
     first = wire.sign_votes(KEYS[0], NET, 7, [(H, True)])
     second = wire.sign_votes(KEYS[0], NET, 7, [(H, False)])
     f.add_votes(first)
+    assert not f.votes_known(second)  # checked, then relayed: every node sees both
     new, evidence = f.add_votes(second)
-    assert new  # relayed too, so that every node sees both
-    assert evidence == Equivocation(PUBS[0], 7, first, second)
-    # The evidence is both signed batches: anyone can check it.
-    wire.verify_votes(evidence.first, NET)
-    wire.verify_votes(evidence.second, NET)
-    assert evidence.first.content_hash(NET) != evidence.second.content_hash(NET)
+    assert new
+    assert evidence == Equivocation(PUBS[0], 7, first.content_hash(NET),
+                                    second.content_hash(NET))
     assert f.add_votes(second) == (False, None)
+    # The number is used up: a third batch under it is dropped before any check.
     third = wire.sign_votes(KEYS[0], NET, 7, [(H, True), ("01" * 32, True)])
-    assert f.add_votes(third) == (True, Equivocation(PUBS[0], 7, first, third))
+    assert f.votes_known(third)
+    assert f.add_votes(third) == (False, None)
+    assert not f.votes_known(wire.sign_votes(KEYS[0], NET, 8, [(H, True)]))
+
+
+def test_one_voters_flood_of_numbers_pushes_out_only_its_own():
+    f = RelayFilter(NET, max_batches=4)
+    honest = wire.sign_votes(KEYS[1], NET, 1, [(H, True)])
+    f.add_votes(honest)
+    for n in range(1, 50):
+        f.add_votes(wire.sign_votes(KEYS[0], NET, n, [(H, True)]))
+    assert f.votes_known(honest)
+    assert f.votes_known(wire.sign_votes(KEYS[0], NET, 49, [(H, True)]))
+    assert not f.votes_known(wire.sign_votes(KEYS[0], NET, 45, [(H, True)]))

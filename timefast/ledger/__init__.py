@@ -39,7 +39,7 @@ from timefast.ledger.config import LedgerConfig
 from timefast.ledger.faucet import Faucet
 from timefast.ledger.finality import Finality
 from timefast.ledger.index import AddressIndex
-from timefast.ledger.mempool import Mempool
+from timefast.ledger.mempool import Mempool, SpentConflict
 from timefast.ledger.pool import Pool
 from timefast.ledger.reads import Reads
 from timefast.ledger.recovery import Recovery
@@ -147,9 +147,9 @@ class Ledger:
 
     # -- transactions ----------------------------------------------------------------------
 
-    def submit(self, obj: Any, relayed: bool = False) -> str:
+    def submit(self, obj: Any, relayed: bool = False, answered: bool = False) -> str:
         """Validate and accept a transaction (``mempool.Mempool.submit``)."""
-        return self.mempool.submit(obj, relayed)
+        return self.mempool.submit(obj, relayed, answered)
 
     def status_of(self, txid: str) -> str | None:
         """pending, finalized, confirmed, rejected, or None for an unknown txid."""
@@ -216,5 +216,5 @@ class Ledger:
 
 
 # Ports see storage failures through the ledger (they never import storage).
-__all__ = ["FAUCET_KEY", "GENESIS_SUPPLY", "Event", "Ledger", "LedgerError", "StorageError",
-           "block_hash", "parse_block", "unavailable"]
+__all__ = ["FAUCET_KEY", "GENESIS_SUPPLY", "Event", "Ledger", "LedgerError", "SpentConflict",
+           "StorageError", "block_hash", "parse_block", "unavailable"]

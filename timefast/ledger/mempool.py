@@ -33,6 +33,17 @@ ORPHAN_TTL = 600.0
 SignatureItem = tuple[bytes, bytes, bytes]  # (public key, signed bytes, signature)
 
 
+class SpentConflict(LedgerError):
+    """``TX_CONFLICT`` for a transaction spending an output that a finalized or
+    confirmed transaction spent (SPEC 7.3 Budgets).  ``confirmed_at``: the lowest
+    height of a block confirming such a spend (None: finalized only), so that the
+    peer layer can tell whether the peer that sent it should have known better."""
+
+    def __init__(self, message: str, confirmed_at: int | None) -> None:
+        super().__init__("TX_CONFLICT", message)
+        self.confirmed_at = confirmed_at
+
+
 class Mempool:
     """Admission of transactions (see the module docstring)."""
 
@@ -99,14 +110,19 @@ class Mempool:
         self.pool.count("conflict" if e.code == "TX_CONFLICT" else "invalid")
         return e
 
-    def submit(self, obj: Any, relayed: bool = False) -> str:
+    def submit(self, obj: Any, relayed: bool = False, answered: bool = False) -> str:
         """Validate and accept a transaction; returns its txid (idempotent).
 
         ``obj`` is the upstream JSON object, or a parsed ``Transaction``.
         ``relayed``: it came from a peer (SPEC 7.4): one that spends coins another
         pending transaction locked is stored and voted on all the same, locking
         nothing; one whose inputs are not known yet waits as an orphan
-        (``TX_ORPHAN``) and is tried again by ``take_orphans``.
+        (``TX_ORPHAN``) and is tried again by ``take_orphans``.  One spending an
+        output a finalized or confirmed transaction spent is refused
+        (``SpentConflict``), unless ``answered``: it came in a peer's answer to this
+        node's ``GetPending``, where a peer passes on what it rejected lately; it
+        was acknowledged to a wallet there, so it is stored rejected here too, once
+        its signatures verified (SPEC 7.4: every node's wallets see the same end).
 
         Raises ``LedgerError`` with ``TX_INVALID``, ``TX_CONFLICT`` or ``TX_ORPHAN``,
         or ``StorageError`` when it could not be stored (nothing is then accepted).
@@ -128,9 +144,13 @@ class Mempool:
                 return tx.txid
             raise self._refuse(LedgerError("TX_INVALID", f"transaction {tx.txid} was "
                                            "rejected by the network"))
+        spent_final = self._spent_final(tx)
+        if spent_final is not None and not (relayed and answered):
+            # Refused before any signature is checked, stored nowhere, relayed to
+            # nobody (SPEC 7.3 Budgets): its outcome is decided already.
+            raise self._refuse(spent_final)
         coin_of: Callable[[str, int], CoinView | None] = pool.coin
         contested = False
-        lost = False  # a peer's spend of a coin a finalized transaction took
         if relayed:
             if any(pool.coin(i.prev_txid, i.vout) is None
                    and pool.status_of(i.prev_txid) in (None, "pending") for i in tx.inputs):
@@ -140,14 +160,12 @@ class Mempool:
 
             def contested_coin(t: str, v: int) -> CoinView | None:
                 nonlocal contested
-                nonlocal lost
                 found = pool.coin(t, v)
                 if found is not None and found[2] in ("Locked", "SpentPending"):
                     contested = True
                     return found[0], found[1], "Unspent", None
-                if found is not None and found[2] in ("SpentFinalized", "Confirmed"):
-                    lost = True
-                    return found[0], found[1], "Unspent", None
+                if found is not None and spent_final is not None:
+                    return found[0], found[1], "Unspent", None  # checked, then stored lost
                 return found
             coin_of = contested_coin
         try:
@@ -157,10 +175,36 @@ class Mempool:
             raise self._refuse(e) from None
         addresses = tuple(dict.fromkeys([*(a for a, _ in spent), *tx.addresses()]))
         raw = kept(orjson.dumps(tx.to_json()))
-        if lost:
+        if spent_final is not None:
             return self._store_lost(tx, raw, addresses, spent)
         return str(self.work.run(lambda s: self._accept(s, tx, raw, addresses, spent,
                                                         known, relayed, contested)))
+
+    def _spent_final(self, tx: Transaction) -> SpentConflict | None:
+        """The refusal of ``tx`` when one of its inputs is spent by a finalized or
+        confirmed transaction (SPEC 7.3 Budgets): such a spend can never win, and
+        storing every signed variant of it would let anyone grow every node's disk.
+        Only a spend that is final refuses it: one that conflicts with a pending
+        lock is stored and voted on (SPEC 7.4)."""
+        pool = self.pool
+        first = ""
+        confirmed_at: int | None = None
+        for n, inp in enumerate(tx.inputs):
+            try:
+                _, _, state, spender, _, height = pool.utxos.get(inp.prev_txid, inp.vout)
+            except UnknownOutpoint:
+                coin = pool.stored_utxo((inp.prev_txid, inp.vout))
+                if coin is None:
+                    continue
+                state, spender, height = coin.state, coin.spender, coin.height
+            if spender == tx.txid or state not in ("SpentFinalized", "Confirmed"):
+                continue
+            first = first or (f"TX_CONFLICT: input {n} {inp.prev_txid}:{inp.vout} is "
+                              f"already {state}")
+            if state == "Confirmed" and height is not None:
+                confirmed_at = height if confirmed_at is None else min(confirmed_at,
+                                                                       height)
+        return SpentConflict(first, confirmed_at) if first else None
 
     def _accept(self, s: Step, tx: Transaction, raw: bytes, addresses: tuple[str, ...],
                 spent: list[tuple[str, int]], known: str | None, relayed: bool,
@@ -200,9 +244,10 @@ class Mempool:
 
     def _store_lost(self, tx: Transaction, raw: bytes, addresses: tuple[str, ...],
                     spent: list[tuple[str, int]]) -> str:
-        """A peer relays a spend of a coin that a finalized transaction took: it was
-        pending at some node, and is rejected there and everywhere (``conflict``).
-        Stored as such, with the events every other node's wallets saw for it."""
+        """A peer's answer holds a spend of a coin that a finalized transaction took:
+        it was pending at that node, and is rejected there and everywhere
+        (``conflict``).  Stored as such, with the events every other node's wallets
+        saw for it."""
         now = self.config.clock()
         pool = self.pool
 

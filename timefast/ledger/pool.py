@@ -17,7 +17,10 @@ from timefast.rules import ZERO_HASH
 from timefast.tables import Coin, Rows, Tables
 from timefast.transaction import Transaction
 
-RECENT_REJECTED = 10_000  # rejected transactions passed on to peers that ask
+# Rejected transactions passed on to peers that ask: at most this many, of at most
+# this many bytes in all, oldest dropped first (SPEC 7.3 Budgets).
+RECENT_REJECTED = 10_000
+RECENT_REJECTED_BYTES = 16 << 20
 
 
 @dataclass(slots=True)
@@ -67,6 +70,7 @@ class Pool:
         # Own approvals of pending transactions, per outpoint (approve once).
         self.approved: dict[tuple[str, int], str] = {}
         self.recent_rejected: OrderedDict[str, bytes] = OrderedDict()
+        self.recent_rejected_bytes = 0
         self.height = -1
         self.tip = ZERO_HASH
         self.tip_timestamp = 0
@@ -81,6 +85,7 @@ class Pool:
         self.spenders.clear()
         self.approved.clear()
         self.recent_rejected.clear()
+        self.recent_rejected_bytes = 0
 
     def status_of(self, txid: str) -> str | None:
         """pending, finalized, confirmed, rejected, or None for an unknown txid."""
@@ -133,11 +138,17 @@ class Pool:
 
     def remember_rejected(self, txid: str, raw: bytes) -> None:
         """Recent rejections go to peers that ask (``votes.pending_for``), so that a
-        node that was away ends with the same status."""
+        node that was away ends with the same status; the most recent
+        ``RECENT_REJECTED`` of them, of at most ``RECENT_REJECTED_BYTES`` in all."""
+        old = self.recent_rejected.pop(txid, None)
+        if old is not None:
+            self.recent_rejected_bytes -= len(old)
         self.recent_rejected[txid] = raw
-        self.recent_rejected.move_to_end(txid)
-        while len(self.recent_rejected) > RECENT_REJECTED:
-            self.recent_rejected.popitem(last=False)
+        self.recent_rejected_bytes += len(raw)
+        while (len(self.recent_rejected) > RECENT_REJECTED
+               or self.recent_rejected_bytes > RECENT_REJECTED_BYTES):
+            _, dropped = self.recent_rejected.popitem(last=False)
+            self.recent_rejected_bytes -= len(dropped)
 
     def count(self, outcome: str, n: int = 1) -> None:
         """Count transactions by outcome (``outcome_counts``)."""

@@ -66,7 +66,8 @@ class Recovery:
         config, pool = self.config, self.pool
         self.votes.load()
         if config.networked:
-            pool.recent_rejected.update(self.tables.recent_rejected(RECENT_REJECTED))
+            for txid, raw in self.tables.recent_rejected(RECENT_REJECTED):
+                pool.remember_rejected(txid, raw)
         for txid, p in sorted(pool.pending.items(), key=lambda kv: kv[1].accepted_at):
             ops = p.tx.outpoints()
             try:

@@ -13,7 +13,6 @@ to disk before anyone may send it.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ import orjson
 from timefast import crashpoints, wire
 from timefast.crypto import HEX64, HEX128, TXID, verify, vote_bytes
 from timefast.ledger.config import LedgerConfig
+from timefast.ledger.early import BatchKey, EarlyVotes
 from timefast.ledger.finality import Finality
 from timefast.ledger.pool import Pending, Pool
 from timefast.ledger.work import Step, Work
@@ -31,10 +31,6 @@ from timefast.tables import EvidenceRow, Tables, Vote
 
 log = logging.getLogger("timefast")
 
-# Votes for a transaction this node has not seen yet are kept until it arrives:
-# for at most this many transactions, and this many seconds.
-EARLY_VOTES_MAX = 10_000
-EARLY_VOTES_TTL = 600.0
 BATCH_VOTES = wire.MAX_VOTES_PER_BATCH  # own votes signed together at most
 
 
@@ -53,8 +49,8 @@ class Votes:
         self.next_batch = 1
         self.equivocations: dict[str, int] = {}
         self.last_vote: dict[str, float] = {}
-        # txid -> (first seen, votes) for transactions not seen yet, oldest first.
-        self._early: OrderedDict[str, tuple[float, list[Vote]]] = OrderedDict()
+        # Votes for transactions not held yet, in memory only (SPEC 7.3 Budgets).
+        self.early_votes = EarlyVotes()
         self._wanted: list[Callable[[], None]] = []
 
     def load(self) -> None:
@@ -163,8 +159,7 @@ class Votes:
         return {"txid": txid, "status": self.pool.status_of(txid)}
 
     def _has_vote(self, txid: str, voter: str) -> bool:
-        early = self._early.get(txid)
-        if early is not None and any(v.voter == voter for v in early[1]):
+        if self.early_votes.has(txid, voter):
             return True
         voted = self.work.staged.has_vote(txid, voter)
         if voted is None:
@@ -179,9 +174,8 @@ class Votes:
         ``verified``: the caller has checked the signatures (a peer's signed batch);
         otherwise each is checked here in the upstream ``TIMEVOTE`` form and a bad one
         refuses them all.  A vote on a transaction already voted on by ``voter`` is
-        ignored; one on a transaction not seen yet is kept (at most
-        ``EARLY_VOTES_MAX`` transactions, for ``EARLY_VOTES_TTL`` seconds) and counted
-        when it arrives.
+        ignored; one on a transaction not seen yet is kept in memory
+        (``early.EarlyVotes``) and counted when it arrives.
         """
         voter = voter.lower()
         self.config.check_voter(voter)
@@ -198,7 +192,7 @@ class Votes:
                 continue
             p = self.pool.pending.get(txid)
             if p is None and self.pool.status_of(txid) is None:
-                self._keep_early(vote, now)
+                self.early_votes.keep(vote, now)
             else:
                 known.append((p, vote))
         if known:
@@ -210,88 +204,121 @@ class Votes:
     # -- early votes ---------------------------------------------------------------------
 
     def early(self, s: Step, p: Pending) -> None:
-        """Count, in the step that accepts ``p``, the votes that came before it."""
-        entry = self._early.get(p.tx.txid)
-        if entry is None:
-            return
-        for vote in entry[1]:
-            if vote.voter != self.config.public_key:
-                self.finality.record_vote(s, p, vote)
+        """Count, in the step that accepts ``p``, the votes that came before it, and
+        write the signed batches they came in (certificate material from now on)."""
         txid = p.tx.txid
-
-        def forget() -> None:
-            self._early.pop(txid, None)
-        s.after.append(forget)
-
-    def _keep_early(self, vote: Vote, now: float) -> None:
-        while self._early:
-            txid, (seen, _) = next(iter(self._early.items()))
-            if seen + EARLY_VOTES_TTL > now and len(self._early) < EARLY_VOTES_MAX:
-                break
-            del self._early[txid]
-        entry = self._early.get(vote.txid)
-        if entry is None:
-            self._early[vote.txid] = (now, [vote])
-        elif len(entry[1]) < len(self.config.masternodes):
-            entry[1].append(vote)
+        votes = self.early_votes.votes_for(txid)
+        if not votes:
+            return
+        now = self.config.clock()
+        for vote, key, body in votes:
+            if vote.voter == self.config.public_key:
+                continue
+            if key is None:
+                if vote.voter not in p.approvals and vote.voter not in p.rejections:
+                    self.finality.record_vote(s, p, vote)
+                continue
+            s.rows.batches[key] = body
+            self._count_on(s, p, vote, body, now)
+        early_votes = self.early_votes
+        s.after.append(lambda: early_votes.forget(txid))
 
     # -- signed batches (SPEC 7.4) -------------------------------------------------------
 
     def add_batch(self, msg: wire.Votes) -> bool:
         """Count a peer's signed vote batch; the caller verified its signature
         (``wire.verify_votes``, off the event loop).  Returns False when this very
-        batch was counted before (relay it no further)."""
+        batch was counted before, or is dropped (relay it no further): a batch under
+        a number used up by two others (SPEC 7.3 Budgets), or one whose every vote
+        is for a transaction this node does not hold while its voter's early votes
+        are at their quota (refused without a step: nothing to write)."""
         self.config.check_voter(msg.voter)
         if msg.voter == self.config.public_key and msg.batch >= self.next_batch:
             # Our own key signed a batch we have no record of: a restore from an
             # old backup (or a stolen key).  Never reuse that number.
             log.error("a batch %d signed by this masternode's key came from a peer; "
                       "own batches now continue after it", msg.batch)
+        if (not self.early_votes.room(msg.voter, self.config.clock())
+                and not any(self._held(txid) for txid, _ in msg.votes)):
+            self.early_votes.dropped += len(msg.votes)
+            return False
         return bool(self.work.run(lambda s: self._record_batch(s, msg)))
 
+    def _held(self, txid: str) -> bool:
+        return txid in self.pool.pending or self.pool.status_of(txid) is not None
+
     def _record_batch(self, s: Step, msg: wire.Votes) -> bool:
+        """Count a verified batch in step ``s``; True when it is new (relay it).
+
+        Its body is written only when a vote in it was written (its certificate
+        material) or it is evidence: a batch whose votes are all early or on decided
+        transactions writes nothing, and its number is remembered in memory."""
         digest = msg.content_hash(self.config.network_id)
         key = (msg.voter, msg.batch, digest)
         staged = self.work.staged
         if key in s.rows.batches or key in staged.batches:
             return False
-        stored = self.tables.batch_bodies(msg.voter, msg.batch)
-        if digest in stored:
+        # Every batch seen under this number, by digest (None: body no longer held).
+        seen: dict[bytes, bytes | None] = {
+            k[2]: b for k, b in [*staged.batches.items(), *s.rows.batches.items()]
+            if k[:2] == key[:2]}
+        seen.update(self.tables.batch_bodies(msg.voter, msg.batch))
+        unwritten = self.early_votes.number(msg.voter, msg.batch)
+        if unwritten is not None:
+            seen.setdefault(unwritten[0], unwritten[1])
+        if digest in seen:
+            return False
+        if len(seen) >= 2:
+            # The number is used up: its evidence is kept; the voter's further
+            # batches under it are dropped unread (SPEC 7.3 Budgets).
             return False
         body = orjson.dumps(msg.to_data())
         now = self.config.clock()
-        others = [b for k, b in staged.batches.items() if k[:2] == key[:2]]
-        others += list(stored.values())
-        if others:
-            self.evidence(s, EvidenceRow(msg.voter, "batch", others[0], body, now))
-        s.rows.batches[key] = body
+        written = False
+        if seen:
+            first_digest, first = next(iter(seen.items()))
+            if first is not None:
+                self.evidence(s, EvidenceRow(msg.voter, "batch", first, body, now))
+                s.rows.batches[(msg.voter, msg.batch, first_digest)] = first
+            written = True  # both kept: the number shows as used up from now on
         for txid, approve in msg.votes:
-            self._count_vote(s, Vote(txid, msg.voter, approve, f"@{msg.batch}"), body, now)
+            vote = Vote(txid, msg.voter, approve, f"@{msg.batch}")
+            written = self._count_vote(s, vote, key, body, now) or written
+        if written:
+            s.rows.batches[key] = body
 
         def done() -> None:
             self.last_vote[msg.voter] = now
             if msg.voter == self.config.public_key:
                 self.next_batch = max(self.next_batch, msg.batch + 1)
+            if not written:
+                self.early_votes.note_number(msg.voter, msg.batch, digest)
         s.after.append(done)
         return True
 
-    def _count_vote(self, s: Step, vote: Vote, body: bytes, now: float) -> None:
-        """Count one vote of a signed batch, once per (voter, txid, approve)."""
+    def _count_vote(self, s: Step, vote: Vote, key: BatchKey, body: bytes,
+                    now: float) -> bool:
+        """Count one vote of a signed batch, once per (voter, txid, approve); True
+        when it was written (so must its batch be)."""
         p = self.pool.pending.get(vote.txid)
         if p is None:
             if self.pool.status_of(vote.txid) is None:
-                self._keep_early(vote, now)
-            return  # decided already: its outcome stands, the vote changes nothing
+                self.early_votes.keep(vote, now, key, body)
+            return False  # decided already: its outcome stands, the vote changes nothing
+        return self._count_on(s, p, vote, body, now)
+
+    def _count_on(self, s: Step, p: Pending, vote: Vote, body: bytes, now: float) -> bool:
+        """Count ``vote`` on the pending ``p``; True when it was written."""
         mine, other = ((p.approvals, p.rejections) if vote.approve
                        else (p.rejections, p.approvals))
         if vote.voter in mine:
-            return
+            return False
         if vote.voter in other:
             # Signed both ways: both count (SPEC 7.4), the first one's row stays.
             self.evidence(s, EvidenceRow(vote.voter, "vote", self._batch_of(p, vote),
                                          body, now))
             self.finality.record_vote(s, p, vote, stored=False)
-            return
+            return True
         if vote.approve:
             for op in p.tx.outpoints():
                 for t in self.pool.spenders.get(op, ()):
@@ -301,6 +328,7 @@ class Votes:
                                                      self._batch_of(q, vote), body, now))
                         break
         self.finality.record_vote(s, p, vote)
+        return True
 
     def _batch_of(self, p: Pending, vote: Vote) -> bytes:
         """The stored signed batch holding ``vote.voter``'s earlier vote on ``p``."""

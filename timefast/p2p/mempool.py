@@ -23,7 +23,7 @@ import orjson
 from timefast import wire
 from timefast.commits import GroupCommit
 from timefast.journal import Change, TxAccepted, TxConfirmed, TxFinalized
-from timefast.ledger import Ledger, LedgerError
+from timefast.ledger import Ledger, LedgerError, SpentConflict
 from timefast.p2p.relay import RelayFilter
 from timefast.p2p.switch import Peer, Reactor, Switch
 from timefast.transaction import Transaction
@@ -32,6 +32,7 @@ from timefast.transaction import parse as parse_tx
 log = logging.getLogger("timefast.p2p")
 
 ASK_LIMIT = 1000  # txids per GetPending sent for transactions without quorum
+ASKS_OPEN = 4  # unanswered GetPending counted per peer
 
 
 class MempoolReactor(Reactor):
@@ -52,6 +53,9 @@ class MempoolReactor(Reactor):
         self.relayed = 0
         self.asked = 0
         self._source: dict[str, Peer] = {}  # txid -> the peer it came from
+        # GetPending sent to each peer and not answered yet (at most ASKS_OPEN): only
+        # an answer may carry the rejections a peer passes on (``_take_tx``).
+        self._asked: dict[Peer, int] = {}
         self._ticker: asyncio.Task[None] | None = None
         ledger.watch(self._changes)
 
@@ -76,7 +80,12 @@ class MempoolReactor(Reactor):
 
     def peer_up(self, peer: Peer, hello: wire.Hello) -> None:
         """A new peer is asked for everything it holds pending."""
+        self._asked[peer] = 1
         self.switch.send_to(peer, wire.GetPending(None))
+
+    def peer_down(self, peer: Peer) -> None:
+        """Nothing of a closed link is kept."""
+        self._asked.pop(peer, None)
 
     def receive(self, peer: Peer, msg: wire.Message) -> None:
         """A ``Tx``, ``GetPending`` or ``Pending`` from a peer."""
@@ -88,32 +97,61 @@ class MempoolReactor(Reactor):
                 msg.txids, self.switch.max_message_bytes // 2)
             self.switch.send_to(peer, wire.Pending(tuple(txs), tuple(batches)))
         elif isinstance(msg, wire.Pending):
+            asked = self._asked.get(peer, 0)
+            if asked:
+                self._asked[peer] = asked - 1
             for tx in msg.txs:
-                self._take_tx(peer, tx)
+                self._take_tx(peer, tx, answered=asked > 0)
             for votes in msg.votes:
                 self.take_votes(peer, votes)
         else:
             self.refuse(msg)
 
-    def _take_tx(self, peer: Peer, tx: Transaction) -> None:
+    def _take_tx(self, peer: Peer, tx: Transaction, answered: bool = False) -> None:
+        """Submit a peer's transaction as relayed.  ``answered``: it came in the
+        peer's answer to this node's ``GetPending``, where an honest peer passes on
+        what it rejected lately (``Ledger.pending_for``): a spend of a coin spent for
+        good is then stored rejected, as there (``Ledger.submit``), and counts
+        against the peer only in a ``Tx`` or an unasked ``Pending``."""
         txid = tx.txid
         if self.relay.tx_known(txid):
             return
         if txid in self._source or self.ledger.status_of(txid) is not None:
             return  # on its way in, or known (pending, decided for good, confirmed)
         self._source[txid] = peer
+        # The height the peer claimed before it sent this (SPEC 7.3 Budgets): frames
+        # on a link arrive in order and a node sends ``Status`` after every block it
+        # applies, and it relays a transaction when the commit accepting it is
+        # announced.  A peer that claimed a height above the block confirming a rival
+        # spend had applied that block before it relayed this, and an honest node then
+        # refuses such a spend.  Strictly above: a spend accepted in the same group
+        # commit as the block may be announced after that commit's ``Status``.
+        height = peer.height
 
         def done(_: Any, err: BaseException | None) -> None:
             self._source.pop(txid, None)  # (the relay, on TxAccepted, has used it)
             if err is None:
                 return
-            if isinstance(err, LedgerError) and "bad signature" in err.message:
+            if isinstance(err, SpentConflict):
+                # Only the height rule: whether the finality certificate reached the
+                # peer earlier would need a record of every certificate sent to
+                # every peer; without a block a finalized spend may still be news.
+                if (not answered and err.confirmed_at is not None
+                        and height > err.confirmed_at):
+                    self.switch.misbehaved(peer, f"transaction {txid} spends an output "
+                                           f"confirmed spent at height {err.confirmed_at}, "
+                                           f"which the peer had (height {height})")
+                else:
+                    log.debug("peer %s: transaction %s not taken: %s",
+                              (peer.key or "?")[:16], txid, err.message)
+            elif isinstance(err, LedgerError) and "bad signature" in err.message:
                 self.switch.misbehaved(peer, f"transaction {txid}: {err.message}")
             elif isinstance(err, LedgerError):
                 log.debug("peer %s: transaction %s not taken: %s", (peer.key or "?")[:16],
                           txid, err.message)
 
-        self.commits.submit(lambda: self.ledger.submit(tx, relayed=True), done, tx)
+        self.commits.submit(lambda: self.ledger.submit(tx, relayed=True, answered=answered),
+                            done, tx)
 
     def _changes(self, changes: list[Change]) -> None:
         parents: list[str] = []
@@ -151,4 +189,6 @@ class MempoolReactor(Reactor):
             due = self.ledger.overdue()
             if due and self.switch.by_key:
                 self.asked += 1
+                for p in self.switch.by_key.values():
+                    self._asked[p] = min(ASKS_OPEN, self._asked.get(p, 0) + 1)
                 self.switch.broadcast(wire.GetPending(tuple(due[:ASK_LIMIT])))

@@ -44,6 +44,8 @@ class VotesReactor(Reactor):
         self._checker = ThreadPoolExecutor(1, thread_name_prefix="timefast-p2p-verify")
         self._to_check: list[tuple[Peer, wire.Votes]] = []
         self._checking_votes: set[tuple[str, int, str]] = set()
+        # Voters logged as equivocators (once each: one may use up many numbers).
+        self._equivocators: set[str] = set()
         self._checking = False
         self._vote_timer: asyncio.TimerHandle | None = None
         self._signing = False
@@ -70,7 +72,13 @@ class VotesReactor(Reactor):
             ("timefast_peer_votes_relayed_total", "counter",
              "Vote batches relayed or sent to peers", self.relayed),
             ("timefast_vote_batches_signed_total", "counter",
-             "Vote batches this masternode signed", self.signed)]
+             "Vote batches this masternode signed", self.signed),
+            ("timefast_early_votes", "gauge",
+             "Votes kept in memory for transactions not held yet",
+             len(self.ledger.votes.early_votes)),
+            ("timefast_early_votes_dropped_total", "counter",
+             "Votes for transactions not held dropped over their voter's quota",
+             self.ledger.votes.early_votes.dropped)]
 
     def receive(self, peer: Peer, msg: wire.Message) -> None:
         """A ``Votes`` batch from a peer."""
@@ -126,9 +134,11 @@ class VotesReactor(Reactor):
         new, evidence = self.relay.add_votes(votes)
         if not new:
             return
-        if evidence is not None:
-            log.warning("masternode %s signed two batches numbered %d", votes.voter[:16],
-                        votes.batch)
+        if evidence is not None and votes.voter not in self._equivocators:
+            self._equivocators.add(votes.voter)
+            log.warning("masternode %s signed two batches numbered %d (logged once; its "
+                        "further batches under used numbers are dropped unread)",
+                        votes.voter[:16], votes.batch)
 
         def done(_: Any, err: BaseException | None) -> None:
             if err is not None:
