@@ -84,9 +84,7 @@ class MempoolReactor(Reactor):
             self.received += 1
             self._take_tx(peer, msg.tx)
         elif isinstance(msg, wire.GetPending):
-            txs, batches = self.ledger.pending_for(
-                msg.txids, self.switch.max_message_bytes // 2)
-            self.switch.send_to(peer, wire.Pending(tuple(txs), tuple(batches)))
+            self._answer_pending(peer, msg)
         elif isinstance(msg, wire.Pending):
             for tx in msg.txs:
                 self._take_tx(peer, tx)
@@ -94,6 +92,17 @@ class MempoolReactor(Reactor):
                 self.take_votes(peer, votes)
         else:
             self.refuse(msg)
+
+    def _answer_pending(self, peer: Peer, msg: wire.GetPending) -> None:
+        """Within the switch's request budgets (SPEC 7.3), and made once for every
+        peer asking the same while the ledger's seq and height hold (the switch's
+        answer cache also ages it out: votes arriving do not all move the seq)."""
+        def make() -> bytes:
+            txs, batches = self.ledger.pending_for(
+                msg.txids, self.switch.max_message_bytes // 2)
+            return wire.encode(wire.Pending(tuple(txs), tuple(batches)))
+        self.switch.answer(peer, "pending", msg.txids, (self.ledger.seq, self.ledger.height),
+                           make)
 
     def _take_tx(self, peer: Peer, tx: Transaction) -> None:
         txid = tx.txid
