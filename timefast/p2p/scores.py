@@ -27,8 +27,8 @@ class Scores:
 
     An entry is (points, when, refused until); one whose points faded and whose
     refusal ran out is forgotten.  At most ``max_entries`` are held: past that the
-    least recently touched goes first (a flood of fresh keys pushes out fresh keys,
-    each of whose IPs is counted too).
+    least recently touched of those not refused go first (a flood of fresh keys
+    pushes out fresh keys, each of whose IPs is counted too).
     """
 
     def __init__(self, *, threshold: float = THRESHOLD, refusal: float = REFUSAL,
@@ -84,9 +84,13 @@ class Scores:
         for who in [w for w, (_, _, until) in self._entries.items()
                     if until <= now and self._points(w, now)[0] == 0.0]:
             del self._entries[who]
-        keep = self.max_entries - self.max_entries // 4
-        while len(self._entries) > keep:
-            del self._entries[next(iter(self._entries))]
+        excess = len(self._entries) - (self.max_entries - self.max_entries // 4)
+        if excess <= 0:
+            return
+        # Refusals running go last: a flood of fresh subjects must not wash them out.
+        order = sorted(self._entries, key=lambda w: self._entries[w][2] > now)
+        for who in order[:excess]:
+            del self._entries[who]
 
     def __len__(self) -> int:
         return len(self._entries)
