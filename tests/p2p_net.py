@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from types import SimpleNamespace
 
 import orjson
 from websockets.sync.client import connect
@@ -123,9 +122,29 @@ def closed(ws) -> int | None:
         return ws.close_code
 
 
+class FakeLink:
+    """An authenticated link without a socket or a stream (reactor and switch tests):
+    what is handed to it to send comes out of ``data_to_send`` unsealed."""
+
+    def __init__(self, key: str, masternode: bool = True) -> None:
+        self.peer_key = key
+        self.peer_masternode = masternode
+        self.authenticated = True
+        self.closed = False
+        self._out: list[bytes] = []
+
+    def send(self, msg: wire.Message) -> None:
+        self._out.append(wire.encode(msg))
+
+    def send_encoded(self, message: bytes) -> None:
+        self._out.append(message)
+
+    def data_to_send(self) -> list[bytes]:
+        out, self._out = self._out, []
+        return out
+
+
 def fake_peer(key: str, sent: list[bytes], masternode: bool = True) -> Peer:
-    """A peer whose link is up, without a socket (reactor tests): the encoded messages
-    handed to its link to seal land in ``sent``."""
-    link = SimpleNamespace(authenticated=True, peer_key=key, peer_masternode=masternode,
-                           closed=False, send_encoded=sent.append, data_to_send=list)
-    return Peer(link, "127.0.0.1:1", False, sent.append)  # type: ignore[arg-type]
+    """A peer on a ``FakeLink``: the encoded messages sent to it land in ``sent``."""
+    return Peer(FakeLink(key, masternode), "127.0.0.1:1", False,  # type: ignore[arg-type]
+                sent.append)

@@ -6,9 +6,14 @@ from __future__ import annotations
 import urllib.request
 
 from timefast import wire
+from timefast.p2p.blocksync import BlockSyncReactor, blocks_frame
+from timefast.p2p.switch import Peer, Switch
 
+from .helpers import new_wallet
+from .ledger_helpers import make_ledger
 from .network import Network, free_ports, send_sealed
 from .p2p_net import (
+    FakeLink,
     closed,
     raw_peer,
     same_chain,
@@ -102,3 +107,44 @@ def test_a_true_block_then_a_forged_one_from_a_peer_still_moves_the_node_on(tmp_
         if node3 is not None:
             node3.kill()
         net.close()
+
+
+def _serving(tmp_path):
+    """A one-masternode ledger with three blocks, its switch and block sync reactor."""
+    led, _ = make_ledger(tmp_path)
+    for n in range(3):
+        led.faucet.pay(new_wallet()[1], 10 + n)
+        led.blocks.make_block()
+    switch = Switch(led, led.key, listen=None, advertise=None)
+    sync = BlockSyncReactor(led, None, switch, lambda: None)  # type: ignore[arg-type]
+    switch.add_reactor(sync)
+    return led, switch, sync
+
+
+def _peer(sent: list[bytes], authenticated: bool = True) -> Peer:
+    link = FakeLink("ab" * 32, masternode=False)
+    link.authenticated, link.closed = authenticated, not authenticated
+    return Peer(link, "127.0.0.1:1", True, sent.append)  # type: ignore[arg-type]
+
+
+def test_blocks_are_encoded_once_into_the_same_frame_and_shared(tmp_path):
+    led, switch, _ = _serving(tmp_path)
+    a, b = [], []
+    switch.dispatch(_peer(a), wire.GetBlocks(1, 500))
+    switch.dispatch(_peer(b), wire.GetBlocks(1, 500))
+    assert a == [wire.encode(wire.Blocks(tuple(led.block_at(h) for h in (1, 2, 3))))]
+    assert b[0] is a[0] and switch.answers.hits == 1
+    # A frame as wire.encode makes it, and wire parses it back.
+    assert blocks_frame([]) == wire.encode(wire.Blocks(()))
+    assert wire.parse(a[0]) == wire.Blocks(tuple(led.block_at(h) for h in (1, 2, 3)))
+
+
+def test_a_peer_whose_link_ended_is_not_asked_nor_remembered(tmp_path):
+    _, _, sync = _serving(tmp_path)
+    sent: list[bytes] = []
+    sync.ask_blocks(_peer(sent, authenticated=False))
+    assert sent == [] and sync._asked == {}
+    live = _peer(sent)
+    sync.ask_blocks(live)
+    sync.peer_down(live)
+    assert len(sent) == 1 and sync._asked == {}

@@ -95,7 +95,7 @@ def test_a_respend_counts_against_a_peer_whose_height_covers_its_confirmation(tm
     from timefast.ledger import Ledger
     from timefast.p2p.mempool import MempoolReactor
     from timefast.p2p.relay import RelayFilter
-    from timefast.p2p.switch import Peer, Switch
+    from timefast.p2p.switch import Switch
     from timefast.storage import Store
 
     from .helpers import batch_vote, commit_next
@@ -121,14 +121,13 @@ def test_a_respend_counts_against_a_peer_whose_height_covers_its_confirmation(tm
             done(None, e)
     switch = Switch(led, keys[0], listen=None, advertise=None)
     blamed = []
-    switch.misbehaved = lambda peer, reason: blamed.append((peer, reason))  # type: ignore[method-assign]
+    switch.penalize = (  # type: ignore[method-assign]
+        lambda peer, points, reason: blamed.append((peer, reason)))
     reactor = MempoolReactor(led, SimpleNamespace(submit=submit), switch,  # type: ignore[arg-type]
                              RelayFilter(led.network_id), lambda p, v: None)
 
     def peer(height):
-        p = Peer(SimpleNamespace(authenticated=True, peer_key=pubs[1],
-                                 send=lambda msg: None, data_to_send=list),
-                 "127.0.0.1:1", False, lambda frame: None)
+        p = fake_peer(pubs[1], [])
         p.height = height
         return p
     respends = [build([(coin, 0, owner)], [(new_wallet()[1], 7 + i)], timestamp=3 + i)

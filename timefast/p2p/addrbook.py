@@ -1,5 +1,5 @@
 """Where masternodes listen (SPEC 7.2): ``AddrBook``, the newest signed ``Addr`` per
-key, one per node, for gossip and dialling."""
+key, one per node, for gossip (and, for keys of the voting set only, dialling)."""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 This node's own record is signed once it knows the address it advertises, and again
 every ``ADDR_REFRESH``; a new peer gets every record held; a record new here goes on
-to every other peer, and a masternode learnt from one is dialled (with
-``P2P_DISCOVERY``; the switch does the dialling).
+to every other peer, and a key of the voting set learnt from one is dialled (with
+``P2P_DISCOVERY``; the switch's dialer keeps one loop per key).  Records of other
+keys are kept (bounded) and gossiped, never dialled.
 """
 
 from __future__ import annotations

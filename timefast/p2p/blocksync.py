@@ -5,7 +5,9 @@ A node behind a peer (its ``Hello`` or ``Status`` says a greater height, or the
 gossip reactor sees messages of a later height) asks it for the blocks after its
 tip, and applies each fetched block only if its commit holds (``accept_block``);
 a refused block ends the link as misbehaviour.  Peers asking get stored blocks
-with their commits, up to half a message's size.
+with their commits, up to half a message's size, within the switch's request budgets
+(SPEC 7.3): each block is encoded once, that encoding both measures it and goes into
+the answer, and the answer is shared with every peer asking the same range.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ log = logging.getLogger("timefast.consensus")
 
 MAX_BLOCKS_PER_REQUEST = 500
 ASK_AGAIN = 1.0  # seconds before the same peer is asked for blocks again
+
+
+def blocks_frame(blocks: list[bytes]) -> bytes:
+    """The frame ``wire.encode(wire.Blocks(...))`` makes, from blocks each encoded
+    already (``orjson.dumps(block.to_data())``): the same bytes, without encoding
+    any block twice."""
+    return b'{"type":"Blocks","data":{"blocks":[' + b",".join(blocks) + b"]}}"
 
 
 class BlockSyncReactor(Reactor):
@@ -66,7 +75,10 @@ class BlockSyncReactor(Reactor):
             self.refuse(msg)
 
     def ask_blocks(self, peer: Peer) -> None:
-        """Ask ``peer`` for the blocks after the tip (at most once a second)."""
+        """Ask ``peer`` for the blocks after the tip (at most once a second; never a
+        peer whose link ended, which would otherwise be remembered here)."""
+        if not peer.link.authenticated:
+            return
         now = time.monotonic()
         if now - self._asked.get(peer, 0.0) < ASK_AGAIN:
             return
@@ -75,18 +87,27 @@ class BlockSyncReactor(Reactor):
                                                  MAX_BLOCKS_PER_REQUEST))
 
     def _answer_blocks(self, peer: Peer, req: wire.GetBlocks) -> None:
-        out: list[wire.Block] = []
-        size = 0
         last = min(self.ledger.height, req.from_height + min(req.count,
                                                              MAX_BLOCKS_PER_REQUEST) - 1)
-        for h in range(req.from_height, last + 1):
-            b = self.ledger.block_at(h)
-            size += len(orjson.dumps(b.to_data()))
-            if out and size > self.switch.max_message_bytes // 2:
+        if last < req.from_height:
+            return
+        # Stored blocks never change: the range asked and the tip (which bounds it)
+        # key the answer.
+        self.switch.answer(peer, "blocks", (req.from_height, last), self.ledger.height,
+                           lambda: self._encode_blocks(req.from_height, last))
+
+    def _encode_blocks(self, first: int, last: int) -> bytes:
+        """The ``Blocks`` frame of the stored blocks from ``first`` on (at most to
+        ``last``) within half a message; each block encoded once."""
+        parts: list[bytes] = []
+        size = 0
+        for h in range(first, last + 1):
+            part = orjson.dumps(self.ledger.block_at(h).to_data())
+            size += len(part) + 1
+            if parts and size > self.switch.max_message_bytes // 2:
                 break
-            out.append(b)
-        if out:
-            self.switch.send_to(peer, wire.Blocks(tuple(out)))
+            parts.append(part)
+        return blocks_frame(parts)
 
     def _take_blocks(self, peer: Peer, msg: wire.Blocks) -> None:
         blocks = [b for b in msg.blocks if b.height > self.ledger.height]

@@ -25,6 +25,7 @@ from timefast.commits import GroupCommit
 from timefast.journal import Change, TxAccepted, TxConfirmed, TxFinalized
 from timefast.ledger import Ledger, LedgerError, SpentConflict
 from timefast.p2p.relay import RelayFilter
+from timefast.p2p.scores import SOFT
 from timefast.p2p.switch import Peer, Reactor, Switch
 from timefast.transaction import Transaction
 from timefast.transaction import parse as parse_tx
@@ -93,9 +94,7 @@ class MempoolReactor(Reactor):
             self.received += 1
             self._take_tx(peer, msg.tx)
         elif isinstance(msg, wire.GetPending):
-            txs, batches = self.ledger.pending_for(
-                msg.txids, self.switch.max_message_bytes // 2)
-            self.switch.send_to(peer, wire.Pending(tuple(txs), tuple(batches)))
+            self._answer_pending(peer, msg)
         elif isinstance(msg, wire.Pending):
             asked = self._asked.get(peer, 0)
             if asked:
@@ -106,6 +105,17 @@ class MempoolReactor(Reactor):
                 self.take_votes(peer, votes)
         else:
             self.refuse(msg)
+
+    def _answer_pending(self, peer: Peer, msg: wire.GetPending) -> None:
+        """Within the switch's request budgets (SPEC 7.3), and made once for every
+        peer asking the same while the ledger's seq and height hold (the switch's
+        answer cache also ages it out: votes arriving do not all move the seq)."""
+        def make() -> bytes:
+            txs, batches = self.ledger.pending_for(
+                msg.txids, self.switch.max_message_bytes // 2)
+            return wire.encode(wire.Pending(tuple(txs), tuple(batches)))
+        self.switch.answer(peer, "pending", msg.txids, (self.ledger.seq, self.ledger.height),
+                           make)
 
     def _take_tx(self, peer: Peer, tx: Transaction, answered: bool = False) -> None:
         """Submit a peer's transaction as relayed.  ``answered``: it came in the
@@ -138,9 +148,11 @@ class MempoolReactor(Reactor):
                 # every peer; without a block a finalized spend may still be news.
                 if (not answered and err.confirmed_at is not None
                         and height > err.confirmed_at):
-                    self.switch.misbehaved(peer, f"transaction {txid} spends an output "
-                                           f"confirmed spent at height {err.confirmed_at}, "
-                                           f"which the peer had (height {height})")
+                    # A soft fault (SPEC 7.3): a member's link stays, the score
+                    # refuses an outsider that keeps at it.
+                    self.switch.penalize(peer, SOFT, f"transaction {txid} spends an output "
+                                         f"confirmed spent at height {err.confirmed_at}, "
+                                         f"which the peer had (height {height})")
                 else:
                     log.debug("peer %s: transaction %s not taken: %s",
                               (peer.key or "?")[:16], txid, err.message)
@@ -183,7 +195,9 @@ class MempoolReactor(Reactor):
         self.commits.submit(lambda: self.ledger.submit(tx, relayed=True), done, tx)
 
     async def _tick(self) -> None:
-        period = max(0.05, min(1.0, self.ledger.finality_timeout / 4))
+        # Peers answer GetPending at most twice a second (SPEC 7.3): asking more often
+        # only gets requests dropped and points on this node's score.
+        period = max(0.5, min(1.0, self.ledger.finality_timeout / 4))
         while True:
             await asyncio.sleep(period)
             due = self.ledger.overdue()

@@ -169,7 +169,7 @@ class VotesReactor(Reactor):
         to = [p for key, p in by_key.items()
               if p is not source and key != votes.voter
               and not (direct and p.link.peer_masternode and key != ring)]
-        self.relayed += self.switch.broadcast_encoded(frame, to=to)
+        self.relayed += self.switch.broadcast(frame, to=to)
 
     # -- own votes -----------------------------------------------------------------
 
