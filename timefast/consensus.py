@@ -514,7 +514,12 @@ class Consensus:
 
     def held(self, message: Message) -> int:
         """How many messages of ``message``'s signer for its (height, round, step) the
-        log holds (proposals: of its round); 0 for a later height."""
+        log holds (proposals: of its round), or keeps for a later height."""
+        sender = sender_of(message)
+        if self._height is None or message.height > self._height:
+            return sum(1 for x in self._buffer.get(message.height, ())
+                       if type(x) is type(message) and x.round == message.round
+                       and sender_of(x) == sender)
         if message.height != self._height:
             return 0
         rd = self._rounds.get(message.round)
@@ -523,7 +528,7 @@ class Consensus:
         if isinstance(message, Proposal):
             return len(rd.proposals)
         log = rd.prevotes if isinstance(message, Prevote) else rd.precommits
-        return len(log.get(sender_of(message), ()))
+        return len(log.get(sender, ()))
 
     def holds(self, message: Message) -> bool:
         """Whether the log holds ``message`` (or keeps it for a later height)."""
