@@ -423,17 +423,26 @@ class Proposal:
     __slots__ = ("_block", "_certificates", "_raw", "block_hash", "height", "round",
                  "signature", "valid_round")
 
-    def __init__(self, height: int, round: int, valid_round: int, block: Block,
-                 certificates: tuple[Votes, ...], signature: str) -> None:
+    def __init__(self, height: int, round: int, valid_round: int,
+                 block: Block | dict[str, Any], certificates: tuple[Votes, ...] | list[Any],
+                 signature: str) -> None:
+        """``block`` and ``certificates`` parsed, or (from ``from_data``) their JSON
+        as it came: the block's object, whose ``hash`` is read now, and the list of
+        certificates, both parsed by ``open``."""
         self.height = height
         self.round = round
         self.valid_round = valid_round
-        self.block_hash = block.hash
         self.signature = signature
-        self._block: Block | None = block
-        self._certificates: tuple[Votes, ...] | None = certificates
+        self._block: Block | None = None
+        self._certificates: tuple[Votes, ...] | None = None
         # The block and certificates as JSON, until ``open`` (None once opened).
         self._raw: tuple[dict[str, Any], list[Any]] | None = None
+        if isinstance(block, Block):
+            self.block_hash = block.hash
+            self._block, self._certificates = block, tuple(certificates)
+        else:
+            self.block_hash = _hex32(block, "hash", self.TYPE + ".block")
+            self._raw = (block, list(certificates))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Proposal):
@@ -513,14 +522,9 @@ class Proposal:
         block = _obj(_get(d, "block", w), w + ".block")
         _list(_get(block, "txs", w + ".block"), MAX_BLOCK_TXS, w + ".block.txs")
         certs = _list(_get(d, "certificates", w), MAX_LIST, w + ".certificates")
-        p = cls.__new__(cls)
-        p.height = _int(d, "height", 0, U64_MAX, w)
-        p.round = _int(d, "round", 0, U32_MAX, w)
-        p.valid_round = _int(d, "valid_round", -1, I32_MAX, w)
-        p.block_hash = _hex32(block, "hash", w + ".block")
-        p.signature = _sig(d, "signature", w)
-        p._block, p._certificates, p._raw = None, None, (block, certs)
-        return p
+        return cls(_int(d, "height", 0, U64_MAX, w), _int(d, "round", 0, U32_MAX, w),
+                   _int(d, "valid_round", -1, I32_MAX, w), block, certs,
+                   _sig(d, "signature", w))
 
     def signed_bytes(self, network_id: bytes) -> bytes:
         """What ``signature`` signs."""

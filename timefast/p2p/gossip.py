@@ -140,7 +140,12 @@ class ConsensusReactor(Reactor):
         if machine is None or proposer is None or self._skip(peer, p.height):
             return
         m = consensus.Proposal(p.height, p.round, p.valid_round, p.block_hash, proposer)
-        if not machine.admits(m):
+        decided = machine.decision
+        # The block of a decision made without it (its proposal missed) is taken
+        # whenever it comes: the driver commits it then.
+        missing = decided is not None and decided.height == p.height \
+            and decided.block_hash == p.block_hash and p.block_hash not in self.driver.blocks
+        if not missing and not machine.admits(m):
             self.dropped += 1
             return
         try:
@@ -151,7 +156,7 @@ class ConsensusReactor(Reactor):
         held = machine.held(m)
         near = self._near(machine, m)
         relay = near and held < RELAYED_PER_STEP
-        keep = (near and held == 0) or machine.support(p.block_hash) > machine.f
+        keep = missing or (near and held == 0) or machine.support(p.block_hash) > machine.f
         if relay or keep:
             try:
                 size = p.txs_bytes()

@@ -75,6 +75,10 @@ class RoundDriver:
         self.signatures: dict[tuple[int, int, str, str | None], str] = {}
         self._signatures_limit = SIGNATURES_KEPT
         self._kept_for: tuple[int | None, int] = (None, 0)  # (height, round) of _forget
+        # Blocks of this height found valid: the machine remembers the answer, so a
+        # decision on one needs the block still at hand (at most one a round from a
+        # member, each a valid block).
+        self._validated: set[str] = set()
         self.own: list[wire.Message] = []  # own signed messages of the current height
         self.refused_blocks = 0
         self.evidence = 0
@@ -160,6 +164,7 @@ class RoundDriver:
             self.broadcast(wire.StartHeight(height))
         self._cancel_timers()
         self.blocks = {h: e for h, e in self.blocks.items() if e[0].height == height}
+        self._validated.clear()
         self.own.clear()
         self.signatures = {k: v for k, v in self.signatures.items() if k[0] >= height}
         for fn in self._height_watchers:
@@ -204,6 +209,7 @@ class RoundDriver:
             log.warning("block %s of height %s refused: %s", block_hash[:16],
                         block.height, e.message)
             return False
+        self._validated.add(block_hash)
         return True
 
     def _carry_out(self, out: Output) -> None:
@@ -240,7 +246,8 @@ class RoundDriver:
 
     def _forget_unused(self) -> None:
         """Drop what the machine can no longer use: blocks of this height it does
-        not want (a junk block of a member's round past, an equivocator's second) and
+        not want and did not find valid (a junk block of a member's round past, an
+        equivocator's second) and
         the signatures of precommits it no longer holds (rounds ahead it let go).
         With the machine's own bounds this bounds what a height keeps."""
         m = self.machine
@@ -249,7 +256,7 @@ class RoundDriver:
         self._kept_for = (m.height, m.round)
         wanted = m.wanted()
         self.blocks = {h: e for h, e in self.blocks.items()
-                       if e[0].height != m.height or h in wanted}
+                       if e[0].height != m.height or h in wanted or h in self._validated}
         if len(self.signatures) > self._signatures_limit:
             self.signatures = {
                 k: s for k, s in self.signatures.items()
