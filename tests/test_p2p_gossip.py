@@ -352,8 +352,8 @@ def test_a_proposal_s_signature_and_proposer_are_checked_before_its_block_is_par
 def test_one_block_per_proposer_height_and_round_is_kept(tmp_path):
     # The round's proposer signs three different blocks for one (height, round): the
     # first is kept, the first two are relayed (the second is the evidence), the
-    # third is neither parsed nor relayed, and the second's block is not kept...
-    # until f+1 validators prevote it: then the block of a proposal for it is kept.
+    # third is neither parsed nor relayed, and only the first block is kept; a
+    # fourth, prevoted by f+1 validators before it came, is kept too.
     def run() -> None:
         n = _Node(tmp_path)
         try:
@@ -377,15 +377,45 @@ def test_one_block_per_proposer_height_and_round_is_kept(tmp_path):
             to = 2 if n.pubs[2] != proposer else 3
             assert [p.block_hash for p in n.relayed(to, wire.Proposal)] == \
                 [blocks[0].hash, blocks[1].hash]
-            # f+1 = 2 validators prevote the second block; a copy of its proposal
-            # (another signature would be another message: here a fourth block made
-            # for it is the machine's third proposal, kept for its votes).
+            # A block beyond the first is kept when f+1 = 2 validators prevoted its
+            # value before it came (Tendermint needs the block a polka is for).
             voters = [k for k in n.pubs[1:] if k != proposer][:2]
             fourth = _empty_block(1, n.ledger.tip, 1764150009, proposer, r)
             for v in voters:
                 n.deliver(wire.sign_prevote(n.key_of(v), n.net, 1, r, fourth.hash))
             n.deliver(wire.sign_proposal(key, n.net, 1, r, -1, fourth))
             assert fourth.hash in n.driver.blocks
+        finally:
+            n.close()
+    _run(run)
+
+
+def test_a_block_over_4_mib_is_neither_parsed_nor_kept_nor_relayed(tmp_path):
+    # A member's proposal whose block holds 4.3 MB of junk transactions: counted, not
+    # parsed (junk would be a fault), not kept, not relayed; the machine has the
+    # proposal and prevotes nil at once (the block is not at hand).
+    from timefast import consensus, rules
+
+    def run() -> None:
+        n = _Node(tmp_path)
+        try:
+            n.driver.start_height(1)
+            m = n.driver.machine
+            assert m is not None
+            r = next(r for r in (0, 1) if m.proposer(1, r) != n.pubs[0])
+            proposer = m.proposer(1, r)
+            block = _empty_block(1, n.ledger.tip, 1764150000, proposer, r)
+            data = orjson.loads(wire.encode(
+                wire.sign_proposal(n.key_of(proposer), n.net, 1, r, -1, block)))["data"]
+            data["block"]["txs"] = [{"x": "a" * 1000}] * 4300
+            big = wire.parse(orjson.dumps({"type": "Proposal", "data": data}))
+            assert isinstance(big, wire.Proposal) and big.txs_bytes() > rules.MAX_BLOCK_BYTES
+            n.switch.dispatch(n.switch.by_key[n.pubs[1]], big)
+            assert n.gossip.oversized == 1 and not big.opened
+            assert n.links[n.pubs[1]].faults == []
+            assert block.hash not in n.driver.blocks
+            assert n.relayed(2, wire.Proposal) == [] and n.relayed(3, wire.Proposal) == []
+            assert m.holds(consensus.Proposal(1, r, -1, block.hash, proposer))
         finally:
             n.close()
     _run(run)
