@@ -15,6 +15,8 @@ import pytest
 
 from timefast.consensus import (
     MAX_BUFFERED_PER_SENDER,
+    MAX_FUTURE_ROUNDS_PER_VOTER,
+    MAX_VOTES_PER_VOTER,
     Consensus,
     Decision,
     Message,
@@ -513,6 +515,71 @@ def test_messages_for_a_later_height_wait_for_it_bounded() -> None:
     assert Prevote(2, 0, "v-next", key(0)) in out.messages
     assert m.round == 0  # key(3) alone is not f+1 = 2 validators of a higher round
     assert not m._buffer
+
+
+def test_one_voter_s_flood_of_one_round_and_step_is_bounded_and_admits_says_so() -> None:
+    # An equivocating voter signs 50 different prevotes for (1, 0): the log keeps
+    # MAX_VOTES_PER_VOTER of them, admits() answers beforehand exactly what
+    # on_message then does (so the caller drops the rest unread), and changes nothing.
+    m = _machine()
+    m.start_height(1)
+    nil = Prevote(1, 0, None, key(2))
+    for i in range(50):
+        v = Prevote(1, 0, f"v-junk-{i}", key(2))
+        before = (m.record(), m.held(v))
+        admitted = m.admits(v)
+        assert (m.record(), m.held(v)) == before
+        m.on_message(v)
+        assert m.holds(v) == admitted
+        assert not m.admits(v)  # a duplicate, once held
+    assert m.held(nil) == MAX_VOTES_PER_VOTER
+    assert len(m.evidence) == 1  # one piece proves it
+    # Past the bound the values the rules look at still count: nil and a proposed one.
+    assert m.admits(nil)
+    m.on_message(Proposal(1, 0, -1, "v-p", key(1)))
+    assert m.admits(Prevote(1, 0, "v-p", key(2)))
+    assert not m.admits(Prevote(1, 0, "v-other", key(2)))
+    assert not m.admits(Prevote(1, 0, "v-p", "ff" * 32))  # an outsider
+
+
+def test_a_voter_climbing_rounds_is_kept_for_its_highest_rounds_only() -> None:
+    # A member signs two prevotes (equivocating) for each of 1,000 rounds ahead: the
+    # log keeps its messages of its MAX_FUTURE_ROUNDS_PER_VOTER highest rounds, lower
+    # ones are refused unread, no empty round logs stay behind, and one piece of
+    # evidence stands for all.  The f+1 round skip still works on what is kept.
+    m = _machine()
+    m.start_height(1)
+    top = 1000
+    for r in range(1, top + 1):
+        for value in (f"v-{r}", None):
+            m.on_message(Prevote(1, r, value, key(2)))
+    kept = [r for r in range(1, top + 1) if m.held(Prevote(1, r, None, key(2)))]
+    assert kept == list(range(top - MAX_FUTURE_ROUNDS_PER_VOTER + 1, top + 1))
+    assert not m.admits(Prevote(1, 5, None, key(2)))
+    assert m.admits(Prevote(1, top + 1, None, key(2)))  # higher: its lowest goes
+    assert len(m._rounds) <= 1 + MAX_FUTURE_ROUNDS_PER_VOTER
+    assert len(m.evidence) == 1
+    assert m.round == 0
+    m.on_message(Prevote(1, top, None, key(3)))  # f+1 = 2 validators in round 1000
+    assert m.round == top
+
+
+def test_the_blocks_wanted_are_the_locks_the_current_proposals_and_f_plus_1_values(
+        ) -> None:
+    m = _machine()
+    m.start_height(1)
+    m.on_message(Proposal(1, 0, -1, "v-first", key(1)))
+    m.on_message(Proposal(1, 0, -1, "v-second", key(1)))  # equivocation
+    assert m.wanted() == {"v-first"}  # this node prevoted it (not locked yet)
+    assert m.support("v-second") == 0
+    m.on_message(Prevote(1, 0, "v-second", key(2)))
+    m.on_message(Prevote(1, 0, "v-second", key(3)))
+    assert m.support("v-second") == 2 and m.wanted() == {"v-first", "v-second"}
+    # Round 1 starts (precommits of f+1 validators there): round 0's first proposal
+    # is no longer wanted, the value with f+1 prevotes still is.
+    for i in (2, 3):
+        m.on_message(Precommit(1, 1, None, key(i)))
+    assert m.round == 1 and m.wanted() == {"v-second"}
 
 
 # -- restarts from the persisted record --

@@ -14,7 +14,7 @@ from timefast.rules import block_hash, coinbase
 from .byzantine import Byzantine
 from .network import Network
 from .p2p_net import (
-    fake_peer,
+    FakeLink,
     same_chain,
 )
 
@@ -121,45 +121,298 @@ def test_a_vote_is_relayed_once_to_every_other_peer_and_handed_on_once(tmp_path)
     """Driven without sockets: the first copy of a prevote goes to every peer but the
     one it came from, and to the round driver; a second copy (another peer, the same
     signed message) goes nowhere."""
-    import asyncio
-
-    from timefast.consensus import Timeouts
-    from timefast.ledger import Ledger
-    from timefast.p2p.gossip import ConsensusReactor
-    from timefast.p2p.rounds import RoundDriver
-    from timefast.p2p.switch import Peer, Switch
-    from timefast.storage import Store
-
-    keys = [crypto.new_key() for _ in range(4)]
-    pubs = [crypto.public_key_hex(k) for k in keys]
-
-    async def run() -> None:
-        store = Store(tmp_path / "t.db")
-        led = Ledger(store, "regtest", keys[0], pubs)
-        switch = Switch(led, keys[0], listen=None, advertise=None)
-        driver = RoundDriver(led, None, block_interval=0, timeouts=Timeouts(),  # type: ignore[arg-type]
-                             broadcast=switch.broadcast)
-        asked: list[Peer] = []
-        gossip = ConsensusReactor(led, None, switch, driver, asked.append)  # type: ignore[arg-type]
-        switch.add_reactor(gossip)
-        sent: dict[str, list[bytes]] = {k: [] for k in pubs[1:]}
-        for k in pubs[1:]:
-            switch.by_key[k] = fake_peer(k, sent[k])
+    def run() -> None:
+        n = _Node(tmp_path)
         try:
-            vote = wire.sign_prevote(keys[3], led.network_id, 1, 0, None)
-            switch.dispatch(switch.by_key[pubs[1]], vote)
+            vote = wire.sign_prevote(n.keys[3], n.net, 1, 0, None)
+            n.deliver(vote, via=1)
             # Height 1 is the next: on regtest the peer started it, and so did this
             # node; the vote went to the machine and on to the two other peers.
-            assert driver.machine is not None and driver.machine.height == 1
+            assert n.driver.machine is not None and n.driver.machine.height == 1
             relayed = {k: [m for m in map(wire.parse, f) if m == vote]
-                       for k, f in sent.items()}
-            assert relayed == {pubs[1]: [], pubs[2]: [vote], pubs[3]: [vote]}
-            before = {k: len(f) for k, f in sent.items()}
-            switch.dispatch(switch.by_key[pubs[2]], vote)
-            assert {k: len(f) for k, f in sent.items()} == before
-            assert asked == []  # nothing ahead of this node
+                       for k, f in n.sent.items()}
+            assert relayed == {n.pubs[1]: [], n.pubs[2]: [vote], n.pubs[3]: [vote]}
+            before = {k: len(f) for k, f in n.sent.items()}
+            n.deliver(vote, via=2)
+            assert {k: len(f) for k, f in n.sent.items()} == before
+            assert n.asked == []  # nothing ahead of this node
         finally:
-            driver.close()
-            store.close()
+            n.close()
+    _run(run)
 
-    asyncio.run(run())
+
+# -- budgets (SPEC 7.3), driven without sockets ------------------------------------------
+
+class _Link(FakeLink):
+    """A member's link whose faults the test reads (``faults``) instead of closing."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key, masternode=True)
+        self.faults: list[str] = []
+
+    def misbehaved(self, reason: str) -> None:
+        self.faults.append(reason)
+
+    def events_received(self) -> list[object]:
+        return []
+
+
+class _Commits:
+    """The node's group commit, run at once on the caller's thread."""
+
+    def submit(self, fn, done) -> None:
+        try:
+            result = fn()
+        except Exception as e:  # handed to done, as GroupCommit does
+            done(None, e)
+        else:
+            done(result, None)
+
+
+class _Node:
+    """One masternode's ledger, switch, round driver and gossip reactor, with three
+    peers (the other keys) whose frames are lists; ``keys[0]`` is this node's."""
+
+    def __init__(self, tmp_path) -> None:
+        from timefast.consensus import Timeouts
+        from timefast.ledger import Ledger
+        from timefast.p2p.gossip import ConsensusReactor
+        from timefast.p2p.rounds import RoundDriver
+        from timefast.p2p.switch import Peer, Switch
+        from timefast.storage import Store
+
+        self.keys = [crypto.new_key() for _ in range(4)]
+        self.pubs = [crypto.public_key_hex(k) for k in self.keys]
+        self.store = Store(tmp_path / "t.db")
+        self.ledger = Ledger(self.store, "regtest", self.keys[0], self.pubs)
+        self.net = self.ledger.network_id
+        self.switch = Switch(self.ledger, self.keys[0], listen=None, advertise=None)
+        commits = _Commits()
+        self.asked: list[object] = []  # peers asked for blocks
+        self.driver = RoundDriver(self.ledger, commits,  # type: ignore[arg-type]
+                                  block_interval=0, timeouts=Timeouts(),
+                                  broadcast=self.switch.broadcast)
+        self.gossip = ConsensusReactor(self.ledger, commits, self.switch,  # type: ignore[arg-type]
+                                       self.driver, self.asked.append)
+        self.switch.add_reactor(self.gossip)
+        self.sent: dict[str, list[bytes]] = {k: [] for k in self.pubs[1:]}
+        self.links = {k: _Link(k) for k in self.pubs[1:]}
+        for k in self.pubs[1:]:
+            self.switch.by_key[k] = Peer(self.links[k], "127.0.0.1:1", False,  # type: ignore[arg-type]
+                                         self.sent[k].append)
+
+    def key_of(self, pub: str):
+        return self.keys[self.pubs.index(pub)]
+
+    def deliver(self, msg: wire.Message, via: int = 1) -> None:
+        """``msg`` from the peer ``pubs[via]``, parsed from its frame as a link does."""
+        self.switch.dispatch(self.switch.by_key[self.pubs[via]],
+                             wire.parse(wire.encode(msg)))
+
+    def relayed(self, to: int, kind: type) -> list[wire.Message]:
+        """What went to ``pubs[to]`` of ``kind`` and not signed by this node."""
+        return [m for m in map(wire.parse, self.sent[self.pubs[to]])
+                if isinstance(m, kind) and self.pubs[0] not in (
+                    getattr(m, "voter", None),
+                    m.block.producer if isinstance(m, wire.Proposal) else None)]
+
+    def close(self) -> None:
+        self.driver.close()
+        self.store.close()
+
+
+def _run(fn) -> None:
+    import asyncio
+
+    async def main() -> None:
+        fn()
+    asyncio.run(main())
+
+
+def test_a_flood_of_one_voter_s_prevotes_for_one_round_keeps_8_and_relays_2(tmp_path):
+    # A member signs 50 different prevotes for (height 1, round 0).  The machine keeps
+    # as many as it counts (MAX_VOTES_PER_VOTER), the first two go on to the other
+    # peers, and the rest are dropped unread: ten more with broken signatures are
+    # dropped as well, without a signature check (no fault is found).
+    from timefast import consensus
+
+    def run() -> None:
+        n = _Node(tmp_path)
+        try:
+            voter = n.pubs[3]
+            for i in range(50):
+                n.deliver(wire.sign_prevote(n.keys[3], n.net, 1, 0, f"{i:064x}"))
+            for i in range(50, 60):
+                good = wire.sign_prevote(n.keys[3], n.net, 1, 0, f"{i:064x}")
+                n.deliver(wire.Prevote(1, 0, good.block_hash, voter, "00" * 64))
+            m = n.driver.machine
+            assert m is not None and m.height == 1
+            assert m.held(consensus.Prevote(1, 0, None, voter)) == consensus.MAX_VOTES_PER_VOTER
+            assert [v.voter for v in n.relayed(2, wire.Prevote)] == [voter, voter]
+            assert n.links[n.pubs[1]].faults == []
+            assert n.gossip.dropped == 60 - consensus.MAX_VOTES_PER_VOTER
+            assert len([k for k in n.gossip.signed if k.round == 0]) == 2
+            assert n.ledger.equivocations.get(voter) == 1  # both signed, stored
+            # A bad signature within the budget is still a fault of the peer.
+            n.deliver(wire.Prevote(1, 0, None, voter, "00" * 64))
+            assert n.links[n.pubs[1]].faults == ["Prevote: signature does not verify"]
+        finally:
+            n.close()
+    _run(run)
+
+
+def test_a_voter_climbing_rounds_costs_a_bounded_memory_and_is_not_relayed(
+        tmp_path, monkeypatch):
+    # A member signs a precommit for each of 600 rounds of height 1: the machine
+    # keeps its highest MAX_FUTURE_ROUNDS_PER_VOTER rounds, the precommit signatures
+    # and signed bodies of the rounds it let go are dropped, and only the round
+    # within ROUNDS_AHEAD of this node's is relayed.
+    from timefast import consensus
+    from timefast.p2p import gossip, rounds
+
+    monkeypatch.setattr(gossip, "KEPT_SIGNED", 32)
+    monkeypatch.setattr(rounds, "SIGNATURES_KEPT", 32)
+
+    def run() -> None:
+        n = _Node(tmp_path)
+        try:
+            voter, top = n.pubs[3], 600
+            for r in range(1, top + 1):
+                n.deliver(wire.sign_precommit(n.keys[3], n.net, 1, r, None))
+            m = n.driver.machine
+            assert m is not None and m.round == 0
+            held = [r for r in range(1, top + 1)
+                    if m.held(consensus.Precommit(1, r, None, voter))]
+            assert held == list(range(top - consensus.MAX_FUTURE_ROUNDS_PER_VOTER + 1,
+                                      top + 1))
+            assert len(n.driver.signatures) <= 2 * 32
+            assert len(n.gossip.signed) <= 2 * 32
+            assert [v.round for v in n.relayed(2, wire.Precommit)] == \
+                list(range(1, gossip.ROUNDS_AHEAD + 1))
+            # Lower rounds than those kept are dropped unread from now on.
+            before = n.gossip.dropped
+            n.deliver(wire.sign_precommit(n.keys[3], n.net, 1, 3, "ab" * 32))
+            assert n.gossip.dropped == before + 1
+        finally:
+            n.close()
+    _run(run)
+
+
+def _junk_frame(p: wire.Proposal) -> wire.Proposal:
+    """``p`` with a block whose transactions would not parse (the hash is unchanged,
+    so the signature still holds)."""
+    data = orjson.loads(wire.encode(p))["data"]
+    data["block"]["txs"] = [{"junk": 1}]
+    parsed = wire.parse(orjson.dumps({"type": "Proposal", "data": data}))
+    assert isinstance(parsed, wire.Proposal)
+    return parsed
+
+
+def _empty_block(h: int, prev: str, ts: int, producer: str, r: int) -> wire.Block:
+    return wire.Block(h, prev, ts, (), producer, r, block_hash(h, prev, ts, [], producer, r),
+                      ())
+
+
+def test_a_proposal_s_signature_and_proposer_are_checked_before_its_block_is_parsed(
+        tmp_path):
+    # Blocks that would not parse: with a bad signature, or signed by a key that is
+    # not the round's proposer, the link closes for the signature (the block was
+    # never parsed); with a good signature, for the block.
+    def run() -> None:
+        n = _Node(tmp_path)
+        try:
+            n.driver.start_height(1)
+            m = n.driver.machine
+            assert m is not None
+            r = next(r for r in (0, 1) if m.proposer(1, r) != n.pubs[0])
+            proposer = m.proposer(1, r)
+            other = next(k for k in n.pubs[1:] if k != proposer)
+            block = _empty_block(1, n.ledger.tip, 1764150000, proposer, r)
+            faults = n.links[n.pubs[1]].faults
+            wrong = _junk_frame(wire.sign_proposal(n.key_of(other), n.net, 1, r, -1, block))
+            n.switch.dispatch(n.switch.by_key[n.pubs[1]], wrong)
+            assert faults == ["Proposal: signature does not verify"] and not wrong.opened
+            good = wire.sign_proposal(n.key_of(proposer), n.net, 1, r, -1, block)
+            forged = _junk_frame(wire.Proposal(1, r, -1, block, (), "00" * 64))
+            n.switch.dispatch(n.switch.by_key[n.pubs[1]], forged)
+            assert faults[1:] == ["Proposal: signature does not verify"]
+            assert not forged.opened
+            signed = _junk_frame(good)
+            n.switch.dispatch(n.switch.by_key[n.pubs[1]], signed)
+            assert len(faults) == 3 and "txs" in faults[2]
+            assert block.hash not in n.driver.blocks
+        finally:
+            n.close()
+    _run(run)
+
+
+def test_one_block_per_proposer_height_and_round_is_kept(tmp_path):
+    # The round's proposer signs three different blocks for one (height, round): the
+    # first is kept, the first two are relayed (the second is the evidence), the
+    # third is neither parsed nor relayed, and only the first block is kept; a
+    # fourth, prevoted by f+1 validators before it came, is kept too.
+    def run() -> None:
+        n = _Node(tmp_path)
+        try:
+            n.driver.start_height(1)
+            m = n.driver.machine
+            assert m is not None
+            r = next(r for r in (0, 1) if m.proposer(1, r) != n.pubs[0])
+            proposer = m.proposer(1, r)
+            key = n.key_of(proposer)
+            blocks = [_empty_block(1, n.ledger.tip, 1764150000 + i, proposer, r)
+                      for i in range(3)]
+            props = [wire.sign_proposal(key, n.net, 1, r, -1, b) for b in blocks]
+            n.deliver(props[0])
+            n.deliver(props[1])
+            third = _junk_frame(props[2])
+            n.switch.dispatch(n.switch.by_key[n.pubs[1]], third)
+            assert not third.opened and n.links[n.pubs[1]].faults == []
+            kept = {h for h, e in n.driver.blocks.items() if e[0].height == 1}
+            assert blocks[0].hash in kept and blocks[1].hash not in kept
+            assert blocks[2].hash not in kept
+            to = 2 if n.pubs[2] != proposer else 3
+            assert [p.block_hash for p in n.relayed(to, wire.Proposal)] == \
+                [blocks[0].hash, blocks[1].hash]
+            # A block beyond the first is kept when f+1 = 2 validators prevoted its
+            # value before it came (Tendermint needs the block a polka is for).
+            voters = [k for k in n.pubs[1:] if k != proposer][:2]
+            fourth = _empty_block(1, n.ledger.tip, 1764150009, proposer, r)
+            for v in voters:
+                n.deliver(wire.sign_prevote(n.key_of(v), n.net, 1, r, fourth.hash))
+            n.deliver(wire.sign_proposal(key, n.net, 1, r, -1, fourth))
+            assert fourth.hash in n.driver.blocks
+        finally:
+            n.close()
+    _run(run)
+
+
+def test_a_block_over_4_mib_is_neither_parsed_nor_kept_nor_relayed(tmp_path):
+    # A member's proposal whose block holds 4.3 MB of junk transactions: counted, not
+    # parsed (junk would be a fault), not kept, not relayed; the machine has the
+    # proposal and prevotes nil at once (the block is not at hand).
+    from timefast import consensus, rules
+
+    def run() -> None:
+        n = _Node(tmp_path)
+        try:
+            n.driver.start_height(1)
+            m = n.driver.machine
+            assert m is not None
+            r = next(r for r in (0, 1) if m.proposer(1, r) != n.pubs[0])
+            proposer = m.proposer(1, r)
+            block = _empty_block(1, n.ledger.tip, 1764150000, proposer, r)
+            data = orjson.loads(wire.encode(
+                wire.sign_proposal(n.key_of(proposer), n.net, 1, r, -1, block)))["data"]
+            data["block"]["txs"] = [{"x": "a" * 1000}] * 4300
+            big = wire.parse(orjson.dumps({"type": "Proposal", "data": data}))
+            assert isinstance(big, wire.Proposal) and big.txs_bytes() > rules.MAX_BLOCK_BYTES
+            n.switch.dispatch(n.switch.by_key[n.pubs[1]], big)
+            assert n.gossip.oversized == 1 and not big.opened
+            assert n.links[n.pubs[1]].faults == []
+            assert block.hash not in n.driver.blocks
+            assert n.relayed(2, wire.Proposal) == [] and n.relayed(3, wire.Proposal) == []
+            assert m.holds(consensus.Proposal(1, r, -1, block.hash, proposer))
+        finally:
+            n.close()
+    _run(run)

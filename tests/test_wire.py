@@ -137,6 +137,43 @@ def test_proposal_vector():
     assert wire.parse(wire.encode(p)) == p
 
 
+def test_a_proposal_is_parsed_to_its_envelope_and_its_block_only_when_opened():
+    # What the signature covers is read at once; a block that would not parse (here a
+    # transaction of junk) and certificates that are not batches wait for open(), so
+    # a receiver checks the signature first and never parses a block it refuses.
+    p = wire.sign_proposal(SIGNER, NET, 5, 2, 1, _block(5), [])
+    data = _data(p)
+    junk = {**data, "block": {**data["block"], "txs": [{"junk": 1}]},
+            "certificates": [{}]}
+    parsed = wire.parse(_frame("Proposal", junk))
+    assert isinstance(parsed, wire.Proposal) and not parsed.opened
+    assert (parsed.height, parsed.round, parsed.valid_round, parsed.block_hash) == \
+        (5, 2, 1, H)
+    wire.verify_proposal(parsed, NET, SIGNER.verify_key.encode().hex())
+    with pytest.raises(wire.ParseError, match="txs"):
+        parsed.open()
+    with pytest.raises(wire.ParseError, match="txs"):
+        _ = parsed.block
+    certs_only = wire.parse(_frame("Proposal", {**data, "certificates": [{}]}))
+    assert isinstance(certs_only, wire.Proposal)
+    with pytest.raises(wire.ParseError, match="Votes"):
+        certs_only.open()
+    # The count of transactions is checked with the envelope (it costs nothing).
+    many = {**data, "block": {**data["block"], "txs": [{}] * (wire.MAX_BLOCK_TXS + 1)}}
+    with pytest.raises(wire.ParseError, match="txs"):
+        wire.parse(_frame("Proposal", many))
+
+
+def test_a_proposal_s_transaction_bytes_are_counted_before_it_is_opened():
+    full = _examples()[9]
+    assert isinstance(full, wire.Proposal)
+    want = sum(len(orjson.dumps(t.to_json())) for t in full.block.txs)
+    parsed = wire.parse(wire.encode(full))
+    assert isinstance(parsed, wire.Proposal) and not parsed.opened
+    assert parsed.txs_bytes() == want == full.txs_bytes()
+    assert parsed.open() == full and parsed.opened and parsed.txs_bytes() == want
+
+
 @pytest.mark.parametrize("name", ["prevote", "precommit_nil"])
 def test_bft_vectors(name):
     v = VECTORS[name]
@@ -293,8 +330,10 @@ BAD = [
     ("501 blocks", _frame("Blocks", {"blocks": [None] * 501})),
     ("commit entry", _frame("Blocks", {"blocks": [
         {**_data(_examples()[14])["blocks"][1], "commit": [{"voter": H, "round": 0}]}]})),
-    ("certificate not votes", _frame("Proposal", {**_data(_examples()[9]),
-                                                 "certificates": [{}]})),
+    ("proposal txs not a list", _frame("Proposal", {**_data(_examples()[9]), "block": {
+        **_data(_examples()[9])["block"], "txs": {}}})),
+    ("proposal block without hash", _frame("Proposal", {**_data(_examples()[9]), "block": {
+        k: v for k, v in _data(_examples()[9])["block"].items() if k != "hash"}})),
     ("GetPending txids", _frame("GetPending", {"txids": [1]})),
     ("invalid utf-8", b'{"type":"Status","data":{"height":1,"tip":"\xff"}}'),
 ]
@@ -346,6 +385,8 @@ def _dumps(obj: Any) -> bytes:
 def _parse_or_parse_error(frame: bytes) -> None:
     try:
         msg = wire.parse(frame)
+        if isinstance(msg, wire.Proposal):
+            msg.open()  # the block and certificates are parsed only when opened
     except wire.ParseError:
         return
     # Whatever parses serializes back to a frame that parses to the same message.

@@ -370,10 +370,11 @@ class Consensus:
         self._future_rounds: dict[str, set[int]] = {}
         self._valid_yes: set[str] = set()
         self._valid_no: dict[str, int] = {}
-        self._proposed: set[str] = set()
+        # Values proposed at this height -> in how many rounds the log holds them.
+        self._proposed: dict[str, int] = {}
         self._buffer: dict[int, dict[Message, None]] = {}
         self._buffered: dict[str, int] = {}
-        self._evidence_keys: set[tuple[int, int, type, str]] = set()
+        self._evidence_keys: set[tuple[int, type, str]] = set()
         self.evidence: deque[Evidence] = deque(maxlen=MAX_EVIDENCE)
         self._dirty: set[int] = set()
         self._out = Output()
@@ -493,6 +494,72 @@ class Consensus:
         return self._finish()
 
     on_proposal = on_message
+
+    # -- what the caller asks before and after handing a message over --
+
+    def admits(self, message: Message) -> bool:
+        """Whether ``on_message`` would keep ``message`` now: from a member, of this
+        height (not decided) or a later one, within the bounds (see the module
+        docstring), not held already.  Changes nothing; the caller asks it before it
+        checks the signature, so what would be dropped is dropped unread."""
+        sender = sender_of(message)
+        if sender not in self._members or message.round < 0:
+            return False
+        if self._height is None or message.height > self._height:
+            kept = self._buffer.get(message.height, {})
+            return message not in kept and \
+                self._buffered.get(sender, 0) < MAX_BUFFERED_PER_SENDER
+        return message.height == self._height and self._decision is None \
+            and self._admissible(message)
+
+    def held(self, message: Message) -> int:
+        """How many messages of ``message``'s signer for its (height, round, step) the
+        log holds (proposals: of its round), or keeps for a later height."""
+        sender = sender_of(message)
+        if self._height is None or message.height > self._height:
+            return sum(1 for x in self._buffer.get(message.height, ())
+                       if type(x) is type(message) and x.round == message.round
+                       and sender_of(x) == sender)
+        if message.height != self._height:
+            return 0
+        rd = self._rounds.get(message.round)
+        if rd is None:
+            return 0
+        if isinstance(message, Proposal):
+            return len(rd.proposals)
+        log = rd.prevotes if isinstance(message, Prevote) else rd.precommits
+        return len(log.get(sender, ()))
+
+    def holds(self, message: Message) -> bool:
+        """Whether the log holds ``message`` (or keeps it for a later height)."""
+        if self._height is None or message.height > self._height:
+            return message in self._buffer.get(message.height, {})
+        rd = self._rounds.get(message.round) if message.height == self._height else None
+        if rd is None:
+            return False
+        if isinstance(message, Proposal):
+            return rd.proposals.get(message.block_hash) == message
+        log = rd.prevotes if isinstance(message, Prevote) else rd.precommits
+        return message in log.get(sender_of(message), ())
+
+    def wanted(self) -> set[str]:
+        """The values whose blocks the rules of this height can still use: the
+        locked and valid values, the first proposal of the current round and of each
+        later one, and every value with f+1 prevotes or precommits in a round (a
+        polka or a commit needs q, so f+1 first).  The caller may drop other blocks
+        (a later need is met by fetching them, :meth:`on_block`)."""
+        out = {v for v in (self._locked_value, self._valid_value) if v is not None}
+        for r, rd in self._rounds.items():
+            if r >= self._round and rd.proposals:
+                out.add(next(iter(rd.proposals)))
+            for count in (rd.prevote_count, rd.precommit_count):
+                out.update(v for v, n in count.items() if v is not None and n > self.f)
+        return out
+
+    def support(self, value: str) -> int:
+        """The most prevotes or precommits ``value`` has in one round of this height."""
+        return max((max(rd.prevote_count.get(value, 0), rd.precommit_count.get(value, 0))
+                    for rd in self._rounds.values()), default=0)
     on_prevote = on_message
     on_precommit = on_message
 
@@ -636,10 +703,9 @@ class Consensus:
 
     # -- the message log --
 
-    def _add(self, m: Message) -> bool:
-        """Put a message of the current height in the log; False when it is ignored
-        (an outsider, a duplicate, a second different vote, malformed, over a bound)."""
-        assert self._height is not None
+    def _admissible(self, m: Message) -> bool:
+        """Whether the log of the current height would take ``m`` (a member's, well
+        formed, within the bounds, not held yet).  Changes nothing."""
         sender = sender_of(m)
         if sender not in self._members or m.round < 0:
             return False
@@ -649,34 +715,47 @@ class Consensus:
             or sender != self.proposer(m.height, m.round)
         ):
             return False
-        if m.round > self._round and not self._room_ahead(sender, m.round):
+        if m.round > self._round and not self._fits_ahead(sender, m.round):
             return False
-        rd = self._round_log(m.round)
+        rd = self._rounds.get(m.round)
+        if rd is None:
+            return True
         if isinstance(m, Proposal):
             if m.block_hash in rd.proposals:
                 return False
+            # Over the bound, only a value that some honest validator voted for (f+1
+            # votes) is kept: at most 2n/(f+1) such values per round.
+            return len(rd.proposals) < MAX_PROPOSALS_PER_ROUND or max(
+                rd.prevote_count.get(m.block_hash, 0), rd.precommit_count.get(m.block_hash, 0)
+            ) >= self.f + 1
+        votes = (rd.prevotes if isinstance(m, Prevote) else rd.precommits).get(sender, ())
+        if m in votes:
+            return False
+        # Past the bound only the values the rules look at: nil and proposed ones.
+        return len(votes) < MAX_VOTES_PER_VOTER or m.block_hash is None \
+            or m.block_hash in self._proposed
+
+    def _add(self, m: Message) -> bool:
+        """Put a message of the current height in the log; False when it is ignored
+        (an outsider, a duplicate, malformed, over a bound)."""
+        assert self._height is not None
+        if not self._admissible(m):
+            return False
+        sender = sender_of(m)
+        if m.round > self._round:
+            self._room_ahead(sender, m.round)
+        rd = self._round_log(m.round)
+        if isinstance(m, Proposal):
             if rd.proposals:
                 self._equivocation(next(iter(rd.proposals.values())), m)
-            if len(rd.proposals) >= MAX_PROPOSALS_PER_ROUND and max(
-                rd.prevote_count.get(m.block_hash, 0), rd.precommit_count.get(m.block_hash, 0)
-            ) < self.f + 1:
-                # Over the bound, only a value that some honest validator voted for
-                # (f+1 votes) is kept: at most 2n/(f+1) such values per round.
-                return False
             rd.proposals[m.block_hash] = m
-            self._proposed.add(m.block_hash)
+            self._proposed[m.block_hash] = self._proposed.get(m.block_hash, 0) + 1
         else:
             log: dict[str, Any] = rd.prevotes if isinstance(m, Prevote) else rd.precommits
             count = rd.prevote_count if isinstance(m, Prevote) else rd.precommit_count
             votes = log.setdefault(sender, [])
-            if m in votes:
-                return False
             if votes:
                 self._equivocation(votes[0], m)
-                if len(votes) >= MAX_VOTES_PER_VOTER and not (
-                    m.block_hash is None or m.block_hash in self._proposed
-                ):
-                    return False
             votes.append(m)
             count[m.block_hash] = count.get(m.block_hash, 0) + 1
         rd.senders.add(sender)
@@ -689,6 +768,14 @@ class Consensus:
             self._own[(m.round, type(m))] = m
             self._adopted.add((m.round, type(m)))
         return True
+
+    def _fits_ahead(self, sender: str, round: int) -> bool:
+        """Whether ``sender`` may have messages kept for ``round``, above the current
+        one: one of its kept rounds ahead, or room for another, or higher than the
+        lowest (which ``_room_ahead`` then drops)."""
+        rounds = [x for x in self._future_rounds.get(sender, ()) if x > self._round]
+        return round in rounds or len(rounds) < MAX_FUTURE_ROUNDS_PER_VOTER \
+            or round > min(rounds)
 
     def _room_ahead(self, sender: str, round: int) -> bool:
         """Bound the rounds above the current one a sender can fill; drop its lowest
@@ -713,13 +800,23 @@ class Consensus:
         for hash_, p in list(rd.proposals.items()):
             if p.proposer == sender:
                 del rd.proposals[hash_]
+                self._proposed[hash_] -= 1
+                if not self._proposed[hash_]:
+                    del self._proposed[hash_]
         for votes, count in ((rd.prevotes, rd.prevote_count), (rd.precommits, rd.precommit_count)):
             for v in votes.pop(sender, ()):
                 count[v.block_hash] -= 1
         rd.senders.discard(sender)
+        if not rd.senders:
+            # A round ahead that only this sender filled: nothing of it stays, so a
+            # sender climbing rounds one by one leaves no empty logs behind.
+            del self._rounds[round]
 
     def _equivocation(self, first: Message, second: Message) -> None:
-        key = (first.height, first.round, type(first), sender_of(first))
+        # One piece per (height, step, validator) proves it byzantine: a validator
+        # that equivocates in round after round leaves no more (each piece is logged
+        # and stored by the caller).
+        key = (first.height, type(first), sender_of(first))
         if key in self._evidence_keys:
             return
         self._evidence_keys.add(key)
@@ -770,7 +867,7 @@ class Consensus:
         self._future_rounds = {}
         self._valid_yes = set()
         self._valid_no = {}
-        self._proposed = set()
+        self._proposed = {}
         self._evidence_keys = set()
         self._dirty = set()
 

@@ -120,6 +120,7 @@ class Node:
         self.mempool: MempoolReactor | None = None
         self.votes: VotesReactor | None = None
         self.blocksync: BlockSyncReactor | None = None
+        self.gossip: ConsensusReactor | None = None
         self.bus: Any = None  # timefast.bus.Publisher, with EVENT_BUS
         self.ws_addresses: list[tuple[str, int]] = []
         self.p2p_addresses: list[tuple[str, int]] = []
@@ -232,8 +233,9 @@ class Node:
                                                    s.timeout_precommit),
                                  broadcast=switch.broadcast)
             sync = BlockSyncReactor(self.ledger, self.commits, switch, rounds.blocks_fetched)
-            switch.add_reactor(ConsensusReactor(self.ledger, self.commits, switch, rounds,
-                                                sync.ask_blocks))
+            self.gossip = ConsensusReactor(self.ledger, self.commits, switch, rounds,
+                                           sync.ask_blocks)
+            switch.add_reactor(self.gossip)
             switch.add_reactor(sync)
             self.rounds, self.blocksync = rounds, sync
         self.peers, self.mempool, self.votes = switch, mempool, votes
@@ -258,6 +260,8 @@ class Node:
                 ("timefast_consensus_equivocations_total", "counter",
                  "Validators seen signing two different votes for one round and step",
                  r.evidence)]
+        if self.gossip is not None:
+            rows += self.gossip.metrics()
         return rows
     def _start_bus(self) -> None:
         """EVENT_BUS: publish committed events to NATS JetStream for edges."""

@@ -428,21 +428,109 @@ class Block:
                    _int(d, "round", 0, U32_MAX, where), _hex32(d, "hash", where), txs, commit)
 
 
-@dataclass(frozen=True, slots=True)
 class Proposal:
     """A block proposed for (height, round) by that round's proposer (SPEC 7.5);
-    ``valid_round`` is -1 or the round the block was last seen valid in."""
+    ``valid_round`` is -1 or the round the block was last seen valid in.
+
+    Parsed from a frame, only what the signature covers is read at first: ``height``,
+    ``round``, ``valid_round``, the block's ``hash`` (``block_hash``) and the
+    ``signature``; the block's ``txs`` are only counted (at most ``MAX_BLOCK_TXS``).
+    The block and the certificates stay the JSON values that came until ``open``
+    parses them, which a receiver calls only once the signature and the proposer held
+    and it means to keep or relay the block (SPEC 7.3, Budgets): a member's junk block
+    costs a signature check, not a parse.  Reading ``block`` or ``certificates``
+    opens the proposal (``ParseError`` when they do not parse).  Immutable."""
 
     TYPE: ClassVar[str] = "Proposal"
-    height: int
-    round: int
-    valid_round: int
-    block: Block
-    certificates: tuple[Votes, ...]
-    signature: str
+    __slots__ = ("_block", "_certificates", "_raw", "block_hash", "height", "round",
+                 "signature", "valid_round")
+
+    def __init__(self, height: int, round: int, valid_round: int,
+                 block: Block | dict[str, Any], certificates: tuple[Votes, ...] | list[Any],
+                 signature: str) -> None:
+        """``block`` and ``certificates`` parsed, or (from ``from_data``) their JSON
+        as it came: the block's object, whose ``hash`` is read now, and the list of
+        certificates, both parsed by ``open``."""
+        self.height = height
+        self.round = round
+        self.valid_round = valid_round
+        self.signature = signature
+        self._block: Block | None = None
+        self._certificates: tuple[Votes, ...] | None = None
+        # The block and certificates as JSON, until ``open`` (None once opened).
+        self._raw: tuple[dict[str, Any], list[Any]] | None = None
+        if isinstance(block, Block):
+            self.block_hash = block.hash
+            self._block, self._certificates = block, tuple(certificates)
+        else:
+            self.block_hash = _hex32(block, "hash", self.TYPE + ".block")
+            self._raw = (block, list(certificates))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Proposal):
+            return NotImplemented
+        return (self.height, self.round, self.valid_round, self.signature, self.block,
+                self.certificates) == (other.height, other.round, other.valid_round,
+                                       other.signature, other.block, other.certificates)
+
+    def __hash__(self) -> int:
+        return hash((self.height, self.round, self.valid_round, self.block_hash,
+                     self.signature))
+
+    def __repr__(self) -> str:
+        return (f"Proposal(height={self.height}, round={self.round}, valid_round="
+                f"{self.valid_round}, block_hash={self.block_hash!r}, "
+                f"opened={self._raw is None})")
+
+    @property
+    def block(self) -> Block:
+        """The block (opens the proposal)."""
+        self.open()
+        assert self._block is not None
+        return self._block
+
+    @property
+    def certificates(self) -> tuple[Votes, ...]:
+        """The finality certificates of the block's transactions (opens the proposal)."""
+        self.open()
+        assert self._certificates is not None
+        return self._certificates
+
+    @property
+    def opened(self) -> bool:
+        """Whether the block and certificates are parsed (always, for one made here)."""
+        return self._raw is None
+
+    def open(self) -> Proposal:
+        """Parse the block and the certificates (once); ``ParseError`` if they do not
+        parse.  Returns the proposal."""
+        if self._raw is None:
+            return self
+        raw_block, raw_certs = self._raw
+        w = self.TYPE
+        block = Block.from_data(raw_block, w + ".block")
+        certs = tuple(Votes.from_data(_obj(c, f"{w}.certificates[{n}]"))
+                      for n, c in enumerate(raw_certs))
+        self._block, self._certificates, self._raw = block, certs, None
+        return self
+
+    def txs_bytes(self) -> int:
+        """The bytes of the block's transactions as JSON, each on its own (SPEC 7.5
+        bounds them to 4 MiB), counted without parsing them: as they came, before
+        ``open``."""
+        if self._raw is None:
+            assert self._block is not None
+            return sum(len(orjson.dumps(t.to_json())) for t in self._block.txs)
+        txs = self._raw[0]["txs"]
+        try:
+            size = len(orjson.dumps(txs))
+        except orjson.JSONEncodeError as e:
+            raise ParseError(f"{self.TYPE}.block.txs: {e}") from None
+        # Without the brackets and the commas between items.
+        return size - 2 - max(len(txs) - 1, 0)
 
     def to_data(self) -> dict[str, Any]:
-        """The ``data`` object."""
+        """The ``data`` object (opens the proposal)."""
         return {"height": self.height, "round": self.round, "valid_round": self.valid_round,
                 "block": self.block.to_data(),
                 "certificates": [v.to_data() for v in self.certificates],
@@ -450,21 +538,20 @@ class Proposal:
 
     @classmethod
     def from_data(cls, d: dict[str, Any]) -> Proposal:
-        """Parse the ``data`` object."""
+        """Parse the ``data`` object's envelope: what the signature covers; the block
+        and certificates wait for ``open``."""
         w = cls.TYPE
-        certs = tuple(
-            Votes.from_data(_obj(c, f"{w}.certificates[{n}]"))
-            for n, c in enumerate(_list(_get(d, "certificates", w), MAX_LIST,
-                                        w + ".certificates")))
+        block = _obj(_get(d, "block", w), w + ".block")
+        _list(_get(block, "txs", w + ".block"), MAX_BLOCK_TXS, w + ".block.txs")
+        certs = _list(_get(d, "certificates", w), MAX_LIST, w + ".certificates")
         return cls(_int(d, "height", 0, U64_MAX, w), _int(d, "round", 0, U32_MAX, w),
-                   _int(d, "valid_round", -1, I32_MAX, w),
-                   Block.from_data(_get(d, "block", w), w + ".block"), certs,
+                   _int(d, "valid_round", -1, I32_MAX, w), block, certs,
                    _sig(d, "signature", w))
 
     def signed_bytes(self, network_id: bytes) -> bytes:
         """What ``signature`` signs."""
         return proposal_bytes(network_id, self.height, self.round, self.valid_round,
-                              self.block.hash)
+                              self.block_hash)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,28 @@
 """Consensus messages between masternodes (SPEC 7.5): the gossip reactor.
 
 A ``Proposal``, ``Prevote`` or ``Precommit`` from a peer is checked (a masternode's,
-its signature good), relayed to every other peer once, kept signed (the evidence
-of an equivocation is both signed messages) and handed to the round driver.  A
-message of a height this node has passed is of no use; one further ahead means
-this node is behind: blocks are asked for (block sync).  A new peer gets this
-height's own messages again.
+its signature good), relayed, kept signed (the evidence of an equivocation is both
+signed messages) and handed to the round driver.  A message of a height this node
+has passed is of no use; one further ahead means this node is behind: blocks are
+asked for (block sync).  A new peer gets this height's own messages again.
+
+Budgets (SPEC 7.3), so that one member of the voting set, signing as much as it
+likes, costs a bounded amount of memory and CPU:
+
+* The machine is asked first (``Consensus.admits``, from the parsed fields alone)
+  whether it would keep a message; what it would not keep (a duplicate, a voter's
+  ninth value for one (height, round, step), a round below the voter's highest kept
+  ahead) is dropped unread: no signature check, no block parsed.
+* Of the messages kept, only the first two per (signer, height, round, step) are
+  relayed and kept signed (two make the evidence), and only for rounds up to
+  ``ROUNDS_AHEAD`` past this node's (messages further ahead serve the f+1 round skip
+  here; their signers send them to every masternode themselves).
+* A proposal's signature and proposer are checked before its block is parsed
+  (``wire.Proposal.open``); the block is parsed only to be kept (the first of its
+  (height, round) within ``ROUNDS_AHEAD``, or a value f+1 validators voted for) or
+  relayed (the first two); one over 4 MiB of transactions is neither (SPEC 7.5).
+
+What is kept is per height and goes when the next starts; nothing is kept per peer.
 """
 
 from __future__ import annotations
@@ -16,7 +33,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from timefast import consensus, wire
+from timefast import consensus, rules, wire
 from timefast.commits import GroupCommit
 from timefast.ledger import Ledger
 from timefast.p2p.rounds import RoundDriver
@@ -24,9 +41,18 @@ from timefast.p2p.switch import Peer, Reactor, Switch
 
 log = logging.getLogger("timefast.consensus")
 
-# Signed consensus messages of others kept (oldest dropped first) to store as evidence
-# when the machine finds two of one validator for one (height, round, step).
+# Signed consensus messages of others kept, at most, to store as evidence when the
+# machine finds two of one validator for one (height, round, step); the first two of
+# each are kept, those of messages the machine let go are dropped past this (then
+# twice what stays), and the oldest past twice this.
 KEPT_SIGNED = 4096
+# Messages of a validator relayed per (height, round, step): two make the evidence
+# of an equivocation; an honest validator signs one.
+RELAYED_PER_STEP = 2
+# Rounds past this node's whose messages are relayed and whose proposals' blocks are
+# parsed and kept: the next round's proposal often comes just before this node's
+# timeout moves it there.
+ROUNDS_AHEAD = 1
 
 _KINDS: dict[type[consensus.Message], str] = {
     consensus.Proposal: "proposal", consensus.Prevote: "prevote",
@@ -34,7 +60,8 @@ _KINDS: dict[type[consensus.Message], str] = {
 
 
 class ConsensusReactor(Reactor):
-    """Checks, relays once and keeps consensus messages for the round driver."""
+    """Checks, relays and keeps consensus messages for the round driver, within the
+    budgets of the module docstring."""
 
     MESSAGES: ClassVar[tuple[type[wire.Message], ...]] = (
         wire.Proposal, wire.Prevote, wire.Precommit, wire.StartHeight)
@@ -48,12 +75,24 @@ class ConsensusReactor(Reactor):
         self.ask_blocks = ask_blocks
         self.network_id = ledger.network_id
         self.masternodes = frozenset(ledger.masternodes)
-        self.seen: set[tuple[Any, ...]] = set()  # consensus messages relayed already
-        # (kind, height, round, signer, block hash) -> the signed message as evidence
-        # keeps it (a proposal without its block).
-        self.signed: dict[tuple[str, int, int, str, str | None], bytes] = {}
+        # The signed bodies of the first two messages of each (signer, height, round,
+        # step), by the machine's form of the message (a proposal without its block).
+        self.signed: dict[consensus.Message, bytes] = {}
+        self._signed_limit = KEPT_SIGNED
+        self.dropped = 0  # messages over a budget, dropped unread
+        self.oversized = 0  # proposals whose block holds over 4 MiB of transactions
         driver.on_height(self._new_height)
         driver.on_evidence(self._keep_evidence)
+
+    def metrics(self) -> list[tuple[str, str, str, float | int]]:
+        """Budget counters for ``/metrics``."""
+        return [
+            ("timefast_consensus_dropped_total", "counter",
+             "Consensus messages over a budget (SPEC 7.3), dropped before their "
+             "signature was checked", self.dropped),
+            ("timefast_consensus_oversized_total", "counter",
+             "Proposals whose block holds over 4 MiB of transactions, refused before "
+             "it was parsed", self.oversized)]
 
     def peer_up(self, peer: Peer, hello: wire.Hello) -> None:
         """A new peer gets this height's own signed messages."""
@@ -74,15 +113,7 @@ class ConsensusReactor(Reactor):
 
     def _new_height(self, height: int) -> None:
         # What is kept of older heights is of no use any more.
-        self.seen = {k for k in self.seen if k[1] >= height}
-        self.signed = {k: v for k, v in self.signed.items() if k[1] >= height}
-
-    def _relay_once(self, key: tuple[Any, ...], peer: Peer, msg: wire.Message) -> bool:
-        if key in self.seen:
-            return False
-        self.seen.add(key)
-        self.switch.broadcast(msg, but=peer)
-        return True
+        self.signed = {k: v for k, v in self.signed.items() if k.height >= height}
 
     def _skip(self, peer: Peer, height: int) -> bool:
         """Whether a message of ``height`` is of no use now.  One of the next height
@@ -96,58 +127,101 @@ class ConsensusReactor(Reactor):
         self.driver.follow(height)
         return False
 
+    def _near(self, machine: consensus.Consensus, m: consensus.Message) -> bool:
+        """Whether ``m`` is of this node's round or at most ROUNDS_AHEAD past it (a
+        later height counts from its round 0)."""
+        if machine.height is None or m.height > machine.height:
+            return m.round <= ROUNDS_AHEAD
+        return m.round <= machine.round + ROUNDS_AHEAD
+
     def _take_proposal(self, peer: Peer, p: wire.Proposal) -> None:
+        machine = self.driver.machine
         proposer = self.driver.proposer(p.height, p.round)
-        if proposer is None or self._skip(peer, p.height):
+        if machine is None or proposer is None or self._skip(peer, p.height):
+            return
+        m = consensus.Proposal(p.height, p.round, p.valid_round, p.block_hash, proposer)
+        decided = machine.decision
+        # The block of a decision made without it (its proposal missed) is taken
+        # whenever it comes: the driver commits it then.
+        missing = decided is not None and decided.height == p.height \
+            and decided.block_hash == p.block_hash and p.block_hash not in self.driver.blocks
+        if not missing and not machine.admits(m):
+            self.dropped += 1
             return
         try:
             wire.verify_proposal(p, self.network_id, proposer)
         except wire.BadSignature as e:
             self.switch.misbehaved(peer, str(e))
             return
-        key = ("P", p.height, p.round, p.block.hash, p.signature)
-        if not self._relay_once(key, peer, p):
-            return
-        self._keep_signed("proposal", p.height, p.round, proposer, p.block.hash, {
-            "type": p.TYPE, "height": p.height, "round": p.round,
-            "valid_round": p.valid_round, "block_hash": p.block.hash,
-            "proposer": proposer, "signature": p.signature})
-        self.driver.take_proposal(p, proposer)
+        held = machine.held(m)
+        near = self._near(machine, m)
+        relay = near and held < RELAYED_PER_STEP
+        keep = missing or (near and held == 0) or machine.support(p.block_hash) > machine.f
+        if relay or keep:
+            try:
+                size = p.txs_bytes()
+                if size > rules.MAX_BLOCK_BYTES:
+                    # Invalid for every validator: neither parsed nor kept nor
+                    # relayed; the proposal still goes to the machine (it prevotes
+                    # nil at once instead of waiting for its timeout).
+                    self.oversized += 1
+                    log.warning("proposal of %s for height %d round %d: %d bytes of "
+                                "transactions (at most %d), not kept", proposer[:16],
+                                p.height, p.round, size, rules.MAX_BLOCK_BYTES)
+                    relay = keep = False
+                else:
+                    p.open()
+            except wire.ParseError as e:
+                self.switch.misbehaved(peer, str(e))
+                return
+        if held < RELAYED_PER_STEP:
+            self._keep_signed(m, {
+                "type": p.TYPE, "height": p.height, "round": p.round,
+                "valid_round": p.valid_round, "block_hash": p.block_hash,
+                "proposer": proposer, "signature": p.signature})
+        if relay:
+            self.switch.broadcast(p, but=peer)
+        self.driver.take_proposal(p, proposer, keep)
 
     def _take_vote(self, peer: Peer, v: wire.Prevote | wire.Precommit) -> None:
         if v.voter not in self.masternodes:
             self.switch.misbehaved(peer, f"{v.TYPE} by {v.voter[:16]}, not a masternode")
             return
-        if self.driver.machine is None or self._skip(peer, v.height):
+        machine = self.driver.machine
+        if machine is None or self._skip(peer, v.height):
+            return
+        kind = consensus.Prevote if isinstance(v, wire.Prevote) else consensus.Precommit
+        m = kind(v.height, v.round, v.block_hash, v.voter)
+        if not machine.admits(m):
+            self.dropped += 1
             return
         try:
             wire.verify_bft(v, self.network_id)
         except wire.BadSignature as e:
             self.switch.misbehaved(peer, str(e))
             return
-        key = (v.TYPE, v.height, v.round, v.voter, v.block_hash, v.signature)
-        if not self._relay_once(key, peer, v):
-            return
-        self._keep_signed(v.TYPE.lower(), v.height, v.round, v.voter, v.block_hash,
-                          {"type": v.TYPE, **v.to_data()})
+        if machine.held(m) < RELAYED_PER_STEP:
+            self._keep_signed(m, {"type": v.TYPE, **v.to_data()})
+            if self._near(machine, m):
+                self.switch.broadcast(v, but=peer)
         self.driver.take_vote(v)
 
-    def _keep_signed(self, kind: str, height: int, round_: int, signer: str,
-                     block_hash: str | None, body: dict[str, Any]) -> None:
-        key = (kind, height, round_, signer, block_hash)
-        if key in self.signed:
-            return
-        if len(self.signed) >= KEPT_SIGNED:
-            del self.signed[next(iter(self.signed))]
-        self.signed[key] = orjson.dumps(body)
+    def _keep_signed(self, m: consensus.Message, body: dict[str, Any]) -> None:
+        if len(self.signed) >= self._signed_limit:
+            machine = self.driver.machine
+            if machine is not None:
+                self.signed = {k: b for k, b in self.signed.items() if machine.holds(k)}
+            self._signed_limit = max(KEPT_SIGNED, 2 * len(self.signed))
+            while len(self.signed) >= 2 * KEPT_SIGNED:
+                del self.signed[next(iter(self.signed))]
+        self.signed[m] = orjson.dumps(body)
 
     def _keep_evidence(self, e: consensus.Evidence) -> None:
         """Store both signed messages of an equivocation (``masternodelist`` counts
         it, and it outlives a restart), when both are still at hand."""
         kind = _KINDS[type(e.first)]
         voter = consensus.sender_of(e.first)
-        first, second = (self.signed.get((kind, m.height, m.round, voter, m.block_hash))
-                         for m in (e.first, e.second))
+        first, second = self.signed.get(e.first), self.signed.get(e.second)
         if first is None or second is None:
             return
 

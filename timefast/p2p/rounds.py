@@ -33,7 +33,9 @@ from timefast.privval import DoubleSign
 log = logging.getLogger("timefast.consensus")
 
 START_MARGIN = 0.02  # seconds
-KEPT_BLOCKS = 64  # proposed blocks kept per height (an honest proposer sends one a round)
+# Precommit signatures held before those of messages the machine let go are dropped
+# (then twice what stays): amortized, so a flood costs no scan per message.
+SIGNATURES_KEPT = 256
 
 
 @dataclass
@@ -64,10 +66,19 @@ class RoundDriver:
         if ledger.voting:
             self.machine = Consensus(ledger.masternodes, self.me, get_value=self._get_value,
                                      valid=self._valid, timeouts=timeouts)
-        # Blocks proposed at the current height, by hash, with their certificates.
+        # Blocks proposed at the current height (or the next ones, early), by hash,
+        # with their certificates: only those the gossip reactor hands over to keep
+        # (the first of a (height, round), or one with f+1 votes), and of this height
+        # only while the machine can use them (``Consensus.wanted``).
         self.blocks: dict[str, tuple[wire.Block, tuple[wire.Votes, ...]]] = {}
         # Signatures of precommits seen, for the commit of a decision.
         self.signatures: dict[tuple[int, int, str, str | None], str] = {}
+        self._signatures_limit = SIGNATURES_KEPT
+        self._kept_for: tuple[int | None, int] = (None, 0)  # (height, round) of _forget
+        # Blocks of this height found valid: the machine remembers the answer, so a
+        # decision on one needs the block still at hand (at most one a round from a
+        # member, each a valid block).
+        self._validated: set[str] = set()
         self.own: list[wire.Message] = []  # own signed messages of the current height
         self.refused_blocks = 0
         self.evidence = 0
@@ -153,6 +164,7 @@ class RoundDriver:
             self.broadcast(wire.StartHeight(height))
         self._cancel_timers()
         self.blocks = {h: e for h, e in self.blocks.items() if e[0].height == height}
+        self._validated.clear()
         self.own.clear()
         self.signatures = {k: v for k, v in self.signatures.items() if k[0] >= height}
         for fn in self._height_watchers:
@@ -197,6 +209,7 @@ class RoundDriver:
             log.warning("block %s of height %s refused: %s", block_hash[:16],
                         block.height, e.message)
             return False
+        self._validated.add(block_hash)
         return True
 
     def _carry_out(self, out: Output) -> None:
@@ -227,6 +240,28 @@ class RoundDriver:
                 fn(e)
         if out.decision is not None:
             self._decide(out.decision)
+        machine = self.machine
+        if machine is not None and (machine.height, machine.round) != self._kept_for:
+            self._forget_unused()
+
+    def _forget_unused(self) -> None:
+        """Drop what the machine can no longer use: blocks of this height it does
+        not want and did not find valid (a junk block of a member's round past, an
+        equivocator's second) and
+        the signatures of precommits it no longer holds (rounds ahead it let go).
+        With the machine's own bounds this bounds what a height keeps."""
+        m = self.machine
+        if m is None or m.height is None:
+            return
+        self._kept_for = (m.height, m.round)
+        wanted = m.wanted()
+        self.blocks = {h: e for h, e in self.blocks.items()
+                       if e[0].height != m.height or h in wanted or h in self._validated}
+        if len(self.signatures) > self._signatures_limit:
+            self.signatures = {
+                k: s for k, s in self.signatures.items()
+                if k[2] == self.me or m.holds(consensus.Precommit(k[0], k[1], k[3], k[2]))}
+            self._signatures_limit = max(SIGNATURES_KEPT, 2 * len(self.signatures))
 
     def _sign(self, m: consensus.Message) -> wire.Message | None:
         block: wire.Block | None = None
@@ -308,17 +343,21 @@ class RoundDriver:
         """The proposer of (height, round); None on a node that runs no machine."""
         return None if self.machine is None else self.machine.proposer(height, round_)
 
-    def take_proposal(self, p: wire.Proposal, proposer: str) -> None:
-        """A proposal whose signature holds, new here."""
+    def take_proposal(self, p: wire.Proposal, proposer: str, keep: bool) -> None:
+        """A proposal whose signature holds, new here; its block is kept when
+        ``keep`` (the reactor opened it: the first of its (height, round), or one
+        that f+1 voted for)."""
         m = self.machine
         if m is None:
             return
-        if p.block.hash not in self.blocks and len(self.blocks) < KEPT_BLOCKS:
-            self.blocks[p.block.hash] = (p.block, tuple(p.certificates))
+        if keep:
+            self.blocks[p.block_hash] = (p.block, p.certificates)
         self._carry_out(m.on_message(consensus.Proposal(p.height, p.round, p.valid_round,
-                                                        p.block.hash, proposer)))
-        if self._pending_decision is not None \
-                and self._pending_decision.block_hash == p.block.hash:
+                                                        p.block_hash, proposer)))
+        if keep:
+            self._forget_unused()
+        if self._pending_decision is not None and keep \
+                and self._pending_decision.block_hash == p.block_hash:
             d, self._pending_decision = self._pending_decision, None
             self._decide(d)
 
@@ -332,6 +371,8 @@ class RoundDriver:
                                        v.signature)
             self._carry_out(m.on_message(consensus.Precommit(v.height, v.round,
                                                              v.block_hash, v.voter)))
+            if len(self.signatures) > self._signatures_limit:
+                self._forget_unused()
         else:
             self._carry_out(m.on_message(consensus.Prevote(v.height, v.round,
                                                            v.block_hash, v.voter)))
