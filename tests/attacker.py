@@ -43,8 +43,8 @@ The attacks (``ATTACKS``), each at the rates of the issue unless settings say le
 - ``votes``: the member's vote batches: ``mode`` ``wide`` (256 votes for unknown
   txids, fresh numbers), ``same_number`` (different batches all numbered 1) or
   ``single`` (one vote, fresh numbers), at ``rate`` batches a second.
-- ``consensus``: the member's distinct signed prevotes and precommits for the next
-  height (a fresh block hash each, over ``rounds`` rounds) at ``rate`` a second; a
+- ``consensus``: the member's distinct signed prevotes and precommits for the height
+  node 0 decides (a fresh block hash each, over ``rounds`` rounds) at ``rate`` a second; a
   full node's link to node 0 counts what node 0 relays per (height, round, step).
 - ``burn``: the control: ``cpu_s`` CPU seconds in a busy loop spread over
   ``duration``, nothing sent.
@@ -325,7 +325,10 @@ def _junk_txs(size: int) -> bytes:
 
 
 def _next_height(byz: Byzantine, i: int) -> tuple[int, str]:
-    status = byz.wait_message(i, wire.Status)
+    """The height node ``i`` decides now (or next) and its tip, from its newest
+    ``Status``."""
+    byz.wait_message(i, wire.Status)
+    status = [m for m in list(byz.received[i]) if isinstance(m, wire.Status)][-1]
     return status.height + 1, status.tip
 
 
@@ -390,10 +393,12 @@ def addr_flood(a: Attack) -> dict[str, Any]:
     acceptor = threading.Thread(target=accept, daemon=True)
     acceptor.start()
     links = [a.byzantine(None, a.nodes)]
+    # Each record a second newer than the one before, all within the day a record
+    # lives: every one of the member's replaces the one before it.
+    oldest = int(time.time()) - 80_000
     for k in a.paced(float(a.get("rate", 400))):
         x = k % n
-        rec = wire.sign_addr(keys[x], a.network_id, f"127.0.0.1:{ports[x]}",
-                             int(time.time()))
+        rec = wire.sign_addr(keys[x], a.network_id, f"127.0.0.1:{ports[x]}", oldest + k)
         for i in a.nodes:
             _send_or_replace(a, links, 0, i, rec)
         a.count("records sent")
@@ -499,6 +504,8 @@ def consensus(a: Attack) -> dict[str, Any]:
     h, _ = _next_height(byz, a.nodes[0])
     span = int(a.get("rounds", 64))
     for k in a.paced(float(a.get("rate", 1200))):
+        if k % 100 == 0:  # blocks go on: the height node 0 decides now
+            h, _ = _next_height(byz, a.nodes[0])
         r, value = k % span, secrets.token_hex(32)
         msg = byz.prevote(h, r, value) if k // span % 2 == 0 else byz.precommit(h, r, value)
         frame = wire.encode(msg).decode()
@@ -510,7 +517,7 @@ def consensus(a: Attack) -> dict[str, Any]:
     relayed = collections.Counter(
         (m.height, m.round, m.TYPE) for m in list(observer.received.get(a.nodes[0], []))
         if isinstance(m, wire.Prevote | wire.Precommit) and m.voter == byz.public_key)
-    return {"height": h, "relayed": sum(relayed.values()),
+    return {"heights": len({k[0] for k in relayed}), "relayed": sum(relayed.values()),
             "relayed_most_per_step": max(relayed.values(), default=0)}
 
 
