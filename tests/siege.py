@@ -184,10 +184,12 @@ class Siege:
         key, address = new_wallet()
         n = max(1, total_bytes // 75_000)
         txids = []
-        for k in range(n):
+        for _ in range(n):
+            # The faucet pays again once its change from the last payment finalized.
             coin = self.net.rpc(0, "faucet", address, 1000 * 1000)
-            wide = build([(coin, 0, key)], [(address, 1000)] * 1000, timestamp=k + 1)
-            txids.append(self.net.rpc(0, "sendrawtransaction", wide.to_json()))
+            self.net.wait_status(coin, "finalized", HONEST)
+            txids.append(self.net.rpc(0, "sendrawtransaction", build(
+                [(coin, 0, key)], [(address, 1000)] * 1000, timestamp=1).to_json()))
         for t in txids:
             self.net.wait_status(t, "finalized", HONEST, timeout=60)
         return n
@@ -200,8 +202,11 @@ class Siege:
         """Coins of a fresh wallet spent by a confirmed transaction: what the
         ``respend`` attack spends again (its settings)."""
         key, address = new_wallet()
-        coins = self.split(key, address, inputs) if inputs > 1 else [
-            (self.net.rpc(0, "faucet", address, 1000), 0)]
+        if inputs > 1:
+            coins = self.split(key, address, inputs)
+        else:
+            coins = [(self.net.rpc(0, "faucet", address, 1000), 0)]
+            self.net.wait_status(coins[0][0], "finalized", HONEST)
         spend = build([(t, v, key) for t, v in coins], [(new_wallet()[1], 1000 * inputs)],
                       timestamp=1)
         self.net.rpc(0, "sendrawtransaction", spend.to_json())
