@@ -342,6 +342,7 @@ def proposals(a: Attack) -> dict[str, Any]:
     for n in a.paced(float(a.get("rate", 2.35))):
         r = rounds[n % len(rounds)]
         block_hash = secrets.token_hex(32)
+        a.count("proposals made")
         sig = byz.key.sign(wire.proposal_bytes(byz.network_id, h, r, -1, block_hash))
         block = {"height": h, "prev_hash": prev, "timestamp": int(time.time()),
                  "txids": [], "producer": byz.public_key, "round": r, "hash": block_hash,
@@ -423,16 +424,16 @@ def json_bomb(a: Attack) -> dict[str, Any]:
             except Exception:
                 a.count("dials failed")
                 continue
+            # Counted before it goes: a node may close the link after its first
+            # bytes, and the send then fails.
+            a.count("frames tried")
             try:
                 ws.send(bomb)
-                a.count("frames sent")
                 while True:
                     ws.recv(timeout=10)
-            except ConnectionClosed:
-                pass
             except TimeoutError:
                 codes["left open"] += 1
-            except OSError:
+            except (ConnectionClosed, OSError):
                 pass
             codes[str(ws.close_code)] += 1
             ws.close()
