@@ -164,7 +164,7 @@ class Attack:
         for t in ts:
             t.start()
         for t in ts:
-            t.join(max(0.0, self.deadline - time.monotonic()) + 5)
+            t.join(max(0.0, self.deadline + 5 - time.monotonic()))
 
     def _guarded(self, target: Callable[..., None], a: tuple[Any, ...]) -> None:
         try:
