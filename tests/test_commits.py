@@ -32,14 +32,14 @@ def test_one_commit_for_a_turn_and_conflicts_inside_it(tmp_path):
     loser = build([(split.txid, 0, ka)], [(new_wallet()[1], 700)], timestamp=99)
     for tx in [*txs, loser]:
         gc.submit(lambda tx=tx: led.submit(tx.to_json()),
-                  lambda v, e: outcomes.append((v, type(e).__name__ if e else None,
+                  lambda v, e: outcomes.append((v, getattr(e, "code", None),
                                                 len(announced))))
     loop.call_soon(loop.stop)
     loop.run_forever()
     loop.close()
     assert gc.batches == 1
     assert [o[0] for o in outcomes[:5]] == [t.txid for t in txs]
-    assert outcomes[5][:2] == (None, "LedgerError")
+    assert outcomes[5][:2] == (None, "TX_CONFLICT")
     # Every event was announced before the first result was handed back.
     assert all(o[2] == len(announced) for o in outcomes)
     assert all(led.status_of(t.txid) == "finalized" for t in txs)

@@ -60,6 +60,18 @@ def test_the_checker_catches_nodes_that_disagree_and_a_stuck_payment():
     assert any("still pending" in v for v in check(h))
 
 
+def test_a_losing_spend_unknown_where_its_rival_was_final_ends_rejected_there():
+    # SPEC 7.3: a node that held "a" finalized when "b" came refused "b" unstored.
+    h = _honest()
+    del h.nodes[1].status["b"]
+    assert check(h) == []
+    # Unknown where no rival won is still a node that disagrees.
+    h = _honest()
+    h.nodes[1].status["a"] = "pending"
+    del h.nodes[1].status["b"]
+    assert any("b ends differently" in v for v in check(h))
+
+
 def test_the_checker_catches_a_status_that_went_back_and_a_gap_in_order():
     h = _honest()
     h.nodes[0].heard["w"].append((4, "TransactionRejected", "a"))

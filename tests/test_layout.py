@@ -57,7 +57,8 @@ def test_the_ledger_never_imports_io_the_ports_or_the_peers():
 
 
 def test_the_wire_formats_and_the_consensus_machine_are_sans_io():
-    for module in ("wire", "consensus", "p2p.link", "p2p.seal", "p2p.relay", "p2p.addrbook"):
+    for module in ("wire", "consensus", "p2p.link", "p2p.seal", "p2p.relay", "p2p.addrbook",
+                   "p2p.budgets", "p2p.scores"):
         bad = {n for n in imports(module) if n.split(".")[0] in IO}
         assert not bad, f"timefast.{module} imports {sorted(bad)}"
     assert not {n for n in imports("wire") if _under(n, "ledger", "rules")}
