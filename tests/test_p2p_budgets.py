@@ -8,13 +8,13 @@ from timefast.p2p.budgets import AnswerCache, RequestBudget, TokenBucket
 
 def test_a_peer_asking_20_times_at_once_is_answered_twice_then_twice_a_second():
     b = RequestBudget()
-    assert sum(b.allow("pending", 0.0) for _ in range(20)) == 2
-    assert not b.allow("pending", 0.4)
-    assert b.allow("pending", 0.5)
-    # Each kind has its own rate: a new link asks GetPending and GetBlocks at once.
-    assert b.allow("blocks", 0.5) and b.allow("blocks", 0.5)
+    assert sum(b.allow(0.0) for _ in range(20)) == 2
+    assert not b.allow(0.4)
+    assert b.allow(0.5)
+    # Every kind of request from the peer draws on the same two a second.
+    assert not b.allow(0.5)
     # Over a long run, at most twice a second.
-    assert sum(b.allow("pending", 1.0 + n / 100) for n in range(1000)) <= 21
+    assert sum(b.allow(1.0 + n / 100) for n in range(1000)) <= 21
 
 
 def test_a_bucket_charged_past_empty_refills_from_below_zero():

@@ -2,9 +2,9 @@
 
 Requests (``GetBlocks``, ``GetPending``, later ``GetEntries``) cost the answering
 node reads, encoding and output bytes while costing the asker a few bytes: without
-limits a 31-byte ``GetPending`` buys a 4 MB answer.  So each kind of request is
-answered at most ``RATE`` times a second per peer (``RequestBudget``), the answers to
-peers outside the voting set share one node-wide byte budget (``TokenBucket``), and
+limits a 31-byte ``GetPending`` buys a 4 MB answer.  So a peer's requests, all kinds
+together, are answered at most ``RATE`` times a second (``RequestBudget``), the answers
+to peers outside the voting set share one node-wide byte budget (``TokenBucket``), and
 an answer is encoded once and shared by every peer asking the same thing while the
 ledger state it depends on holds (``AnswerCache``).  Callers pass ``now`` (any
 monotonic seconds).
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-RATE = 2.0  # answers per second per peer and kind of request (SPEC 7.3)
+RATE = 2.0  # answers per second per peer, whatever it asks (SPEC 7.3)
 BURST = 2.0  # ...taken at once after a quiet while: a new link's first requests
 
 
@@ -53,20 +53,22 @@ class TokenBucket:
 
 
 class RequestBudget:
-    """One peer's request rates: a ``TokenBucket`` per kind of request, made on the
-    first request of that kind (the kinds are the switch's table, so few)."""
+    """One peer's request rate: one ``TokenBucket`` for every kind of request (SPEC
+    7.3: ``GetBlocks``, ``GetPending`` and ``GetEntries`` are answered at most twice
+    a second per peer, not twice each). An honest node asks for blocks at most once a
+    second and for missing votes at most once a second; a new link's first two
+    requests (pending, then blocks when behind) are the burst."""
 
     def __init__(self, rate: float = RATE, burst: float = BURST) -> None:
         self.rate = rate
         self.burst = burst
-        self._buckets: dict[str, TokenBucket] = {}
+        self._bucket: TokenBucket | None = None
 
-    def allow(self, kind: str, now: float) -> bool:
-        """Whether one more request of ``kind`` is answered now (counted if so)."""
-        bucket = self._buckets.get(kind)
-        if bucket is None:
-            bucket = self._buckets[kind] = TokenBucket(self.rate, self.burst, now)
-        return bucket.take(now)
+    def allow(self, now: float) -> bool:
+        """Whether one more request is answered now (counted if so)."""
+        if self._bucket is None:
+            self._bucket = TokenBucket(self.rate, self.burst, now)
+        return self._bucket.take(now)
 
 
 class AnswerCache:

@@ -61,7 +61,7 @@ class MempoolReactor(Reactor):
         ledger.watch(self._changes)
 
     def start(self) -> None:
-        """Ask again, every quarter of FINALITY_TIMEOUT, for what lacks quorum."""
+        """Every second, ask again for what lacks quorum past FINALITY_TIMEOUT."""
         self._ticker = asyncio.ensure_future(self._tick())
 
     def stop(self) -> None:
@@ -195,9 +195,10 @@ class MempoolReactor(Reactor):
         self.commits.submit(lambda: self.ledger.submit(tx, relayed=True), done, tx)
 
     async def _tick(self) -> None:
-        # Peers answer GetPending at most twice a second (SPEC 7.3): asking more often
-        # only gets requests dropped and points on this node's score.
-        period = max(0.5, min(1.0, self.ledger.finality_timeout / 4))
+        # Peers answer this node's requests at most twice a second, GetBlocks and
+        # GetPending together (SPEC 7.3): asking for votes once a second leaves the
+        # other for blocks (block sync asks at most once a second).
+        period = 1.0
         while True:
             await asyncio.sleep(period)
             due = self.ledger.overdue()

@@ -52,8 +52,8 @@ TICK = 1.0  # seconds between a link's timer checks (pings every 10 s, silence 3
 PEER_BUFFER = 16 << 20
 # Seconds a closing link may take to send its last frames and close; then it is cut.
 CLOSE_WAIT = 5.0
-# The requests answered within budgets (SPEC 7.3), each to its kind (the rate and the
-# answer cache are per kind): a new request type is one line here.
+# The requests answered within budgets (SPEC 7.3), each to its kind (the answer cache
+# is per kind; the rate is per peer): a new request type is one line here.
 REQUESTS: dict[type[wire.Message], str] = {
     wire.GetBlocks: "blocks",
     wire.GetPending: "pending",
@@ -515,8 +515,8 @@ class Switch:
         now = time.monotonic()
         if peer.unread_answer:
             why = "asked again before reading the last answer"
-        elif not peer.budget.allow(kind, now):
-            why = f"more than {peer.budget.rate:g} {kind} requests a second"
+        elif not peer.budget.allow(now):
+            why = f"more than {peer.budget.rate:g} requests a second ({kind})"
         elif not peer.link.peer_masternode and not self._node_answers.available(now):
             why = ""  # the node's budget, spent by all of them: no fault of this one
         else:
