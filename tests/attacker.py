@@ -250,7 +250,11 @@ def impersonate(a: Attack) -> dict[str, Any]:
                 time.sleep(0.5)
                 continue
             with a.lock:
-                ports.extend(w.socket.getsockname()[1] for w in (wx, wy))
+                # Each relayed connection as (its local port, the node's port): a port
+                # number alone is no proof, Linux reuses a local port towards other
+                # destinations (an honest link's port may be one the attacker used).
+                ports.extend((w.socket.getsockname()[1], w.socket.getpeername()[1])
+                             for w in (wx, wy))
             now = time.monotonic()
             end = min(now + relay_s + hold_s, a.deadline)
             ts = [threading.Thread(target=pipe, args=(s, d, now + relay_s, end))

@@ -320,17 +320,19 @@ class Siege:
             out.setdefault(i, (rss_mb(p), None))
         return out
 
-    def _impersonated(self, sampler: Sampler, logs: dict[int, int], ports: list[int]
-                      ) -> list[str]:
-        """Links a node accepted at one of the attacker's own ports (``ports``: the
-        local ports of the connections it relayed between two nodes)."""
-        mine = {str(p) for p in ports}
+    def _impersonated(self, sampler: Sampler, logs: dict[int, int],
+                      ports: list[list[int]]) -> list[str]:
+        """Links a node accepted on one of the attacker's relayed connections
+        (``ports``: each one's local port and the node's port it reached). Only an
+        inbound link can be one (the attacker listens nowhere); it is the attacker's
+        when its peer's port and this node's port are such a pair."""
+        mine = {(str(local), str(remote)) for local, remote in ports}
         found = {f"node {i} listed {k[:16]} at {a}" for i, k, a in sampler.peers
-                 if a.rpartition(":")[2] in mine}
+                 if (a.rpartition(":")[2], str(self.net.ports[i])) in mine}
         for i in HONEST:
             for line in self.net.nodes[i].log[logs[i]:]:
                 m = PEER_UP.search(line)
-                if m and m.group(2) in mine:
+                if m and "inbound" in line and (m.group(2), str(self.net.ports[i])) in mine:
                     found.add(f"node {i} up with {m.group(1)} at port {m.group(2)}")
         return sorted(found)
 

@@ -132,6 +132,24 @@ def test_a_batch_for_unknown_transactions_past_the_quota_is_dropped_unwritten(tm
     assert pubs[1] in led.pool.pending[tx.txid].approvals
 
 
+def test_a_voter_past_its_quota_voting_on_nothing_in_flight_is_not_worth_a_check(tmp_path):
+    from timefast.ledger.early import EarlyVotes
+    led, _, keys, _, ka, coin = _net(tmp_path)
+    led.votes.early_votes = EarlyVotes(quota=2)
+    unknown = [wire.sign_votes(keys[1], led.network_id, n, [(f"{n:064x}", True)])
+               for n in range(1, 5)]
+    assert led.votes.admits(unknown[0])  # room for early votes: checked and kept
+    led.add_batch(unknown[0])
+    led.add_batch(unknown[1])
+    assert not led.votes.admits(unknown[2])  # at the quota: dropped before its check
+    assert led.votes.admits(wire.sign_votes(keys[2], led.network_id, 1,
+                                            [("cd" * 32, True)]))  # another voter's room
+    tx = build([(coin, 0, ka)], [(new_wallet()[1], 1000)], timestamp=1)
+    led.submit(tx.to_json())
+    assert led.votes.admits(wire.sign_votes(keys[1], led.network_id, 9,
+                                            [("ab" * 32, True), (tx.txid, True)]))
+
+
 def test_a_number_used_twice_is_evidence_once_and_its_further_batches_are_dropped(
         tmp_path):
     led, _, keys, pubs, ka, coin = _net(tmp_path)

@@ -244,6 +244,18 @@ class Votes:
             return False
         return bool(self.work.run(lambda s: self._record_batch(s, msg)))
 
+    def admits(self, msg: wire.Votes) -> bool:
+        """Whether a peer's batch is worth its signature check (asked before it):
+        False when its voter's early votes are at their quota and none of its votes
+        is for a transaction in flight here (pending, or finalized awaiting a
+        block). Such a batch could only add early votes over the quota, or votes on
+        what is decided already: dropped unread (SPEC 7.3 Budgets), the check that
+        ``add_batch`` makes again after the signature held, without the database."""
+        if self.early_votes.room(msg.voter, self.config.clock()):
+            return True
+        pending, unconfirmed = self.pool.pending, self.pool.unconfirmed
+        return any(txid in pending or txid in unconfirmed for txid, _ in msg.votes)
+
     def _held(self, txid: str) -> bool:
         return txid in self.pool.pending or self.pool.status_of(txid) is not None
 
