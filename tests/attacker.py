@@ -473,7 +473,7 @@ def respend(a: Attack) -> dict[str, Any]:
     sample: list[str] = []
     for k in a.paced(float(a.get("rate", 1075))):
         tx = build([(t, v, key) for t, v in coins],
-                   [(new_wallet()[1], amount - 1 - k % 1000)], timestamp=k + 2)
+                   [(new_wallet()[1], amount - 1 - k % max(1, amount - 2))], timestamp=k + 2)
         for i in nodes:
             _send_or_replace(a, links, 0, i, wire.Tx(tx))
         a.count("spends sent")
