@@ -213,16 +213,10 @@ def check(h: History) -> list[str]:
     # 4. Every acknowledged payment ends the same way on every node: finalized (or
     # confirmed) or rejected everywhere, or pending everywhere when it is one of a set
     # of conflicting spends.
-    # A node that held a conflicting spend finalized when this one came refused it
-    # unstored (SPEC 7.3 Budgets: a wallet asking gets TX_CONFLICT): unknown there
-    # ends it as rejected.
     in_conflict = set().union(*h.conflicts) if h.conflicts else set()
-    rivals = {t: group - {t} for group in h.conflicts for t in group}
+    rivals = _rivals(h.conflicts)
     for t in h.acknowledged:
-        ends = {_end(v.status.get(t)) or (
-            "rejected" if any(_end(v.status.get(r)) == "finalized"
-                              for r in rivals.get(t, ())) else None)
-            for v in h.nodes.values()}
+        ends = {_end_at(v.status.get, t, rivals) for v in h.nodes.values()}
         if len(ends) > 1:
             bad.append(f"{t} ends differently: {sorted(map(str, ends))}")
         elif ends == {"pending"} and t not in in_conflict:
@@ -241,6 +235,21 @@ def check(h: History) -> list[str]:
 
 def _end(status: str | None) -> str | None:
     return "finalized" if status == "confirmed" else status
+
+
+def _rivals(conflicts: list[set[str]]) -> dict[str, set[str]]:
+    """Each payment of a set of conflicting spends, to the others of its set."""
+    return {t: group - {t} for group in conflicts for t in group}
+
+
+def _end_at(status_of: Any, t: str, rivals: dict[str, set[str]]) -> str | None:
+    """How ``t`` ended at a node (``status_of``: its status of a txid). A node that
+    held a conflicting spend finalized when ``t`` came refused it unstored (SPEC 7.3
+    Budgets: a wallet asking gets TX_CONFLICT): unknown there, it ended rejected."""
+    end = _end(status_of(t))
+    if end is None and any(_end(status_of(r)) == "finalized" for r in rivals.get(t, ())):
+        return "rejected"
+    return end
 
 
 # -- driving a scenario ---------------------------------------------------------------
@@ -395,11 +404,12 @@ def settle(net: Network, pay: Payments, timeout: float = 60) -> None:
     """Wait until every node agrees on every payment and nothing finalized is left
     unconfirmed (blocks come by BLOCK_INTERVAL), or the timeout."""
     conflicted = set().union(*pay.conflicts) if pay.conflicts else set()
+    rivals = _rivals(list(pay.conflicts))
 
     def done() -> bool:
         nodes = net.up()
         for t in pay.txids():
-            ends = {_end(net.status(i, t)) for i in nodes}
+            ends = {_end_at(lambda x, i=i: net.status(i, x), t, rivals) for i in nodes}
             if len(ends) > 1 or (ends == {"finalized"} and any(
                     net.status(i, t) != "confirmed" for i in nodes)):
                 return False
