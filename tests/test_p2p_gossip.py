@@ -201,6 +201,15 @@ class _Node:
             self.switch.by_key[k] = Peer(self.links[k], "127.0.0.1:1", False,  # type: ignore[arg-type]
                                          self.sent[k].append)
 
+    def peer_proposing(self) -> tuple[int, str]:
+        """Height 1 started: a round of it (0 or 1) whose proposer is one of the
+        peers, and that proposer."""
+        self.driver.start_height(1)
+        m = self.driver.machine
+        assert m is not None
+        r = next(r for r in (0, 1) if m.proposer(1, r) != self.pubs[0])
+        return r, m.proposer(1, r)
+
     def key_of(self, pub: str):
         return self.keys[self.pubs.index(pub)]
 
@@ -321,11 +330,7 @@ def test_a_proposal_s_signature_and_proposer_are_checked_before_its_block_is_par
     def run() -> None:
         n = _Node(tmp_path)
         try:
-            n.driver.start_height(1)
-            m = n.driver.machine
-            assert m is not None
-            r = next(r for r in (0, 1) if m.proposer(1, r) != n.pubs[0])
-            proposer = m.proposer(1, r)
+            r, proposer = n.peer_proposing()
             other = next(k for k in n.pubs[1:] if k != proposer)
             block = _empty_block(1, n.ledger.tip, 1764150000, proposer, r)
             faults = n.links[n.pubs[1]].faults
@@ -354,11 +359,7 @@ def test_one_block_per_proposer_height_and_round_is_kept(tmp_path):
     def run() -> None:
         n = _Node(tmp_path)
         try:
-            n.driver.start_height(1)
-            m = n.driver.machine
-            assert m is not None
-            r = next(r for r in (0, 1) if m.proposer(1, r) != n.pubs[0])
-            proposer = m.proposer(1, r)
+            r, proposer = n.peer_proposing()
             key = n.key_of(proposer)
             blocks = [_empty_block(1, n.ledger.tip, 1764150000 + i, proposer, r)
                       for i in range(3)]
@@ -396,11 +397,7 @@ def test_a_block_over_4_mib_is_neither_parsed_nor_kept_nor_relayed(tmp_path):
     def run() -> None:
         n = _Node(tmp_path)
         try:
-            n.driver.start_height(1)
-            m = n.driver.machine
-            assert m is not None
-            r = next(r for r in (0, 1) if m.proposer(1, r) != n.pubs[0])
-            proposer = m.proposer(1, r)
+            r, proposer = n.peer_proposing()
             block = _empty_block(1, n.ledger.tip, 1764150000, proposer, r)
             data = orjson.loads(wire.encode(
                 wire.sign_proposal(n.key_of(proposer), n.net, 1, r, -1, block)))["data"]
@@ -412,6 +409,8 @@ def test_a_block_over_4_mib_is_neither_parsed_nor_kept_nor_relayed(tmp_path):
             assert n.links[n.pubs[1]].faults == []
             assert block.hash not in n.driver.blocks
             assert n.relayed(2, wire.Proposal) == [] and n.relayed(3, wire.Proposal) == []
+            m = n.driver.machine
+            assert m is not None
             assert m.holds(consensus.Proposal(1, r, -1, block.hash, proposer))
         finally:
             n.close()
