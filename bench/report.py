@@ -11,6 +11,8 @@ import re
 import time
 from pathlib import Path
 
+import orjson
+
 RESULTS = Path(__file__).resolve().parent / "results"
 REPORT = RESULTS / "REPORT.md"
 TITLE = "# Benchmark report\n"
@@ -35,3 +37,14 @@ def set_section(name: str, markdown: str) -> None:
     for n in names:
         out.append(f"\n<!-- section: {n} -->\n{sections[n]}<!-- end: {n} -->\n")
     REPORT.write_text("".join(out))
+
+
+def record_tagged(path: str | Path, name: str, value: object) -> None:
+    """Keep ``value`` as figure ``name`` in the JSON file ``path``, under the run's
+    ``ATTACK_TAG`` (default ``current``), beside what other tags and names hold."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = orjson.loads(path.read_bytes()) if path.exists() else {}
+    old.setdefault(os.environ.get("ATTACK_TAG", "current"), {})[name] = value
+    path.write_bytes(orjson.dumps(old, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+                                  | orjson.OPT_NON_STR_KEYS))

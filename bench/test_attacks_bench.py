@@ -19,6 +19,7 @@ import orjson
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from bench.report import record_tagged
 from tests.helpers import NodeProcess, fund_coins, new_wallet, result
 from timefast.transaction import Transaction, TxInput, TxOutput, build
 
@@ -27,15 +28,7 @@ RESULTS_PATH = os.path.join(os.path.dirname(__file__), "results", "attacks.json"
 
 def _record(name: str, value: object) -> None:
     print(f"\n{name}: {value}", flush=True)
-    os.makedirs(os.path.dirname(RESULTS_PATH), exist_ok=True)
-    old = {}
-    if os.path.exists(RESULTS_PATH):
-        with open(RESULTS_PATH, "rb") as f:
-            old = orjson.loads(f.read())
-    tag = os.environ.get("ATTACK_TAG", "current")
-    old.setdefault(tag, {})[name] = value
-    with open(RESULTS_PATH, "wb") as f:
-        f.write(orjson.dumps(old, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    record_tagged(RESULTS_PATH, name, value)
 
 
 def rss_mb(pid: int) -> float:

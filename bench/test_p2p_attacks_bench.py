@@ -23,9 +23,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 import pytest
 
+from bench.report import record_tagged
 from tests.siege import Siege, summary, verdict
 
 RESULTS_PATH = os.path.join(os.path.dirname(__file__), "results", "p2p-attacks.json")
@@ -82,19 +82,6 @@ ATTACKS: dict[str, tuple[str, dict[str, Any], dict[str, Any],
 }
 
 
-def _record(name: str, value: dict[str, Any]) -> None:
-    os.makedirs(os.path.dirname(RESULTS_PATH), exist_ok=True)
-    old: dict[str, Any] = {}
-    if os.path.exists(RESULTS_PATH):
-        with open(RESULTS_PATH, "rb") as f:
-            old = orjson.loads(f.read())
-    tag = os.environ.get("ATTACK_TAG", "current")
-    old.setdefault(tag, {})[name] = value
-    with open(RESULTS_PATH, "wb") as f:
-        f.write(orjson.dumps(old, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
-                             | orjson.OPT_NON_STR_KEYS))
-
-
 @pytest.mark.parametrize("name", list(ATTACKS))
 def test_attack(tmp_path, name):
     attack, settings, node_settings, setup = ATTACKS[name]
@@ -106,5 +93,5 @@ def test_attack(tmp_path, name):
         control = s.run("burn", {"cpu_s": fig["attacker"]["cpu_s"]}, duration=DURATION,
                         after=AFTER)
     fig["attacker"].pop("ports", None)  # thousands of them: the check is done
-    _record(name, {"attack": fig, "control": control, "verdict": verdict(fig)})
+    record_tagged(RESULTS_PATH, name, {"attack": fig, "control": control, "verdict": verdict(fig)})
     print("\n" + summary(name, fig, control), flush=True)
